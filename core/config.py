@@ -1,0 +1,72 @@
+"""Settings and defaults. Every default can be overridden by an environment variable or a CLI flag."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Names of environment variables, in one place so the app, CLI and README agree.
+ENV_DB = "EVAL_DB"
+ENV_CACHE_DIR = "EVAL_CACHE_DIR"
+ENV_API_BASE = "OPENAI_BASE_URL"
+ENV_API_KEY = "OPENAI_API_KEY"
+ENV_DEVICE = "EVAL_DEVICE"
+
+DEFAULT_MODEL = "default"
+DEFAULT_CORPUS = "default"
+
+# The default budget keeps the first `make run` under ~3 minutes on a 2-core CPU (README, bench/collect.py).
+DEFAULT_MAX_TOKENS = 300_000
+DEFAULT_EXCERPT_LEN = 64
+DEFAULT_TOP_K = 20
+DEFAULT_RANDOM_K = 20
+DEFAULT_SEED = 0
+DEFAULT_BATCH_SIZE = 64
+# Excerpt maxima kept per neuron for quantiles: exact up to this many excerpts, a uniform sample beyond.
+DEFAULT_QUANTILE_SAMPLE = 8192
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+
+def db_path(explicit: str | os.PathLike | None = None) -> Path:
+    """The SQLite file: an explicit path, else $EVAL_DB, else evaluations.db at the repo root."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_DB)
+    return Path(env) if env else REPO_ROOT / "evaluations.db"
+
+
+def cache_dir() -> Path:
+    """Where derived files (the built default corpus) live: $EVAL_CACHE_DIR or .cache/ at the repo root."""
+    env = os.environ.get(ENV_CACHE_DIR)
+    path = Path(env) if env else REPO_ROOT / ".cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_device() -> str:
+    """$EVAL_DEVICE if set, else cuda when available, else cpu."""
+    env = os.environ.get(ENV_DEVICE)
+    if env:
+        return env
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How to reach an OpenAI-compatible server. The key is read, never stored or logged."""
+
+    base_url: str | None
+    key_set: bool
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(ENV_API_KEY)
+
+
+def api_settings() -> ApiSettings:
+    return ApiSettings(base_url=os.environ.get(ENV_API_BASE) or None, key_set=bool(os.environ.get(ENV_API_KEY)))

@@ -1,0 +1,186 @@
+"""Domain data: neurons, activation records, per-neuron records, splits and normalisation (SPEC.md §1)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InputError
+
+
+@dataclass(frozen=True, order=True)
+class NeuronId:
+    """One MLP neuron, written `layer:index` everywhere."""
+
+    layer: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}:{self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> NeuronId:
+        """Parse `layer:index`, e.g. `3:17`."""
+        layer, sep, index = text.strip().partition(":")
+        if not sep or not layer.strip().isdigit() or not index.strip().isdigit():
+            raise InputError(f"neuron {text!r} is not of the form layer:index, e.g. 3:17")
+        return cls(int(layer), int(index))
+
+    def to_json(self) -> dict[str, int]:
+        return {"layer_index": self.layer, "neuron_index": self.index}
+
+
+def parse_neurons(text: str) -> list[NeuronId]:
+    """Parse a comma-separated list such as `3:17,3:42`."""
+    neurons = [NeuronId.parse(part) for part in text.split(",") if part.strip()]
+    if not neurons:
+        raise InputError("no neurons given: write them as layer:index, comma-separated, e.g. 3:17,3:42")
+    return neurons
+
+
+@dataclass(frozen=True)
+class ActivationRecord:
+    """Tokens of one excerpt, as the tokenizer renders them, and one raw activation per token."""
+
+    tokens: tuple[str, ...]
+    activations: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", tuple(self.tokens))
+        object.__setattr__(self, "activations", tuple(float(a) for a in self.activations))
+        if len(self.tokens) != len(self.activations):
+            raise InputError(
+                f"record has {len(self.tokens)} tokens but {len(self.activations)} activations: they must match"
+            )
+
+    @property
+    def max_activation(self) -> float:
+        return max(self.activations, default=float("-inf"))
+
+    def to_json(self) -> dict[str, list]:
+        return {"tokens": list(self.tokens), "activations": list(self.activations)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "record") -> ActivationRecord:
+        """Build from `{"tokens": [...], "activations": [...]}`, naming the bad field on error."""
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected an object with 'tokens' and 'activations'")
+        tokens, activations = data.get("tokens"), data.get("activations")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise InputError(f"{where}.tokens: expected a list of strings")
+        if not isinstance(activations, list):
+            raise InputError(f"{where}.activations: expected a list of numbers")
+        for i, value in enumerate(activations):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InputError(f"{where}.activations[{i}]: {value!r} is not a number")
+            if not math.isfinite(value):
+                raise InputError(f"{where}.activations[{i}]: {value!r} is not finite")
+        if len(tokens) != len(activations):
+            raise InputError(
+                f"{where}: {len(tokens)} tokens but {len(activations)} activations; "
+                "tokens and activations must have the same length"
+            )
+        return cls(tuple(tokens), tuple(float(a) for a in activations))
+
+
+def records_from_json(data: Any, where: str = "records") -> list[ActivationRecord]:
+    """Parse a list of records, or `{"records": [...]}`, with errors naming the field."""
+    if isinstance(data, dict) and "records" in data:
+        data = data["records"]
+    if not isinstance(data, list):
+        raise InputError(f"{where}: expected a list of records or an object with a 'records' list")
+    return [ActivationRecord.from_json(item, f"{where}[{i}]") for i, item in enumerate(data)]
+
+
+@dataclass(frozen=True)
+class NeuronStats:
+    """Summary statistics of one neuron over the corpus. Quantiles are of the per-excerpt max."""
+
+    mean: float
+    variance: float
+    max: float
+    quantiles: dict[float, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean,
+            "variance": self.variance,
+            "max": self.max,
+            "quantiles": {str(q): v for q, v in sorted(self.quantiles.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NeuronStats:
+        return cls(
+            mean=float(data["mean"]),
+            variance=float(data["variance"]),
+            max=float(data["max"]),
+            quantiles={float(q): float(v) for q, v in data.get("quantiles", {}).items()},
+        )
+
+
+# SPEC.md §1: splits by index into the sorted top list and into the random list.
+SPLITS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "train": ((0, 4, 8, 12, 16), ()),
+    "calibration": ((1, 5, 9, 13, 17), (0, 3, 6, 9, 12)),
+    "valid": ((2, 6, 10, 14, 18), (1, 4, 7, 10, 13)),
+    "test": ((3, 7, 11, 15, 19), (2, 5, 8, 11, 14)),
+}
+
+
+@dataclass(frozen=True)
+class NeuronRecord:
+    """Everything collected for one neuron: top records (descending by max), random records, stats."""
+
+    model: str
+    neuron: NeuronId
+    top: tuple[ActivationRecord, ...]
+    random: tuple[ActivationRecord, ...]
+    stats: NeuronStats
+
+    def split(self, name: str) -> list[ActivationRecord]:
+        """The records of a split (SPEC.md §1); indices beyond what was collected are skipped."""
+        if name not in SPLITS:
+            raise InputError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        top_idx, random_idx = SPLITS[name]
+        return [self.top[i] for i in top_idx if i < len(self.top)] + [
+            self.random[i] for i in random_idx if i < len(self.random)
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "neuron": str(self.neuron),
+            "stats": self.stats.to_json(),
+            "top": [r.to_json() for r in self.top],
+            "random": [r.to_json() for r in self.random],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NeuronRecord:
+        return cls(
+            model=data["model"],
+            neuron=NeuronId.parse(data["neuron"]),
+            top=tuple(records_from_json(data["top"], "top")),
+            random=tuple(records_from_json(data["random"], "random")),
+            stats=NeuronStats.from_json(data["stats"]),
+        )
+
+
+def normalize(records: Sequence[ActivationRecord], max_activation: float | None = None) -> list[list[int]]:
+    """Integer 0..10 activations for prompts (SPEC.md §1): min(10, floor(10·relu(a)/M)); all 0 when M ≤ 0.
+
+    M defaults to the max of relu(a) over the records shown.
+    """
+    if max_activation is None:
+        max_activation = max((max(0.0, a) for r in records for a in r.activations), default=0.0)
+    if max_activation <= 0:
+        return [[0] * len(r.activations) for r in records]
+    return [[min(10, math.floor(10 * max(0.0, a) / max_activation)) for a in r.activations] for r in records]
+
+
+def flatten(records: Iterable[ActivationRecord]) -> list[float]:
+    """All activations of the records, concatenated in order."""
+    return [a for r in records for a in r.activations]
