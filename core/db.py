@@ -56,15 +56,13 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error:
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR); a second ROLLBACK would
+        # then hide the real error behind "no transaction is active".
+        if conn.in_transaction:
             conn.execute("ROLLBACK")
-            raise
+        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,7 +262,25 @@ def _migration_1(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_V1)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+# v2: which items were handed to which rater. It makes "never show an item twice" and "that item was not assigned
+# to you" checkable, and lets concurrent raters reserve items so that none is filled past its wanted count.
+_SCHEMA_V2_ASSIGNMENTS = """
+CREATE TABLE assignments (
+    item_id INTEGER NOT NULL REFERENCES items(id),
+    rater_id INTEGER NOT NULL REFERENCES raters(id),
+    assigned_at TEXT NOT NULL,
+    PRIMARY KEY (item_id, rater_id)
+) WITHOUT ROWID;
+CREATE INDEX assignments_rater ON assignments (rater_id);
+INSERT INTO assignments (item_id, rater_id, assigned_at) SELECT item_id, rater_id, created_at FROM ratings
+"""
+
+
+def _migration_2(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V2_ASSIGNMENTS)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -296,20 +312,25 @@ def _json(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def find_or_create_run(db: sqlite_utils.Database, params: dict[str, Any]) -> int:
-    """The run with these collection parameters, created if new. Identical params resume the same run."""
-    keys = ("model", "corpus", "excerpt_len", "max_tokens", "top_k", "random_k", "seed")
-    where = " AND ".join(f"{k} = ?" for k in keys)
-    row = db.conn.execute(f"SELECT id FROM runs WHERE {where}", [params[k] for k in keys]).fetchone()
+_RUN_KEYS = ("model", "corpus", "excerpt_len", "max_tokens", "top_k", "random_k", "seed")
+
+
+def find_run(db: sqlite_utils.Database, params: dict[str, Any]) -> int | None:
+    """The id of the run with these collection parameters, if one was started."""
+    where = " AND ".join(f"{k} = ?" for k in _RUN_KEYS)
+    row = db.conn.execute(f"SELECT id FROM runs WHERE {where}", [params[k] for k in _RUN_KEYS]).fetchone()
+    return row[0] if row else None
+
+
+def _run_id(conn: sqlite3.Connection, params: dict[str, Any]) -> int:
+    where = " AND ".join(f"{k} = ?" for k in _RUN_KEYS)
+    row = conn.execute(f"SELECT id FROM runs WHERE {where}", [params[k] for k in _RUN_KEYS]).fetchone()
     if row:
         return row[0]
-    with transaction(db) as conn:
-        cursor = conn.execute(
-            "INSERT INTO runs (model, revision, corpus, excerpt_len, max_tokens, top_k, random_k, seed, params,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [*(params[k] for k in keys[:1]), params.get("revision"), *(params[k] for k in keys[1:]), _json(params), now()],
-        )
-        return cursor.lastrowid
+    columns = (*_RUN_KEYS, "revision", "params", "created_at")
+    values = [*(params[k] for k in _RUN_KEYS), params.get("revision"), _json(params), now()]
+    marks = ", ".join("?" * len(columns))
+    return conn.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", values).lastrowid
 
 
 def finished_layers(db: sqlite_utils.Database, run_id: int) -> set[int]:
@@ -350,20 +371,24 @@ def write_neurons(
     model: str,
     neurons: Sequence[NeuronRecord],
     source: str,
-    run_id: int | None = None,
+    run: dict[str, Any] | None = None,
+    run_totals: tuple[int, int] | None = None,
     finished_layer: tuple[int, float] | None = None,
 ) -> None:
-    """Replace the stored records and stats of these neurons in one transaction.
+    """Replace the stored records and stats of these neurons, all in one transaction.
 
-    With `finished_layer=(layer, seconds)` the layer is also marked finished for `run_id`, atomically, so that a
-    killed process never leaves a layer that looks done but is half written.
+    With `run` (collection parameters) the neurons are filed under that run, created if new, and with
+    `finished_layer=(layer, seconds)` the layer is marked finished in the same transaction, so that a killed
+    process never leaves a layer that looks done but is half written.
     """
     with transaction(db) as conn:
+        run_id = _run_id(conn, run) if run is not None else None
+        if run_id is not None and run_totals is not None:
+            conn.execute("UPDATE runs SET n_excerpts = ?, n_tokens = ? WHERE id = ?", [*run_totals, run_id])
         excerpt_tokens = [r.tokens for n in neurons for r in (*n.top, *n.random)]
         excerpt_ids = iter(_upsert_excerpts(conn, excerpt_tokens))
         record_rows = []
         for record in neurons:
-            q = record.stats.quantiles
             conn.execute(
                 "DELETE FROM records WHERE neuron_id IN"
                 " (SELECT id FROM neurons WHERE model = ? AND layer = ? AND neuron = ?)",
@@ -385,7 +410,7 @@ def write_neurons(
                     record.stats.mean,
                     record.stats.variance,
                     record.stats.max,
-                    *(q.get(level) for level in config.QUANTILES),
+                    *(record.stats.quantiles.get(level) for level in config.QUANTILES),
                 ],
             ).fetchone()[0]
             for kind, records in (("top", record.top), ("random", record.random)):
@@ -399,16 +424,14 @@ def write_neurons(
             record_rows,
         )
         if finished_layer is not None:
+            if run_id is None:
+                raise ValueError("finished_layer needs run")
             layer, seconds = finished_layer
             conn.execute(
-                "INSERT OR REPLACE INTO run_layers (run_id, layer, n_neurons, seconds, finished_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO run_layers (run_id, layer, n_neurons, seconds, finished_at)"
+                " VALUES (?, ?, ?, ?, ?)",
                 [run_id, layer, len(neurons), seconds, now()],
             )
-
-
-def finish_run(db: sqlite_utils.Database, run_id: int, n_excerpts: int, n_tokens: int) -> None:
-    with transaction(db) as conn:
-        conn.execute("UPDATE runs SET n_excerpts = ?, n_tokens = ? WHERE id = ?", [n_excerpts, n_tokens, run_id])
 
 
 def get_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> NeuronRecord:
@@ -456,9 +479,7 @@ def list_layers(db: sqlite_utils.Database, model: str) -> list[tuple[int, int]]:
 
 
 def layer_neuron_count(db: sqlite_utils.Database, model: str, layer: int) -> int:
-    return db.conn.execute(
-        "SELECT COUNT(*) FROM neurons WHERE model = ? AND layer = ?", [model, layer]
-    ).fetchone()[0]
+    return db.conn.execute("SELECT COUNT(*) FROM neurons WHERE model = ? AND layer = ?", [model, layer]).fetchone()[0]
 
 
 def summary(db: sqlite_utils.Database) -> dict[str, Any]:
@@ -485,26 +506,36 @@ EXPLANATION_FIELDS = (
 )  # fmt: skip
 
 
-def insert_explanation(db: sqlite_utils.Database, **fields: Any) -> int:
-    """Store one explanation (or one failed attempt). JSON-able `params` and `prompt` are serialised here.
-
-    With a `job_key`, a rerun of the same job replaces the earlier row instead of adding a second one.
-    """
+def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], created_at: str) -> int:
     unknown = set(fields) - set(EXPLANATION_FIELDS)
     if unknown:
         raise ValueError(f"unknown explanation fields: {sorted(unknown)}")
-    row = dict(fields)
+    row = {"status": "ok", **fields, "created_at": created_at}
     for key in ("params", "prompt"):
-        if key in row and not isinstance(row[key], str | None):
+        if row.get(key) is not None and not isinstance(row[key], str):
             row[key] = _json(row[key])
-    row.setdefault("status", "ok")
-    row["created_at"] = now()
-    columns = ", ".join(row)
+    if row.get("job_key") is not None:
+        conn.execute("DELETE FROM explanations WHERE job_key = ?", [row["job_key"]])
     marks = ", ".join("?" * len(row))
+    return conn.execute(f"INSERT INTO explanations ({', '.join(row)}) VALUES ({marks})", list(row.values())).lastrowid
+
+
+def insert_explanation(db: sqlite_utils.Database, **fields: Any) -> int:
+    """Store one explanation (or one failed attempt); JSON-able `params` and `prompt` are serialised here.
+
+    With a `job_key`, a rerun of the same job replaces the earlier row instead of adding a second one.
+    """
     with transaction(db) as conn:
-        if row.get("job_key") is not None:
-            conn.execute("DELETE FROM explanations WHERE job_key = ?", [row["job_key"]])
-        return conn.execute(f"INSERT INTO explanations ({columns}) VALUES ({marks})", list(row.values())).lastrowid
+        return _insert_explanation_row(conn, fields, now())
+
+
+def insert_explanations(db: sqlite_utils.Database, rows: Sequence[dict[str, Any]]) -> int:
+    """Store many explanations in one transaction (all or nothing); returns how many."""
+    created_at = now()
+    with transaction(db) as conn:
+        for fields in rows:
+            _insert_explanation_row(conn, fields, created_at)
+    return len(rows)
 
 
 def get_explanation(db: sqlite_utils.Database, explanation_id: int) -> dict[str, Any]:
@@ -545,9 +576,61 @@ def list_explanations(
     return [_decode_explanation(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
 
 
+def explanation_statuses(db: sqlite_utils.Database, job_keys: Sequence[str]) -> dict[str, str]:
+    """job_key → status of the stored explanation, for the keys that have one (resuming a job list)."""
+    statuses: dict[str, str] = {}
+    keys = list(dict.fromkeys(job_keys))
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        statuses.update(
+            db.conn.execute(f"SELECT job_key, status FROM explanations WHERE job_key IN ({marks})", chunk).fetchall()
+        )
+    return statuses
+
+
+def explanations_by_job(db: sqlite_utils.Database, job_keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The stored explanations with these job keys, in the order of `job_keys` (missing ones left out)."""
+    found: dict[str, dict[str, Any]] = {}
+    keys = list(dict.fromkeys(job_keys))
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        cursor = db.conn.execute(f"SELECT * FROM explanations WHERE job_key IN ({marks})", chunk)
+        columns = [d[0] for d in cursor.description]
+        for row in cursor.fetchall():
+            decoded = _decode_explanation(dict(zip(columns, row, strict=True)))
+            found[decoded["job_key"]] = decoded
+    return [found[key] for key in keys if key in found]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # LLM response cache
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def cache_get(db: sqlite_utils.Database, key: str) -> dict[str, Any] | None:
+    """The cached response (decoded JSON) stored under `key`, or None."""
+    row = db.conn.execute("SELECT response FROM llm_cache WHERE key = ?", [key]).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def cache_put(
+    db: sqlite_utils.Database, key: str, backend: str, model: str, request: Any, response: dict[str, Any]
+) -> None:
+    """Store (or replace) one successful LLM response. `request` must hold no secrets: it is stored as given."""
+    with transaction(db) as conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO llm_cache (key, backend, model, request, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [key, backend, model, _json(request), _json(response), now()],
+        )
+
+
+def cache_delete(db: sqlite_utils.Database, key: str) -> None:
+    """Forget one cached LLM response (no error when there is none)."""
+    with transaction(db) as conn:
+        conn.execute("DELETE FROM llm_cache WHERE key = ?", [key])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -558,3 +641,309 @@ def list_explanations(
 # ---------------------------------------------------------------------------------------------------------------
 # Studies, items, raters and ratings
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _fetch_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+STUDY_FIELDS = (
+    "name", "instructions", "model", "arms", "neurons", "ratings_per_item", "allow_tie", "allow_both_bad",
+    "overlap_share", "gold_share", "seed",
+)  # fmt: skip
+ITEM_FIELDS = (
+    "position", "model", "layer", "neuron", "left_explanation_id", "right_explanation_id", "left_arm", "right_arm",
+    "left_text", "right_text", "is_gold", "gold_choice",
+)  # fmt: skip
+
+
+def insert_study(db: sqlite_utils.Database, study: dict[str, Any], items: Sequence[dict[str, Any]]) -> int:
+    """Store a study (arms and neurons as lists) with its items in one transaction; InputError if the name is taken."""
+    row = {key: study[key] for key in STUDY_FIELDS}
+    row["arms"], row["neurons"] = _json(list(study["arms"])), _json(list(study["neurons"]))
+    row["created_at"] = now()
+    with transaction(db) as conn:
+        if conn.execute("SELECT 1 FROM studies WHERE name = ?", [row["name"]]).fetchone():
+            raise InputError(f"a study named {row['name']!r} already exists; choose another --name")
+        study_id = conn.execute(
+            f"INSERT INTO studies ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+        ).lastrowid
+        conn.executemany(
+            f"INSERT INTO items (study_id, {', '.join(ITEM_FIELDS)}) VALUES (?, {', '.join('?' * len(ITEM_FIELDS))})",
+            [[study_id, *(item[key] for key in ITEM_FIELDS)] for item in items],
+        )
+    return study_id
+
+
+def _decode_study(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "arms": json.loads(row["arms"]), "neurons": json.loads(row["neurons"])}
+
+
+def get_study(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    """The study row by name; NotFoundError lists the studies there are."""
+    rows = _fetch_dicts(db.conn.execute("SELECT * FROM studies WHERE name = ?", [name]))
+    if not rows:
+        names = [row[0] for row in db.conn.execute("SELECT name FROM studies ORDER BY name")]
+        known = ", ".join(names) or "none yet: create one with `python -m core study create`"
+        raise NotFoundError(f"no study named {name!r} (studies: {known})")
+    return _decode_study(rows[0])
+
+
+def list_studies(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every study, oldest first, with its numbers of items and ratings."""
+    rows = _fetch_dicts(
+        db.conn.execute(
+            "SELECT s.*, (SELECT COUNT(*) FROM items i WHERE i.study_id = s.id) AS n_items,"
+            " (SELECT COUNT(*) FROM ratings r JOIN items i ON i.id = r.item_id WHERE i.study_id = s.id) AS n_ratings"
+            " FROM studies s ORDER BY s.id"
+        )
+    )
+    return [_decode_study(row) for row in rows]
+
+
+def list_items(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
+    """A study's items by position (unblinded: arms, explanation formats and explainers), each with its current
+    number of ratings."""
+    return _fetch_dicts(
+        db.conn.execute(
+            "SELECT i.*, (SELECT COUNT(*) FROM ratings r WHERE r.item_id = i.id) AS n_ratings,"
+            " le.format AS left_format, le.explainer AS left_explainer,"
+            " re.format AS right_format, re.explainer AS right_explainer"
+            " FROM items i LEFT JOIN explanations le ON le.id = i.left_explanation_id"
+            " LEFT JOIN explanations re ON re.id = i.right_explanation_id"
+            " WHERE i.study_id = ? ORDER BY i.position",
+            [study_id],
+        )
+    )
+
+
+def get_item(db: sqlite_utils.Database, item_id: int) -> dict[str, Any] | None:
+    rows = _fetch_dicts(db.conn.execute("SELECT * FROM items WHERE id = ?", [item_id]))
+    return rows[0] if rows else None
+
+
+def explanation_models(db: sqlite_utils.Database, neurons: Sequence[NeuronId]) -> list[str]:
+    """The models that have at least one ok explanation for any of these neurons."""
+    models: set[str] = set()
+    for start in range(0, len(neurons), 400):
+        chunk = neurons[start : start + 400]
+        values = ", ".join("(?, ?)" for _ in chunk)
+        models.update(
+            row[0]
+            for row in db.conn.execute(
+                f"SELECT DISTINCT model FROM explanations WHERE status = 'ok' AND (layer, neuron) IN (VALUES {values})",
+                [number for neuron in chunk for number in (neuron.layer, neuron.index)],
+            )
+        )
+    return sorted(models)
+
+
+def insert_rater(db: sqlite_utils.Database, name: str, code_hash: str, salt: str, role: str) -> int:
+    """Store a rater with an already hashed access code; InputError if the name is taken."""
+    with transaction(db) as conn:
+        if conn.execute("SELECT 1 FROM raters WHERE name = ?", [name]).fetchone():
+            raise InputError(f"a rater named {name!r} already exists; choose another name")
+        return conn.execute(
+            "INSERT INTO raters (name, code_hash, salt, role, created_at) VALUES (?, ?, ?, ?, ?)",
+            [name, code_hash, salt, role, now()],
+        ).lastrowid
+
+
+def get_rater(db: sqlite_utils.Database, name: str) -> dict[str, Any] | None:
+    """The rater's row, code hash and salt included: for authentication only, never for display or export."""
+    rows = _fetch_dicts(db.conn.execute("SELECT * FROM raters WHERE name = ?", [name]))
+    return rows[0] if rows else None
+
+
+def list_raters(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every rater's id, name, role and creation time (no secrets)."""
+    return _fetch_dicts(db.conn.execute("SELECT id, name, role, created_at FROM raters ORDER BY id"))
+
+
+def assignment_state(
+    db: sqlite_utils.Database, study_id: int, rater_id: int, reserved_since: str
+) -> dict[str, list[dict[str, Any]]]:
+    """What an assignment decision reads. `items`: id, position, is_gold and `filled` (ratings plus other raters'
+    unrated assignments made since `reserved_since`). `assigned`: this rater's items in order, with `rated`."""
+    items = _fetch_dicts(
+        db.conn.execute(
+            "SELECT i.id, i.position, i.is_gold, (SELECT COUNT(*) FROM ratings r WHERE r.item_id = i.id)"
+            " + (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id AND a.rater_id != ? AND a.assigned_at >= ?"
+            "    AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.item_id = a.item_id AND r.rater_id = a.rater_id))"
+            " AS filled FROM items i WHERE i.study_id = ? ORDER BY i.position",
+            [rater_id, reserved_since, study_id],
+        )
+    )
+    assigned = _fetch_dicts(
+        db.conn.execute(
+            "SELECT a.item_id, a.assigned_at,"
+            " EXISTS (SELECT 1 FROM ratings r WHERE r.item_id = a.item_id AND r.rater_id = a.rater_id) AS rated"
+            " FROM assignments a JOIN items i ON i.id = a.item_id WHERE i.study_id = ? AND a.rater_id = ?"
+            " ORDER BY a.assigned_at, a.item_id",
+            [study_id, rater_id],
+        )
+    )
+    return {"items": items, "assigned": assigned}
+
+
+def assign_item(
+    db: sqlite_utils.Database,
+    study_id: int,
+    rater_id: int,
+    reserved_since: str,
+    choose: Callable[[dict[str, list[dict[str, Any]]]], int | None],
+) -> int | None:
+    """Read the assignment state, let `choose` pick an item and record it as assigned, all under one write lock,
+    so that two raters asking at the same time see each other's reservations."""
+    with transaction(db) as conn:
+        item_id = choose(assignment_state(db, study_id, rater_id, reserved_since))
+        if item_id is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO assignments (item_id, rater_id, assigned_at) VALUES (?, ?, ?)",
+                [item_id, rater_id, now()],
+            )
+        return item_id
+
+
+def is_assigned(db: sqlite_utils.Database, item_id: int, rater_id: int) -> bool:
+    query = "SELECT 1 FROM assignments WHERE item_id = ? AND rater_id = ?"
+    return db.conn.execute(query, [item_id, rater_id]).fetchone() is not None
+
+
+def get_rating(db: sqlite_utils.Database, item_id: int, rater_id: int) -> dict[str, Any] | None:
+    query = "SELECT * FROM ratings WHERE item_id = ? AND rater_id = ?"
+    rows = _fetch_dicts(db.conn.execute(query, [item_id, rater_id]))
+    return rows[0] if rows else None
+
+
+RATING_VALUES = ("choice", "confidence", "comment", "seconds")
+
+
+def write_rating(
+    db: sqlite_utils.Database,
+    study_id: int,
+    item_id: int,
+    rater_id: int,
+    rating: dict[str, Any],
+    require_assignment: bool = True,
+) -> tuple[int, bool]:
+    """Insert or update the one rating of (rater, item) in one write transaction, mapping left/right to the item's
+    arm as `winner_arm`. A resubmission keeps the replaced values in rating_audit. Returns (rating id, replaced)."""
+    with transaction(db) as conn:
+        item = conn.execute("SELECT study_id, left_arm, right_arm FROM items WHERE id = ?", [item_id]).fetchone()
+        if item is None or item[0] != study_id:
+            study = conn.execute("SELECT name FROM studies WHERE id = ?", [study_id]).fetchone()
+            raise InputError(
+                f"item {item_id} is not part of study {study[0] if study else study_id!r}; "
+                "list its items with `python -m core study items`"
+            )
+        assigned = conn.execute(
+            "SELECT 1 FROM assignments WHERE item_id = ? AND rater_id = ?", [item_id, rater_id]
+        ).fetchone()
+        if require_assignment and assigned is None:
+            raise InputError(f"item {item_id} was not assigned to this rater; rate the item you were shown")
+        values = [rating.get(key) for key in RATING_VALUES]
+        winner_arm = {"left": item[1], "right": item[2]}.get(rating["choice"])
+        stamp = now()
+        old = conn.execute(
+            "SELECT id, choice, winner_arm, confidence, comment, seconds, updated_at FROM ratings"
+            " WHERE item_id = ? AND rater_id = ?",
+            [item_id, rater_id],
+        ).fetchone()
+        if old is None:
+            rating_id = conn.execute(
+                "INSERT INTO ratings (item_id, rater_id, choice, confidence, comment, seconds, winner_arm, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [item_id, rater_id, *values, winner_arm, stamp, stamp],
+            ).lastrowid
+            conn.execute(
+                "INSERT OR IGNORE INTO assignments (item_id, rater_id, assigned_at) VALUES (?, ?, ?)",
+                [item_id, rater_id, stamp],
+            )
+            return rating_id, False
+        conn.execute(
+            "INSERT INTO rating_audit (rating_id, item_id, rater_id, choice, winner_arm, confidence, comment, seconds,"
+            " recorded_at, replaced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [old[0], item_id, rater_id, *old[1:], stamp],
+        )
+        conn.execute(
+            "UPDATE ratings SET choice = ?, confidence = ?, comment = ?, seconds = ?, winner_arm = ?, updated_at = ?"
+            " WHERE id = ?",
+            [*values, winner_arm, stamp, old[0]],
+        )
+        return old[0], True
+
+
+def study_ratings(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
+    """Every rating of a study joined with its item, rater name and the explanations' format and explainer, in
+    rating order. Rater secrets are never selected."""
+    return _fetch_dicts(
+        db.conn.execute(
+            "SELECT r.id AS rating_id, r.item_id, i.position, i.model, i.layer, i.neuron, r.rater_id,"
+            " ra.name AS rater, r.choice, r.winner_arm, i.left_arm, i.right_arm, i.is_gold, i.gold_choice,"
+            " r.confidence, r.seconds, r.comment, r.created_at, r.updated_at,"
+            " (SELECT COUNT(*) FROM rating_audit au WHERE au.rating_id = r.id) AS revisions,"
+            " i.left_explanation_id, i.right_explanation_id, le.format AS left_format, le.explainer AS left_explainer,"
+            " re.format AS right_format, re.explainer AS right_explainer, i.left_text, i.right_text"
+            " FROM ratings r JOIN items i ON i.id = r.item_id JOIN raters ra ON ra.id = r.rater_id"
+            " LEFT JOIN explanations le ON le.id = i.left_explanation_id"
+            " LEFT JOIN explanations re ON re.id = i.right_explanation_id"
+            " WHERE i.study_id = ? ORDER BY r.id",
+            [study_id],
+        )
+    )
+
+
+def study_assignment_counts(db: sqlite_utils.Database, study_id: int) -> dict[int, int]:
+    """Per rater id, how many items of the study were handed to them."""
+    query = (
+        "SELECT a.rater_id, COUNT(*) FROM assignments a JOIN items i ON i.id = a.item_id"
+        " WHERE i.study_id = ? GROUP BY a.rater_id"
+    )
+    return dict(db.conn.execute(query, [study_id]).fetchall())
+
+
+def delete_study_ratings(db: sqlite_utils.Database, study_id: int) -> int:
+    """Delete a study's ratings, their audit rows and assignments; returns the number of ratings deleted.
+
+    Only the admin export-then-purge calls this, inside the transaction that wrote the export, so that nothing
+    rated in between is lost.
+    """
+    if not db.conn.in_transaction:
+        raise WorkbenchError("ratings are deleted only by the admin export-then-purge, inside its transaction")
+    in_study = "item_id IN (SELECT id FROM items WHERE study_id = ?)"
+    db.conn.execute(f"DELETE FROM rating_audit WHERE {in_study}", [study_id])
+    deleted = db.conn.execute(f"DELETE FROM ratings WHERE {in_study}", [study_id]).rowcount
+    db.conn.execute(f"DELETE FROM assignments WHERE {in_study}", [study_id])
+    return deleted
+
+
+def scores_for_explanations(
+    db: sqlite_utils.Database, explanation_ids: Iterable[int], simulator: str | None = None
+) -> tuple[str | None, dict[int, float]]:
+    """Simulation scores of these explanations under ONE simulator: (simulator, {explanation id: score}).
+
+    Per explanation: its most recent ok, non-missing score on the valid split (SPEC.md §4). Without `simulator`,
+    the one that scored the most of these explanations (ties: by name). Scores of simulators are never mixed.
+    """
+    ids = sorted({int(i) for i in explanation_ids if i is not None})
+    rows: list[tuple[int, str, float]] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows += db.conn.execute(
+            "SELECT explanation_id, simulator, score FROM scores WHERE split = 'valid' AND status = 'ok'"
+            f" AND score IS NOT NULL AND explanation_id IN ({', '.join('?' * len(chunk))})"
+            " ORDER BY created_at, id",
+            chunk,
+        ).fetchall()
+    if simulator is None:
+        counts: dict[str, set[int]] = {}
+        for explanation_id, name, _ in rows:
+            counts.setdefault(name, set()).add(explanation_id)
+        if not counts:
+            return None, {}
+        simulator = min(counts, key=lambda name: (-len(counts[name]), name))
+    # Rows are oldest first, so later ones overwrite: the most recent score wins.
+    scores = {explanation_id: score for explanation_id, name, score in rows if name == simulator}
+    return simulator, {k: v for k, v in scores.items() if v == v}

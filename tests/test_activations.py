@@ -1,0 +1,199 @@
+"""Collection against a brute-force oracle, plus resume, idempotence and failure handling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import db as dbmod
+from core.activations import CollectOptions, _Reservoir, collect
+from core.corpus import load_corpus, special_token_layout, token_excerpts, token_strings
+from core.errors import InputError, WorkbenchError
+from core.models import load_subject_model
+from core.records import NeuronId
+from tests import tiny_models
+
+OPTIONS = CollectOptions(max_tokens=1600, excerpt_len=16, top_k=6, random_k=5, batch_size=7, seed=3)
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(tiny_models.TEXT * 4)
+    return path
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama", "bert"])
+def tiny_model(request, tmp_path_factory) -> tuple[str, Path]:
+    return request.param, tiny_models.build(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def all_activations(model_path: Path, corpus_file: Path, options: CollectOptions, layer: int):
+    """Oracle: every excerpt through the model, the MLP output projection's input captured by a plain hook."""
+    subject = load_subject_model(str(model_path), device="cpu")
+    excerpts = list(
+        token_excerpts(load_corpus(str(corpus_file)), subject.tokenizer, options.excerpt_len, options.max_tokens)
+    )
+    prefix, suffix = special_token_layout(subject.tokenizer)
+    captured = []
+    hook = subject.mlp_out(layer).register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0]))
+    with torch.inference_mode():
+        subject.model(input_ids=torch.tensor([prefix + e + suffix for e in excerpts]))
+    hook.remove()
+    acts = captured[0][:, len(prefix) : len(prefix) + options.excerpt_len].double().numpy()
+    return subject, excerpts, acts
+
+
+def test_collection_matches_brute_force(tiny_model, corpus_file, db):
+    family, model_path = tiny_model
+    report = collect(db, str(model_path), [0, 2], str(corpus_file), OPTIONS)
+    assert report.layers == [0, 2] and report.n_excerpts == OPTIONS.max_tokens // OPTIONS.excerpt_len
+    subject, excerpts, acts = all_activations(model_path, corpus_file, OPTIONS, layer=2)
+    strings = [tuple(token_strings(subject.tokenizer, e)) for e in excerpts]
+    excerpt_max = acts.max(axis=1)  # [excerpts, neurons]
+    for index in range(subject.n_neurons):
+        record = dbmod.get_neuron(db, str(model_path), NeuronId(2, index))
+        expected_order = np.argsort(-excerpt_max[:, index], kind="stable")[: OPTIONS.top_k]
+        np.testing.assert_allclose(
+            [r.max_activation for r in record.top], excerpt_max[expected_order, index], rtol=1e-5, atol=1e-6
+        )
+        for rec, excerpt in zip(record.top, expected_order, strict=True):
+            assert rec.tokens == strings[excerpt] or rec.max_activation == pytest.approx(excerpt_max[excerpt, index])
+            matches = [e for e, s in enumerate(strings) if s == rec.tokens]
+            assert any(np.allclose(rec.activations, acts[e, :, index], atol=1e-5) for e in matches)
+        flat = acts[:, :, index].ravel()
+        assert record.stats.mean == pytest.approx(flat.mean(), abs=1e-6)
+        assert record.stats.variance == pytest.approx(flat.var(), rel=1e-4, abs=1e-8)
+        assert record.stats.max == pytest.approx(flat.max(), rel=1e-6)
+        for level, value in record.stats.quantiles.items():
+            assert value == pytest.approx(np.quantile(excerpt_max[:, index], level), rel=1e-5, abs=1e-6)
+        # Random records: the same excerpts for every neuron, each with this neuron's true activations.
+        assert len(record.random) == OPTIONS.random_k
+        for rec in record.random:
+            matches = [e for e, s in enumerate(strings) if s == rec.tokens]
+            assert any(np.allclose(rec.activations, acts[e, :, index], atol=1e-5) for e in matches)
+
+
+def test_top_records_sorted_and_splits(tiny_model, corpus_file, db):
+    _, model_path = tiny_model
+    collect(db, str(model_path), [1], str(corpus_file), CollectOptions(max_tokens=2048, excerpt_len=16, top_k=20))
+    record = dbmod.get_neuron(db, str(model_path), NeuronId(1, 5))
+    maxima = [r.max_activation for r in record.top]
+    assert maxima == sorted(maxima, reverse=True) and len(maxima) == 20
+    assert record.split("valid") == [record.top[i] for i in (2, 6, 10, 14, 18)] + [
+        record.random[i] for i in (1, 4, 7, 10, 13)
+    ]
+
+
+def test_resume_skips_finished_layers_and_is_idempotent(corpus_file, db, tmp_path):
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    first = collect(db, model_path, [0], str(corpus_file), OPTIONS)
+    before = dbmod.get_neuron(db, model_path, NeuronId(0, 3))
+    second = collect(db, model_path, [0, 1], str(corpus_file), OPTIONS)
+    assert (first.layers, second.layers, second.skipped_layers) == ([0], [1], [0])
+    assert dbmod.get_neuron(db, model_path, NeuronId(0, 3)) == before
+    third = collect(db, model_path, [0, 1], str(corpus_file), OPTIONS)
+    assert third.layers == [] and third.skipped_layers == [0, 1]
+    assert dbmod.list_layers(db, model_path) == [(0, 48), (1, 48)]
+
+
+def test_bad_input_leaves_db_unchanged(corpus_file, db, tmp_path):
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(InputError, match="no complete excerpt"):
+        collect(db, model_path, [0], str(empty), OPTIONS)
+    with pytest.raises(InputError, match="does not fit .* context of 128"):
+        collect(db, model_path, [0], str(corpus_file), CollectOptions(excerpt_len=200, max_tokens=1000))
+    with pytest.raises(InputError, match="layer 9 out of range"):
+        collect(db, model_path, [9], str(corpus_file), OPTIONS)
+    with pytest.raises(InputError, match="not found"):
+        collect(db, model_path, [0], str(tmp_path / "missing.txt"), OPTIONS)
+    counts = dbmod.summary(db)["counts"]
+    assert counts["neurons"] == 0
+    assert db.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def test_full_disk_fails_cleanly_and_rerun_completes(corpus_file, db_path, tmp_path):
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    database = dbmod.connect(db_path)
+    pages = database.conn.execute("PRAGMA page_count").fetchone()[0]
+    database.conn.execute(f"PRAGMA max_page_count = {pages + 30}")  # SQLite's own "disk full" (SQLITE_FULL)
+    with pytest.raises(WorkbenchError, match="database or disk is full"):
+        collect(database, model_path, [0, 1, 2], str(corpus_file), OPTIONS)
+    finished = database.conn.execute("SELECT layer, n_neurons FROM run_layers").fetchall()
+    for layer, n_neurons in finished:  # a finished layer is whole; nothing half written is visible
+        assert dbmod.layer_neuron_count(database, model_path, layer) == n_neurons
+    assert database.conn.execute("SELECT COUNT(*) FROM records r LEFT JOIN neurons n ON n.id = r.neuron_id"
+                                 " WHERE n.id IS NULL").fetchone()[0] == 0  # fmt: skip
+    database.conn.close()
+    database = dbmod.connect(db_path)
+    report = collect(database, model_path, [0, 1, 2], str(corpus_file), OPTIONS)
+    assert sorted(report.layers + report.skipped_layers) == [0, 1, 2]
+    assert [count for _, count in dbmod.list_layers(database, model_path)] == [48, 48, 48]
+
+
+def test_killed_process_then_rerun_completes(corpus_file, db_path, tmp_path):
+    """SIGKILL the CLI after its first layer is committed: nothing half written, and a rerun finishes the job."""
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    args = [sys.executable, "-m", "core", "collect", "--db", str(db_path), "--model", model_path,
+            "--corpus", str(corpus_file), "--layers", "0,1,2", "--max-tokens", "1600", "--excerpt-len", "16",
+            "--top-k", "6", "--random-k", "5", "--seed", "3", "--batch-size", "7", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    killed_midway = False
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(db_path, timeout=1) as conn:
+                if conn.execute("SELECT COUNT(*) FROM run_layers").fetchone()[0] >= 1:
+                    process.send_signal(signal.SIGKILL)
+                    killed_midway = True
+                    break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.005)
+    process.wait(timeout=60)
+    database = dbmod.connect(db_path)
+    for layer, n_neurons in database.conn.execute("SELECT layer, n_neurons FROM run_layers").fetchall():
+        assert dbmod.layer_neuron_count(database, model_path, layer) == n_neurons == 48
+    rerun = subprocess.run([*args, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert [count for _, count in dbmod.list_layers(database, model_path)] == [48, 48, 48]
+    if killed_midway:
+        assert '"skipped_layers": []' not in rerun.stdout
+
+
+def test_reservoir_is_uniform():
+    counts = np.zeros(50)
+    for seed in range(400):
+        reservoir = _Reservoir(5, np.random.default_rng(seed))
+        for _ in range(10):
+            reservoir.offer(5)
+        counts[reservoir.members] += 1
+    # Every excerpt is kept with probability 5/50; 400 trials give 40 each on average.
+    assert counts.sum() == 2000
+    assert counts.min() > 20 and counts.max() < 62
+
+
+def test_quantiles_from_a_sample_when_the_corpus_is_large(corpus_file, db, tmp_path):
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    options = CollectOptions(max_tokens=1600, excerpt_len=16, top_k=6, random_k=5, quantile_sample=40)
+    collect(db, model_path, [0], str(corpus_file), options)
+    _, _, acts = all_activations(Path(model_path), corpus_file, options, layer=0)
+    excerpt_max = acts.max(axis=1)
+    errors = []
+    for index in range(48):
+        median = dbmod.get_neuron(db, model_path, NeuronId(0, index)).stats.quantiles[0.5]
+        spread = excerpt_max[:, index].max() - excerpt_max[:, index].min()
+        errors.append(abs(median - np.median(excerpt_max[:, index])) / spread)
+    assert np.mean(errors) < 0.1  # 40 of 100 excerpts: close, not exact
