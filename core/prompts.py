@@ -1,0 +1,555 @@
+"""Explanation prompt formats: activation records → OpenAI-style chat messages (SPEC.md §2).
+
+Every format is one `PromptFormat` in the `FORMATS` registry; the CLI and the app list formats from it, so a new
+format is added there and nowhere else. Everything here is a pure function of its arguments, except
+`load_few_shot`, which reads a file.
+
+Conventions shared by the natural formats (summary, highlight, highlight_summary, avhs):
+- Records are labelled A..Z, then AA, AB, … so any number of records can be shown.
+- A marked token is wrapped in square brackets; consecutive marked tokens share one pair, and leading or trailing
+  whitespace stays outside the brackets (` [New York]`, not `[ New][ York]`).
+- Brackets and backslashes that belong to the text itself are escaped as `\\[`, `\\]` and `\\\\`, so a highlight can
+  always be told from a literal bracket (the system message explains the bracket escapes).
+- The token lists hold each distinct marked token once, in order of first appearance, whitespace-trimmed; a token that
+  is blank or contains a comma, quote, tab or newline is written as a JSON string (`","`). AVHS lists each token with
+  its highest 0-10 value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from core.errors import InputError, LLMError
+from core.records import ActivationRecord, NeuronStats, normalize, records_from_json
+
+BUNDLED_FEW_SHOT = Path(__file__).resolve().parent / "data" / "few_shot.json"
+EXPLANATION_PREFIX = "the main thing this neuron does is find"
+# Bills et al. repeat the non-zero lines when fewer than this share of the shown values is non-zero (SPEC.md §2).
+REPEAT_NON_ZERO_BELOW = 0.2
+NO_TOKENS = "(none)"
+
+Messages = list[dict[str, str]]
+# records, their 0-10 values (one list per record), raw-activation cutoff threshold → BODY
+BodyFn = Callable[[Sequence[ActivationRecord], Sequence[Sequence[int]], float], str]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cutoff: which raw activations count as "highly activating" in the natural formats
+# ---------------------------------------------------------------------------------------------------------------
+
+CUTOFF_MODES = ("quantile", "relative", "absolute")
+# Value used when only a mode is given; absolute has no sensible default across neurons.
+CUTOFF_DEFAULT_VALUES: dict[str, float | None] = {"quantile": 0.99, "relative": 0.5, "absolute": None}
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """How the natural formats decide that a token is highly activating: raw activation > threshold (SPEC.md §2).
+
+    - `quantile` (the paper's rule, and our default): `value` is a quantile level (default 0.99); the threshold is
+      the neuron's boundary at that level of its per-excerpt maximum activations over the whole corpus, taken from
+      `NeuronStats.quantiles`. Comparable across the records of one neuron, needs the neuron's stats.
+    - `relative`: the threshold is `value` × M, with M the largest relu activation of the records shown
+      (0 ≤ value ≤ 1). Needs no stats.
+    - `absolute`: the threshold is `value` itself, in the neuron's raw activation units.
+    """
+
+    mode: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.mode not in CUTOFF_MODES:
+            raise InputError(f"cutoff mode {self.mode!r} is unknown; choose one of {', '.join(CUTOFF_MODES)}")
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InputError(f"cutoff value {value!r} is not a finite number")
+        if self.mode == "quantile" and not 0 < value < 1:
+            raise InputError(f"quantile cutoff {value} must be a quantile level between 0 and 1, e.g. 0.99")
+        if self.mode == "relative" and not 0 <= value <= 1:
+            raise InputError(f"relative cutoff {value} must be a fraction of the maximum between 0 and 1, e.g. 0.5")
+        object.__setattr__(self, "value", float(value))
+
+    @classmethod
+    def parse(cls, mode: str | None, value: float | str | None = None) -> Cutoff:
+        """Validated cutoff from user input; a missing mode means the default mode, a missing value its default."""
+        mode = (mode or DEFAULT_CUTOFF.mode).strip().lower()
+        if mode not in CUTOFF_MODES:
+            raise InputError(f"cutoff mode {mode!r} is unknown; choose one of {', '.join(CUTOFF_MODES)}")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            default = CUTOFF_DEFAULT_VALUES[mode]
+            if default is None:
+                raise InputError(f"the {mode} cutoff needs a value, e.g. --cutoff 1.5 (a raw activation)")
+            value = default
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise InputError(f"cutoff value {value!r} is not a number") from None
+        return cls(mode, value)
+
+    def threshold(self, records: Sequence[ActivationRecord], stats: NeuronStats | None) -> float:
+        """The raw-activation threshold for these records of one neuron."""
+        if self.mode == "absolute":
+            return self.value
+        if self.mode == "relative":
+            return self.value * max_relu_activation(records)
+        if stats is None:
+            raise InputError(
+                f"the quantile cutoff ({self.value}) needs the neuron's stats (quantiles of per-excerpt maxima); "
+                "pass them (--stats STATS.json) or use --cutoff-mode relative or absolute"
+            )
+        for level, boundary in stats.quantiles.items():
+            if math.isclose(level, self.value, rel_tol=0, abs_tol=1e-9):
+                return boundary
+        known = ", ".join(str(q) for q in sorted(stats.quantiles)) or "none"
+        raise InputError(
+            f"the neuron's stats have no {self.value} quantile (available: {known}); choose one of those levels"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "value": self.value}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "cutoff") -> Cutoff:
+        if not isinstance(data, dict) or "mode" not in data:
+            raise InputError(f'{where}: expected an object like {{"mode": "relative", "value": 0.5}}')
+        try:
+            return cls.parse(data["mode"], data.get("value"))
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+
+def stats_from_json(data: Any, where: str = "stats") -> NeuronStats:
+    """NeuronStats from its JSON (or an object holding it under "stats", like a neuron export), naming bad fields."""
+    if isinstance(data, dict) and isinstance(data.get("stats"), dict):
+        data, where = data["stats"], f"{where}.stats"
+    if not isinstance(data, dict):
+        raise InputError(
+            f'{where}: expected an object like {{"mean": 0.1, "variance": 0.2, "max": 3.0, "quantiles": '
+            '{"0.99": 1.5}}'
+        )
+    for key in ("mean", "variance", "max"):
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"{where}.{key}: expected a number, got {value!r}")
+    quantiles = data.get("quantiles", {})
+    if not isinstance(quantiles, dict):
+        raise InputError(f'{where}.quantiles: expected an object from level to boundary, e.g. {{"0.99": 1.5}}')
+    for level, boundary in quantiles.items():
+        try:
+            float(level)
+        except ValueError:
+            raise InputError(f"{where}.quantiles: {level!r} is not a quantile level such as 0.99") from None
+        if isinstance(boundary, bool) or not isinstance(boundary, int | float):
+            raise InputError(f"{where}.quantiles[{level}]: expected a number, got {boundary!r}")
+    return NeuronStats.from_json(data)
+
+
+DEFAULT_CUTOFF = Cutoff("quantile", 0.99)
+# Few-shot neurons have no corpus stats, and an absolute value means nothing across neurons, so each few-shot
+# example uses its own `cutoff` from the few-shot file, else this one (the paper hard-coded a raw 1.0 instead).
+# It does not follow the target's cutoff, so the few-shot part of a prompt is the same for every target neuron.
+FEW_SHOT_CUTOFF = Cutoff("relative", 0.5)
+
+
+def max_relu_activation(records: Sequence[ActivationRecord]) -> float:
+    """M of SPEC.md §1: the largest relu(activation) over the records shown; 0 when none is positive."""
+    return max((max(0.0, a) for r in records for a in r.activations), default=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Format bodies
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def record_label(index: int) -> str:
+    """A, B, …, Z, AA, AB, …: the label of the record at 0-based `index` (no limit of 26)."""
+    if index < 0:
+        raise ValueError("record index must be >= 0")
+    label = ""
+    number = index + 1
+    while number:
+        number, rest = divmod(number - 1, 26)
+        label = chr(ord("A") + rest) + label
+    return label
+
+
+def escape_brackets(text: str) -> str:
+    """Escape text for the highlight formats: `\\` → `\\\\`, `[` → `\\[`, `]` → `\\]`."""
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+
+
+def _token_lines(record: ActivationRecord, values: Sequence[int], omit_zeros: bool) -> str:
+    return "\n".join(
+        f"{token}\t{value}" for token, value in zip(record.tokens, values, strict=True) if value or not omit_zeros
+    )
+
+
+def _start_end_blocks(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], omit_zeros: bool) -> str:
+    # Same layout as Bills et al.'s neuron-explainer: "\n<start>\n" lines "\n<end>\n<start>\n" … "\n<end>\n".
+    blocks = [_token_lines(r, v, omit_zeros) for r, v in zip(records, values, strict=True)]
+    return "\n<start>\n" + "\n<end>\n<start>\n".join(blocks) + "\n<end>\n"
+
+
+def original_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float) -> str:
+    """Bills et al.'s token<TAB>n blocks, repeated without zeros when under 20% of the values are non-zero."""
+    body = _start_end_blocks(records, values, omit_zeros=False)
+    total = sum(len(v) for v in values)
+    non_zero = sum(1 for v in values for n in v if n)
+    if total and non_zero / total < REPEAT_NON_ZERO_BELOW:
+        body += "\nSame activations, but with all zeros filtered out:" + _start_end_blocks(records, values, True)
+    return body
+
+
+def _list_item(token: str) -> str:
+    text = token.strip()
+    if not text or any(ch in text for ch in ',"\t\n'):
+        return json.dumps(text or token, ensure_ascii=False)
+    return text
+
+
+def _highlighted_text(tokens: Sequence[str], marked: Sequence[bool]) -> str:
+    parts: list[str] = []
+    i = 0
+    while i < len(tokens):
+        if not marked[i]:
+            parts.append(escape_brackets(tokens[i]))
+            i += 1
+            continue
+        j = i
+        while j < len(tokens) and marked[j]:
+            j += 1
+        span = "".join(escape_brackets(t) for t in tokens[i:j])
+        core = span.strip()
+        if core:
+            lead = span[: len(span) - len(span.lstrip())]
+            trail = span[len(span.rstrip()) :]
+            parts.append(f"{lead}[{core}]{trail}")
+        else:  # a marked whitespace token stays visible as such
+            parts.append(f"[{span}]")
+        i = j
+    return "".join(parts)
+
+
+def _distinct_marked(tokens: Sequence[str], marked: Sequence[bool]) -> list[str]:
+    return list(dict.fromkeys(_list_item(t) for t, m in zip(tokens, marked, strict=True) if m))
+
+
+def _comma_list(tokens: Sequence[str], marked: Sequence[bool]) -> str:
+    return ", ".join(_distinct_marked(tokens, marked)) or NO_TOKENS
+
+
+def _natural_body(blocks: Sequence[str]) -> str:
+    return "\n" + "\n\n".join(blocks) + "\n"
+
+
+def _excerpt(index: int, text: str) -> str:
+    return f"Text excerpt - {record_label(index)}:\n<start>{text}<end>"
+
+
+def _above(record: ActivationRecord, threshold: float) -> list[bool]:
+    return [a > threshold for a in record.activations]
+
+
+def summary_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float) -> str:
+    """Each excerpt's plain text, then its tokens above the threshold as a comma list."""
+    blocks = [
+        _excerpt(i, "".join(r.tokens)) + "\n\nHighly activating tokens: " + _comma_list(r.tokens, _above(r, threshold))
+        for i, r in enumerate(records)
+    ]
+    return _natural_body(blocks)
+
+
+def highlight_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float) -> str:
+    """Each excerpt's text with the tokens above the threshold in square brackets."""
+    return _natural_body(
+        [_excerpt(i, _highlighted_text(r.tokens, _above(r, threshold))) for i, r in enumerate(records)]
+    )
+
+
+def highlight_summary_body(
+    records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float
+) -> str:
+    """The highlighted excerpt plus the comma list of its tokens above the threshold."""
+    blocks = []
+    for i, record in enumerate(records):
+        marked = _above(record, threshold)
+        blocks.append(
+            _excerpt(i, _highlighted_text(record.tokens, marked))
+            + "\n\nHighly activating tokens: "
+            + _comma_list(record.tokens, marked)
+        )
+    return _natural_body(blocks)
+
+
+def avhs_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float) -> str:
+    """The excerpt with every token of value n > 0 highlighted, then those tokens as `token<TAB>n` lines.
+
+    The cutoff does not apply here: a token is marked when its 0-10 value is positive (SPEC.md §2).
+    """
+    blocks = []
+    for i, (record, record_values) in enumerate(zip(records, values, strict=True)):
+        marked = [n > 0 for n in record_values]
+        best: dict[str, int] = {}
+        for token, n in zip(record.tokens, record_values, strict=True):
+            if n > 0:
+                item = _list_item(token)
+                best[item] = max(n, best.get(item, 0))
+        listing = "\n".join(f"{item}\t{n}" for item, n in best.items()) or NO_TOKENS
+        blocks.append(
+            _excerpt(i, _highlighted_text(record.tokens, marked)) + "\n\nHighly activating tokens:\n" + listing
+        )
+    return _natural_body(blocks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """One explanation prompt format (SPEC.md §2). `body` is pure: (records, 0-10 values, threshold) → BODY.
+
+    Formats with `uses_cutoff=False` ignore the threshold and are given NaN, so they never need stats.
+    """
+
+    name: str
+    description: str
+    system_message: str
+    body: BodyFn
+    uses_cutoff: bool = True
+
+
+_ORIGINAL_SYSTEM = (
+    "We are studying neurons in a neural network. Each neuron looks for one particular thing in a short document. "
+    "Look at the parts of the document where the neuron activates and sum up in a single sentence what it is "
+    "looking for. Do not list example words.\n\n"
+    "Activations are shown one token per line as token<tab>activation, with values from 0 to 10. A non-zero value "
+    "means the neuron found what it looks for; the higher the value, the stronger the match."
+)
+_NATURAL_INTRO = (
+    "We are working out the roles of neurons in a neural network. For each neuron, say in one sentence what its "
+    "highly activating tokens have in common, taking their context into account."
+)
+_MARK_LIST = "Each excerpt is followed by a comma-separated list of its highly activating tokens."
+_MARK_BRACKETS = (
+    "Highly activating tokens are in [square brackets]; brackets that belong to the text are written \\[ and \\]."
+)
+_MARK_VALUES = (
+    "Each excerpt is followed by its highlighted tokens as token<tab>activation, from 1 (weak) to 10 (strongest)."
+)
+
+FORMATS: dict[str, PromptFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        PromptFormat(
+            "original",
+            "Bills et al.: every token on its own line with its 0-10 activation",
+            _ORIGINAL_SYSTEM,
+            original_body,
+            uses_cutoff=False,
+        ),
+        PromptFormat(
+            "summary",
+            "plain excerpt text, then a comma list of the highly activating tokens",
+            f"{_NATURAL_INTRO} {_MARK_LIST}",
+            summary_body,
+        ),
+        PromptFormat(
+            "highlight",
+            "excerpt text with the highly activating tokens in [square brackets]",
+            f"{_NATURAL_INTRO} {_MARK_BRACKETS}",
+            highlight_body,
+        ),
+        PromptFormat(
+            "highlight_summary",
+            "highlighted excerpt text plus the comma list",
+            f"{_NATURAL_INTRO} {_MARK_BRACKETS} {_MARK_LIST}",
+            highlight_summary_body,
+        ),
+        PromptFormat(
+            "avhs",
+            "activation values + highlight + summary: tokens with a non-zero 0-10 value highlighted and listed",
+            f"{_NATURAL_INTRO} {_MARK_BRACKETS} {_MARK_VALUES}",
+            avhs_body,
+            uses_cutoff=False,
+        ),
+    )
+}
+
+
+def get_format(name: str) -> PromptFormat:
+    """The registered format called `name`, or an InputError listing the known ones."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise InputError(f"unknown prompt format {name!r}; choose one of {', '.join(FORMATS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Few-shot examples
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FewShotExample:
+    """A neuron shown before the target: its records and the explanation the assistant gives (no final period).
+
+    `cutoff` overrides FEW_SHOT_CUTOFF for this example; it must be relative or absolute.
+    """
+
+    records: tuple[ActivationRecord, ...]
+    explanation: str
+    cutoff: Cutoff | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "records", tuple(self.records))
+
+
+def few_shot_from_json(data: Any, where: str = "few_shot") -> tuple[FewShotExample, ...]:
+    """Parse `[{"records": [{"tokens", "activations"}], "explanation": "..."}]`, naming the bad field on error."""
+    if not isinstance(data, list):
+        raise InputError(f'{where}: expected a list of {{"records": [...], "explanation": "..."}} objects')
+    examples = []
+    for i, item in enumerate(data):
+        here = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise InputError(f"{here}: expected an object with 'records' and 'explanation'")
+        if not isinstance(item.get("records"), list) or not item["records"]:
+            raise InputError(f"{here}.records: expected a non-empty list of records")
+        records = records_from_json(item["records"], f"{here}.records")
+        explanation = item.get("explanation")
+        if not isinstance(explanation, str) or not explanation.strip():
+            raise InputError(f"{here}.explanation: expected a non-empty string")
+        explanation = explanation.strip()
+        # The prompt adds the final period itself.
+        explanation = explanation[:-1].rstrip() if explanation.endswith(".") else explanation
+        cutoff = None
+        if item.get("cutoff") is not None:
+            cutoff = Cutoff.from_json(item["cutoff"], f"{here}.cutoff")
+            if cutoff.mode == "quantile":
+                raise InputError(f"{here}.cutoff: few-shot examples have no corpus stats; use relative or absolute")
+        examples.append(FewShotExample(tuple(records), explanation, cutoff))
+    return tuple(examples)
+
+
+@lru_cache(maxsize=1)
+def _bundled_few_shot() -> tuple[FewShotExample, ...]:
+    return _read_few_shot(BUNDLED_FEW_SHOT)
+
+
+def _read_few_shot(path: Path) -> tuple[FewShotExample, ...]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read few-shot file {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    try:
+        return few_shot_from_json(data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def load_few_shot(source: str | Path | None = None) -> tuple[FewShotExample, ...]:
+    """Few-shot examples: None → our bundled core/data/few_shot.json; "none" → no examples; else a JSON file."""
+    if source is None:
+        return _bundled_few_shot()
+    if isinstance(source, str) and source.strip().lower() == "none":
+        return ()
+    return _read_few_shot(Path(source))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Messages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def user_message(neuron_number: int, body: str) -> str:
+    """The user message for neuron k (SPEC.md §2); the model's continuation is the explanation."""
+    return (
+        f"\n\nNeuron {neuron_number}\nActivations:{body}"
+        f"\nExplanation of neuron {neuron_number} behavior: {EXPLANATION_PREFIX}"
+    )
+
+
+def resolve_threshold(
+    format_name: str,
+    records: Sequence[ActivationRecord],
+    cutoff: Cutoff = DEFAULT_CUTOFF,
+    stats: NeuronStats | None = None,
+) -> float | None:
+    """The raw threshold a format applies to the target's records; None for formats that use no cutoff."""
+    fmt = get_format(format_name)
+    return cutoff.threshold(records, stats) if fmt.uses_cutoff else None
+
+
+def _neuron_body(fmt: PromptFormat, records: Sequence[ActivationRecord], threshold: float | None) -> str:
+    # M is taken over this neuron's records shown here (SPEC.md §1).
+    return fmt.body(records, normalize(records), math.nan if threshold is None else threshold)
+
+
+def build_messages(
+    format_name: str,
+    records: Sequence[ActivationRecord],
+    *,
+    few_shot: Sequence[FewShotExample] | None = None,
+    cutoff: Cutoff = DEFAULT_CUTOFF,
+    stats: NeuronStats | None = None,
+) -> Messages:
+    """The chat for explaining one neuron: system, few-shot user/assistant pairs, the target's user message.
+
+    `few_shot=None` uses our bundled examples; pass `()` for none. `cutoff` and `stats` apply to the target only;
+    few-shot examples use their own cutoff or FEW_SHOT_CUTOFF. Inputs are never modified.
+    """
+    fmt = get_format(format_name)
+    records = tuple(records)
+    if not records:
+        raise InputError("no activation records to show: give at least one record")
+    examples = load_few_shot(None) if few_shot is None else tuple(few_shot)
+    messages: Messages = [{"role": "system", "content": fmt.system_message}]
+    for number, example in enumerate(examples, start=1):
+        example_cutoff = example.cutoff or FEW_SHOT_CUTOFF
+        threshold = example_cutoff.threshold(example.records, None) if fmt.uses_cutoff else None
+        body = _neuron_body(fmt, example.records, threshold)
+        messages.append({"role": "user", "content": user_message(number, body)})
+        messages.append({"role": "assistant", "content": f" {example.explanation}."})
+    threshold = resolve_threshold(format_name, records, cutoff, stats)
+    body = _neuron_body(fmt, records, threshold)
+    messages.append({"role": "user", "content": user_message(len(examples) + 1, body)})
+    return messages
+
+
+def render_messages(messages: Sequence[dict[str, str]]) -> str:
+    """A chat as plain text for reading and golden files: each message under a `=== role ===` line."""
+    return "".join(f"=== {m['role']} ===\n{m['content']}\n" for m in messages)
+
+
+def clean_explanation(completion: str | None) -> str:
+    """The explanation from the model's raw continuation: first line, trimmed, one final period dropped.
+
+    A restated prefix ("The main thing this neuron does is find …"), which chat models sometimes write, is removed.
+    Raises LLMError when nothing usable is left.
+    """
+    if not isinstance(completion, str):
+        raise LLMError(f"the explainer returned no text ({completion!r}); retry or use another explainer model")
+    text = completion.strip().split("\n", 1)[0].strip()
+    if text.lower().startswith(EXPLANATION_PREFIX):
+        text = text[len(EXPLANATION_PREFIX) :].strip()
+    if text.endswith("."):
+        text = text[:-1].rstrip()
+    if not any(ch.isalnum() for ch in text):
+        raise LLMError(
+            f"the explainer's reply {completion[:80]!r} holds no explanation (empty after cleaning); "
+            "retry, raise max_tokens, or use another explainer model"
+        )
+    return text

@@ -1,0 +1,126 @@
+"""Token counting (SPEC.md §4, token cost) and the token benchmark (bench/tokens.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from core import db as dbmod
+from core import prompts, tokens
+from core.errors import InputError, ModelError
+from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORDS = ["hello", "world", "hi", "there", "friend", "system", "user", "assistant", "<", ">"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+MESSAGES = [{"role": "system", "content": "hello world"}, {"role": "user", "content": "hi there friend"}]
+
+
+def save_tiny_tokenizer(path: Path, chat_template: str | None) -> str:
+    """A real word-level tokenizer saved with save_pretrained, so AutoTokenizer.from_pretrained loads it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{word: i + 1 for i, word in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_cl100k_chat_count_hand_checked() -> None:
+    # "hello world" = 2 tokens, "hi" = 1, "system" = 1, "user" = 1; 3 per message and 3 to prime the reply:
+    # (3 + 1 + 2) + (3 + 1 + 1) + 3 = 14.
+    assert tokens.count_text_tokens("hello world", "cl100k_base") == 2
+    assert tokens.count_text_tokens("hi", "cl100k_base") == 1
+    messages = [{"role": "system", "content": "hello world"}, {"role": "user", "content": "hi"}]
+    assert tokens.count_chat_tokens(messages, "cl100k_base") == 14
+    assert tokens.count_chat_tokens([], "cl100k_base") == 3
+    # Special-token text in a prompt is counted as ordinary text instead of failing.
+    assert tokens.count_text_tokens("<|endoftext|>", "cl100k_base") > 1
+
+
+def test_hf_tokenizer_without_chat_template_sums_contents(tmp_path: Path) -> None:
+    path = save_tiny_tokenizer(tmp_path / "plain", None)
+    assert tokens.count_text_tokens("hello world", path) == 2
+    assert tokens.count_chat_tokens(MESSAGES, path) == 2 + 3
+
+
+def test_hf_tokenizer_with_chat_template(tmp_path: Path) -> None:
+    path = save_tiny_tokenizer(tmp_path / "chat", CHAT_TEMPLATE)
+    # "<system> hello world <user> hi there friend <assistant>" splits into
+    # < system > hello world < user > hi there friend < assistant >  = 14 tokens.
+    assert tokens.count_chat_tokens(MESSAGES, path) == 14
+    assert tokens._hf_tokenizer(path) is tokens._hf_tokenizer(path)  # loaded once per process
+
+
+def test_unloadable_tokenizer_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"cannot load a Hugging Face tokenizer from .*cl100k_base"):
+        tokens.count_text_tokens("hi", str(tmp_path / "missing" / "tokenizer"))
+
+
+def test_tokenizer_for() -> None:
+    assert tokens.tokenizer_for("openai:gpt-3.5-turbo") == "cl100k_base"
+    assert tokens.tokenizer_for("hf:/models/tiny") == "/models/tiny"
+    assert tokens.tokenizer_for("hf:Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    for bad in ("gpt-4", "openai:", "local:thing"):
+        with pytest.raises(InputError, match="openai:MODEL or hf:ID_OR_PATH"):
+            tokens.tokenizer_for(bad)
+
+
+# --- bench/tokens.py --------------------------------------------------------------------------------------------
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_tokens", REPO_ROOT / "bench" / "tokens.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_neuron(model: str, layer: int, index: int) -> NeuronRecord:
+    sentence = [" the", " river", " crossed", " the", " old", " city", " near", " the", " market", "."] * 7
+    records = []
+    for rank in range(20):
+        activations = [0.0] * 64
+        activations[(rank * 7 + index) % 64] = 4.0 - rank * 0.1
+        activations[(rank * 3) % 64] = -0.2
+        records.append(ActivationRecord(tuple(sentence[:64]), tuple(activations)))
+    stats = NeuronStats(0.0, 1.0, 4.0, {0.5: 0.5, 0.9: 1.0, 0.99: 2.0, 0.999: 3.0})
+    return NeuronRecord(model, NeuronId(layer, index), tuple(records), tuple(records[:15]), stats)
+
+
+def test_bench_reports_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bench.db"
+    database = dbmod.connect(path)
+    neurons = [synthetic_neuron("all-MiniLM-L6-v2", layer, index) for layer in (0, 1) for index in range(3)]
+    dbmod.write_neurons(database, "all-MiniLM-L6-v2", neurons, source="test")
+    database.conn.close()
+    bench = load_bench()
+    assert bench.main(["--db", str(path), "--n", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 neurons of all-MiniLM-L6-v2" in out and "tokenizer cl100k_base" in out
+    rows = {
+        line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in ([n] for n in prompts.FORMATS)
+    }
+    assert set(rows) == set(prompts.FORMATS)
+    assert float(rows["original"][4]) == 1.0 and rows["summary"][5] == "2.47"
+    # The same neurons measured directly give the table's mean for the original format.
+    picked = bench.pick_neurons(dbmod.connect(path), "all-MiniLM-L6-v2", 4)
+    assert [str(n.neuron) for n in picked] == ["0:0", "0:1", "1:0", "1:1"]
+    counts = bench.measure(picked, "cl100k_base", prompts.DEFAULT_CUTOFF, prompts.load_few_shot(None))
+    assert f"{sum(counts['original']) / 4:.1f}" == rows["original"][1]
+    assert all(counts["summary"][i] < counts["original"][i] for i in range(4))
+
+
+def test_bench_on_an_empty_db_says_how_to_fill_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_bench().main(["--db", str(tmp_path / "empty.db")]) == 1
+    assert "run `make data`" in capsys.readouterr().err
