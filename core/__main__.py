@@ -309,13 +309,17 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--explainer",
         required=True,
-        help=f"{' or '.join(f'{name}:MODEL' for name in llm.BACKENDS)}, e.g. openai:gpt-4o-mini or hf:./my-chat-model",
+        help=f"{' or '.join(b.spec for b in llm.BACKENDS.values())}, e.g. openai:gpt-4o-mini or hf:./my-chat-model",
     )
     parser.add_argument("--samples", type=int, default=1, help="explanations per neuron and format (%(default)s)")
     defaults = llm.Sampling()
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="(%(default)s)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="(%(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="(%(default)s)")
+    parser.add_argument(
+        "--temperature", type=float, default=defaults.temperature, help="0 = greedy (default %(default)s)"
+    )
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling (default %(default)s)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=defaults.max_tokens, help="explanation length limit (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="sampling seed; sample k uses seed + k")
     parser.add_argument(
         "--cutoff-mode",
@@ -357,12 +361,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "device": args.device,
     }
     database = dbmod.connect(args.db)
-    with tqdm(total=0, unit="expl", desc="explain", file=sys.stderr) as bar:
+    bars: list[tqdm] = []  # opened at the first progress call, so an early error prints no empty bar
 
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="expl", desc="explain", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
 
+    try:
         report = explain.explain_neurons(
             database,
             resolve_model_name(args.model),
@@ -377,6 +383,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             progress=progress,
             backend_options=options,
         )
+    finally:
+        for bar in bars:
+            bar.close()
     print(
         f"{report.ok} explained, {report.skipped} already done, {report.failed} failed (of {report.total})",
         file=sys.stderr,
@@ -419,7 +428,526 @@ def cmd_import_explanations(args: argparse.Namespace) -> int:
 # --- simulation and scoring --------------------------------------------------------------------------------------
 
 
+def _simulator_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    from core.simulate import SIMULATORS
+
+    parser.add_argument(
+        "--simulator", required=required, default=None, help="hf:PATH (local model) or openai:MODEL (API server)"
+    )
+    parser.add_argument(
+        "--method",
+        default=None,
+        choices=list(SIMULATORS),
+        help="simulation method (default: all_at_once for hf:, chat_logprobs for openai:; "
+        "completions_echo for vLLM-style servers)",
+    )
+    parser.add_argument("--device", default=None, help="local models: cpu, cuda … (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="local simulator: float32, bfloat16, float16 (default: auto)")
+    parser.add_argument("--sim-batch-size", type=int, default=None, help="local simulator: excerpts per forward pass")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="local simulator: recompute the shared prefix")
+    parser.add_argument("--top-logprobs", type=int, default=None, help="API simulators: top logprobs to request")
+    parser.add_argument(
+        "--simulation-few-shot", default=None, help="simulation few-shot JSON, or `none` (default: bundled)"
+    )
+
+
+def _simulator_options(args: argparse.Namespace) -> dict[str, Any]:
+    from core.simulate import parse_simulator_spec
+
+    backend, _ = parse_simulator_spec(args.simulator)
+    if backend == "hf":
+        options = {"device": args.device, "dtype": args.dtype, "batch_size": args.sim_batch_size}
+        if args.no_prefix_cache:
+            options["reuse_prefix"] = False
+    else:
+        options = {"top_logprobs": args.top_logprobs}
+    options["few_shot"] = args.simulation_few_shot
+    return options
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _read_json_file(path: str, what: str) -> Any:
+    from pathlib import Path
+
+    from core.errors import InputError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} file {path} is not valid JSON: {exc}") from None
+
+
+@command
+def _add_simulate(commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        commands, "simulate", cmd_simulate, "predict activations from an explanation and score them against records"
+    )
+    parser.add_argument("--explanation", required=True, help="the explanation text to simulate")
+    parser.add_argument(
+        "--records", required=True, help='JSON file: {"records": [{"tokens": [...], "activations": [...]}, ...]}'
+    )
+    _simulator_flags(parser)
+    parser.add_argument("--json", action="store_true", help="print predictions and scores as JSON")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from core import pipeline
+    from core.records import records_from_json
+
+    records = records_from_json(_read_json_file(args.records, "records"))
+    result = pipeline.simulate_text(args.explanation, records, args.simulator, args.method, **_simulator_options(args))
+    if args.json:
+        _print_json(result)
+    elif result["status"] == "ok":
+        print(
+            f"score {_number(result['score'])}  R² {_number(result['rsquared'])}  absdev {_number(result['absdev'])}"
+            f"  ({result['simulator']}, {result['method']}, {result['seconds']:.2f}s)"
+        )
+        for record, predicted in zip(records, result["predictions"], strict=True):
+            print("  " + " ".join(f"{t!r}:{p:.1f}" for t, p in zip(record.tokens, predicted, strict=True)))
+    if result["status"] != "ok":
+        print(f"simulation failed: {result['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _neuron_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    which = parser.add_mutually_exclusive_group(required=required)
+    which.add_argument("--neurons", help="layer:index list, e.g. 3:17,3:42")
+    which.add_argument("--neuron-file", help="CSV with columns layer,neuron")
+
+
+def _neurons(args: argparse.Namespace) -> list | None:
+    from core.records import parse_neurons
+
+    if args.neurons:
+        return parse_neurons(args.neurons)
+    if args.neuron_file:
+        return _neurons_from_file(args.neuron_file)
+    return None
+
+
+def _scoring_flags(parser: argparse.ArgumentParser) -> None:
+    from core.records import SPLITS
+    from core.scoring import DEFAULT_EMBEDDER
+
+    parser.add_argument("--split", default="valid", choices=list(SPLITS), help="records to score on (%(default)s)")
+    parser.add_argument("--calibrate", action="store_true", help="fit a·EV + b on the calibration split first")
+    parser.add_argument(
+        "--reference", default="openai", choices=["openai", "none"], help="similarity to the imported reference"
+    )
+    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="minilm or openai:EMBEDDING_MODEL")
+
+
+@command
+def _add_score(commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        commands, "score", cmd_score, "simulate and score stored explanations that have no score yet (reruns resume)"
+    )
+    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="subject model the neurons belong to")
+    _neuron_flags(parser, required=False)
+    parser.add_argument("--formats", default=None, help="comma-separated formats (default: all)")
+    parser.add_argument("--explainers", default=None, help="comma-separated explainers, e.g. openai:gpt-4o-mini")
+    _simulator_flags(parser)
+    _scoring_flags(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import pipeline
+    from core.models import resolve_model_name
+
+    report = pipeline.score_explanations(
+        dbmod.connect(args.db),
+        resolve_model_name(args.model),
+        args.simulator,
+        method=args.method,
+        neurons=_neurons(args),
+        formats=_split_list(args.formats) or None,
+        explainers=_split_list(args.explainers) or None,
+        split=args.split,
+        calibrate=args.calibrate,
+        reference=args.reference,
+        embedder=args.embedder,
+        progress=True,
+        simulator_options=_simulator_options(args),
+    )
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(
+            f"{report.simulator} ({report.method}, {report.split}{', calibrated' if report.calibrated else ''}): "
+            f"{report.ok} scored, {report.skipped} already scored, {report.failed} failed (of {report.total}); "
+            f"{report.similarities} similarities computed"
+        )
+        for error in report.errors[:5]:
+            print(f"  failed: {error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+@command
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    from core import llm, prompts
+
+    parser = _subcommand(
+        commands,
+        "run",
+        cmd_run,
+        "collect (if needed) → explain → simulate → score, then a per-format table with CIs (reruns resume)",
+    )
+    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="subject model: hub id, path or 'default'")
+    _neuron_flags(parser, required=True)
+    parser.add_argument("--formats", default=",".join(prompts.FORMATS), help="comma-separated formats (default: all)")
+    parser.add_argument("--explainer", required=True, help="openai:MODEL or hf:PATH")
+    _simulator_flags(parser)
+    _scoring_flags(parser)
+    parser.add_argument("--corpus", default=config.DEFAULT_CORPUS, help="corpus for collection, if needed")
+    parser.add_argument(
+        "--collect-tokens", type=int, default=config.DEFAULT_MAX_TOKENS, help="collection token budget (%(default)s)"
+    )
+    parser.add_argument("--samples", type=int, default=1, help="explanations per neuron and format (%(default)s)")
+    defaults = llm.Sampling()
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="explainer sampling")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="explanation length limit")
+    parser.add_argument("--seed", type=int, default=None, help="explainer sampling seed")
+    parser.add_argument("--cutoff-mode", default=None, choices=prompts.CUTOFF_MODES, help="natural formats' cutoff")
+    parser.add_argument("--cutoff", default=None, help="quantile level, fraction of the max, or raw value")
+    parser.add_argument("--few-shot", default=None, help="explanation few-shot JSON file, or `none`")
+    parser.add_argument("--no-cache", action="store_true", help="ask the explainer again even for cached requests")
+    parser.add_argument("--baseline", default="original", help="format the others are compared with (%(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import llm, pipeline, prompts
+    from core.activations import CollectOptions
+
+    report = pipeline.run_pipeline(
+        dbmod.connect(args.db),
+        args.model,
+        _neurons(args),
+        _split_list(args.formats),
+        args.explainer,
+        args.simulator,
+        method=args.method,
+        corpus=args.corpus,
+        collect_options=CollectOptions(max_tokens=args.collect_tokens, device=args.device),
+        explain_options={
+            "sampling": llm.Sampling(args.temperature, max_tokens=args.max_tokens, seed=args.seed),
+            "samples": args.samples,
+            "cutoff": prompts.Cutoff.parse(args.cutoff_mode, args.cutoff),
+            "few_shot": args.few_shot,
+            "use_cache": not args.no_cache,
+            "backend_options": {"device": args.device},
+        },
+        split=args.split,
+        calibrate=args.calibrate,
+        reference=args.reference,
+        embedder=args.embedder,
+        baseline=args.baseline,
+        simulator_options=_simulator_options(args),
+        progress=True,
+    )
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(pipeline.format_run_report(report))
+    return 1 if report.explain["failed"] or report.score["failed"] else 0
+
+
+@command
+def _add_puzzles(commands: argparse._SubParsersAction) -> None:
+    from core import prompts
+    from core.scoring import DEFAULT_EMBEDDER
+
+    parser = _subcommand(
+        commands,
+        "puzzles",
+        cmd_puzzles,
+        "neuron puzzles: explanation similarity to the known truth, and whether a simulator ranks the truth first",
+    )
+    parser.add_argument("--explainer", required=True, help="openai:MODEL, hf:PATH, or `none` (simulator check only)")
+    parser.add_argument("--formats", default=",".join(prompts.FORMATS), help="comma-separated formats (default: all)")
+    _simulator_flags(parser, required=False)
+    parser.add_argument("--puzzles", default=None, help="puzzle JSON file (default: the bundled puzzles)")
+    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="minilm or openai:EMBEDDING_MODEL")
+    parser.add_argument("--samples", type=int, default=1, help="explanations per puzzle and format (%(default)s)")
+    parser.add_argument("--no-cache", action="store_true", help="ask the explainer again even for cached requests")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_puzzles(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import pipeline
+    from core.errors import InputError
+
+    explainer = None if args.explainer.strip().lower() == "none" else args.explainer
+    if explainer is None and not args.simulator:
+        raise InputError("with --explainer none there is only the simulator check: give --simulator")
+    report = pipeline.run_puzzles(
+        dbmod.connect(args.db),
+        explainer,
+        _split_list(args.formats),
+        args.simulator,
+        method=args.method,
+        puzzles_path=args.puzzles,
+        embedder=args.embedder,
+        explain_options={"samples": args.samples, "use_cache": not args.no_cache},
+        simulator_options=_simulator_options(args) if args.simulator else None,
+        progress=True,
+    )
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(pipeline.format_puzzle_report(report))
+    return 0
+
+
 # --- human evaluation --------------------------------------------------------------------------------------------
+
+
+def _add_study_create(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(study_commands, "create", cmd_study_create, "create a blinded pairwise study and its items")
+    parser.add_argument("--name", required=True)
+    parser.add_argument(
+        "--arms", required=True, help="two or more arms, FORMAT or FORMAT@EXPLAINER, e.g. summary,original@gpt-4"
+    )
+    parser.add_argument("--neurons", required=True, help="layer:index list, e.g. 0:426,0:722")
+    parser.add_argument("--ratings-per-item", type=int, default=3, help="ratings wanted per item (%(default)s)")
+    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="left/right and order seed")
+    parser.add_argument("--model", default=None, help="default: the one model that has explanations of the neurons")
+    parser.add_argument("--instructions", default="", help="what raters are told")
+    parser.add_argument("--no-tie", action="store_true", help="do not offer the 'equally good' choice")
+    parser.add_argument("--no-both-bad", action="store_true", help="do not offer the 'both bad' choice")
+    parser.add_argument(
+        "--overlap-share", type=float, default=0.2, help="share of items rated by at least 2 raters (%(default)s)"
+    )
+    parser.add_argument(
+        "--gold-share", type=float, default=0.0, help="attention checks per regular item, 0 for none (%(default)s)"
+    )
+
+
+def cmd_study_create(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+    from core.models import resolve_model_name
+
+    created = human_eval.create_study(
+        dbmod.connect(args.db),
+        name=args.name,
+        arms=args.arms,
+        neurons=args.neurons,
+        ratings_per_item=args.ratings_per_item,
+        seed=args.seed,
+        model=resolve_model_name(args.model) if args.model else None,
+        instructions=args.instructions,
+        allow_tie=not args.no_tie,
+        allow_both_bad=not args.no_both_bad,
+        overlap_share=args.overlap_share,
+        gold_share=args.gold_share,
+    )
+    for skipped in created.skipped:
+        print(f"warning: skipped {skipped}", file=sys.stderr)
+    _print_json({"study": created.study.to_json(), "n_items": created.n_items, "n_gold_items": created.n_gold})
+    return 0
+
+
+def _add_study_items(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(study_commands, "items", cmd_study_items, "list a study's items, unblinded (admin view)")
+    parser.add_argument("study")
+    parser.add_argument("--json", action="store_true", help="print the items as JSON")
+
+
+def cmd_study_items(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+
+    items = human_eval.study_items(dbmod.connect(args.db), args.study)
+    if args.json:
+        _print_json(items)
+        return 0
+    for item in items:
+        gold = f"  gold: {item['gold_choice']}" if item["is_gold"] else ""
+        print(
+            f"{item['item_id']:>6}  {item['neuron']:>10}  {item['left_arm']} | {item['right_arm']}"
+            f"  ratings: {item['n_ratings']}{gold}"
+        )
+    return 0
+
+
+def _add_study_status(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(study_commands, "status", cmd_study_status, "show a study's progress per item and rater")
+    parser.add_argument("study")
+
+
+def cmd_study_status(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+
+    _print_json(human_eval.study_status(dbmod.connect(args.db), args.study))
+    return 0
+
+
+def _add_study_list(study_commands: argparse._SubParsersAction) -> None:
+    _subcommand(study_commands, "list", cmd_study_list, "list the studies")
+
+
+def cmd_study_list(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+
+    _print_json(human_eval.list_studies(dbmod.connect(args.db)))
+    return 0
+
+
+def _summary_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-gold-accuracy", type=float, default=None, help="leave out raters whose gold-item accuracy is lower"
+    )
+    parser.add_argument(
+        "--simulator", default=None, help="whose simulation scores to compare with (default: most common)"
+    )
+
+
+def _add_study_summary(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(study_commands, "summary", cmd_study_summary, "print a study's statistics as JSON")
+    parser.add_argument("study")
+    _summary_flags(parser)
+
+
+def cmd_study_summary(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import export
+
+    _print_json(export.study_summary(dbmod.connect(args.db), args.study, args.simulator, args.min_gold_accuracy))
+    return 0
+
+
+def _admin_code(args: argparse.Namespace) -> str:
+    import getpass
+    import os
+
+    return args.code or os.environ.get("EVAL_ADMIN_CODE") or getpass.getpass(f"access code of {args.admin}: ")
+
+
+def _add_study_purge(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        study_commands, "purge", cmd_study_purge, "admin: export a study's ratings to --out, then delete them"
+    )
+    parser.add_argument("study")
+    parser.add_argument("--admin", required=True, help="an admin rater's name")
+    parser.add_argument("--code", default=None, help="the admin's access code (default: $EVAL_ADMIN_CODE, or asked)")
+    parser.add_argument("--out", required=True, help="where the export goes (a folder, a .zip or a .json file)")
+    parser.add_argument("--format", default="json", choices=["csv", "json", "parquet"])
+
+
+def cmd_study_purge(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import export, human_eval
+
+    database = dbmod.connect(args.db)
+    admin = human_eval.authenticate(database, args.admin, _admin_code(args))
+    _print_json(export.purge_study_ratings(database, args.study, admin, args.out, args.format))
+    return 0
+
+
+@command
+def _add_study(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("study", help="blinded pairwise human evaluation studies")
+    study_commands = parser.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
+    for add in (_add_study_create, _add_study_list, _add_study_items, _add_study_status, _add_study_summary):
+        add(study_commands)
+    _add_study_purge(study_commands)
+
+
+def _add_rater_add(rater_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(rater_commands, "add", cmd_rater_add, "register a rater with an access code")
+    parser.add_argument("--name", required=True, help="display name, also used to sign in")
+    parser.add_argument("--code", default=None, help="access code (default: asked without echo)")
+    parser.add_argument("--admin", action="store_true", help="may export and purge studies")
+
+
+def cmd_rater_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from core import db as dbmod
+    from core import human_eval
+
+    code = args.code or getpass.getpass(f"access code for {args.name}: ")
+    rater = human_eval.add_rater(dbmod.connect(args.db), args.name, code, admin=args.admin)
+    _print_json({"id": rater.id, "name": rater.name, "role": rater.role})
+    return 0
+
+
+def cmd_rater_list(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+
+    _print_json(human_eval.list_raters(dbmod.connect(args.db)))
+    return 0
+
+
+@command
+def _add_rater(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("rater", help="raters of human evaluation studies")
+    rater_commands = parser.add_subparsers(dest="rater_command", required=True, metavar="RATER_COMMAND")
+    _add_rater_add(rater_commands)
+    _subcommand(rater_commands, "list", cmd_rater_list, "list raters (names and roles, never codes)")
+
+
+@command
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(commands, "export", cmd_export, "export a study's ratings, items and summary, unblinded")
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--format", default="csv", choices=["csv", "json", "parquet"])
+    parser.add_argument(
+        "--out", default=None, help="a folder (default: ./<study>-export), a .zip, or a .json file for --format json"
+    )
+    _summary_flags(parser)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import export
+
+    files = export.export_study(dbmod.connect(args.db), args.study, args.format, args.simulator, args.min_gold_accuracy)
+    paths = export.write_export(files, args.out or f"{export.file_stem(args.study)}-export")
+    _print_json({"study": args.study, "format": args.format, "files": [str(path) for path in paths]})
+    return 0
+
+
+@command
+def _add_import_ratings(commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        commands, "import-ratings", cmd_import_ratings, "import ratings collected elsewhere from a CSV file"
+    )
+    parser.add_argument("--study", required=True)
+    parser.add_argument(
+        "file", help="CSV with item_id, rater, choice (left|right|tie|both_bad)[, confidence, seconds, comment]"
+    )
+    parser.add_argument("--create-raters", action="store_true", help="add unknown raters (with an unusable code)")
+
+
+def cmd_import_ratings(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import export
+
+    report = export.import_ratings(dbmod.connect(args.db), args.study, args.file, create_raters=args.create_raters)
+    for line, error in report.errors:
+        print(f"line {line}: {error}", file=sys.stderr)
+    _print_json(report.to_json())
+    return 1 if report.errors else 0
 
 
 # --- entry point -------------------------------------------------------------------------------------------------

@@ -506,6 +506,9 @@ EXPLANATION_FIELDS = (
 )  # fmt: skip
 
 
+_EXPLANATION_DEFAULTS = {"status": "ok", "source": "generated", "sample": 0}
+
+
 def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], created_at: str) -> int:
     unknown = set(fields) - set(EXPLANATION_FIELDS)
     if unknown:
@@ -514,10 +517,26 @@ def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], cr
     for key in ("params", "prompt"):
         if row.get(key) is not None and not isinstance(row[key], str):
             row[key] = _json(row[key])
+    existing = None
     if row.get("job_key") is not None:
-        conn.execute("DELETE FROM explanations WHERE job_key = ?", [row["job_key"]])
-    marks = ", ".join("?" * len(row))
-    return conn.execute(f"INSERT INTO explanations ({', '.join(row)}) VALUES ({marks})", list(row.values())).lastrowid
+        existing = conn.execute(
+            "SELECT id, explanation FROM explanations WHERE job_key = ?", [row["job_key"]]
+        ).fetchone()
+    if existing is None:
+        sql = f"INSERT INTO explanations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        return conn.execute(sql, list(row.values())).lastrowid
+    # A rerun of the same job updates its row in place: study items and scores keep pointing at it. Scores of a
+    # text that changed no longer describe it, so they go.
+    explanation_id, old_text = existing
+    if old_text != row.get("explanation"):
+        conn.execute("DELETE FROM scores WHERE explanation_id = ?", [explanation_id])
+        conn.execute("DELETE FROM similarities WHERE explanation_id = ?", [explanation_id])
+    columns = [c for c in EXPLANATION_FIELDS if c != "job_key"] + ["created_at"]
+    conn.execute(
+        f"UPDATE explanations SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+        [row.get(c, _EXPLANATION_DEFAULTS.get(c)) for c in columns] + [explanation_id],
+    )
+    return explanation_id
 
 
 def insert_explanation(db: sqlite_utils.Database, **fields: Any) -> int:
@@ -637,6 +656,222 @@ def cache_delete(db: sqlite_utils.Database, key: str) -> None:
 # Scores and similarities
 # ---------------------------------------------------------------------------------------------------------------
 
+SCORE_STATUSES = ("ok", "failed")
+
+
+def _finite(value: Any) -> float | None:
+    """A float, or None for missing, NaN and infinities (SPEC.md §4: store NaN as missing, never as 0)."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return number if np.isfinite(number) else None
+
+
+def _clean_json(value: Any) -> Any:
+    """Nested lists/dicts with NaN and infinities turned into None, so the JSON stays valid."""
+    if isinstance(value, dict):
+        return {k: _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_json(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return _finite(value)
+    return value
+
+
+def save_score(
+    db: sqlite_utils.Database,
+    explanation_id: int,
+    simulator: str,
+    method: str,
+    split: str,
+    calibrated: bool,
+    scores: Any,
+    predictions: Sequence[Sequence[float]] | None,
+    status: str,
+    error: str | None = None,
+    seconds: float | None = None,
+) -> int:
+    """Store (or replace) the score of one explanation under one simulator, method, split and calibration.
+
+    `scores` is a core.scoring.Scores (score, rsquared, absdev, per_excerpt) or None for a failed simulation.
+    """
+    if status not in SCORE_STATUSES:
+        raise ValueError(f"score status {status!r} is not one of {SCORE_STATUSES}")
+    per_excerpt = getattr(scores, "per_excerpt", None)
+    row = [
+        explanation_id,
+        simulator,
+        method,
+        split,
+        int(bool(calibrated)),
+        _finite(getattr(scores, "score", None)),
+        _finite(getattr(scores, "rsquared", None)),
+        _finite(getattr(scores, "absdev", None)),
+        None if per_excerpt is None else _json(_clean_json([dict(item) for item in per_excerpt])),
+        None if predictions is None else _json(_clean_json([list(p) for p in predictions])),
+        status,
+        error,
+        seconds,
+        now(),
+    ]
+    with transaction(db) as conn:
+        return conn.execute(
+            "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, rsquared, absdev,"
+            " per_excerpt, predictions, status, error, seconds, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (explanation_id, simulator, method, split, calibrated) DO UPDATE SET"
+            " score = excluded.score, rsquared = excluded.rsquared, absdev = excluded.absdev,"
+            " per_excerpt = excluded.per_excerpt, predictions = excluded.predictions, status = excluded.status,"
+            " error = excluded.error, seconds = excluded.seconds, created_at = excluded.created_at"
+            " RETURNING id",
+            row,
+        ).fetchone()[0]
+
+
+def save_similarity(
+    db: sqlite_utils.Database,
+    explanation_id: int,
+    reference_kind: str,
+    reference: str,
+    embedder: str,
+    cosine: float | None,
+) -> int:
+    """Store (or replace) the cosine similarity of an explanation to a reference text under one embedder."""
+    with transaction(db) as conn:
+        return conn.execute(
+            "INSERT INTO similarities (explanation_id, reference_kind, reference, embedder, cosine, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (explanation_id, reference, embedder) DO UPDATE SET"
+            " reference_kind = excluded.reference_kind, cosine = excluded.cosine, created_at = excluded.created_at"
+            " RETURNING id",
+            [explanation_id, reference_kind, reference, embedder, _finite(cosine), now()],
+        ).fetchone()[0]
+
+
+def scored_explanation_ids(
+    db: sqlite_utils.Database, simulator: str, method: str, split: str, calibrated: bool, status: str = "ok"
+) -> set[int]:
+    """Ids of explanations that already have a score with this status under this simulator, method and split."""
+    return {
+        row[0]
+        for row in db.conn.execute(
+            "SELECT explanation_id FROM scores WHERE simulator = ? AND method = ? AND split = ? AND calibrated = ?"
+            " AND status = ?",
+            [simulator, method, split, int(bool(calibrated)), status],
+        )
+    }
+
+
+def stored_similarities(
+    db: sqlite_utils.Database, explanation_ids: Iterable[int], embedder: str
+) -> dict[tuple[int, str], float | None]:
+    """(explanation id, reference text) → cosine of the similarities already stored under `embedder`."""
+    ids = sorted(set(explanation_ids))
+    found: dict[tuple[int, str], float | None] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for explanation_id, reference, cosine in db.conn.execute(
+            "SELECT explanation_id, reference, cosine FROM similarities WHERE embedder = ?"
+            f" AND explanation_id IN ({', '.join('?' * len(chunk))})",
+            [embedder, *chunk],
+        ):
+            found[(explanation_id, reference)] = cosine
+    return found
+
+
+def reference_explanations(db: sqlite_utils.Database, model: str) -> dict[NeuronId, str]:
+    """The imported reference explanation of each neuron of a model (source 'reference'; the newest if several)."""
+    rows = db.conn.execute(
+        "SELECT layer, neuron, explanation FROM explanations WHERE model = ? AND source = 'reference'"
+        " AND status = 'ok' AND explanation IS NOT NULL AND TRIM(explanation) != '' ORDER BY id",
+        [model],
+    ).fetchall()
+    return {NeuronId(layer, index): text for layer, index, text in rows}
+
+
+def _decode_score(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("per_excerpt", "predictions"):
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    if "calibrated" in row and row["calibrated"] is not None:
+        row["calibrated"] = bool(row["calibrated"])
+    return row
+
+
+def scores_for_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> list[dict[str, Any]]:
+    """Every stored score of the explanations of one neuron, newest explanation first, with the explanation's
+    format, explainer, text and source, and per-excerpt scores and predictions decoded from JSON."""
+    cursor = db.conn.execute(
+        "SELECT s.id, s.explanation_id, e.format, e.explainer, e.source, e.sample, e.explanation, s.simulator,"
+        " s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.per_excerpt, s.predictions, s.status,"
+        " s.error, s.seconds, s.created_at"
+        " FROM scores s JOIN explanations e ON e.id = s.explanation_id"
+        " WHERE e.model = ? AND e.layer = ? AND e.neuron = ?"
+        " ORDER BY e.id DESC, s.simulator, s.method, s.split, s.calibrated",
+        [model, neuron.layer, neuron.index],
+    )
+    return [_decode_score(row) for row in _fetch_dicts(cursor)]
+
+
+def score_rows(
+    db: sqlite_utils.Database,
+    model: str | None = None,
+    simulator: str | None = None,
+    *,
+    method: str | None = None,
+    split: str | None = None,
+    calibrated: bool | None = None,
+    reference_kind: str | None = None,
+    embedder: str | None = None,
+    include_unscored: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per (ok explanation, score), ready for a DataFrame: model, neuron ("layer:index"), layer, index,
+    format, explainer, source, sample, explanation, input/output tokens, simulator, method, split, calibrated,
+    score, rsquared, absdev, status, error, seconds, and similarity (mean cosine to the references of
+    `reference_kind` under `embedder`; None when there is none).
+
+    Score filters apply to the join, so with `include_unscored` an explanation without a matching score still
+    appears once with simulator None (it counts for similarity and token cost). Every scored row names its
+    simulator and method: callers must never average scores of different simulators together.
+    """
+    join, join_args = "", []
+    for column, value in (("simulator", simulator), ("method", method), ("split", split)):
+        if value is not None:
+            join += f" AND s.{column} = ?"
+            join_args.append(value)
+    if calibrated is not None:
+        join += " AND s.calibrated = ?"
+        join_args.append(int(bool(calibrated)))
+    similar, similar_args = "", []
+    if reference_kind is not None:
+        similar += " AND m.reference_kind = ?"
+        similar_args.append(reference_kind)
+    if embedder is not None:
+        similar += " AND m.embedder = ?"
+        similar_args.append(embedder)
+    where, where_args = ["e.status = 'ok'"], []
+    if model is not None:
+        where.append("e.model = ?")
+        where_args.append(model)
+    if not include_unscored:
+        where.append("s.id IS NOT NULL")
+    cursor = db.conn.execute(
+        "SELECT e.id AS explanation_id, e.model, e.layer || ':' || e.neuron AS neuron, e.layer, e.neuron AS 'index',"
+        " e.format, e.explainer, e.source, e.sample, e.explanation, e.input_tokens, e.output_tokens,"
+        " s.simulator, s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.status, s.error,"
+        " s.seconds,"
+        f" (SELECT AVG(m.cosine) FROM similarities m WHERE m.explanation_id = e.id{similar}) AS similarity"
+        f" FROM explanations e LEFT JOIN scores s ON s.explanation_id = e.id{join}"
+        f" WHERE {' AND '.join(where)}"
+        " ORDER BY e.model, e.layer, e.neuron, e.format, e.id, s.simulator, s.method, s.split, s.calibrated",
+        [*similar_args, *join_args, *where_args],
+    )
+    rows = _fetch_dicts(cursor)
+    for row in rows:
+        if row["calibrated"] is not None:
+            row["calibrated"] = bool(row["calibrated"])
+    return rows
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Studies, items, raters and ratings
@@ -648,6 +883,8 @@ def _fetch_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
+# The choices the ratings table's CHECK allows; `left` is the explanation shown first.
+RATING_CHOICES = ("left", "right", "tie", "both_bad")
 STUDY_FIELDS = (
     "name", "instructions", "model", "arms", "neurons", "ratings_per_item", "allow_tie", "allow_both_bad",
     "overlap_share", "gold_share", "seed",
@@ -947,3 +1184,123 @@ def scores_for_explanations(
     # Rows are oldest first, so later ones overwrite: the most recent score wins.
     scores = {explanation_id: score for explanation_id, name, score in rows if name == simulator}
     return simulator, {k: v for k, v in scores.items() if v == v}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dashboard queries (browsing and search)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Tables whose newest rowid moves with every insert the dashboard shows.
+_VERSIONED_TABLES = (
+    "runs", "excerpts", "neurons", "explanations", "scores", "similarities", "studies", "items", "raters", "ratings",
+    "rating_audit",
+)  # fmt: skip
+
+
+def data_version(db: sqlite_utils.Database) -> tuple[Any, ...]:
+    """A cheap value that changes after any committed write: the newest rowid of each table and the size and
+    modification time of the database file and its write-ahead log. The app keys its query caches on it, so a
+    write by the CLI or another session shows up on the next rerun."""
+    parts: list[Any] = []
+    for table in _VERSIONED_TABLES:
+        parts.append(db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0])
+    # Updates in place (a re-collected neuron, a changed rating) keep their rowids but always touch the files. An
+    # empty or missing log counts as no log: SQLite creates it on open and deletes it on close without a write.
+    file = next((row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    for path in (Path(file), Path(f"{file}-wal")) if file else ():
+        try:
+            stat = path.stat()
+        except OSError:
+            stat = None
+        parts += [stat.st_mtime_ns, stat.st_size] if stat is not None and stat.st_size else [None, None]
+    return tuple(parts)
+
+
+def neuron_indices(db: sqlite_utils.Database, model: str, layer: int) -> list[int]:
+    """The stored neuron indices of one layer, ascending."""
+    query = "SELECT neuron FROM neurons WHERE model = ? AND layer = ? ORDER BY neuron"
+    return [row[0] for row in db.conn.execute(query, [model, layer])]
+
+
+def neuron_overview(
+    db: sqlite_utils.Database, model: str, layer: int | None = None, simulator: str | None = None
+) -> list[dict[str, Any]]:
+    """Per stored neuron of a model (optionally one layer): layer, neuron, max activation, number of ok
+    explanations, and the best ok valid-split score of its explanations (under `simulator` when given, else any;
+    None when unscored)."""
+    score_filter = " AND s.simulator = ?" if simulator is not None else ""
+    clauses, args = ["n.model = ?"], [model]
+    if layer is not None:
+        clauses.append("n.layer = ?")
+        args.append(layer)
+    query = (
+        "SELECT n.layer, n.neuron, n.max AS max_activation,"
+        " (SELECT COUNT(*) FROM explanations e WHERE e.model = n.model AND e.layer = n.layer"
+        "  AND e.neuron = n.neuron AND e.status = 'ok') AS n_explanations,"
+        " (SELECT MAX(s.score) FROM scores s JOIN explanations e ON e.id = s.explanation_id"
+        "  WHERE e.model = n.model AND e.layer = n.layer AND e.neuron = n.neuron AND s.split = 'valid'"
+        f"  AND s.status = 'ok' AND s.score IS NOT NULL{score_filter}) AS best_score"
+        f" FROM neurons n WHERE {' AND '.join(clauses)} ORDER BY n.layer, n.neuron"
+    )
+    return _fetch_dicts(db.conn.execute(query, [*([simulator] if simulator is not None else []), *args]))
+
+
+def score_simulators(db: sqlite_utils.Database) -> list[str]:
+    """The simulators that have at least one ok score."""
+    return [row[0] for row in db.conn.execute("SELECT DISTINCT simulator FROM scores WHERE status = 'ok' ORDER BY 1")]
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_explanations(
+    db: sqlite_utils.Database, text: str, model: str | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Ok explanations containing `text` (case-insensitive for ASCII, `%` and `_` taken literally), newest first:
+    id, model, layer, neuron, format, explainer, explanation."""
+    clauses = ["status = 'ok'", "explanation LIKE ? ESCAPE '\\'"]
+    args: list[Any] = [_like_pattern(text.strip())]
+    if model is not None:
+        clauses.append("model = ?")
+        args.append(model)
+    query = (
+        "SELECT id, model, layer, neuron, format, explainer, explanation FROM explanations"
+        f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
+    )
+    return _fetch_dicts(db.conn.execute(query, [*args, int(limit)]))
+
+
+def last_explanation_id(db: sqlite_utils.Database) -> int:
+    return db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM explanations").fetchone()[0]
+
+
+def explanations_after(db: sqlite_utils.Database, after_id: int, model: str | None = None) -> list[dict[str, Any]]:
+    """Explanations stored after the one with id `after_id` (any status), oldest first: what a running job wrote."""
+    clauses, args = ["id > ?"], [after_id]
+    if model is not None:
+        clauses.append("model = ?")
+        args.append(model)
+    cursor = db.conn.execute(f"SELECT * FROM explanations WHERE {' AND '.join(clauses)} ORDER BY id", args)
+    columns = [d[0] for d in cursor.description]
+    return [_decode_explanation(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
+
+
+def explanation_costs(db: sqlite_utils.Database, model: str | None = None) -> list[dict[str, Any]]:
+    """Model, format, explainer and input/output tokens of every ok explanation (SPEC.md §4, token cost)."""
+    where, args = ("WHERE status = 'ok' AND model = ?", [model]) if model is not None else ("WHERE status = 'ok'", [])
+    query = f"SELECT model, format, explainer, input_tokens, output_tokens FROM explanations {where} ORDER BY id"
+    return _fetch_dicts(db.conn.execute(query, args))
+
+
+def similarities_for_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> list[dict[str, Any]]:
+    """Every stored similarity of the explanations of one neuron: explanation_id, reference_kind, embedder, cosine."""
+    return _fetch_dicts(
+        db.conn.execute(
+            "SELECT m.explanation_id, m.reference_kind, m.embedder, m.cosine FROM similarities m"
+            " JOIN explanations e ON e.id = m.explanation_id WHERE e.model = ? AND e.layer = ? AND e.neuron = ?"
+            " ORDER BY m.explanation_id, m.reference_kind, m.embedder",
+            [model, neuron.layer, neuron.index],
+        )
+    )

@@ -1,0 +1,437 @@
+"""Explain neurons: a neuron's train records → a prompt format → an LLM backend → a stored explanation (SPEC.md §2).
+
+Every (neuron, format, sample) is one job with a deterministic `job_key`. A job's result is stored the moment it
+arrives, so a crash loses nothing; a rerun of the same command skips jobs already ok and retries failed ones.
+Token costs (SPEC.md §4) are stored per explanation, input and output separately, and summarised by `cost_table`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core import db as dbmod
+from core import prompts
+from core.errors import InputError, LLMError, WorkbenchError
+from core.llm import Backend, Completion, Sampling, get_backend, parse_backend_spec
+from core.prompts import DEFAULT_CUTOFF, Cutoff, FewShotExample
+from core.records import NeuronId, NeuronRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+PROMPT_SPLIT = "train"  # SPEC.md §1: the explanation prompt shows the 5 train records
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """One explanation to produce: a neuron under a format, sample number `sample`."""
+
+    neuron: NeuronId
+    format: str
+    sample: int
+    job_key: str
+    params: dict[str, Any]
+    messages: list[dict[str, str]] | None
+    threshold: float | None
+    error: str | None = None  # set when the prompt itself could not be built
+
+
+@dataclass(frozen=True)
+class ExplainReport:
+    """What one `explain_neurons` call did. `job_keys` name every job of the call, in order."""
+
+    total: int
+    ok: int
+    failed: int
+    skipped: int
+    job_keys: tuple[str, ...]
+    errors: tuple[str, ...]
+
+    def rows(self, db: Any) -> list[dict[str, Any]]:
+        """The stored explanations of this call's jobs (ok and failed, including ones skipped as already done)."""
+        return dbmod.explanations_by_job(db, self.job_keys)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _few_shot(few_shot: str | Path | Sequence[FewShotExample] | None) -> tuple[tuple[FewShotExample, ...], str]:
+    """The examples and a label for the params: `bundled`, `none`, the file path, or `custom` (given in code)."""
+    if few_shot is None or isinstance(few_shot, str | Path):
+        label = "bundled" if few_shot is None else str(few_shot)
+        if isinstance(few_shot, str) and few_shot.strip().lower() == "none":
+            label = "none"
+        return prompts.load_few_shot(few_shot), label
+    return tuple(few_shot), "custom"
+
+
+def _few_shot_json(examples: Sequence[FewShotExample]) -> list[dict[str, Any]]:
+    return [
+        {
+            "records": [r.to_json() for r in ex.records],
+            "explanation": ex.explanation,
+            "cutoff": ex.cutoff.to_json() if ex.cutoff else None,
+        }
+        for ex in examples
+    ]
+
+
+def job_key(model: str, neuron: NeuronId, format_name: str, explainer: str, params: dict[str, Any], sample: int) -> str:
+    """The identity of an explanation job; equal keys mean a rerun may reuse the stored result."""
+    return _digest(
+        {
+            "model": model,
+            "neuron": str(neuron),
+            "format": format_name,
+            "explainer": explainer,
+            "params": params,
+            "sample": sample,
+        }
+    )
+
+
+def sample_sampling(sampling: Sampling, sample: int) -> Sampling:
+    """Sample k's sampling: a given seed becomes seed + k, so samples differ yet each one is reproducible."""
+    return sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + sample)
+
+
+def plan_jobs(
+    model: str,
+    neuron_records: Sequence[NeuronRecord],
+    formats: Sequence[str],
+    explainer: str,
+    *,
+    sampling: Sampling = Sampling(),
+    samples: int = 1,
+    cutoff: Cutoff = DEFAULT_CUTOFF,
+    few_shot: Sequence[FewShotExample] = (),
+    few_shot_label: str = "bundled",
+) -> list[ExplainJob]:
+    """All jobs, neuron by neuron, format by format, sample by sample, with prompts built (pure)."""
+    few_shot_id = {"source": few_shot_label, "sha256": _digest(_few_shot_json(few_shot))[:16]}
+    jobs = []
+    for record in neuron_records:
+        records = record.split(PROMPT_SPLIT)
+        for format_name in formats:
+            fmt = prompts.get_format(format_name)
+            # A format that ignores the cutoff keeps its key (and its stored result) when the cutoff changes.
+            params = {
+                "sampling": sampling.to_json(),
+                "few_shot": few_shot_id,
+                "cutoff": cutoff.to_json() if fmt.uses_cutoff else None,
+                "records": PROMPT_SPLIT,
+            }
+            messages, threshold, error = None, None, None
+            try:
+                messages = prompts.build_messages(
+                    format_name, records, few_shot=few_shot, cutoff=cutoff, stats=record.stats
+                )
+                threshold = prompts.resolve_threshold(format_name, records, cutoff, record.stats)
+            except InputError as exc:
+                error = f"cannot build the {format_name} prompt for neuron {record.neuron}: {exc}"
+            for sample in range(samples):
+                key = job_key(model, record.neuron, format_name, explainer, params, sample)
+                jobs.append(ExplainJob(record.neuron, format_name, sample, key, params, messages, threshold, error))
+    return jobs
+
+
+def explain_neurons(
+    db: Any,
+    model: str,
+    neurons: Sequence[NeuronId],
+    formats: Sequence[str],
+    explainer: str | Backend,
+    *,
+    sampling: Sampling = Sampling(),
+    samples: int = 1,
+    cutoff: Cutoff = DEFAULT_CUTOFF,
+    few_shot: str | Path | Sequence[FewShotExample] | None = None,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+    backend_options: dict[str, Any] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> ExplainReport:
+    """Explain each neuron × format × sample with `explainer` (`openai:MODEL`, `hf:PATH` or a Backend) and store it.
+
+    `few_shot`: None for the bundled examples, "none", a JSON file, or examples. Jobs already ok are skipped;
+    a failed call is stored as failed and the others continue. `progress(done, total)` follows every stored job.
+    `use_cache` and `backend_options` apply when `explainer` is a spec; a Backend brings its own settings.
+    """
+    if samples < 1:
+        raise InputError(f"samples {samples} must be at least 1")
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} must be at least 1")
+    formats = list(dict.fromkeys(formats))
+    if not formats:
+        raise InputError(f"no prompt formats given; choose from {', '.join(prompts.FORMATS)}")
+    for format_name in formats:
+        prompts.get_format(format_name)
+    neurons = list(dict.fromkeys(neurons))
+    if not neurons:
+        raise InputError("no neurons given: write them as layer:index, e.g. 3:17")
+    if not isinstance(explainer, Backend):
+        parse_backend_spec(explainer)  # a typo in the explainer fails before anything is loaded
+    examples, few_shot_label = _few_shot(few_shot)
+    neuron_records = [dbmod.get_neuron(db, model, neuron) for neuron in neurons]  # a missing neuron fails here
+    backend = (
+        explainer
+        if isinstance(explainer, Backend)
+        else get_backend(explainer, db=db, use_cache=use_cache, **(backend_options or {}))
+    )
+
+    jobs = plan_jobs(
+        model,
+        neuron_records,
+        formats,
+        backend.name,
+        sampling=sampling,
+        samples=samples,
+        cutoff=cutoff,
+        few_shot=examples,
+        few_shot_label=few_shot_label,
+    )
+    statuses = dbmod.explanation_statuses(db, [job.job_key for job in jobs])
+    todo = [job for job in jobs if statuses.get(job.job_key) != "ok"]
+    skipped = len(jobs) - len(todo)
+    counts = {"ok": 0, "failed": 0}
+    errors: list[str] = []
+
+    def store(job: ExplainJob, result: Completion | LLMError | str) -> None:
+        row = _explanation_row(model, backend, job, sampling, result)
+        dbmod.insert_explanation(db, **row)
+        if row["status"] == "failed" and isinstance(result, Completion):
+            # An unusable answer must not be served from the cache again when the job is retried.
+            backend.forget(job.messages, sample_sampling(sampling, job.sample), job.sample)
+        counts[row["status"]] += 1
+        if row["status"] == "failed" and row["error"] not in errors:
+            errors.append(row["error"])
+        if progress is not None:
+            progress(skipped + counts["ok"] + counts["failed"], len(jobs))
+
+    if progress is not None:
+        progress(skipped, len(jobs))
+    for job in todo:
+        if job.error is not None:
+            store(job, job.error)
+    runnable = [job for job in todo if job.error is None]
+    for sample in sorted({job.sample for job in runnable}):
+        sample_jobs = [job for job in runnable if job.sample == sample]
+        for start in range(0, len(sample_jobs), batch_size):
+            batch = sample_jobs[start : start + batch_size]
+            backend.complete(
+                [job.messages for job in batch],
+                sample_sampling(sampling, sample),
+                samples=[sample] * len(batch),
+                on_result=lambda index, result, batch=batch: store(batch[index], result),
+            )
+    return ExplainReport(
+        total=len(jobs),
+        ok=counts["ok"],
+        failed=counts["failed"],
+        skipped=skipped,
+        job_keys=tuple(job.job_key for job in jobs),
+        errors=tuple(errors),
+    )
+
+
+def _count_locally(what: str, count: Callable[[], int]) -> int | None:
+    try:
+        return count()
+    except WorkbenchError as exc:  # a tokenizer that cannot load must not cost the explanation itself
+        log.warning("cannot count %s tokens: %s", what, exc)
+        return None
+
+
+def _explanation_row(
+    model: str, backend: Backend, job: ExplainJob, sampling: Sampling, result: Completion | LLMError | str
+) -> dict[str, Any]:
+    """The `explanations` row for one finished job."""
+    from core import tokens
+
+    cutoff = job.params["cutoff"]
+    row: dict[str, Any] = {
+        "model": model,
+        "layer": job.neuron.layer,
+        "neuron": job.neuron.index,
+        "format": job.format,
+        "explainer": backend.name,
+        "source": "generated",
+        "prompt": job.messages,
+        "cutoff_mode": cutoff["mode"] if cutoff else None,
+        "cutoff": cutoff["value"] if cutoff else None,
+        "sample": job.sample,
+        "job_key": job.job_key,
+        "tokenizer": backend.tokenizer,
+    }
+    params = {**job.params, "seed": sample_sampling(sampling, job.sample).seed, "threshold": job.threshold}
+    if not isinstance(result, Completion):
+        return {**row, "params": params, "status": "failed", "error": str(result)}
+    input_tokens, output_tokens = result.input_tokens, result.output_tokens
+    if input_tokens is not None and output_tokens is not None:
+        row["tokenizer"] = backend.usage_tokenizer(result)
+    if input_tokens is None:
+        input_tokens = _count_locally("input", lambda: tokens.count_chat_tokens(job.messages, backend.tokenizer))
+    if output_tokens is None:
+        output_tokens = _count_locally("output", lambda: tokens.count_text_tokens(result.text, backend.tokenizer))
+    params.update(cached=result.cached, finish_reason=result.finish_reason, answered_by=result.model)
+    row.update(
+        params=params,
+        completion=result.text,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        latency_s=result.latency_s,
+    )
+    try:
+        row.update(explanation=prompts.clean_explanation(result.text), status="ok")
+    except LLMError as exc:
+        row.update(status="failed", error=f"{backend.name}: {exc}")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Token cost (SPEC.md §4, §5)
+# ---------------------------------------------------------------------------------------------------------------
+
+COST_COLUMNS = (
+    "n",
+    "mean_input_tokens",
+    "mean_output_tokens",
+    "mean_total_tokens",
+    "original_over_format_input",
+    "original_over_format_total",
+)
+
+
+def cost_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Per format (ok explanations only): n, mean input/output/total tokens, and Original ÷ format ratios.
+
+    A ratio of 2 means the format's prompts cost half of Original's (SPEC.md §5); NaN without Original rows.
+    """
+    frame = pd.DataFrame(
+        [r for r in rows if r.get("status", "ok") == "ok"], columns=["format", "input_tokens", "output_tokens"]
+    )
+    frame[["input_tokens", "output_tokens"]] = frame[["input_tokens", "output_tokens"]].astype(float)
+    frame["total_tokens"] = frame["input_tokens"] + frame["output_tokens"]
+    grouped = frame.groupby("format")
+    table = pd.DataFrame(
+        {
+            "n": grouped.size(),
+            "mean_input_tokens": grouped["input_tokens"].mean(),
+            "mean_output_tokens": grouped["output_tokens"].mean(),
+            "mean_total_tokens": grouped["total_tokens"].mean(),
+        }
+    )
+    order = [f for f in prompts.FORMATS if f in table.index] + sorted(set(table.index) - set(prompts.FORMATS))
+    table = table.reindex(order)
+    original = table.loc["original"] if "original" in table.index else None
+    for kind in ("input", "total"):
+        column = f"mean_{kind}_tokens"
+        table[f"original_over_format_{kind}"] = original[column] / table[column] if original is not None else math.nan
+    table.index.name = "format"
+    return table.reindex(columns=list(COST_COLUMNS))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Importing published explanations
+# ---------------------------------------------------------------------------------------------------------------
+
+# CSV header (compared without case, spaces or underscores) → our format name; the layout of Lee et al.'s results.
+IMPORT_COLUMNS = {
+    "original": "original",
+    "summary": "summary",
+    "highlight": "highlight",
+    "highlightsummary": "highlight_summary",
+    "avhs": "avhs",
+}
+
+
+def _header_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _non_negative_int(value: str, what: str, where: str) -> int:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or not number.is_integer() or number < 0:
+        raise InputError(f"{where}: {what} {value!r} is not a non-negative integer")
+    return int(number)
+
+
+def _clean_imported(text: str) -> str:
+    # Published cells carry stray spaces, line breaks and the final period; store them like our own explanations.
+    text = " ".join(text.split())
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def import_explanations_csv(db: Any, path: str | Path, explainer: str, model: str = "gpt2-xl") -> int:
+    """Store the explanations of a CSV with columns Layer, Neuron and format columns (Original, Summary, Highlight,
+    HighlightSummary, AVHS) as source='imported'. All or nothing; importing the same file again changes nothing.
+    Returns the number of explanations stored (empty cells are skipped)."""
+    path = Path(path)
+    expected = "Layer, Neuron and one or more of Original, Summary, Highlight, HighlightSummary, AVHS"
+    if not explainer or not explainer.strip():
+        raise InputError("name the explainer that wrote these explanations, e.g. --explainer gpt-4")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"cannot read {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path} is not a readable CSV ({message}); expected columns {expected}") from None
+    columns = {_header_key(c): c for c in frame.columns}
+    missing = [name for name in ("layer", "neuron") if name not in columns]
+    format_columns = {fmt: columns[key] for key, fmt in IMPORT_COLUMNS.items() if key in columns}
+    if missing or not format_columns:
+        found = ", ".join(map(str, frame.columns)) or "none"
+        raise InputError(f"{path} lacks the columns {expected} (found: {found})")
+
+    rows = []
+    for position, record in enumerate(frame.to_dict("records")):
+        where = f"{path.name}, row {position + 1}"
+        layer = _non_negative_int(record[columns["layer"]], "layer", where)
+        neuron = _non_negative_int(record[columns["neuron"]], "neuron", where)
+        for format_name, column in format_columns.items():
+            raw = record[column]
+            explanation = _clean_imported(raw)
+            if not explanation:
+                continue
+            key = _digest(
+                {
+                    "source": "imported",
+                    "file": path.name,
+                    "model": model,
+                    "neuron": f"{layer}:{neuron}",
+                    "format": format_name,
+                    "explainer": explainer,
+                }
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "layer": layer,
+                    "neuron": neuron,
+                    "format": format_name,
+                    "explainer": explainer,
+                    "source": "imported",
+                    "params": {"file": path.name, "row": position + 1, "column": column},
+                    "completion": raw,
+                    "explanation": explanation,
+                    "status": "ok",
+                    "job_key": key,
+                }
+            )
+    return dbmod.insert_explanations(db, rows)

@@ -1,0 +1,595 @@
+"""Blinded pairwise human evaluation: studies, items, raters, assignment and ratings (SPEC.md §5, last point).
+
+A study compares two or more arms (sets of explanations: a format, optionally `@explainer`) on the same neurons.
+Each item shows one neuron with explanations from two arms; which arm is on the left is drawn with the study's seed
+and balanced within each pair of arms. Raters only ever receive `RaterItem`s, which name no arm, format or
+explainer. All SQL is in core.db; the statistics are in core.stats; exports are in core.export.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import itertools
+import logging
+import math
+import random
+import secrets
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlite_utils
+
+from core import db as dbmod
+from core.db import RATING_CHOICES
+from core.errors import InputError, NotFoundError
+from core.records import NeuronId
+
+log = logging.getLogger(__name__)
+
+# An assignment left unrated this long stops counting toward its item's fill, so a rater who walks away does not
+# hold items back from the others (the item stays theirs to rate).
+RESERVATION_SECONDS = 30 * 60
+MAX_COMMENT_CHARS = 5000
+MIN_CODE_CHARS = 4
+# What the rater sees for each choice; left is shown first as "Explanation 1".
+CHOICE_LABELS = {"left": "Explanation 1", "right": "Explanation 2", "tie": "Equally good", "both_bad": "Both bad"}
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+_DUMMY_SALT = bytes(16)
+
+
+# --- studies and items -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A set of explanations: a format, optionally of one explainer, written `summary` or `summary@gpt-4`."""
+
+    format: str
+    explainer: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.format}@{self.explainer}" if self.explainer else self.format
+
+    @classmethod
+    def parse(cls, text: str) -> Arm:
+        name, sep, explainer = text.strip().partition("@")
+        if not name.strip() or (sep and not explainer.strip()):
+            raise InputError(f"arm {text!r} is not of the form FORMAT or FORMAT@EXPLAINER, e.g. summary@gpt-4")
+        return cls(name.strip(), explainer.strip() or None)
+
+    def matches(self, explanation: dict[str, Any]) -> bool:
+        """Whether a stored explanation belongs to this arm. `gpt-4` and `openai:gpt-4` name the same explainer:
+        generated rows carry the backend prefix, imported ones may not."""
+        if explanation["format"] != self.format or not (explanation.get("explanation") or "").strip():
+            return False
+        if self.explainer is None:
+            return True
+        stored, wanted = explanation["explainer"], self.explainer
+        return wanted in (stored, stored.partition(":")[2]) or stored == wanted.partition(":")[2]
+
+
+def parse_arms(text: str | Sequence[str]) -> list[Arm]:
+    """Arms from `summary,original@gpt-4` (or a list of such strings); at least two, all different."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    arms = [Arm.parse(part) for part in parts if part.strip()]
+    if len(arms) < 2 or len(set(arms)) != len(arms):
+        raise InputError(f"a study needs at least two different arms, e.g. --arms summary,original (got {text!r})")
+    return arms
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's configuration, as stored."""
+
+    id: int
+    name: str
+    instructions: str
+    model: str
+    arms: tuple[str, ...]
+    neurons: tuple[str, ...]
+    ratings_per_item: int
+    allow_tie: bool
+    allow_both_bad: bool
+    overlap_share: float
+    gold_share: float
+    seed: int
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Study:
+        fields = {name: row[name] for name in cls.__dataclass_fields__}
+        fields.update(arms=tuple(row["arms"]), neurons=tuple(row["neurons"]))
+        fields.update(allow_tie=bool(row["allow_tie"]), allow_both_bad=bool(row["allow_both_bad"]))
+        return cls(**fields)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The choices a rater may make in this study."""
+        return ("left", "right", *(["tie"] if self.allow_tie else []), *(["both_bad"] if self.allow_both_bad else []))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "arms": list(self.arms), "neurons": list(self.neurons)}
+
+
+@dataclass(frozen=True)
+class StudyCreated:
+    """A new study, its item counts, and what was skipped for want of an explanation."""
+
+    study: Study
+    n_items: int
+    n_gold: int
+    skipped: tuple[str, ...]
+
+
+def get_study(db: sqlite_utils.Database, name: str) -> Study:
+    return Study.from_row(dbmod.get_study(db, name))
+
+
+def list_studies(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Each study's name, model, arms, item and rating counts and creation time."""
+    keys = ("name", "model", "arms", "ratings_per_item", "n_items", "n_ratings", "created_at")
+    return [{key: row[key] for key in keys} for row in dbmod.list_studies(db)]
+
+
+def _study_model(db: sqlite_utils.Database, neurons: Sequence[NeuronId], model: str | None) -> str:
+    if model is not None:
+        return model
+    models = dbmod.explanation_models(db, neurons)
+    if not models:
+        raise NotFoundError(
+            "none of these neurons has an explanation yet; explain them first (`python -m core explain`)"
+        )
+    if len(models) > 1:
+        raise InputError(
+            f"these neurons have explanations of several models ({', '.join(models)}); pick one with --model"
+        )
+    return models[0]
+
+
+def _balanced_sides(count: int, rng: random.Random) -> list[bool]:
+    """`count` flags, half True (the first arm goes left), shuffled; an odd one out is a coin flip."""
+    flags = [i % 2 == 0 for i in range(count)]
+    if count % 2:
+        flags[-1] = rng.random() < 0.5
+    rng.shuffle(flags)
+    return flags
+
+
+def _item(model: str, neuron: NeuronId, left: tuple[str, dict], right: tuple[str, dict]) -> dict[str, Any]:
+    (left_arm, left_row), (right_arm, right_row) = left, right
+    return {
+        "model": model,
+        "layer": neuron.layer,
+        "neuron": neuron.index,
+        "left_arm": left_arm,
+        "right_arm": right_arm,
+        "left_explanation_id": left_row["id"],
+        "right_explanation_id": right_row["id"],
+        "left_text": left_row["explanation"].strip(),
+        "right_text": right_row["explanation"].strip(),
+        "is_gold": 0,
+        "gold_choice": None,
+    }
+
+
+def _gold_items(
+    model: str, picked: dict[NeuronId, dict[Arm, dict]], count: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Attention checks: a neuron's own explanation against another neuron's explanation of the same arm."""
+    truths = [neuron for neuron in picked if picked[neuron]]
+    rng.shuffle(truths)
+    items = []
+    for neuron, truth_left in zip(truths, _balanced_sides(min(count, len(truths)), rng), strict=False):
+        arm = rng.choice(sorted(picked[neuron], key=str))
+        truth = picked[neuron][arm]
+        decoys = [
+            rows[arm] for other, rows in picked.items() if other != neuron and arm in rows
+            and rows[arm]["explanation"].strip() != truth["explanation"].strip()
+        ]  # fmt: skip
+        if not decoys:
+            continue
+        pair = [(f"truth:{arm}", truth), (f"decoy:{arm}", rng.choice(decoys))]
+        item = _item(model, neuron, *(pair if truth_left else pair[::-1]))
+        items.append({**item, "is_gold": 1, "gold_choice": "left" if truth_left else "right"})
+    return items
+
+
+def plan_items(
+    model: str, explanations: dict[NeuronId, list[dict]], arms: Sequence[Arm], seed: int, gold_share: float = 0.0
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The items of a study (with positions) and the skipped (neuron, arm)s, from each neuron's explanations.
+
+    Per neuron and arm the newest ok explanation that matches is used (`explanations` lists rows newest first, as
+    `db.list_explanations` does), so a bare format picks deterministically among explainers. Every pair of arms
+    gives one item per neuron that has both; the first arm is on the left in half of each pair's items.
+    """
+    rng = random.Random(seed)
+    picked: dict[NeuronId, dict[Arm, dict]] = {}
+    skipped = []
+    for neuron, rows in explanations.items():
+        found = {arm: next((row for row in rows if arm.matches(row)), None) for arm in arms}
+        skipped += [f"{neuron}: no {arm} explanation" for arm, row in found.items() if row is None]
+        picked[neuron] = {arm: row for arm, row in found.items() if row is not None}
+    items = []
+    for arm_a, arm_b in itertools.combinations(arms, 2):
+        both = [n for n in picked if arm_a in picked[n] and arm_b in picked[n]]
+        for neuron, a_left in zip(both, _balanced_sides(len(both), rng), strict=True):
+            sides = [(str(arm_a), picked[neuron][arm_a]), (str(arm_b), picked[neuron][arm_b])]
+            if sides[0][1]["id"] == sides[1][1]["id"]:
+                skipped.append(f"{neuron}: {arm_a} and {arm_b} select the same explanation")
+                continue
+            items.append(_item(model, neuron, *(sides if a_left else sides[::-1])))
+    if gold_share > 0:
+        items += _gold_items(model, picked, math.ceil(gold_share * len(items)), rng)
+    rng.shuffle(items)
+    return [{**item, "position": position} for position, item in enumerate(items)], skipped
+
+
+def create_study(
+    db: sqlite_utils.Database,
+    name: str,
+    arms: str | Sequence[str],
+    neurons: str | Sequence[str | NeuronId],
+    ratings_per_item: int,
+    seed: int,
+    model: str | None = None,
+    instructions: str = "",
+    allow_tie: bool = True,
+    allow_both_bad: bool = True,
+    overlap_share: float = 0.2,
+    gold_share: float = 0.0,
+) -> StudyCreated:
+    """Create a study and its blinded items. Neurons missing an arm's explanation are skipped and listed."""
+    if not name.strip():
+        raise InputError("a study needs a name: pass --name")
+    if ratings_per_item < 1:
+        raise InputError(f"--ratings-per-item must be at least 1, not {ratings_per_item}")
+    for flag, share in (("--overlap-share", overlap_share), ("--gold-share", gold_share)):
+        if not 0 <= share <= 1:
+            raise InputError(f"{flag} must be between 0 and 1, not {share}")
+    arm_list = parse_arms(arms)
+    texts = neurons.split(",") if isinstance(neurons, str) else neurons
+    ids = list(dict.fromkeys(n if isinstance(n, NeuronId) else NeuronId.parse(n) for n in texts if str(n).strip()))
+    if not ids:
+        raise InputError("a study needs neurons: pass --neurons as layer:index, comma-separated, e.g. 0:426,0:722")
+    model = _study_model(db, ids, model)
+    explanations = {neuron: dbmod.list_explanations(db, model, neuron) for neuron in ids}
+    _check_arms_exist(model, explanations, arm_list)
+    items, skipped = plan_items(model, explanations, arm_list, seed, gold_share)
+    if not any(not item["is_gold"] for item in items):
+        raise InputError("no neuron has explanations for two of the arms, so the study would have no items")
+    if skipped:
+        log.warning("study %s: skipped %s", name.strip(), "; ".join(skipped))
+    config = {
+        "name": name.strip(),
+        "instructions": instructions,
+        "model": model,
+        "arms": [str(arm) for arm in arm_list],
+        "neurons": [str(neuron) for neuron in ids],
+        "ratings_per_item": ratings_per_item,
+        "allow_tie": int(allow_tie),
+        "allow_both_bad": int(allow_both_bad),
+        "overlap_share": overlap_share,
+        "gold_share": gold_share,
+        "seed": seed,
+    }
+    dbmod.insert_study(db, config, items)
+    n_gold = sum(item["is_gold"] for item in items)
+    return StudyCreated(get_study(db, config["name"]), len(items) - n_gold, n_gold, tuple(skipped))
+
+
+def _check_arms_exist(model: str, explanations: dict[NeuronId, list[dict]], arms: Sequence[Arm]) -> None:
+    rows = [row for found in explanations.values() for row in found]
+    for arm in arms:
+        if not any(arm.matches(row) for row in rows):
+            there = sorted({f"{row['format']}@{row['explainer']}" for row in rows}) or ["none"]
+            raise InputError(
+                f"arm {arm} matches no explanation of {model} for these neurons; there are: {', '.join(there)}"
+            )
+
+
+def study_items(db: sqlite_utils.Database, study: str) -> list[dict[str, Any]]:
+    """The admin's unblinded view of a study's items, by position."""
+    record = get_study(db, study)
+    return [
+        {
+            "item_id": row["id"],
+            "position": row["position"],
+            "neuron": f"{row['layer']}:{row['neuron']}",
+            "left_arm": row["left_arm"],
+            "right_arm": row["right_arm"],
+            "left_explanation_id": row["left_explanation_id"],
+            "right_explanation_id": row["right_explanation_id"],
+            "left_text": row["left_text"],
+            "right_text": row["right_text"],
+            "is_gold": bool(row["is_gold"]),
+            "gold_choice": row["gold_choice"],
+            "n_ratings": row["n_ratings"],
+        }
+        for row in dbmod.list_items(db, record.id)
+    ]
+
+
+# --- raters ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rater:
+    """A rater as the app knows them after authentication: no code, no hash."""
+
+    id: int
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _hash_code(code: str, salt: bytes, n: int, r: int, p: int) -> str:
+    digest = hashlib.scrypt(code.encode(), salt=salt, n=n, r=r, p=p, maxmem=2**26, dklen=32).hex()
+    return f"scrypt${n}${r}${p}${digest}"
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hash_code("", _DUMMY_SALT, **_SCRYPT)
+
+
+def add_rater(db: sqlite_utils.Database, name: str, code: str, admin: bool = False) -> Rater:
+    """Register a rater; the access code is stored only as a salted scrypt hash."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise InputError("a rater needs a display name of 1 to 100 characters: pass --name")
+    if len(code) < MIN_CODE_CHARS:
+        raise InputError(f"the access code must have at least {MIN_CODE_CHARS} characters")
+    salt = secrets.token_bytes(16)
+    role = "admin" if admin else "rater"
+    return Rater(dbmod.insert_rater(db, name, _hash_code(code, salt, **_SCRYPT), salt.hex(), role), name, role)
+
+
+def authenticate(db: sqlite_utils.Database, name: str, code: str) -> Rater:
+    """The rater with this name and access code. The error does not say which of the two was wrong, and an unknown
+    name costs the same hashing time as a known one."""
+    row = dbmod.get_rater(db, name.strip())
+    stored = row["code_hash"] if row else _dummy_hash()
+    _, n, r, p, _ = stored.split("$")
+    salt = bytes.fromhex(row["salt"]) if row else _DUMMY_SALT
+    matches = hmac.compare_digest(_hash_code(code, salt, int(n), int(r), int(p)), stored)
+    if row is None or not matches:
+        raise InputError("unknown rater name or wrong access code; check both, or ask the study's admin")
+    return Rater(row["id"], row["name"], row["role"])
+
+
+def list_raters(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    return dbmod.list_raters(db)
+
+
+def _rater_row(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    row = dbmod.get_rater(db, name)
+    if row is None:
+        raise NotFoundError(f"no rater named {name!r}; add one with `python -m core rater add --name NAME --code CODE`")
+    return row
+
+
+# --- assignment --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A rater's progress in a study: items rated, and items still open to them (the current one included)."""
+
+    rated: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class RaterItem:
+    """Everything a rater may see of an item, and nothing that reveals an arm, format or explainer.
+
+    `explanation_1` is the left one: choice `left` means explanation 1 (see CHOICE_LABELS).
+    """
+
+    item_id: int
+    model: str
+    neuron: str
+    explanation_1: str
+    explanation_2: str
+    choices: tuple[str, ...]
+    progress: Progress
+    previous_choice: str | None = None
+
+
+def item_targets(regular_ids: Sequence[int], study: Study) -> dict[int, int]:
+    """Wanted ratings per item: ratings_per_item, and at least 2 on a seeded overlap_share of the items so that
+    agreement can be measured even when one rating per item is wanted."""
+    order = sorted(regular_ids)
+    random.Random(study.seed).shuffle(order)
+    overlap = set(order[: math.ceil(study.overlap_share * len(order))])
+    wanted = study.ratings_per_item
+    return {item_id: max(wanted, 2) if item_id in overlap else wanted for item_id in order}
+
+
+def _shuffle_key(seed: int, rater_id: int, item_id: int) -> bytes:
+    # A per-rater order among equally filled items, so raters do not all walk the items in the same order.
+    return hashlib.sha256(f"{seed}/{rater_id}/{item_id}".encode()).digest()
+
+
+def _open_items(state: dict[str, list[dict]], study: Study) -> tuple[list[dict], list[dict], dict[int, int]]:
+    """(regular items this rater may still get, unseen gold items, targets) from an assignment state."""
+    seen = {row["item_id"] for row in state["assigned"]}
+    regular = [item for item in state["items"] if not item["is_gold"]]
+    targets = item_targets([item["id"] for item in regular], study)
+    eligible = [item for item in regular if item["id"] not in seen and item["filled"] < targets[item["id"]]]
+    gold = [item for item in state["items"] if item["is_gold"] and item["id"] not in seen]
+    return eligible, gold, targets
+
+
+def choose_item(state: dict[str, list[dict]], study: Study, rater_id: int) -> int | None:
+    """The item to show next: the rater's unrated one if any; else a gold item when the rater has seen fewer than
+    gold_share gold items per regular one; else the least filled item they have not seen. An agreement item with
+    one rating counts as unfilled and goes first, so that the overlap holds at every point of a study."""
+    unrated = [row["item_id"] for row in state["assigned"] if not row["rated"]]
+    if unrated:
+        return unrated[0]
+    eligible, gold, targets = _open_items(state, study)
+    if not eligible:
+        return None
+    seen = {row["item_id"] for row in state["assigned"]}
+    seen_gold = sum(item["is_gold"] and item["id"] in seen for item in state["items"])
+    if gold and seen_gold < study.gold_share * (len(seen) - seen_gold):
+        return min(gold, key=lambda item: _shuffle_key(study.seed, rater_id, item["id"]))["id"]
+
+    def priority(item: dict) -> tuple[int, int, bytes]:
+        pairing = targets[item["id"]] >= 2 and item["filled"] == 1
+        return item["filled"] - pairing, 0 if pairing else 1, _shuffle_key(study.seed, rater_id, item["id"])
+
+    return min(eligible, key=priority)["id"]
+
+
+def _reserved_since() -> str:
+    return (datetime.now(UTC) - timedelta(seconds=RESERVATION_SECONDS)).isoformat(timespec="milliseconds")
+
+
+def _progress(state: dict[str, list[dict]], study: Study) -> Progress:
+    rated = sum(bool(row["rated"]) for row in state["assigned"])
+    eligible, _, _ = _open_items(state, study)
+    return Progress(rated=rated, remaining=len(eligible) + len(state["assigned"]) - rated)
+
+
+def rater_progress(db: sqlite_utils.Database, study: str, rater: str) -> Progress:
+    record, rater_id = get_study(db, study), _rater_row(db, rater)["id"]
+    return _progress(dbmod.assignment_state(db, record.id, rater_id, _reserved_since()), record)
+
+
+def next_item(db: sqlite_utils.Database, study: str, rater: str) -> RaterItem | None:
+    """The item this rater should rate now (the same one until it is rated), or None when they are done."""
+    record, rater_id = get_study(db, study), _rater_row(db, rater)["id"]
+    item_id = dbmod.assign_item(
+        db, record.id, rater_id, _reserved_since(), lambda state: choose_item(state, record, rater_id)
+    )
+    return None if item_id is None else item_for_rater(db, study, rater, item_id)
+
+
+def item_for_rater(db: sqlite_utils.Database, study: str, rater: str, item_id: int) -> RaterItem:
+    """The rater's view of an item that was assigned to them (to show it again or change their rating)."""
+    record, rater_id = get_study(db, study), _rater_row(db, rater)["id"]
+    item = dbmod.get_item(db, item_id)
+    if item is None or item["study_id"] != record.id or not dbmod.is_assigned(db, item_id, rater_id):
+        raise InputError(f"item {item_id} was not assigned to {rater} in study {study!r}")
+    previous = dbmod.get_rating(db, item_id, rater_id)
+    return RaterItem(
+        item_id=item_id,
+        model=item["model"],
+        neuron=f"{item['layer']}:{item['neuron']}",
+        explanation_1=item["left_text"],
+        explanation_2=item["right_text"],
+        choices=record.choices,
+        progress=rater_progress(db, study, rater),
+        previous_choice=previous["choice"] if previous else None,
+    )
+
+
+# --- ratings -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmittedRating:
+    rating_id: int
+    replaced: bool
+
+
+def parse_number(value: Any, name: str, cast: type) -> Any:
+    """`value` as an int or float (`cast`); None when empty; InputError naming `name` when it is not one."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise InputError(f"{name} {value!r} is not a number")
+    try:
+        number = cast(float(value)) if cast is int and isinstance(value, str) else cast(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} {value!r} is not a number") from None
+    if cast is int and number != float(value):
+        raise InputError(f"{name} {value!r} is not a whole number")
+    return number
+
+
+def validate_rating(
+    study: Study, choice: str, confidence: Any = None, comment: str | None = None, seconds: Any = None
+) -> dict[str, Any]:
+    """The rating's values, checked against the study's allowed choices: choice, confidence 1–5, comment, seconds."""
+    normal = str(choice).strip().lower().replace("-", "_").replace(" ", "_")
+    if normal not in study.choices:
+        extra = "" if normal not in RATING_CHOICES else " in this study"
+        raise InputError(f"choice {choice!r} is not allowed{extra}; use one of {', '.join(study.choices)}")
+    confidence = parse_number(confidence, "confidence", int)
+    if confidence is not None and not 1 <= confidence <= 5:
+        raise InputError(f"confidence {confidence} is outside 1–5")
+    seconds = parse_number(seconds, "seconds", float)
+    if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+        raise InputError(f"seconds {seconds} must be a finite number ≥ 0")
+    comment = (comment or "").strip() or None
+    if comment is not None and len(comment) > MAX_COMMENT_CHARS:
+        raise InputError(f"the comment has {len(comment)} characters; keep it under {MAX_COMMENT_CHARS}")
+    return {"choice": normal, "confidence": confidence, "comment": comment, "seconds": seconds}
+
+
+def submit_rating(
+    db: sqlite_utils.Database,
+    study: str,
+    rater: str,
+    item_id: int,
+    choice: str,
+    confidence: Any = None,
+    comment: str | None = None,
+    seconds: Any = None,
+) -> SubmittedRating:
+    """Record (or replace, keeping an audit row) the rater's rating of an item assigned to them."""
+    record, rater_id = get_study(db, study), _rater_row(db, rater)["id"]
+    values = validate_rating(record, choice, confidence, comment, seconds)
+    rating_id, replaced = dbmod.write_rating(db, record.id, int(item_id), rater_id, values, require_assignment=True)
+    return SubmittedRating(rating_id, replaced)
+
+
+def study_status(db: sqlite_utils.Database, study: str) -> dict[str, Any]:
+    """Progress of a study: items filled toward their wanted counts, and per rater what they rated."""
+    record = get_study(db, study)
+    items = dbmod.list_items(db, record.id)
+    regular = [item for item in items if not item["is_gold"]]
+    targets = item_targets([item["id"] for item in regular], record)
+    fill: dict[str, int] = {}
+    for item in regular:
+        fill[str(item["n_ratings"])] = fill.get(str(item["n_ratings"]), 0) + 1
+    assigned = dbmod.study_assignment_counts(db, record.id)
+    per_rater = {
+        row["id"]: {
+            "rater": row["name"],
+            "assigned": assigned[row["id"]],
+            "rated": 0,
+            "gold_rated": 0,
+            "gold_correct": 0,
+        }
+        for row in dbmod.list_raters(db)
+        if row["id"] in assigned
+    }
+    for rating in dbmod.study_ratings(db, record.id):
+        row = per_rater[rating["rater_id"]]
+        row["rated"] += 1
+        row["gold_rated"] += bool(rating["is_gold"])
+        row["gold_correct"] += bool(rating["is_gold"] and rating["choice"] == rating["gold_choice"])
+    return {
+        "study": record.name,
+        "n_items": len(regular),
+        "n_gold_items": len(items) - len(regular),
+        "ratings_per_item": record.ratings_per_item,
+        "wanted_ratings": sum(targets.values()),
+        "n_ratings": sum(item["n_ratings"] for item in regular),
+        "n_gold_ratings": sum(item["n_ratings"] for item in items if item["is_gold"]),
+        "complete_items": sum(item["n_ratings"] >= targets[item["id"]] for item in regular),
+        "items_by_rating_count": dict(sorted(fill.items(), key=lambda pair: int(pair[0]))),
+        "raters": sorted(per_rater.values(), key=lambda row: row["rater"]),
+    }
