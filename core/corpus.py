@@ -199,14 +199,16 @@ def token_excerpts(
         raise InputError(f"excerpt length must be at least 1, got {excerpt_len}")
     separator = _separator_ids(tokenizer)
     buffer: list[int] = []
+    started = False
     emitted = 0
     limit = max_tokens if max_tokens is not None else float("inf")
     for documents in _batched(corpus.documents(), batch_documents):
         for ids in tokenizer(documents, add_special_tokens=False, verbose=False)["input_ids"]:
             if not ids:
                 continue
-            if buffer:
+            if started:
                 buffer.extend(separator)
+            started = True
             buffer.extend(ids)
             while len(buffer) >= excerpt_len:
                 if emitted + excerpt_len > limit:

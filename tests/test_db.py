@@ -21,7 +21,8 @@ def neuron(layer: int, index: int, tokens=("a", " b")) -> NeuronRecord:
 def test_new_database_is_at_the_latest_schema(db):
     assert dbmod.schema_version(db) == dbmod.SCHEMA_VERSION
     tables = set(db.table_names())
-    assert {"neurons", "excerpts", "records", "explanations", "scores", "studies", "items", "raters", "ratings"} <= tables
+    expected = {"neurons", "excerpts", "records", "explanations", "scores", "studies", "items", "raters", "ratings"}
+    assert expected <= tables
     assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
