@@ -104,12 +104,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     database = dbmod.connect(args.db)
-    with tqdm(total=args.max_tokens, unit="tok", unit_scale=True, desc="collect", file=sys.stderr) as bar:
+    bars: list[tqdm] = []  # made on the first batch, so that it does not sit at 0% while the model loads
 
-        def progress(done: int, _total: int | None) -> None:
-            bar.update(done - bar.n)
+    def progress(done: int, total: int | None) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="tok", unit_scale=True, desc="collect", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
 
+    try:
         report = collect(database, args.model, args.layers, args.corpus, options, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     if args.json:
         _print_json(report.to_json())
     elif not report.layers:

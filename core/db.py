@@ -1277,14 +1277,17 @@ def last_explanation_id(db: sqlite_utils.Database) -> int:
 
 
 def explanations_after(db: sqlite_utils.Database, after_id: int, model: str | None = None) -> list[dict[str, Any]]:
-    """Explanations stored after the one with id `after_id` (any status), oldest first: what a running job wrote."""
+    """Explanations stored after the one with id `after_id` (any status), oldest first: what a running job wrote.
+    Without prompt, completion and params, so that polling it while a job runs stays cheap."""
     clauses, args = ["id > ?"], [after_id]
     if model is not None:
         clauses.append("model = ?")
         args.append(model)
-    cursor = db.conn.execute(f"SELECT * FROM explanations WHERE {' AND '.join(clauses)} ORDER BY id", args)
-    columns = [d[0] for d in cursor.description]
-    return [_decode_explanation(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
+    columns = (
+        "id, model, layer, neuron, format, explainer, sample, status, input_tokens, output_tokens, explanation, error"
+    )
+    query = f"SELECT {columns} FROM explanations WHERE {' AND '.join(clauses)} ORDER BY id"
+    return _fetch_dicts(db.conn.execute(query, args))
 
 
 def explanation_costs(db: sqlite_utils.Database, model: str | None = None) -> list[dict[str, Any]]:

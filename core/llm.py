@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 from core import config
 from core import db as dbmod
 from core.errors import InputError, LLMError, ModelError
+from core.models import local_files_only
 
 log = logging.getLogger(__name__)
 
@@ -516,14 +517,13 @@ def load_hf_causal_lm(path_or_id: str, device: str | None = None, dtype: str | N
             f"hf model folder {path_or_id} does not exist; give a folder written by save_pretrained, "
             "or a hub id (org/name) that is already downloaded"
         )
+    local_only = local_files_only(path_or_id)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id)
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=torch_dtype, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         hint = "" if Path(path_or_id).exists() else " (not a local folder; offline, a hub id cannot be downloaded)"
         raise ModelError(f"cannot load hf model {path_or_id!r}{hint}: {str(exc).splitlines()[0]}") from exc
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelError(f"the tokenizer of {path_or_id!r} has no chat template; use an instruction-tuned (chat) model")
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -554,6 +554,9 @@ class HFBackend(Backend):
         self.dtype = dtype
         self.batch_size = batch_size
         self._model, self._tokenizer = load_hf_causal_lm(self.model, self.device, dtype)
+        # Explaining needs a chat model; simulating (core.simulate) works on base models too.
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise ModelError(f"the tokenizer of {self.model!r} has no chat template; use an instruction-tuned model")
 
     @property
     def tokenizer(self) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,15 +123,37 @@ def _dtype(dtype: str | None, device: str) -> Any:
     return table[dtype]
 
 
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers; offline, loads use the local cache only instead of retrying."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def local_files_only(location: str) -> bool:
+    """Load from disk only: for a local folder, or when the hub is unreachable (no slow retries offline)."""
+    return Path(location).exists() or not hub_reachable()
+
+
 def load_config(name: str | None) -> Any:
     """The model's transformers config, with one clear error for a missing or unknown model."""
     from transformers import AutoConfig
 
     location = model_location(name)
     try:
-        return AutoConfig.from_pretrained(location)
+        return AutoConfig.from_pretrained(location, local_files_only=local_files_only(location))
     except (OSError, ValueError) as exc:
-        hint = "" if Path(location).exists() else " (not a local folder; offline, a hub id cannot be downloaded)"
+        if Path(location).exists():
+            hint = ""
+        elif hub_reachable():
+            hint = " (no such local folder, and not a model id on the Hugging Face hub)"
+        else:
+            hint = " (no such local folder, and the Hugging Face hub is unreachable: offline?)"
         raise ModelError(f"cannot load model {location!r}{hint}: {str(exc).splitlines()[0]}") from exc
 
 
@@ -142,9 +166,10 @@ def load_subject_model(name: str | None = None, device: str | None = None, dtype
     model_config = load_config(name)
     arch = architecture_for(model_config.model_type)
     location = model_location(name)
+    local_only = local_files_only(location)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModel.from_pretrained(location, dtype=_dtype(dtype, device))
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+        model = AutoModel.from_pretrained(location, dtype=_dtype(dtype, device), local_files_only=local_only)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {location!r}: {str(exc).splitlines()[0]}") from exc
     model.to(device).eval()

@@ -1,0 +1,739 @@
+"""Orchestration of simulate → score (SPEC.md §3–§4) for the CLI and the app: one explanation, stored explanations
+(`score`), the whole collect → explain → simulate → score run (`run`), and neuron puzzles (`puzzles`).
+
+Everything stored is resumable: `score` skips explanations that already have an ok score under the same simulator,
+method, split and calibration, and retries failed ones; similarities already computed are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core import db as dbmod
+from core import scoring
+from core.errors import InputError, NotFoundError, WorkbenchError
+from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core.simulate import SimulationResult, Simulator, check_alignment, get_simulator
+
+log = logging.getLogger(__name__)
+
+REFERENCE_KINDS = ("openai", "none")
+PUZZLE_REFERENCE_KIND = "puzzle"
+PUZZLE_SOURCE = "puzzle"
+PUZZLE_EXPLAINER_NONE = "none"
+Progress = Callable[[int, int], None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One explanation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulationOutcome:
+    """A simulation and its scores. `predictions` are the ones scored (after calibration when calibrated)."""
+
+    result: SimulationResult
+    scores: scoring.Scores | None
+    predictions: list[list[float]] | None
+    calibration: tuple[float, float] | None = None
+
+    @property
+    def status(self) -> str:
+        return self.result.status
+
+    def to_json(self) -> dict[str, Any]:
+        scores = self.scores
+        return {
+            "predictions": self.predictions,
+            "score": scores.score if scores else None,
+            "rsquared": scores.rsquared if scores else None,
+            "absdev": scores.absdev if scores else None,
+            "per_excerpt": [dict(item) for item in scores.per_excerpt] if scores else None,
+            "calibration": list(self.calibration) if self.calibration else None,
+            "simulator": self.result.simulator,
+            "method": self.result.method,
+            "status": self.result.status,
+            "error": self.result.error,
+            "seconds": self.result.seconds,
+        }
+
+
+def _failed(result: SimulationResult, reason: str) -> SimulationOutcome:
+    failed = SimulationResult.failed(result.simulator, result.method, reason, result.seconds)
+    return SimulationOutcome(failed, None, None)
+
+
+def simulate_and_score(
+    simulator: Simulator,
+    explanation: str,
+    records: Sequence[ActivationRecord],
+    calibration_records: Sequence[ActivationRecord] | None = None,
+) -> SimulationOutcome:
+    """Simulate `records` and score the predictions against their true activations (SPEC.md §4).
+
+    With `calibration_records`, `y ≈ a·EV + b` is fitted on them first (SPEC.md §3) and applied before scoring.
+    A failed or misaligned simulation gives a failed outcome with no scores: never zeros.
+    """
+    records = list(records)
+    if not records:
+        raise InputError("no records to simulate: give at least one record with tokens and activations")
+    result = check_alignment(simulator.simulate(explanation, records), records)
+    if not result.ok:
+        return SimulationOutcome(result, None, None)
+    predictions = [list(p) for p in result.predictions or ()]
+    calibration = None
+    if calibration_records is not None:
+        if not calibration_records:
+            return _failed(result, "calibration was asked for but the neuron has no calibration records")
+        fitted = check_alignment(simulator.simulate(explanation, calibration_records), calibration_records)
+        if not fitted.ok:
+            return _failed(result, f"calibration split: {fitted.error}")
+        calibration = scoring.fit_calibration(calibration_records, fitted.predictions)
+        predictions = scoring.apply_calibration(predictions, *calibration)
+    return SimulationOutcome(result, scoring.score_records(records, predictions), predictions, calibration)
+
+
+def resolve_simulator(simulator: str | Simulator, method: str | None = None, **options: Any) -> Simulator:
+    """A Simulator object as given, or built from its spec (`hf:PATH`, `openai:MODEL`)."""
+    if isinstance(simulator, str):
+        return get_simulator(simulator, method, **options)
+    if method is not None and method != simulator.method:
+        raise InputError(f"simulator {simulator.name} runs method {simulator.method!r}, not {method!r}")
+    return simulator
+
+
+def simulate_text(
+    explanation: str,
+    records: Sequence[ActivationRecord],
+    simulator: str | Simulator,
+    method: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Simulate and score one explanation on the given records: the `simulate` command and the Explain page."""
+    outcome = simulate_and_score(resolve_simulator(simulator, method, **options), explanation, records)
+    return outcome.to_json()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stored explanations: `score`
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """What one `score_explanations` call did."""
+
+    simulator: str
+    method: str
+    split: str
+    calibrated: bool
+    total: int
+    ok: int
+    failed: int
+    skipped: int
+    similarities: int
+    errors: tuple[str, ...] = ()
+    explanation_ids: tuple[int, ...] = field(default=(), repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "explanation_ids"}
+
+
+def select_explanations(
+    db: Any,
+    model: str,
+    *,
+    neurons: Sequence[NeuronId] | None = None,
+    formats: Sequence[str] | None = None,
+    explainers: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Stored ok explanations of a model with text, optionally of some neurons, formats and explainers."""
+    wanted_neurons = {(n.layer, n.index) for n in neurons} if neurons else None
+    rows = []
+    for row in dbmod.list_explanations(db, model):
+        if not (row.get("explanation") or "").strip():
+            continue
+        if wanted_neurons is not None and (row["layer"], row["neuron"]) not in wanted_neurons:
+            continue
+        if formats and row["format"] not in formats:
+            continue
+        if explainers and row["explainer"] not in explainers:
+            continue
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["layer"], r["neuron"], r["id"]))
+
+
+def _progress_bar(total: int, description: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="expl", disable=not enabled, leave=False)
+
+
+def score_explanations(
+    db: Any,
+    model: str,
+    simulator: str | Simulator,
+    *,
+    method: str | None = None,
+    neurons: Sequence[NeuronId] | None = None,
+    formats: Sequence[str] | None = None,
+    explainers: Sequence[str] | None = None,
+    split: str = "valid",
+    calibrate: bool = False,
+    reference: str = "openai",
+    embedder: str = scoring.DEFAULT_EMBEDDER,
+    progress: bool | Progress = False,
+    simulator_options: dict[str, Any] | None = None,
+) -> ScoreReport:
+    """Simulate and score the stored ok explanations of `model` that lack an ok score under this simulator,
+    method, split and calibration; store scores, per-excerpt scores and predictions (failures too, with reasons).
+
+    With `reference="openai"`, also store each explanation's similarity to the neuron's imported reference
+    explanation (source 'reference') under `embedder`, where there is one.
+    """
+    if reference not in REFERENCE_KINDS:
+        raise InputError(f"reference {reference!r} is unknown; choose one of {', '.join(REFERENCE_KINDS)}")
+    from core.records import SPLITS
+
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    rows = select_explanations(db, model, neurons=neurons, formats=formats, explainers=explainers)
+    if not rows:
+        raise NotFoundError(
+            f"no ok explanations of model {model!r} match; run `python -m core explain` first or widen the filters"
+        )
+    sim = resolve_simulator(simulator, method, **(simulator_options or {}))
+    done = dbmod.scored_explanation_ids(db, sim.name, sim.method, split, calibrate)
+    todo = [row for row in rows if row["id"] not in done]
+    counts = {"ok": 0, "failed": 0}
+    errors: list[str] = []
+    records_cache: dict[NeuronId, NeuronRecord | str] = {}
+    bar = _progress_bar(len(todo), f"scoring with {sim.name}", progress is True)
+    try:
+        for number, row in enumerate(todo, start=1):
+            neuron = NeuronId(row["layer"], row["neuron"])
+            if neuron not in records_cache:
+                records_cache.clear()  # rows are sorted by neuron: one neuron's records in memory at a time
+                try:
+                    records_cache[neuron] = dbmod.get_neuron(db, model, neuron)
+                except NotFoundError as exc:
+                    records_cache[neuron] = str(exc)
+            record = records_cache[neuron]
+            started = time.perf_counter()
+            if isinstance(record, str):
+                outcome = None
+                error = f"no activation records for neuron {neuron}: {record}"
+            else:
+                records = record.split(split)
+                calibration = record.split("calibration") if calibrate else None
+                if not records:
+                    outcome, error = None, f"neuron {neuron} has no records in the {split} split"
+                else:
+                    outcome = simulate_and_score(sim, row["explanation"], records, calibration)
+                    error = outcome.result.error
+            status = "ok" if outcome is not None and outcome.result.ok else "failed"
+            dbmod.save_score(
+                db,
+                row["id"],
+                sim.name,
+                sim.method,
+                split,
+                calibrate,
+                outcome.scores if outcome else None,
+                outcome.predictions if outcome else None,
+                status,
+                error,
+                outcome.result.seconds if outcome else time.perf_counter() - started,
+            )
+            counts[status] += 1
+            if error and error not in errors:
+                errors.append(error)
+            bar.update(1)
+            if callable(progress):
+                progress(number, len(todo))
+    finally:
+        bar.close()
+    n_similar = store_reference_similarities(db, model, rows, embedder) if reference == "openai" else 0
+    return ScoreReport(
+        simulator=sim.name,
+        method=sim.method,
+        split=split,
+        calibrated=calibrate,
+        total=len(rows),
+        ok=counts["ok"],
+        failed=counts["failed"],
+        skipped=len(rows) - len(todo),
+        similarities=n_similar,
+        errors=tuple(errors[:20]),
+        explanation_ids=tuple(row["id"] for row in rows),
+    )
+
+
+def store_reference_similarities(db: Any, model: str, rows: Iterable[dict[str, Any]], embedder: str) -> int:
+    """Similarity of each explanation to its neuron's reference explanation (SPEC.md §4 "AdaCS"); returns how many
+    were computed now (ones already stored are skipped)."""
+    references = dbmod.reference_explanations(db, model)
+    rows = [row for row in rows if row.get("source") != "reference"]
+    stored = dbmod.stored_similarities(db, [row["id"] for row in rows], embedder)
+    pending = []
+    for row in rows:
+        reference = references.get(NeuronId(row["layer"], row["neuron"]))
+        if reference is not None and (row["id"], reference) not in stored:
+            pending.append((row["id"], row["explanation"], reference))
+    if not pending:
+        return 0
+    cosines = scoring.similarities([(text, ref) for _, text, ref in pending], embedder)
+    for (explanation_id, _, reference), cosine in zip(pending, cosines, strict=True):
+        dbmod.save_similarity(db, explanation_id, "openai", reference, embedder, cosine)
+    return len(pending)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole run: collect → explain → simulate → score
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The per-format table and the paired differences between formats, with what each stage did."""
+
+    model: str
+    simulator: str
+    method: str
+    collected_layers: tuple[int, ...]
+    explain: dict[str, Any]
+    score: dict[str, Any]
+    summary: pd.DataFrame
+    differences: pd.DataFrame
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "simulator": self.simulator,
+            "method": self.method,
+            "collected_layers": list(self.collected_layers),
+            "explain": self.explain,
+            "score": self.score,
+            "summary": _records(self.summary),
+            "differences": _records(self.differences),
+        }
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def missing_neurons(db: Any, model: str, neurons: Sequence[NeuronId]) -> list[NeuronId]:
+    """The neurons with no stored records."""
+    missing = []
+    for neuron in neurons:
+        try:
+            dbmod.get_neuron(db, model, neuron)
+        except NotFoundError:
+            missing.append(neuron)
+    return missing
+
+
+def _tqdm_progress(description: str, enabled: bool) -> tuple[Callable[[int, int | None], None], Callable[[], None]]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=description, disable=not enabled, leave=False)
+
+    def update(done: int, total: int | None) -> None:
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def run_pipeline(
+    db: Any,
+    model: str,
+    neurons: Sequence[NeuronId],
+    formats: Sequence[str],
+    explainer: str,
+    simulator: str | Simulator,
+    *,
+    method: str | None = None,
+    corpus: str | None = None,
+    collect_options: Any = None,
+    explain_options: dict[str, Any] | None = None,
+    split: str = "valid",
+    calibrate: bool = False,
+    reference: str = "openai",
+    embedder: str = scoring.DEFAULT_EMBEDDER,
+    baseline: str = "original",
+    simulator_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> RunReport:
+    """Collect the neurons' layers if they are not stored, explain every neuron under every format, simulate and
+    score, then summarise per format (SPEC.md §5). Every stage resumes where a previous run stopped.
+
+    `explain_options` go to core.explain.explain_neurons (sampling, samples, cutoff, few_shot, use_cache, ...).
+    """
+    from core import activations, explain, llm, models
+
+    model = models.resolve_model_name(model)
+    neurons = list(dict.fromkeys(neurons))
+    formats = list(dict.fromkeys(formats))
+    if not neurons or not formats:
+        raise InputError("give at least one neuron (--neurons 3:17) and one format (--formats original,summary)")
+    kind, explainer_model = llm.parse_backend_spec(explainer)
+    explainer_name = f"{kind}:{explainer_model}"
+    sim = resolve_simulator(simulator, method, **(simulator_options or {}))
+
+    collected: tuple[int, ...] = ()
+    missing = missing_neurons(db, model, neurons)
+    if missing:
+        layers = sorted({n.layer for n in missing})
+        update, close = _tqdm_progress(f"collecting layers {layers}", progress)
+        try:
+            options = collect_options or activations.CollectOptions()
+            activations.collect(db, model, layers, corpus, options, progress=update)
+        finally:
+            close()
+        collected = tuple(layers)
+        still = missing_neurons(db, model, neurons)
+        if still:
+            raise InputError(
+                f"neurons {', '.join(map(str, still))} are not in model {model!r} after collecting their layers; "
+                "check the neuron indices"
+            )
+
+    update, close = _tqdm_progress("explaining", progress)
+    try:
+        explained = explain.explain_neurons(
+            db, model, neurons, formats, explainer, progress=update, **(explain_options or {})
+        )
+    finally:
+        close()
+    scored = score_explanations(
+        db,
+        model,
+        sim,
+        neurons=neurons,
+        formats=formats,
+        explainers=[explainer_name],
+        split=split,
+        calibrate=calibrate,
+        reference=reference,
+        embedder=embedder,
+        progress=progress,
+    )
+    rows = run_rows(db, model, neurons, formats, explainer_name, sim, split=split, calibrated=calibrate)
+    summary, differences = summarise(rows, sim.name, formats, baseline)
+    return RunReport(
+        model=model,
+        simulator=sim.name,
+        method=sim.method,
+        collected_layers=collected,
+        explain={
+            "total": explained.total,
+            "ok": explained.ok,
+            "failed": explained.failed,
+            "skipped": explained.skipped,
+            "errors": list(explained.errors[:20]),
+        },
+        score=scored.to_json(),
+        summary=summary,
+        differences=differences,
+    )
+
+
+def run_rows(
+    db: Any,
+    model: str,
+    neurons: Sequence[NeuronId],
+    formats: Sequence[str],
+    explainer: str,
+    simulator: Simulator,
+    *,
+    split: str = "valid",
+    calibrated: bool = False,
+) -> pd.DataFrame:
+    """The stored rows of one run: its neurons, formats and explainer, scored by one simulator and method."""
+    rows = dbmod.score_rows(
+        db,
+        model,
+        simulator.name,
+        method=simulator.method,
+        split=split,
+        calibrated=calibrated,
+        reference_kind="openai",
+    )
+    wanted = {str(n) for n in neurons}
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    keep = frame["neuron"].isin(wanted) & frame["format"].isin(formats) & (frame["explainer"] == explainer)
+    return frame[keep].reset_index(drop=True)
+
+
+def summarise(
+    rows: pd.DataFrame, simulator: str, formats: Sequence[str], baseline: str = "original"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-format table (mean score with 95% bootstrap CI, mean similarity, mean input tokens) and the paired
+    differences from `baseline` (or the first format) on the same neurons."""
+    if rows.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    order = {name: i for i, name in enumerate(formats)}
+    rows = rows.sort_values("format", key=lambda column: column.map(order), kind="stable")
+    summary = scoring.format_summary(rows, simulator=simulator)
+    present = list(rows["format"].drop_duplicates())
+    if len(present) < 2:
+        return summary, pd.DataFrame()
+    base = baseline if baseline in present else present[0]
+    return summary, scoring.paired_format_differences(rows, base, simulator=simulator)
+
+
+def format_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A frame as aligned plain text for the terminal, numbers rounded, missing values as `-`."""
+    if frame is None or frame.empty:
+        return "(no rows)"
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]) or shown[column].dtype == object:
+            shown[column] = [_cell(v, digits) for v in shown[column]]
+    return shown.to_string(index=False)
+
+
+def _cell(value: Any, digits: int) -> str:
+    if _missing(value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_run_report(report: RunReport) -> str:
+    """The end-of-run text: per-format table, then paired differences, naming the simulator and method."""
+    lines = [
+        f"model {report.model}; scores by {report.simulator} ({report.method}); 95% bootstrap CIs over neurons",
+        "",
+        format_table(report.summary),
+    ]
+    if not report.differences.empty:
+        lines += ["", "paired difference from the baseline format, same neurons:", format_table(report.differences)]
+    failed = report.score.get("failed", 0) + report.explain.get("failed", 0)
+    if failed:
+        lines += ["", f"{failed} step(s) failed; rerun the same command to retry them. First errors:"]
+        lines += [f"  {e}" for e in [*report.explain.get("errors", []), *report.score.get("errors", [])][:5]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Neuron puzzles (SPEC.md §4)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PuzzleReport:
+    """Explainer similarity to each puzzle's truth, per explainer and format, and the simulator sanity check."""
+
+    explainers: pd.DataFrame
+    sanity: dict[str, Any]
+    simulator: str
+    method: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "explainers": _records(self.explainers),
+            "simulator": self.simulator,
+            "method": self.method,
+            "sanity": self.sanity,
+        }
+
+
+def puzzle_model_name(path: str | Path | None) -> str:
+    """The model name puzzle explanations are stored under: `puzzles:bundled` or `puzzles:<file stem>`."""
+    return "puzzles:bundled" if path is None else f"puzzles:{Path(path).stem}"
+
+
+def _puzzle_neuron(model: str, index: int, records: Sequence[ActivationRecord]) -> NeuronRecord:
+    """A puzzle as a stored neuron, so pages can show its sentences: all sentences as top records, by max."""
+    ordered = tuple(sorted(records, key=lambda r: r.max_activation, reverse=True))
+    values = [a for r in records for a in r.activations]
+    mean = sum(values) / len(values)
+    variance = sum((a - mean) ** 2 for a in values) / len(values)
+    stats = NeuronStats(mean=mean, variance=variance, max=max(values))
+    return NeuronRecord(model=model, neuron=NeuronId(0, index), top=ordered, random=(), stats=stats)
+
+
+def explain_puzzles(
+    db: Any,
+    puzzles: Sequence[Any],
+    formats: Sequence[str],
+    explainer: str,
+    *,
+    model: str,
+    sampling: Any = None,
+    samples: int = 1,
+    cutoff: Any = None,
+    few_shot: Any = None,
+    use_cache: bool = True,
+) -> list[dict[str, Any]]:
+    """Explain every puzzle under every format from all its sentences; store the explanations (resumable).
+
+    Puzzles have no corpus statistics, so the natural formats' cutoff defaults to `relative` 0.5.
+    """
+    from core import explain, llm, prompts
+
+    sampling = sampling or llm.Sampling()
+    cutoff = cutoff or prompts.Cutoff("relative", 0.5)
+    examples = prompts.load_few_shot(few_shot) if not isinstance(few_shot, tuple | list) else tuple(few_shot)
+    backend = llm.get_backend(explainer, db=db, use_cache=use_cache)
+    dbmod.write_neurons(
+        db, model, [_puzzle_neuron(model, i, p.records) for i, p in enumerate(puzzles)], source=PUZZLE_SOURCE
+    )
+    jobs = []
+    for index, puzzle in enumerate(puzzles):
+        for format_name in formats:
+            messages = prompts.build_messages(format_name, puzzle.records, few_shot=examples, cutoff=cutoff)
+            params = {"sampling": sampling.to_json(), "cutoff": cutoff.to_json(), "puzzle": puzzle.name}
+            for sample in range(samples):
+                key = explain.job_key(model, NeuronId(0, index), format_name, backend.name, params, sample)
+                jobs.append((index, format_name, sample, key, messages, params))
+    statuses = dbmod.explanation_statuses(db, [job[3] for job in jobs])
+    todo = [job for job in jobs if statuses.get(job[3]) != "ok"]
+    for sample in sorted({job[2] for job in todo}):
+        batch = [job for job in todo if job[2] == sample]
+        results = backend.complete(
+            [job[4] for job in batch], explain.sample_sampling(sampling, sample), samples=[sample] * len(batch)
+        )
+        for (index, format_name, _, key, messages, params), result in zip(batch, results, strict=True):
+            row: dict[str, Any] = {
+                "model": model,
+                "layer": 0,
+                "neuron": index,
+                "format": format_name,
+                "explainer": backend.name,
+                "source": PUZZLE_SOURCE,
+                "params": params,
+                "prompt": messages,
+                "cutoff_mode": cutoff.mode,
+                "cutoff": cutoff.value,
+                "sample": sample,
+                "job_key": key,
+            }
+            if isinstance(result, WorkbenchError):
+                dbmod.insert_explanation(db, **row, status="failed", error=str(result))
+                continue
+            try:
+                text = prompts.clean_explanation(result.text)
+            except WorkbenchError as exc:
+                dbmod.insert_explanation(db, **row, completion=result.text, status="failed", error=str(exc))
+                continue
+            dbmod.insert_explanation(
+                db,
+                **row,
+                completion=result.text,
+                explanation=text,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                latency_s=result.latency_s,
+                status="ok",
+            )
+    stored = {row["job_key"]: row for row in dbmod.explanations_by_job(db, [job[3] for job in jobs])}
+    rows = []
+    for index, _, sample, key, _, _ in jobs:
+        row = stored.get(key)
+        if row is not None and row["status"] == "ok":
+            rows.append({**row, "puzzle": puzzles[index].name, "truth": puzzles[index].explanation, "sample": sample})
+    return rows
+
+
+def run_puzzles(
+    db: Any,
+    explainer: str | None,
+    formats: Sequence[str],
+    simulator: str | Simulator | None,
+    *,
+    method: str | None = None,
+    puzzles_path: str | Path | None = None,
+    embedder: str = scoring.DEFAULT_EMBEDDER,
+    explain_options: dict[str, Any] | None = None,
+    simulator_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> PuzzleReport:
+    """Per explainer and format, the similarity of its explanations to the puzzles' truths; per simulator, how often
+    the truth out-scores every decoy (SPEC.md §4). `explainer` None (or "none") runs only the simulator check."""
+    from core import puzzles as puzzlemod
+
+    puzzles = puzzlemod.load_puzzles(puzzles_path)
+    model = puzzle_model_name(puzzles_path)
+    explainers = pd.DataFrame(columns=["explainer", "format", "n", "mean_similarity"])
+    if explainer is not None and explainer.strip().lower() != PUZZLE_EXPLAINER_NONE:
+        if not formats:
+            raise InputError("give at least one format for the explainer (--formats original,summary)")
+        rows = explain_puzzles(db, puzzles, formats, explainer, model=model, **(explain_options or {}))
+        stored = dbmod.stored_similarities(db, [r["id"] for r in rows], embedder)
+        pending = [r for r in rows if (r["id"], r["truth"]) not in stored]
+        if pending:
+            cosines = scoring.similarities([(r["explanation"], r["truth"]) for r in pending], embedder)
+            for row, cosine in zip(pending, cosines, strict=True):
+                dbmod.save_similarity(db, row["id"], PUZZLE_REFERENCE_KIND, row["truth"], embedder, cosine)
+                stored[(row["id"], row["truth"])] = cosine
+        report_rows = [
+            {"explainer": r["explainer"], "format": r["format"], "similarity": stored[(r["id"], r["truth"])]}
+            for r in rows
+        ]
+        explainers = puzzlemod.explainer_report(report_rows)
+    if simulator is None:
+        return PuzzleReport(explainers, {}, "", "")
+    sim = resolve_simulator(simulator, method, **(simulator_options or {}))
+    scores: dict[str, dict[str, float | None]] = {}
+    failures: dict[str, dict[str, str]] = {}
+    bar = _progress_bar(sum(len(p.candidates) for p in puzzles), f"puzzles with {sim.name}", progress)
+    try:
+        for puzzle in puzzles:
+            scores[puzzle.name] = {}
+            for text in puzzle.candidates:
+                outcome = simulate_and_score(sim, text, puzzle.records)
+                scores[puzzle.name][text] = outcome.scores.score if outcome.scores else None
+                if not outcome.result.ok:
+                    failures.setdefault(puzzle.name, {})[text] = outcome.result.error or "failed"
+                bar.update(1)
+    finally:
+        bar.close()
+    sanity = puzzlemod.simulator_sanity(scores, {p.name: p.explanation for p in puzzles})
+    sanity["failures"] = failures
+    return PuzzleReport(explainers, sanity, sim.name, sim.method)
+
+
+def format_puzzle_report(report: PuzzleReport) -> str:
+    """The `puzzles` command's text: the explainer table, then the simulator's sanity rate and its losses."""
+    lines = []
+    if not report.explainers.empty:
+        lines += ["similarity of explanations to the puzzles' true explanations:", format_table(report.explainers)]
+    sanity = report.sanity
+    if sanity:
+        rate = sanity.get("rate")
+        shown = "-" if rate is None else f"{rate:.0%}"
+        lines += [
+            "",
+            f"simulator {report.simulator} ({report.method}): the truth out-scores every decoy in "
+            f"{sanity['truth_wins']} of {sanity['n']} puzzles ({shown})",
+        ]
+        losses = [name for name, item in sanity["per_puzzle"].items() if not item["truth_wins"]]
+        if losses:
+            lines.append(f"  not won: {', '.join(losses)}")
+        if sanity.get("failures"):
+            lines.append(f"  simulations failed in {len(sanity['failures'])} puzzle(s); see --json for reasons")
+    return "\n".join(lines).strip("\n") or "(nothing to report)"

@@ -1,0 +1,361 @@
+"""Simulate → score orchestration (core/pipeline.py), score storage (core/db.py) and the `simulate`, `score`, `run`
+and `puzzles` commands, with real SQLite, the fake OpenAI server and a tiny random chat model."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from core import db as dbmod
+from core import pipeline
+from core.__main__ import main
+from core.errors import InputError
+from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core.simulate import SimulationResult
+
+MODEL = "tiny-subject"
+FAKE_EMBEDDER = "openai:text-embedding-3-small"
+WORDS = [" the", " cat", " sat", " on", " mat", " Monday", " river", " red", " blue", ",", "."]
+
+
+class Oracle:
+    """A simulator handed the truth: it predicts each record's own activations."""
+
+    name = "test:oracle"
+    method = "oracle"
+
+    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+        return SimulationResult(self.name, self.method, tuple(tuple(r.activations) for r in records))
+
+
+class Affine(Oracle):
+    """The truth on another scale: perfect correlation, poor R² until calibrated."""
+
+    name = "test:affine"
+
+    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+        return SimulationResult(
+            self.name, self.method, tuple(tuple(0.1 * a + 4 for a in r.activations) for r in records)
+        )
+
+
+class Constant(Oracle):
+    name = "test:constant"
+
+    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+        return SimulationResult(self.name, self.method, tuple((5.0,) * len(r.tokens) for r in records))
+
+
+class Broken(Oracle):
+    """Predicts one value too few for every record: the pipeline must refuse to score it."""
+
+    name = "test:broken"
+
+    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+        return SimulationResult(self.name, self.method, tuple((1.0,) * (len(r.tokens) - 1) for r in records))
+
+
+def _record(rng: random.Random, peak: float) -> ActivationRecord:
+    tokens = tuple(rng.choice(WORDS) for _ in range(8))
+    activations = tuple(peak if t == " cat" else rng.random() * 0.1 for t in tokens)
+    return ActivationRecord(tokens, activations)
+
+
+def _neuron(layer: int, index: int, seed: int) -> NeuronRecord:
+    rng = random.Random(seed)
+    top = tuple(sorted((_record(rng, 5.0 - i * 0.1) for i in range(20)), key=lambda r: -r.max_activation))
+    randoms = tuple(_record(rng, 1.0) for _ in range(15))
+    stats = NeuronStats(mean=0.1, variance=0.5, max=5.0, quantiles={0.5: 0.5, 0.9: 2.0, 0.99: 4.0, 0.999: 4.9})
+    return NeuronRecord(model=MODEL, neuron=NeuronId(layer, index), top=top, random=randoms, stats=stats)
+
+
+@pytest.fixture
+def stored(db):
+    """Two neurons with records and explanations (two formats each, one reference explanation)."""
+    dbmod.write_neurons(db, MODEL, [_neuron(0, 1, seed=1), _neuron(0, 2, seed=2)], source="test")
+    ids = {}
+    for index in (1, 2):
+        for format_name in ("original", "summary"):
+            ids[(index, format_name)] = dbmod.insert_explanation(
+                db,
+                model=MODEL,
+                layer=0,
+                neuron=index,
+                format=format_name,
+                explainer="openai:writer",
+                explanation=f"the word cat ({format_name})",
+                input_tokens=100 if format_name == "original" else 40,
+                output_tokens=8,
+            )
+    dbmod.insert_explanation(
+        db, model=MODEL, layer=0, neuron=1, format="original", explainer="gpt-4", source="reference",
+        explanation="mentions of the word cat",
+    )  # fmt: skip
+    return ids
+
+
+def _score_row(db, explanation_id: int, simulator: str) -> dict:
+    rows = [r for r in dbmod.score_rows(db, MODEL, simulator) if r["explanation_id"] == explanation_id]
+    assert len(rows) == 1
+    return rows[0]
+
+
+# --- one explanation ---------------------------------------------------------------------------------------------
+
+
+def test_an_oracle_scores_one_and_a_constant_scores_missing(db, stored) -> None:
+    oracle = pipeline.score_explanations(db, MODEL, Oracle(), reference="none")
+    assert (oracle.ok, oracle.failed, oracle.total) == (5, 0, 5)  # the reference explanation is scored too
+    row = _score_row(db, stored[(1, "original")], "test:oracle")
+    assert row["score"] == pytest.approx(1.0) and row["rsquared"] == pytest.approx(1.0)
+    assert row["method"] == "oracle" and row["split"] == "valid" and row["calibrated"] is False
+    constant = pipeline.score_explanations(db, MODEL, Constant(), reference="none")
+    assert constant.ok == 5
+    raw = db.conn.execute(
+        "SELECT score, status FROM scores WHERE simulator = 'test:constant' AND explanation_id = ?",
+        [stored[(1, "summary")]],
+    ).fetchone()
+    assert raw == (None, "ok")  # undefined correlation: NULL, never 0
+
+
+def test_stored_predictions_and_per_excerpt_scores(db, stored) -> None:
+    pipeline.score_explanations(db, MODEL, Oracle(), reference="none")
+    rows = [r for r in dbmod.scores_for_neuron(db, MODEL, NeuronId(0, 2)) if r["simulator"] == "test:oracle"]
+    assert {r["format"] for r in rows} == {"original", "summary"}
+    valid = _neuron(0, 2, seed=2).split("valid")
+    assert [len(p) for p in rows[0]["predictions"]] == [len(r.tokens) for r in valid]
+    flat = [v for p in rows[0]["predictions"] for v in p]
+    assert flat == pytest.approx([a for r in valid for a in r.activations], rel=1e-6)
+    assert len(rows[0]["per_excerpt"]) == 10 and rows[0]["per_excerpt"][0]["index"] == 0
+
+
+def test_misaligned_predictions_are_stored_as_failed_and_retried(db, stored) -> None:
+    report = pipeline.score_explanations(db, MODEL, Broken(), formats=["summary"], reference="none")
+    assert (report.ok, report.failed) == (0, 2) and "misaligned" in report.errors[0]
+    row = db.conn.execute(
+        "SELECT score, predictions, status, error FROM scores WHERE simulator = 'test:broken'"
+    ).fetchone()
+    assert row[0] is None and row[1] is None and row[2] == "failed" and "record 0" in row[3]
+    again = pipeline.score_explanations(db, MODEL, Broken(), formats=["summary"], reference="none")
+    assert (again.skipped, again.failed) == (0, 2)  # failed ones are retried, never counted as done
+
+
+def test_score_resumes_and_keeps_simulators_apart(db, stored) -> None:
+    first = pipeline.score_explanations(db, MODEL, Oracle(), neurons=[NeuronId(0, 1)], reference="none")
+    assert (first.ok, first.skipped, first.total) == (3, 0, 3)
+    second = pipeline.score_explanations(db, MODEL, Oracle(), reference="none")
+    assert (second.ok, second.skipped) == (2, 3)
+    pipeline.score_explanations(db, MODEL, Constant(), reference="none")
+    rows = dbmod.score_rows(db, MODEL, include_unscored=False)
+    assert {(r["simulator"], r["method"]) for r in rows} == {("test:oracle", "oracle"), ("test:constant", "oracle")}
+    assert len(dbmod.score_rows(db, MODEL, "test:oracle", include_unscored=False)) == 5
+    assert db.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 10  # no duplicate rows on resume
+
+
+def test_calibration_changes_rsquared_but_not_correlation(db, stored) -> None:
+    pipeline.score_explanations(db, MODEL, Affine(), formats=["original"], reference="none")
+    pipeline.score_explanations(db, MODEL, Affine(), formats=["original"], calibrate=True, reference="none")
+    plain = _score_row_for(db, stored[(1, "original")], calibrated=False)
+    calibrated = _score_row_for(db, stored[(1, "original")], calibrated=True)
+    assert plain["score"] == pytest.approx(calibrated["score"]) == pytest.approx(1.0)
+    assert plain["rsquared"] < 0.5 and calibrated["rsquared"] == pytest.approx(1.0)
+
+
+def _score_row_for(db, explanation_id: int, calibrated: bool) -> dict:
+    rows = dbmod.score_rows(db, MODEL, "test:affine", calibrated=calibrated, include_unscored=False)
+    return next(r for r in rows if r["explanation_id"] == explanation_id)
+
+
+def test_similarity_to_the_reference_explanation(db, stored, openai_env) -> None:
+    report = pipeline.score_explanations(db, MODEL, Oracle(), embedder=FAKE_EMBEDDER)
+    assert report.similarities == 2  # neuron 0:1 has a reference; its two generated explanations are compared
+    rows = {r["explanation_id"]: r for r in dbmod.score_rows(db, MODEL, "test:oracle", reference_kind="openai")}
+    assert 0 < rows[stored[(1, "original")]]["similarity"] <= 1
+    assert rows[stored[(2, "original")]]["similarity"] is None
+    assert pipeline.score_explanations(db, MODEL, Oracle(), embedder=FAKE_EMBEDDER).similarities == 0  # resumed
+
+
+def test_save_score_turns_nan_into_null(db, stored) -> None:
+    from core.scoring import Scores
+
+    scores = Scores(score=math.nan, rsquared=0.5, absdev=math.inf, per_excerpt=({"index": 0, "score": math.nan},))
+    explanation_id = stored[(2, "summary")]
+    dbmod.save_score(db, explanation_id, "s", "m", "valid", False, scores, [[1.0, math.nan]], "ok", None, 0.1)
+    dbmod.save_score(db, explanation_id, "s", "m", "valid", False, scores, [[2.0, math.nan]], "ok", None, 0.2)
+    row = db.conn.execute("SELECT score, rsquared, absdev, per_excerpt, predictions, seconds FROM scores").fetchone()
+    assert row[:3] == (None, 0.5, None) and json.loads(row[3]) == [{"index": 0, "score": None}]
+    assert json.loads(row[4]) == [[2.0, None]] and row[5] == 0.2  # the second save replaced the first
+    dbmod.save_similarity(db, explanation_id, "openai", "ref", "minilm", math.nan)
+    assert db.conn.execute("SELECT cosine FROM similarities").fetchone() == (None,)
+
+
+def test_simulate_text_reports_a_failure_with_its_reason() -> None:
+    records = [ActivationRecord((" a", " b"), (0.0, 1.0))]
+    assert pipeline.simulate_text("x", records, Oracle())["score"] == pytest.approx(1.0)
+    failed = pipeline.simulate_text("x", records, Broken())
+    assert failed["status"] == "failed" and failed["predictions"] is None and failed["score"] is None
+    with pytest.raises(InputError):
+        pipeline.simulate_text("x", [], Oracle())
+
+
+# --- the commands, end to end --------------------------------------------------------------------------------------
+
+
+def test_simulate_command_with_a_local_model(tiny_chat_model: Path, tmp_path: Path, capsys) -> None:
+    records = {"records": [{"tokens": [" the", " cat", "\n", "日本"], "activations": [0, 3.5, 0, 1]}]}
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(records))
+    code = main(
+        ["simulate", "--explanation", "cats", "--records", str(path), "--simulator", f"hf:{tiny_chat_model}", "--json"]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["status"] == "ok" and out["method"] == "all_at_once"
+    assert [len(p) for p in out["predictions"]] == [4] and all(0 <= v <= 10 for v in out["predictions"][0])
+    assert {"score", "rsquared", "absdev"} <= set(out)
+
+
+def test_simulate_command_reports_a_garbled_chat_answer(openai_env, tmp_path: Path, capsys) -> None:
+    openai_env.chat_handler = lambda request: "no idea"
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps({"records": [{"tokens": [" a"], "activations": [1.0]}]}))
+    args = [
+        "simulate",
+        "--explanation",
+        "x",
+        "--records",
+        str(path),
+        "--simulator",
+        "openai:m",
+        "--method",
+        "chat_parse",
+    ]
+    assert main(args) == 1
+    assert "simulation failed" in capsys.readouterr().err
+
+
+def test_score_command_with_a_local_simulator(db_path: Path, db, stored, tiny_chat_model: Path, capsys) -> None:
+    args = ["score", "--db", str(db_path), "--model", MODEL, "--simulator", f"hf:{tiny_chat_model}"]
+    assert main([*args, "--formats", "summary", "--reference", "none", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ok"], report["method"], report["total"]) == (2, "all_at_once", 2)
+    assert main([*args, "--reference", "none"]) == 0
+    assert "2 already scored" in capsys.readouterr().out
+
+
+def test_run_end_to_end_explains_scores_and_summarises(
+    db_path: Path, db, tiny_chat_model: Path, openai_env, capsys
+) -> None:
+    dbmod.write_neurons(db, MODEL, [_neuron(0, index, seed=index) for index in range(1, 4)], source="test")
+    dbmod.insert_explanation(
+        db, model=MODEL, layer=0, neuron=1, format="original", explainer="gpt-4", source="reference",
+        explanation="the word cat",
+    )  # fmt: skip
+    args = [
+        "run", "--db", str(db_path), "--model", MODEL, "--neurons", "0:1,0:2,0:3", "--formats", "original,summary",
+        "--explainer", "openai:gpt-4o-mini", "--simulator", f"hf:{tiny_chat_model}", "--embedder", FAKE_EMBEDDER,
+    ]  # fmt: skip
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["explain"]["ok"] == 6 and report["score"]["ok"] == 6 and report["collected_layers"] == []
+    summary = {row["format"]: row for row in report["summary"]}
+    assert list(summary) == ["original", "summary"] and summary["original"]["n"] == 3
+    assert summary["original"]["mean_input_tokens"] > summary["summary"]["mean_input_tokens"]
+    assert summary["original"]["n_similarity"] == 1  # only neuron 0:1 has a reference explanation
+    assert report["differences"][0]["format"] == "summary" and report["differences"][0]["baseline"] == "original"
+    assert report["differences"][0]["n"] == 3
+    # A rerun does no new work and prints the table.
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "mean_score" in out and "paired difference" in out and f"hf:{tiny_chat_model}" in out
+    counts = db.conn.execute("SELECT COUNT(*) FROM explanations WHERE source = 'generated'").fetchone()
+    assert counts == (6,) and db.conn.execute("SELECT COUNT(*) FROM scores").fetchone() == (6,)
+
+
+def test_run_collects_missing_layers_of_a_subject_model(db, tmp_path: Path, openai_env) -> None:
+    from core.activations import CollectOptions
+    from tests import tiny_models
+
+    subject = tiny_models.build("gpt2", tmp_path / "gpt2")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tiny_models.TEXT * 4)
+    neurons = [NeuronId(1, 3), NeuronId(1, 7)]
+    options = CollectOptions(max_tokens=1600, excerpt_len=16, top_k=20, random_k=15, batch_size=16)
+    report = pipeline.run_pipeline(
+        db, str(subject), neurons, ["original", "highlight"], "openai:gpt-4o-mini", Oracle(),
+        corpus=str(corpus), collect_options=options, reference="none",
+    )  # fmt: skip
+    assert report.collected_layers == (1,) and report.explain["ok"] == 4 and report.score["ok"] == 4
+    summary = report.summary.set_index("format")
+    assert summary.loc["original", "n"] == 2 and summary.loc["original", "mean_score"] == pytest.approx(1.0)
+    again = pipeline.run_pipeline(
+        db, str(subject), neurons, ["original", "highlight"], "openai:gpt-4o-mini", Oracle(),
+        corpus=str(corpus), collect_options=options, reference="none",
+    )  # fmt: skip
+    assert again.collected_layers == () and again.explain["skipped"] == 4 and again.score["skipped"] == 4
+    with pytest.raises(InputError, match="not in model"):
+        pipeline.run_pipeline(
+            db, str(subject), [NeuronId(1, 10_000)], ["original"], "openai:gpt-4o-mini", Oracle(),
+            corpus=str(corpus), collect_options=options, reference="none",
+        )  # fmt: skip
+
+
+# --- puzzles -------------------------------------------------------------------------------------------------------
+
+
+class TruthSeer(Oracle):
+    """Predicts the true activations for a puzzle's true explanation and noise for any other text."""
+
+    name = "test:truth-seer"
+
+    def __init__(self, truths: dict[str, tuple[ActivationRecord, ...]]) -> None:
+        self.truths = truths  # true explanation → its puzzle's records (one puzzle's truth is another's decoy)
+
+    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+        if self.truths.get(explanation) == tuple(records):
+            return super().simulate(explanation, records)
+        rng = random.Random(explanation)
+        return SimulationResult(self.name, self.method, tuple(tuple(rng.random() for _ in r.tokens) for r in records))
+
+
+def test_puzzles_report_similarity_per_format_and_simulator_sanity(db, openai_env) -> None:
+    from core.puzzles import load_puzzles
+
+    puzzles = load_puzzles()
+    simulator = TruthSeer({p.explanation: p.records for p in puzzles})
+    report = pipeline.run_puzzles(db, "openai:gpt-4o-mini", ["summary", "highlight"], simulator, embedder=FAKE_EMBEDDER)
+    assert report.sanity["n"] == len(puzzles) and report.sanity["rate"] == 1.0
+    table = report.explainers.set_index("format")
+    assert set(table.index) == {"summary", "highlight"} and (table["n"] == len(puzzles)).all()
+    assert ((table["mean_similarity"] > -1) & (table["mean_similarity"] <= 1)).all()
+    stored = dbmod.list_explanations(db, pipeline.puzzle_model_name(None))
+    assert len(stored) == 2 * len(puzzles) and {r["source"] for r in stored} == {"puzzle"}
+    requests = len(openai_env.requests)
+    again = pipeline.run_puzzles(db, "openai:gpt-4o-mini", ["summary", "highlight"], None, embedder=FAKE_EMBEDDER)
+    assert len(openai_env.requests) == requests and not again.sanity  # resumed: no new explanations or embeddings
+    text = pipeline.format_puzzle_report(report)
+    assert "similarity" in text and "out-scores" in text
+
+
+def test_puzzles_command_simulator_only(db_path: Path, tiny_chat_model: Path, tmp_path: Path, capsys) -> None:
+    puzzles = {
+        "cats": {
+            "name": "cats",
+            "explanation": "the word cat",
+            "false_explanations": ["rivers", "the color red"],
+            "sentences": [[" the", [" cat", 9], " sat"], [" a", " red", [" cat", 10]]],
+        }
+    }
+    path = tmp_path / "puzzles.json"
+    path.write_text(json.dumps(puzzles))
+    args = ["puzzles", "--db", str(db_path), "--explainer", "none", "--simulator", f"hf:{tiny_chat_model}"]
+    assert main([*args, "--puzzles", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sanity"]["n"] == 1 and report["explainers"] == [] and report["method"] == "all_at_once"
+    assert set(report["sanity"]["per_puzzle"]["cats"]) >= {"truth_score", "best_decoy", "truth_wins"}
+    assert main(["puzzles", "--db", str(db_path), "--explainer", "none"]) == 2
+    assert "give --simulator" in capsys.readouterr().err
