@@ -263,7 +263,7 @@ def create_study(
     if not any(not item["is_gold"] for item in items):
         raise InputError("no neuron has explanations for two of the arms, so the study would have no items")
     if skipped:
-        log.warning("study %s: skipped %s", name.strip(), "; ".join(skipped))
+        log.info("study %s: skipped %s", name.strip(), "; ".join(skipped))
     config = {
         "name": name.strip(),
         "instructions": instructions,
