@@ -337,25 +337,23 @@ def finished_layers(db: sqlite_utils.Database, run_id: int) -> set[int]:
     return {row[0] for row in db.conn.execute("SELECT layer FROM run_layers WHERE run_id = ?", [run_id])}
 
 
-def excerpt_hash(tokens: Sequence[str]) -> str:
-    return hashlib.sha1(_json(list(tokens)).encode()).hexdigest()
-
-
 def _upsert_excerpts(conn: sqlite3.Connection, token_lists: Iterable[Sequence[str]]) -> list[int]:
     """Insert excerpts once (content-addressed) and return their ids in input order."""
-    token_lists = [list(t) for t in token_lists]
-    hashes = [excerpt_hash(t) for t in token_lists]
+    token_tuples = [tuple(t) for t in token_lists]
+    # Many neurons share an excerpt: hash and encode each distinct one once.
+    encoded = {tokens: _json(list(tokens)) for tokens in dict.fromkeys(token_tuples)}
+    hashes = {tokens: hashlib.sha1(text.encode()).hexdigest() for tokens, text in encoded.items()}
     conn.executemany(
         "INSERT OR IGNORE INTO excerpts (hash, tokens) VALUES (?, ?)",
-        [(h, _json(t)) for h, t in zip(hashes, token_lists, strict=True)],
+        [(hashes[tokens], text) for tokens, text in encoded.items()],
     )
     ids: dict[str, int] = {}
-    unique = list(dict.fromkeys(hashes))
+    unique = list(hashes.values())
     for start in range(0, len(unique), 500):
         chunk = unique[start : start + 500]
         marks = ",".join("?" * len(chunk))
         ids.update(conn.execute(f"SELECT hash, id FROM excerpts WHERE hash IN ({marks})", chunk).fetchall())
-    return [ids[h] for h in hashes]
+    return [ids[hashes[tokens]] for tokens in token_tuples]
 
 
 def _blob(values: Sequence[float] | np.ndarray) -> bytes:
@@ -1206,7 +1204,7 @@ def data_version(db: sqlite_utils.Database) -> tuple[Any, ...]:
         parts.append(db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0])
     # Updates in place (a re-collected neuron, a changed rating) keep their rowids but always touch the files. An
     # empty or missing log counts as no log: SQLite creates it on open and deletes it on close without a write.
-    file = next((row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    file = database_file(db)
     for path in (Path(file), Path(f"{file}-wal")) if file else ():
         try:
             stat = path.stat()
@@ -1214,6 +1212,11 @@ def data_version(db: sqlite_utils.Database) -> tuple[Any, ...]:
             stat = None
         parts += [stat.st_mtime_ns, stat.st_size] if stat is not None and stat.st_size else [None, None]
     return tuple(parts)
+
+
+def database_file(db: sqlite_utils.Database) -> str:
+    """The file behind a connection ("" for an in-memory database)."""
+    return next((row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"), "")
 
 
 def neuron_indices(db: sqlite_utils.Database, model: str, layer: int) -> list[int]:
