@@ -39,6 +39,19 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _read_json(path: str, what: str) -> Any:
+    from pathlib import Path
+
+    from core.errors import InputError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} file {path} is not valid JSON: {exc}") from None
+
+
 def _subcommand(
     commands: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int | None], help: str
 ) -> argparse.ArgumentParser:
@@ -200,22 +213,7 @@ def cmd_import_openai(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 # --- prompts and explanations ------------------------------------------------------------------------------------
-
-
-def _read_prompt_json(path: str, what: str) -> Any:
-    from pathlib import Path
-
-    from core.errors import InputError
-
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{what} file {path} is not valid JSON: {exc}") from None
 
 
 @command
@@ -255,10 +253,10 @@ def cmd_prompt(args: argparse.Namespace) -> None:
     from core import prompts, tokens
     from core.records import records_from_json
 
-    records = records_from_json(_read_prompt_json(args.records, "records"))
+    records = records_from_json(_read_json(args.records, "records"))
     few_shot = prompts.load_few_shot(args.few_shot)
     cutoff = prompts.Cutoff.parse(args.cutoff_mode, args.cutoff)
-    stats = prompts.stats_from_json(_read_prompt_json(args.stats, "stats")) if args.stats else None
+    stats = prompts.stats_from_json(_read_json(args.stats, "stats")) if args.stats else None
     messages = prompts.build_messages(args.format, records, few_shot=few_shot, cutoff=cutoff, stats=stats)
     threshold = prompts.resolve_threshold(args.format, records, cutoff, stats)
     _print_json(
@@ -273,27 +271,16 @@ def cmd_prompt(args: argparse.Namespace) -> None:
 
 def _neurons_from_file(path: str) -> list:
     """Neurons from a CSV with columns layer,neuron (or Layer,Neuron)."""
-    import csv
+    from pathlib import Path
 
     from core.errors import InputError
-    from core.records import NeuronId
+    from core.records import neurons_from_csv
 
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read neuron file {path}: {exc}") from None
-    neurons = []
-    for number, row in enumerate(rows, start=2):
-        fields = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
-        if not {"layer", "neuron"} <= set(fields):
-            raise InputError(f"{path}: expected columns layer,neuron (found: {', '.join(fields) or 'none'})")
-        if not fields["layer"].isdigit() or not fields["neuron"].isdigit():
-            raise InputError(f"{path}, line {number}: layer and neuron must be non-negative integers")
-        neurons.append(NeuronId(int(fields["layer"]), int(fields["neuron"])))
-    if not neurons:
-        raise InputError(f"{path} lists no neurons; expected a CSV with columns layer,neuron")
-    return neurons
+    return neurons_from_csv(text, path)
 
 
 @command
@@ -476,19 +463,6 @@ def _split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
-def _read_json_file(path: str, what: str) -> Any:
-    from pathlib import Path
-
-    from core.errors import InputError
-
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{what} file {path} is not valid JSON: {exc}") from None
-
-
 @command
 def _add_simulate(commands: argparse._SubParsersAction) -> None:
     parser = _subcommand(
@@ -506,7 +480,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from core import pipeline
     from core.records import records_from_json
 
-    records = records_from_json(_read_json_file(args.records, "records"))
+    records = records_from_json(_read_json(args.records, "records"))
     result = pipeline.simulate_text(args.explanation, records, args.simulator, args.method, **_simulator_options(args))
     if args.json:
         _print_json(result)

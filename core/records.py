@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,21 @@ def parse_neurons(text: str) -> list[NeuronId]:
     if not neurons:
         raise InputError("no neurons given: write them as layer:index, comma-separated, e.g. 3:17,3:42")
     return neurons
+
+
+def neurons_from_csv(text: str, source: str = "neuron file") -> list[NeuronId]:
+    """Neurons from CSV text with columns layer,neuron (any case, e.g. Layer,Neuron), in order, without repeats."""
+    found = []
+    for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        fields = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+        if not {"layer", "neuron"} <= set(fields):
+            raise InputError(f"{source}: expected columns layer,neuron (found: {', '.join(fields) or 'none'})")
+        if not fields["layer"].isdigit() or not fields["neuron"].isdigit():
+            raise InputError(f"{source}, line {number}: layer and neuron must be non-negative integers")
+        found.append(NeuronId(int(fields["layer"]), int(fields["neuron"])))
+    if not found:
+        raise InputError(f"{source} lists no neurons; expected a CSV with columns layer,neuron")
+    return list(dict.fromkeys(found))
 
 
 @dataclass(frozen=True)
