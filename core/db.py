@@ -1193,15 +1193,14 @@ _VERSIONED_TABLES = (
     "runs", "excerpts", "neurons", "explanations", "scores", "similarities", "studies", "items", "raters", "ratings",
     "rating_audit",
 )  # fmt: skip
+_RECORD_TABLES = ("runs", "excerpts", "neurons")
 
 
 def data_version(db: sqlite_utils.Database) -> tuple[Any, ...]:
     """A cheap value that changes after any committed write: the newest rowid of each table and the size and
     modification time of the database file and its write-ahead log. The app keys its query caches on it, so a
     write by the CLI or another session shows up on the next rerun."""
-    parts: list[Any] = []
-    for table in _VERSIONED_TABLES:
-        parts.append(db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0])
+    parts: list[Any] = [_max_rowid(db, table) for table in _VERSIONED_TABLES]
     # Updates in place (a re-collected neuron, a changed rating) keep their rowids but always touch the files. An
     # empty or missing log counts as no log: SQLite creates it on open and deletes it on close without a write.
     file = database_file(db)
@@ -1212,6 +1211,21 @@ def data_version(db: sqlite_utils.Database) -> tuple[Any, ...]:
             stat = None
         parts += [stat.st_mtime_ns, stat.st_size] if stat is not None and stat.st_size else [None, None]
     return tuple(parts)
+
+
+def records_version(db: sqlite_utils.Database) -> tuple[Any, ...]:
+    """A cheap value that changes when neurons, their records or stats are written (collection, import), and not
+    when anything else is: ratings, explanations and scores leave cached neuron records valid.
+
+    A collection or import adds runs, excerpts or neurons rows or finishes a layer. Not seen: a stored neuron
+    rewritten outside a collection run with the very same excerpts but other activations (an edited puzzle file
+    run again); callers that cache on this value should also let entries expire."""
+    finished = db.conn.execute("SELECT MAX(finished_at), COUNT(*) FROM run_layers").fetchone()
+    return (*(_max_rowid(db, table) for table in _RECORD_TABLES), *finished)
+
+
+def _max_rowid(db: sqlite_utils.Database, table: str) -> int:
+    return db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
 
 
 def database_file(db: sqlite_utils.Database) -> str:

@@ -1,0 +1,80 @@
+"""Home page: what is in the database, how the workbench is configured, and how to get started.
+
+Run from the repository root: `.venv/bin/streamlit run app.py` (the database is $EVAL_DB, else evaluations.db).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import config, dashboard, llm, models, simulate
+
+st.set_page_config(page_title="Neuron explanation workbench", page_icon="🔬", layout="wide")
+st.title("Neuron explanation workbench")
+st.caption(
+    "Collect MLP neuron activations, explain neurons with LLMs under several prompt formats, score the "
+    "explanations by simulation, and compare them in blinded pairwise studies."
+)
+
+with dashboard.errors_shown(), dashboard.database() as db:
+    src = dashboard.source(db)
+    info = dashboard.summary(src)
+    counts = info["counts"]
+
+    st.subheader("In the database")
+    figures = [
+        ("Models", len(info["models"])),
+        ("Layers", sum(len(layers) for layers in info["models"].values())),
+        ("Neurons", counts["neurons"]),
+        ("Explanations", counts["explanations"]),
+        ("Scores", counts["scores"]),
+        ("Studies", counts["studies"]),
+        ("Ratings", counts["ratings"]),
+    ]
+    for column, (label, value) in zip(st.columns(len(figures)), figures, strict=True):
+        column.metric(label, f"{value:,}")
+    layer_rows = [
+        {"model": model, "layer": row["layer"], "neurons": row["neurons"]}
+        for model, layers in info["models"].items()
+        for row in layers
+    ]
+    if layer_rows:
+        st.dataframe(pd.DataFrame(layer_rows), hide_index=True, width="content")
+    else:
+        st.info("The database holds no neurons yet. Start with step 1 below.")
+
+    st.subheader("Configuration")
+    api = config.api_settings()
+    settings = pd.DataFrame(
+        [
+            ("database", str(config.db_path())),
+            ("default subject model", models.DEFAULT_MODEL_NAME),
+            ("supported model types", ", ".join(models.supported_model_types())),
+            ("explainer backends", ", ".join(backend.spec for backend in llm.BACKENDS.values())),
+            ("simulators", ", ".join(f"{kind.backend}: {kind.method}" for kind in simulate.SIMULATORS.values())),
+            (f"API base URL (${config.ENV_API_BASE})", dashboard.public_url(api.base_url) or "OpenAI's default"),
+            (f"API key (${config.ENV_API_KEY})", "set" if api.key_set else "not set"),
+        ],
+        columns=["setting", "value"],
+    )
+    st.dataframe(settings, hide_index=True, width="stretch")
+
+    st.subheader("Getting started")
+    st.markdown("**1. Collect activations** of the bundled model (a few minutes on a laptop CPU):")
+    st.code(".venv/bin/python -m core collect", language="bash")
+    st.markdown("**2. Explain neurons** on the *Explain* page (sign in as an admin rater), or from the command line:")
+    st.code(
+        ".venv/bin/python -m core rater add --name admin --admin\n"
+        ".venv/bin/python -m core explain --neurons 0:1,0:2 --explainer openai:gpt-4o-mini",
+        language="bash",
+    )
+    st.markdown(
+        "**3. Browse and compare**: open a neuron on the *Neurons* page, create a blinded study, let raters "
+        "work on the *Rate* page and read the *Results*:"
+    )
+    st.code(
+        ".venv/bin/python -m core study create --name pilot --arms summary,original --neurons 0:1,0:2\n"
+        ".venv/bin/python -m core rater add --name alice",
+        language="bash",
+    )

@@ -1,0 +1,208 @@
+"""The one renderer of token text and explanations as HTML, used by every page (STYLE.md layout: render.py).
+
+Token text and explanations are untrusted: corpora hold `<script>`, HTML entities, markdown and `$…$` LaTeX. Every
+string that reaches the page passes through `escape_text`, which HTML-escapes it and turns every character that
+markdown, LaTeX or Streamlit's directives could read as syntax into a numeric character reference. The output
+holds no newline either (line breaks are `<br>`), so even if it went through st.markdown(unsafe_allow_html=True)
+it would stay one raw HTML block that markdown never parses. The pages pass it to `st.html`, which renders HTML
+without markdown or LaTeX.
+
+Visible whitespace: a token made only of whitespace shows each space as a faint "·"; a newline shows as "⏎"
+followed by a real line break; a tab as "⇥"; other control characters as their Unicode control pictures. Leading
+spaces of ordinary tokens stay real spaces (the container keeps them with `white-space: pre-wrap`), since marking
+every word boundary would bury the text in dots.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from core.records import ActivationRecord
+
+# Colours: warm for positive activations, cool for negative; the alpha carries the magnitude.
+POSITIVE_RGB = (255, 145, 0)
+NEGATIVE_RGB = (45, 125, 255)
+# Above this background strength the theme's text colour (light in the dark theme) would be hard to read.
+DARK_TEXT_FROM = 0.55
+DARK_TEXT = "rgb(17, 17, 17)"
+# Predictions of the all-at-once simulator are expected values on the 0..10 scale (SPEC.md §3).
+SIMULATION_SCALE = 10.0
+
+NEWLINE_MARK = "⏎"
+TAB_MARK = "⇥"
+SPACE_MARK = "·"
+
+# Characters that markdown, GitHub-flavoured markdown, LaTeX ($), Streamlit's :colour[...] directives and emoji
+# shortcodes treat as syntax. As numeric character references they can only ever be text.
+_SYNTAX_CHARS = "\\`*_{}[]()#+-.!|~$:=^@%"
+_ESCAPES = {
+    **{ord(ch): f"&#{ord(ch)};" for ch in _SYNTAX_CHARS},
+    **{ord(ch): f"&#{ord(ch)};" for ch in "&<>\"'"},
+    ord("\r"): "<br>",
+    ord("\n"): "<br>",
+}
+
+STYLE = """<style>
+.nw-excerpt { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.86rem;
+  line-height: 1.9; white-space: pre-wrap; word-break: break-word; margin: 0 0 0.6rem 0; }
+.nw-tok { border-radius: 3px; padding: 1px 0; }
+.nw-ws { opacity: 0.45; }
+.nw-label { font-size: 0.75rem; opacity: 0.7; margin: 0.2rem 0 0.1rem 0; }
+.nw-text { white-space: pre-wrap; word-break: break-word; padding: 0.6rem 0.8rem; border-radius: 6px;
+  border: 1px solid rgba(128, 128, 128, 0.35); margin-bottom: 0.5rem; }
+.nw-row { display: block; }
+</style>"""
+
+
+def escape_text(text: str) -> str:
+    """`text` as HTML that shows exactly these characters: escaped, markdown/LaTeX-neutral, newlines as `<br>`."""
+    # One pass over the characters, so that no escape is escaped again. \r\n counts as one line break.
+    return str(text).replace("\r\n", "\n").translate(_ESCAPES)
+
+
+def _control_picture(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "␡" if code == 0x7F else ch
+
+
+def visible_token(token: str) -> str:
+    """The HTML of one token's text with whitespace made visible (see the module docstring)."""
+    whitespace_only = token != "" and token.isspace()
+    parts = []
+    for ch in token:
+        if ch == "\n":
+            parts.append(f'<span class="nw-ws">{NEWLINE_MARK}</span><br>')
+        elif ch == "\r":
+            parts.append(f'<span class="nw-ws">{_control_picture(ch)}</span>')
+        elif ch == "\t":
+            parts.append(f'<span class="nw-ws">{TAB_MARK}</span>')
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            parts.append(f'<span class="nw-ws">{_control_picture(ch)}</span>')
+        elif whitespace_only:
+            parts.append(f'<span class="nw-ws">{SPACE_MARK}</span>')
+        else:
+            parts.append(escape_text(ch))
+    return "".join(parts)
+
+
+def exact_value(value: float) -> str:
+    """The activation as stored: the shortest text that reads back to the same float32 (activations are kept as
+    float32), or the full float repr for a value that float32 cannot hold exactly."""
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    single = np.float32(value)
+    if float(single) == value:
+        return str(single)
+    return repr(value)
+
+
+def activation_strength(value: float, scale: float) -> float:
+    """|value| / scale clipped to [0, 1]; 0 for a non-finite value or a scale ≤ 0."""
+    if not math.isfinite(value) or not math.isfinite(scale) or scale <= 0:
+        return 0.0
+    return min(1.0, abs(value) / scale)
+
+
+def activation_color(value: float, scale: float) -> str:
+    """The background of a token: transparent at 0, full warm colour at `scale`, cool colour for negatives."""
+    alpha = round(activation_strength(value, scale), 3)
+    if alpha == 0:
+        return "transparent"
+    red, green, blue = POSITIVE_RGB if value > 0 else NEGATIVE_RGB
+    return f"rgba({red}, {green}, {blue}, {alpha:.3f})"
+
+
+def default_scale(records: Sequence[ActivationRecord]) -> float:
+    """The largest |activation| over the records: a common scale, so colours compare across excerpts."""
+    values = [abs(a) for record in records for a in record.activations if math.isfinite(a)]
+    return max(values, default=0.0)
+
+
+def token_span(token: str, value: float, scale: float, title: str | None = None) -> str:
+    """One token coloured by its activation; the title (hover text) defaults to the exact value."""
+    color = activation_color(value, scale)
+    style = f"background-color: {color}"
+    if activation_strength(value, scale) >= DARK_TEXT_FROM:
+        style += f"; color: {DARK_TEXT}"
+    hover = html.escape(exact_value(value) if title is None else title, quote=True)
+    return f'<span class="nw-tok" style="{style}" title="{hover}">{visible_token(token)}</span>'
+
+
+def tokens_html(
+    tokens: Sequence[str], values: Sequence[float], scale: float, titles: Sequence[str] | None = None
+) -> str:
+    """One excerpt: every token coloured by its value on `scale`, in a block that keeps whitespace."""
+    if len(tokens) != len(values) or (titles is not None and len(titles) != len(tokens)):
+        raise ValueError(f"{len(tokens)} tokens need as many values and titles")
+    spans = (
+        token_span(token, value, scale, None if titles is None else titles[i])
+        for i, (token, value) in enumerate(zip(tokens, values, strict=True))
+    )
+    return f'<div class="nw-excerpt">{"".join(spans)}</div>'
+
+
+def record_html(record: ActivationRecord, scale: float | None = None) -> str:
+    """One activation record; `scale` defaults to the record's own largest |activation|."""
+    return tokens_html(record.tokens, record.activations, default_scale([record]) if scale is None else scale)
+
+
+def label_html(text: str) -> str:
+    """A small caption line above an excerpt."""
+    return f'<div class="nw-label">{escape_text(text)}</div>'
+
+
+def records_html(
+    records: Sequence[ActivationRecord], scale: float | None = None, labels: Sequence[str] | None = None
+) -> str:
+    """Several excerpts on one common scale (default: their largest |activation|), each under an optional label."""
+    if labels is not None and len(labels) != len(records):
+        raise ValueError(f"{len(records)} records need as many labels")
+    scale = default_scale(records) if scale is None else scale
+    parts = []
+    for i, record in enumerate(records):
+        if labels is not None:
+            parts.append(label_html(labels[i]))
+        parts.append(record_html(record, scale))
+    return f'<div class="nw-records">{"".join(parts)}</div>'
+
+
+def comparison_html(
+    record: ActivationRecord,
+    predictions: Sequence[float],
+    real_scale: float | None = None,
+    predicted_scale: float = SIMULATION_SCALE,
+) -> str:
+    """A record's real activations and a simulator's predictions, token by token: two aligned lines, each token's
+    hover text giving both values."""
+    if len(predictions) != len(record.tokens):
+        raise ValueError(f"{len(predictions)} predictions for {len(record.tokens)} tokens")
+    real_scale = default_scale([record]) if real_scale is None else real_scale
+    titles = [
+        f"real {exact_value(real)} · simulated {exact_value(predicted)}"
+        for real, predicted in zip(record.activations, predictions, strict=True)
+    ]
+    return (
+        '<div class="nw-row">'
+        + label_html("real")
+        + tokens_html(record.tokens, record.activations, real_scale, titles)
+        + label_html("simulated (0–10)")
+        + tokens_html(record.tokens, [float(p) for p in predictions], predicted_scale, titles)
+        + "</div>"
+    )
+
+
+def text_html(text: str) -> str:
+    """An explanation (or any untrusted prose) as a boxed block that shows the literal text."""
+    return f'<div class="nw-text">{escape_text(text)}</div>'
+
+
+def styled(*parts: str) -> str:
+    """The page fragment to hand to st.html: our style sheet followed by the given renderer outputs."""
+    return STYLE + "".join(parts)

@@ -1,0 +1,198 @@
+"""Neurons: pick a neuron (or find one by its explanations), then read its excerpts, statistics and explanations.
+
+Deep links: ?model=…&layer=…&neuron=… opens a neuron; the address follows the selection.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import dashboard, render
+from core.records import NeuronId
+
+st.set_page_config(page_title="Neurons", page_icon="🔬", layout="wide")
+st.title("Neurons")
+
+MODEL, LAYER, NEURON = "neurons_model", "neurons_layer", "neurons_neuron"
+FILTER, MIN_SCORE, SIMULATOR = "neurons_filter", "neurons_min_score", "neurons_simulator"
+REQUESTED = "neurons_requested"  # a neuron asked for by a link or a search result, checked once it is picked
+LEGEND = (
+    "Background: activation, on one scale for all excerpts of this neuron (warm = positive, blue = negative). "
+    "Hover a token for its exact value. · is a space, ⏎ a new line, ⇥ a tab."
+)
+
+
+def _from_link() -> None:
+    """On a session's first run, take the selection from the address (?model=…&layer=…&neuron=…)."""
+    if MODEL in st.session_state:
+        return
+    params = st.query_params
+    if "model" in params:
+        st.session_state[MODEL] = params["model"]
+    for key, name in ((LAYER, "layer"), (NEURON, "neuron")):
+        if params.get(name, "").strip().isdigit():
+            st.session_state[key] = int(params[name])
+    if {"model", "layer", "neuron"} <= set(params):
+        st.session_state[REQUESTED] = f"{params['model']} · {params['layer']}:{params['neuron']}"
+
+
+def _keep_valid(key: str, options: list) -> None:
+    """A remembered choice that is no longer offered (another model, a filter) falls back to the first option."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
+
+
+def _open(target: str) -> None:
+    """Open the neuron picked among the search results (runs before the page, so the pickers can follow)."""
+    chosen = st.session_state.get(target)
+    if chosen:
+        model, _, neuron = chosen.rpartition(" · ")
+        neuron_id = NeuronId.parse(neuron)
+        st.session_state.update({MODEL: model, LAYER: neuron_id.layer, NEURON: neuron_id.index, FILTER: False})
+        st.session_state[REQUESTED] = chosen
+
+
+def _search(src: dashboard.Source) -> None:
+    with st.expander("Find neurons by explanation text"):
+        text = st.text_input("Explanations containing", key="neurons_search", placeholder="e.g. numbers")
+        if not text.strip():
+            return
+        found = dashboard.search(src, text)
+        if found.empty:
+            st.info("No explanation contains that text.")
+            return
+        st.dataframe(found, hide_index=True, width="stretch")
+        targets = list(dict.fromkeys(f"{row.model} · {row.layer}:{row.neuron}" for row in found.itertuples()))
+        st.selectbox("Open", targets, index=None, key="neurons_open", on_change=_open, args=("neurons_open",))
+
+
+def _pick(src: dashboard.Source, models: list[str]) -> tuple[str, NeuronId] | None:
+    """The sidebar pickers; None when the chosen layer has no neuron left after the score filter."""
+    with st.sidebar:
+        _keep_valid(MODEL, models)
+        model = st.selectbox("Model", models, key=MODEL)
+        layer_numbers = [layer for layer, _ in dashboard.layers(src, model)]
+        _keep_valid(LAYER, layer_numbers)
+        layer = st.selectbox("Layer", layer_numbers, key=LAYER)
+        simulators = dashboard.simulators(src)
+        if st.checkbox("Filter by score", key=FILTER, disabled=not simulators, help="Needs scored explanations"):
+            simulator = st.selectbox("Simulator", simulators, key=SIMULATOR)
+            min_score = st.slider("Best score at least", -1.0, 1.0, 0.3, 0.05, key=MIN_SCORE)
+            table = dashboard.overview(src, model, layer, simulator)
+            table = table[table["best_score"] >= min_score]
+        else:
+            table = dashboard.overview(src, model, layer)
+        if table.empty:
+            st.info("No neuron of this layer passes the filter.")
+            return None
+        indices = [int(i) for i in table["neuron"]]
+        scores = dict(zip(indices, table["best_score"].astype(float), strict=True))
+        _keep_valid(NEURON, indices)
+        index = st.selectbox(
+            "Neuron",
+            indices,
+            key=NEURON,
+            format_func=lambda i: dashboard.neuron_label(i, scores[i]),
+        )
+        st.caption(f"{len(indices)} neurons listed")
+    picked = NeuronId(layer, int(index))
+    requested = st.session_state.pop(REQUESTED, None)
+    if requested is not None and requested != f"{model} · {picked}":
+        st.warning(dashboard.markdown_escape(f"{requested} has no stored excerpts; showing {model} · {picked}."))
+    return model, picked
+
+
+def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record) -> None:
+    rows = dashboard.explanations(src, model, neuron_id)
+    scores = dashboard.neuron_scores(src, model, neuron_id)
+    if not rows:
+        st.info("No explanations yet: explain this neuron on the Explain page or with `python -m core explain`.")
+        return
+    table = dashboard.explanation_table(rows, scores, dashboard.neuron_similarities(src, model, neuron_id))
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "score": st.column_config.NumberColumn(format="%.3f", help="correlation of simulated and real"),
+            "similarity": st.column_config.NumberColumn(format="%.3f", help="cosine to the reference explanation"),
+            "reference_score": st.column_config.NumberColumn(format="%.3f", help="score published with an import"),
+            "explanation": st.column_config.TextColumn(width="large"),
+        },
+    )
+    simulated = dashboard.simulations(scores)
+    if not simulated:
+        st.caption("No explanation of this neuron has a stored simulation yet.")
+        return
+    st.markdown("**Simulated against real activations**")
+    chosen = st.selectbox("Simulation", range(len(simulated)), format_func=lambda i: simulated[i].label)
+    simulation = simulated[chosen]
+    records = record.split(simulation.split)
+    st.html(render.styled(render.text_html(simulation.explanation)))
+    if len(records) != len(simulation.predictions):
+        st.warning(
+            f"The stored simulation has {len(simulation.predictions)} excerpts but the neuron now has "
+            f"{len(records)} in the {simulation.split} split (were its records collected again?)."
+        )
+        return
+    scale = render.default_scale(record.top)
+    predicted_scale = scale if simulation.calibrated else render.SIMULATION_SCALE
+    parts = []
+    for number, (excerpt, predictions) in enumerate(zip(records, simulation.predictions, strict=True), start=1):
+        if len(predictions) != len(excerpt.tokens):
+            st.warning(f"Excerpt {number}: the stored prediction does not match its tokens; not shown.")
+            continue
+        parts.append(render.label_html(f"excerpt {number}"))
+        parts.append(render.comparison_html(excerpt, predictions, scale, predicted_scale))
+    st.html(render.styled(*parts))
+    st.plotly_chart(dashboard.simulation_scatter(records, simulation.predictions), width="stretch")
+
+
+def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None:
+    record = dashboard.neuron(src, model, neuron_id)
+    st.query_params.update({"model": model, "layer": str(neuron_id.layer), "neuron": str(neuron_id.index)})
+    st.subheader(dashboard.markdown_escape(f"{model} · neuron {neuron_id}"))
+    stats = record.stats
+    figures = [("max", stats.max, None), ("mean", stats.mean, None), ("variance", stats.variance, None)]
+    figures += [
+        (f"q{level:g}", value, f"The {level:g} quantile of the per-excerpt maximum over the whole corpus")
+        for level, value in sorted(stats.quantiles.items())
+    ]
+    for column, (label, value, help_text) in zip(st.columns(len(figures)), figures, strict=True):
+        column.metric(label, "–" if value is None else f"{value:.4g}", help=help_text)
+    scale = render.default_scale(record.top)
+    top, random, distribution, explanations = st.tabs(
+        ["Top excerpts", "Random excerpts", "Activations", "Explanations"]
+    )
+    with top:
+        st.caption(LEGEND)
+        labels = [f"#{rank} · max {render.exact_value(r.max_activation)}" for rank, r in enumerate(record.top, 1)]
+        if record.top:
+            st.html(render.styled(render.records_html(record.top, scale, labels)))
+    with random:
+        st.caption(LEGEND)
+        labels = [f"random #{rank}" for rank in range(1, len(record.random) + 1)]
+        if record.random:
+            st.html(render.styled(render.records_html(record.random, scale, labels)))
+    with distribution:
+        st.caption(
+            "Token activations in the stored excerpts. Dotted lines: the neuron's quantile boundaries of the "
+            "per-excerpt maximum over the whole corpus."
+        )
+        st.plotly_chart(dashboard.activation_histogram(record), width="stretch")
+        st.dataframe(dashboard.stats_table(record), hide_index=True, width="content")
+    with explanations:
+        _explanations(src, model, neuron_id, record)
+
+
+with dashboard.errors_shown(), dashboard.database() as db:
+    src = dashboard.source(db)
+    models = list(dashboard.summary(src)["models"])
+    if not models:
+        st.info("No neurons in the database yet. Collect some with `python -m core collect` (see the home page).")
+        st.stop()
+    _from_link()
+    _search(src)
+    picked = _pick(src, models)
+    if picked is not None:
+        _neuron_view(src, *picked)

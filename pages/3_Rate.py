@@ -1,0 +1,131 @@
+"""Rate: blinded pairwise ratings, one item at a time.
+
+What a rater sees comes only from core.human_eval's RaterItem, which names no arm, format or explainer; nothing
+else about the explanations is read here. The time on an item is measured on the server, from the moment the item
+was first shown in this session to the moment its rating arrives.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from core import dashboard, human_eval, render
+from core.errors import NotFoundError, WorkbenchError
+from core.records import NeuronId
+
+st.set_page_config(page_title="Rate", page_icon="🔬", layout="wide")
+st.title("Rate explanations")
+
+STUDY = "rate_study"
+CONFIDENCE, COMMENT = "rate_confidence", "rate_comment"
+SHOWN_AT = "rate_shown_at"  # {"study id:item id": time.monotonic() when first shown}
+NOTICE = "rate_notice"  # ("success" | "error", text) from the last submission, shown once
+CONFIDENCE_LABELS = {1: "1 · guessing", 2: "2", 3: "3 · fairly sure", 4: "4", 5: "5 · certain"}
+DEFAULT_INSTRUCTIONS = (
+    "Each item shows text excerpts where one neuron of a language model fires strongly; the background colour "
+    "of a token shows how strongly. Read them, then choose the explanation that better describes what the "
+    "neuron responds to."
+)
+
+
+def _submit(study: str, rater: str, item_id: int, timer: str, choice: str) -> None:
+    """Store the rating (runs before the next script run, so that run already shows the next item)."""
+    seconds = time.monotonic() - st.session_state.get(SHOWN_AT, {}).get(timer, time.monotonic())
+    try:
+        with dashboard.database() as db:
+            human_eval.submit_rating(
+                db,
+                study,
+                rater,
+                item_id,
+                choice,
+                confidence=st.session_state.get(CONFIDENCE),
+                comment=st.session_state.get(COMMENT),
+                seconds=round(seconds, 3),
+            )
+    except WorkbenchError as exc:
+        st.session_state[NOTICE] = ("error", str(exc))
+        return
+    st.session_state.get(SHOWN_AT, {}).pop(timer, None)
+    st.session_state[NOTICE] = ("success", "Saved. Here is the next item.")
+
+
+def _notice() -> None:
+    kind, text = st.session_state.pop(NOTICE, (None, None))
+    if kind == "error":
+        st.error(dashboard.one_line(text))
+    elif kind == "success":
+        st.toast(text)
+
+
+def _excerpts(db, item: human_eval.RaterItem) -> None:
+    try:
+        record = dashboard.neuron(dashboard.source(db), item.model, NeuronId.parse(item.neuron))
+    except NotFoundError:
+        st.info("No text excerpts are stored for this neuron; judge the explanations on their own.")
+        return
+    excerpts = dashboard.rating_excerpts(record)
+    st.caption(
+        "Where the neuron fires: a stronger background means stronger activation; hover a token for its value. "
+        "· is a space, ⏎ a new line, ⇥ a tab."
+    )
+    st.html(render.styled(render.records_html(excerpts, render.default_scale(excerpts))))
+
+
+def _item(db, study: human_eval.Study, rater: human_eval.Rater, item: human_eval.RaterItem) -> None:
+    timer = f"{study.id}:{item.item_id}"
+    st.session_state.setdefault(SHOWN_AT, {}).setdefault(timer, time.monotonic())
+    position, done = dashboard.progress_text(item.progress.rated, item.progress.remaining)
+    st.progress(done, text=f"Item {position}")
+    _excerpts(db, item)
+    first, second = st.columns(2)
+    with first:
+        st.markdown(f"**{human_eval.CHOICE_LABELS['left']}**")
+        st.html(render.styled(render.text_html(item.explanation_1)))
+    with second:
+        st.markdown(f"**{human_eval.CHOICE_LABELS['right']}**")
+        st.html(render.styled(render.text_html(item.explanation_2)))
+    # One form: Tab walks confidence → comment → the choice buttons; a choice button submits everything at once.
+    with st.form("rating", clear_on_submit=True, enter_to_submit=False, border=True):
+        st.radio(
+            "How sure are you? (optional)",
+            list(CONFIDENCE_LABELS),
+            index=None,
+            horizontal=True,
+            format_func=CONFIDENCE_LABELS.get,
+            key=CONFIDENCE,
+        )
+        st.text_area("Comment (optional)", key=COMMENT, max_chars=human_eval.MAX_COMMENT_CHARS, height=80)
+        st.markdown("**Which explanation fits the neuron better?**")
+        for column, choice in zip(st.columns(len(item.choices)), item.choices, strict=True):
+            column.form_submit_button(
+                human_eval.CHOICE_LABELS[choice],
+                key=f"rate_{choice}",
+                type="primary" if choice in ("left", "right") else "secondary",
+                width="stretch",
+                on_click=_submit,
+                args=(study.name, rater.name, item.item_id, timer, choice),
+            )
+
+
+with dashboard.errors_shown(), dashboard.database() as db:
+    rater = dashboard.sign_in(db, "Sign in with the name and access code the study's admin gave you.")
+    if rater is None:
+        st.stop()
+    names = [row["name"] for row in human_eval.list_studies(db)]
+    if not names:
+        st.info("No study is open yet. Please come back later.")
+        st.stop()
+    study_name = st.selectbox("Study", names, key=STUDY)
+    study = human_eval.get_study(db, study_name)
+    with st.expander("Instructions", expanded=True):
+        st.html(render.styled(render.text_html(study.instructions.strip() or DEFAULT_INSTRUCTIONS)))
+    _notice()
+    item = human_eval.next_item(db, study.name, rater.name)
+    if item is None:
+        progress = human_eval.rater_progress(db, study.name, rater.name)
+        st.success(f"You have rated every item open to you in this study ({progress.rated} in all). Thank you!")
+        st.stop()
+    _item(db, study, rater, item)

@@ -1,0 +1,124 @@
+"""Results: per prompt format, the automated scores and token costs; per study, the human preferences.
+
+Study results name the arms and the exports hold every item unblinded, so the study part is for admins only: a
+rater who could read them would no longer be blind.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import dashboard, explain, export, human_eval, scoring
+
+st.set_page_config(page_title="Results", page_icon="🔬", layout="wide")
+st.title("Results")
+
+
+def _formats(src: dashboard.Source) -> None:
+    costs = dashboard.explanation_costs(src)
+    if costs.empty:
+        st.info("No explanations yet: explain some neurons on the Explain page.")
+        return
+    model = st.selectbox("Model", sorted(costs["model"].unique()), key="results_model")
+    costs = costs[costs["model"] == model]
+    rows = dashboard.score_rows(src, model)
+    simulators = sorted(rows["simulator"].dropna().unique()) if "simulator" in rows else []
+    st.subheader("Simulation scores")
+    if simulators:
+        simulator = st.selectbox(
+            "Simulator", simulators, key="results_simulator", help="Scores of different simulators never mix"
+        )
+        st.caption(
+            "Correlation of simulated and real activations on the valid split (SPEC.md §4); mean over neurons "
+            "with a 95% bootstrap CI."
+        )
+        st.dataframe(scoring.format_summary(rows, simulator=simulator), hide_index=True, width="stretch")
+        scored = rows[(rows["simulator"] == simulator) & rows["score"].notna()]
+        st.plotly_chart(dashboard.distribution_figure(scored, "score", "score"), width="stretch")
+    else:
+        st.info("No explanation of this model has been scored yet (score them on the Explain page or the CLI).")
+    st.subheader("Token cost")
+    st.caption("Input and output tokens per explanation, counted separately (SPEC.md §4).")
+    st.dataframe(explain.cost_table(costs.to_dict("records")), width="stretch")
+    left, right = st.columns(2)
+    left.plotly_chart(dashboard.distribution_figure(costs, "input_tokens", "input tokens"), width="stretch")
+    right.plotly_chart(dashboard.distribution_figure(costs, "output_tokens", "output tokens"), width="stretch")
+
+
+def _study(src: dashboard.Source, name: str) -> None:
+    summary = dashboard.study_summary(src, name)
+    status = dashboard.study_status(src, name)
+    arm_a, arm_b = summary["primary_pair"]
+    bias = summary["position_bias"]
+    counts = [
+        ("ratings", f"{summary['n_ratings']:,} of {status['wanted_ratings']:,}"),
+        ("raters", f"{summary['n_raters']}"),
+        ("ties · both bad", f"{summary['ties']} · {summary['both_bad']}"),
+    ]
+    rates = [
+        (f"{arm_a} over {arm_b}", dashboard.rate_text(summary["win_rate"], summary["wilson_ci"])),
+        ("left chosen (position bias)", dashboard.rate_text(bias["rate"], bias["ci"])),
+    ]
+    for figures in (counts, rates):
+        for column, (label, value) in zip(st.columns(len(figures)), figures, strict=True):
+            column.metric(dashboard.markdown_escape(label), value)
+    st.caption("Win rates are over decisive ratings (1 or 2); ties and both-bad are counted beside them.")
+    pairs = summary["pairs"]
+    if any(pair["win_rate"] is not None for pair in pairs):
+        st.plotly_chart(dashboard.win_rate_figure(pairs), width="stretch")
+    st.dataframe(dashboard.pairs_table(pairs), hide_index=True, width="stretch")
+    if summary["bradley_terry"]:
+        st.markdown("**Bradley–Terry strengths**")
+        st.plotly_chart(dashboard.bradley_terry_figure(summary["bradley_terry"]), width="stretch")
+    agreement, automated = st.columns(2)
+    with agreement:
+        st.markdown("**Agreement between raters** (items rated by two or more)")
+        st.dataframe(
+            pd.DataFrame(list(summary["agreement"].items()), columns=["measure", "value"]),
+            hide_index=True,
+            width="stretch",
+        )
+    with automated:
+        st.markdown("**Humans vs automated scores**")
+        versus = summary["human_vs_automated"]
+        if versus:
+            st.metric("humans chose the higher-scored explanation", dashboard.rate_text(versus["rate"], versus["ci"]))
+            st.caption(f"{versus['n']} decisive ratings of items whose explanations both have scores.")
+        else:
+            st.caption("No rated item has scores for both explanations.")
+    st.markdown("**Per rater**")
+    st.dataframe(dashboard.pairs_table(summary["per_rater"]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(status["raters"]), hide_index=True, width="stretch")
+    if summary["gold"]["per_rater"]:
+        st.markdown("**Attention checks**")
+        st.dataframe(pd.DataFrame(summary["gold"]["per_rater"]), hide_index=True, width="stretch")
+    st.markdown("**Downloads** (unblinded: arms, formats, explainers and every rating)")
+    stem = export.file_stem(name)
+    for column, fmt in zip(st.columns(len(export.EXPORT_FORMATS)), export.EXPORT_FORMATS, strict=True):
+        file_name, data, mime = dashboard.download_of(dashboard.export_files(src, name, fmt), stem, fmt)
+        column.download_button(fmt, data, file_name=file_name, mime=mime, key=f"results_download_{fmt}")
+
+
+def _studies(db, src: dashboard.Source) -> None:
+    studies = human_eval.list_studies(db)
+    if not studies:
+        st.info("No study yet: create one with `python -m core study create` (see the home page).")
+        return
+    rater = dashboard.sign_in(db, "Study results reveal which explanation came from which arm: sign in as an admin.")
+    if rater is None:
+        return
+    if not rater.is_admin:
+        st.error(f"{dashboard.markdown_escape(rater.name)} is a rater, not an admin: study results are for admins.")
+        return
+    name = st.selectbox("Study", [row["name"] for row in studies], key="results_study")
+    _study(src, name)
+
+
+with dashboard.errors_shown(), dashboard.database() as db:
+    src = dashboard.source(db)
+    formats_tab, studies_tab = st.tabs(["Prompt formats", "Studies"])
+    with formats_tab, dashboard.errors_shown():
+        _formats(src)
+    with studies_tab, dashboard.errors_shown():
+        _studies(db, src)

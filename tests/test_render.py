@@ -1,0 +1,179 @@
+"""The one renderer of token text and explanations (core/render.py): hostile text comes out as literal text,
+whitespace is visible, colours follow activations and every token's title carries its exact value."""
+
+from __future__ import annotations
+
+import math
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from core import render
+from core.records import ActivationRecord
+
+HOSTILE = (
+    "<script>alert(1)</script>",
+    "&amp;",
+    "**bold**",
+    "# heading",
+    "[x](y)",
+    "$x$",
+    "\n",
+    "\t",
+    "\"double\" 'single'",
+    "<img src=x onerror=alert(2)>",
+    ":red[colour] :smile:",
+    "`code` _under_ ~strike~ |pipe|",
+    "\\(a\\) $$\\frac{1}{2}$$",
+    "<!-- comment -->",
+    "\r\n",
+    " ",
+    "  ",
+)
+
+
+class _Parsed(HTMLParser):
+    """Tags, attributes and the text a browser would show."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attrs: list[dict[str, str | None]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs.append(dict(attrs))
+        if tag == "br":
+            self.text.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def handle_comment(self, data: str) -> None:
+        raise AssertionError(f"a comment got through: {data!r}")
+
+
+def parse(markup: str) -> _Parsed:
+    parser = _Parsed()
+    parser.feed(markup)
+    parser.close()
+    return parser
+
+
+def shown(token: str) -> str:
+    """What a reader sees for a token: whitespace-only tokens as marks, newlines as ⏎ plus a line break."""
+    if token.isspace():
+        marks = {"\n": "⏎\n", "\t": "⇥", "\r": "␍", " ": "·"}
+        return "".join(marks.get(ch, "·") for ch in token)
+    return token.replace("\t", "⇥").replace("\r", "␍").replace("\n", "⏎\n")
+
+
+def _no_markup_syntax(markup: str) -> None:
+    """No character of the text that markdown, LaTeX or Streamlit directives read as syntax survives outside an
+    entity (our own tags and their attributes aside)."""
+    without_entities = re.sub(r"&#\d+;", "", re.sub(r"<[^<>]*>", "", markup))
+    for ch in "*$[]`_~|\\:":
+        assert ch not in without_entities, ch
+    assert "#" not in without_entities
+    assert "\n" not in markup and "\r" not in markup  # one raw HTML block: markdown never parses inside it
+
+
+@pytest.mark.parametrize("token", HOSTILE)
+def test_hostile_tokens_come_out_as_literal_text(token: str) -> None:
+    markup = render.record_html(ActivationRecord(("a", token, "b"), (0.0, 1.0, 0.5)))
+    parsed = parse(markup)
+    assert set(parsed.tags) <= {"div", "span", "br"}
+    assert "".join(parsed.text) == "a" + shown(token) + "b"
+    for attrs in parsed.attrs:
+        assert set(attrs) <= {"class", "style", "title"}
+    assert "<script" not in markup and "<img" not in markup and "<!--" not in markup
+    _no_markup_syntax(markup)
+
+
+def test_hostile_explanation_is_escaped_and_one_block() -> None:
+    text = "finds <script>alert(1)</script> &amp; **bold** # heading [x](y) $x$\n\"quotes\" 'and' :smile: `c`"
+    markup = render.text_html(text)
+    parsed = parse(markup)
+    assert parsed.tags == ["div", "br"]
+    assert "".join(parsed.text) == text
+    _no_markup_syntax(markup)
+
+
+def test_escape_text_escapes_each_character_once() -> None:
+    assert render.escape_text("&amp;") == "&#38;amp;"
+    assert "".join(parse(render.escape_text("&lt;&#42;")).text) == "&lt;&#42;"
+
+
+def test_visible_whitespace() -> None:
+    assert render.visible_token(" ") == '<span class="nw-ws">·</span>'
+    assert render.visible_token("\n") == '<span class="nw-ws">⏎</span><br>'
+    assert render.visible_token("\t") == '<span class="nw-ws">⇥</span>'
+    # A leading space of an ordinary token stays a real space (the block keeps it with white-space: pre-wrap).
+    assert render.visible_token(" the") == " the"
+    assert "".join(parse(render.visible_token("a\nb")).text) == "a⏎\nb"
+    assert "".join(parse(render.visible_token("\x00")).text) == "␀"
+    assert "pre-wrap" in render.STYLE
+
+
+def test_colour_of_zero_max_and_negative() -> None:
+    assert render.activation_color(0.0, 4.0) == "transparent"
+    assert render.activation_color(4.0, 4.0) == "rgba(255, 145, 0, 1.000)"
+    assert render.activation_color(9.0, 4.0) == "rgba(255, 145, 0, 1.000)"  # beyond the scale: clipped
+    assert render.activation_color(2.0, 4.0) == "rgba(255, 145, 0, 0.500)"
+    negative = render.activation_color(-2.0, 4.0)
+    assert negative == "rgba(45, 125, 255, 0.500)"
+    assert negative.split(",")[:3] != render.activation_color(2.0, 4.0).split(",")[:3]
+    assert render.activation_color(1.0, 0.0) == "transparent"
+    assert render.activation_color(math.nan, 4.0) == "transparent"
+
+
+def test_colour_is_monotonic_in_activation() -> None:
+    alphas = [float(render.activation_color(v, 10.0).rsplit(",", 1)[1].rstrip(")")) for v in (1, 3, 5, 8, 10)]
+    assert alphas == sorted(alphas) and alphas[-1] == 1.0
+
+
+def test_strong_backgrounds_get_dark_text() -> None:
+    assert render.DARK_TEXT in render.token_span("x", 4.0, 4.0)
+    assert render.DARK_TEXT not in render.token_span("x", 1.0, 4.0)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.1700000017881393, 0.123456789, float(np.float32(2.71828)), 1e-7])
+def test_title_carries_the_exact_value(value: float) -> None:
+    parsed = parse(render.token_span("tok", value, 3.0))
+    title = parsed.attrs[0]["title"]
+    assert title == render.exact_value(value)
+    # float32 values (as stored) read back exactly through float32; others exactly as doubles.
+    if float(np.float32(value)) == value:
+        assert np.float32(title) == np.float32(value)
+    else:
+        assert float(title) == value
+
+
+def test_common_scale_across_records() -> None:
+    weak = ActivationRecord(("a",), (1.0,))
+    strong = ActivationRecord(("b",), (4.0,))
+    markup = render.records_html([weak, strong], labels=["first", "second"])
+    styles = [attrs.get("style") for attrs in parse(markup).attrs if attrs.get("class") == "nw-tok"]
+    assert "0.250" in styles[0] and "1.000" in styles[1]
+    assert render.default_scale([weak, strong]) == 4.0
+    with pytest.raises(ValueError):
+        render.records_html([weak], labels=[])
+
+
+def test_comparison_shows_both_values_on_hover() -> None:
+    record = ActivationRecord(("<b>", " x"), (2.0, 0.0))
+    markup = render.comparison_html(record, [7.5, 0.25])
+    parsed = parse(markup)
+    titles = [attrs["title"] for attrs in parsed.attrs if attrs.get("class") == "nw-tok"]
+    assert titles == ["real 2.0 · simulated 7.5", "real 0.0 · simulated 0.25"] * 2
+    assert "<b>" not in markup
+    with pytest.raises(ValueError):
+        render.comparison_html(record, [1.0])
+
+
+def test_styled_prepends_the_style_sheet_once() -> None:
+    markup = render.styled(render.text_html("x"), render.text_html("y"))
+    assert markup.startswith("<style>") and markup.count("<style>") == 1
