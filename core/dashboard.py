@@ -8,7 +8,6 @@ nothing that loads a model.
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import logging
@@ -30,7 +29,7 @@ import streamlit as st
 from core import config
 from core import db as dbmod
 from core.errors import InputError, WorkbenchError
-from core.records import SPLITS, ActivationRecord, NeuronId, NeuronRecord
+from core.records import SPLITS, ActivationRecord, NeuronId, NeuronRecord, neurons_from_csv
 
 if TYPE_CHECKING:  # human_eval pulls in the statistics stack, which the home page does not need
     from core.human_eval import Rater
@@ -358,17 +357,7 @@ def neurons_from_upload(name: str, data: bytes) -> list[NeuronId]:
     first = next((line for line in text.splitlines() if line.strip()), "")
     if "layer" not in first.lower():
         return neurons_from_text(text)
-    found = []
-    for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-        fields = {str(k).strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
-        if not {"layer", "neuron"} <= set(fields):
-            raise InputError(f"{name}: expected columns layer,neuron (found: {', '.join(fields) or 'none'})")
-        if not fields["layer"].isdigit() or not fields["neuron"].isdigit():
-            raise InputError(f"{name}, line {number}: layer and neuron must be non-negative integers")
-        found.append(NeuronId(int(fields["layer"]), int(fields["neuron"])))
-    if not found:
-        raise InputError(f"{name} lists no neurons; expected a CSV with columns layer,neuron")
-    return list(dict.fromkeys(found))
+    return neurons_from_csv(text, name)
 
 
 # ---------------------------------------------------------------------------------------------------------------

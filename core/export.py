@@ -20,7 +20,7 @@ import pandas as pd
 import sqlite_utils
 
 from core import db as dbmod
-from core import human_eval
+from core import human_eval, raters
 from core.errors import InputError, NotFoundError, WorkbenchError
 from core.stats import clean, item_aggregates, summary_from_ratings
 
@@ -70,6 +70,8 @@ def study_data(db: sqlite_utils.Database, study: str, simulator: str | None = No
     for row in item_rows:
         row["item_id"] = row["id"]
     ratings = pd.DataFrame(rating_rows, columns=list(RATING_COLUMNS))
+    # Optional 1-5 answers stay integers next to missing ones (a float column would export "3.0").
+    ratings["confidence"] = ratings["confidence"].astype("Int64")
     items = item_aggregates(pd.DataFrame(item_rows, columns=list(ITEM_COLUMNS)), ratings)
     return StudyData(record, ratings, items, simulator)
 
@@ -224,7 +226,7 @@ def reproduce_summary(export: LoadedExport) -> dict[str, Any]:
 
 
 def purge_study_ratings(
-    db: sqlite_utils.Database, study: str, admin: human_eval.Rater, export_path: str | Path, fmt: str = "json"
+    db: sqlite_utils.Database, study: str, admin: raters.Rater, export_path: str | Path, fmt: str = "json"
 ) -> dict[str, Any]:
     """Export a study, check that the export reads back with every rating, then delete the study's ratings, all
     under one write lock so that no rating arrives in between. Only an admin may do it; nothing else deletes ratings.
@@ -318,4 +320,4 @@ def _import_rater(db: sqlite_utils.Database, name: str, create: bool, created: l
     if not create:
         raise NotFoundError(f"no rater named {name!r}; add them (`python -m core rater add`) or pass --create-raters")
     created.append(name)
-    return human_eval.add_rater(db, name, secrets.token_urlsafe(24)).id
+    return raters.add_rater(db, name, secrets.token_urlsafe(24)).id

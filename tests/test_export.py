@@ -12,7 +12,7 @@ import pytest
 import sqlite_utils
 
 from core import db as dbmod
-from core import export, human_eval
+from core import export, human_eval, raters
 from core.errors import InputError
 from tests.simulated_study import MODEL, add_raters, count_ratings, explain_neurons, prefers, run_raters
 
@@ -26,7 +26,7 @@ def rated(db: sqlite_utils.Database) -> sqlite_utils.Database:
     neurons = explain_neurons(db, 12)
     human_eval.create_study(db, "Pilot study", f"{A},{B}", neurons, 2, seed=3, gold_share=0.2, instructions="Pick one")
     for name, code in CODES.items():
-        human_eval.add_rater(db, name, code, admin=name == "boss")
+        raters.add_rater(db, name, code, admin=name == "boss")
     rng = random.Random(4)
     run_raters(db, "Pilot study", {"ann": prefers(A, 0.8, rng), "bob": prefers(A, 0.6, rng)})
     rows = dbmod.list_explanations(db, MODEL)
@@ -77,6 +77,8 @@ def test_ratings_are_unblinded_one_row_each_and_items_carry_aggregates(rated) ->
     row = ratings[ratings["choice"] == "tie"].iloc[0]
     assert row["comment"] == 'says "both", fine\nreally'
     assert (row["confidence"], row["revisions"], row["rater"]) == (2, 1, "ann")
+    csv_text = export.export_study(rated, "Pilot study", "csv")["Pilot_study_ratings.csv"].decode()
+    assert ",2," in csv_text and ",2.0," not in csv_text  # confidence stays an integer beside missing ones
     decisive = ratings[ratings["choice"] == "left"].iloc[0]
     assert decisive["winner_arm"] == decisive["left_arm"]
     assert {"neuron", "left_text", "right_text", "left_explainer", "seconds", "created_at"} <= set(ratings.columns)
@@ -116,7 +118,7 @@ def test_write_export_to_a_folder_a_zip_or_a_json_file(rated, tmp_path: Path) ->
 def test_a_csv_roundtrip_keeps_numeric_looking_rater_names(db) -> None:
     neurons = explain_neurons(db, 4)
     human_eval.create_study(db, "S", f"{A},{B}", neurons, 1, seed=1, overlap_share=0.0)
-    human_eval.add_rater(db, "007", "code-007")
+    raters.add_rater(db, "007", "code-007")
     run_raters(db, "S", {"007": prefers(A, 1.0, random.Random(0))})
     loaded = export.load_export(export.export_study(db, "S", "csv"))
     assert list(loaded.ratings["rater"].unique()) == ["007"]
@@ -125,11 +127,11 @@ def test_a_csv_roundtrip_keeps_numeric_looking_rater_names(db) -> None:
 
 def test_purge_exports_first_and_needs_an_admin(rated, tmp_path: Path) -> None:
     before = count_ratings(rated)
-    rater = human_eval.authenticate(rated, "ann", CODES["ann"])
+    rater = raters.authenticate(rated, "ann", CODES["ann"])
     with pytest.raises(InputError, match="only an admin"):
         export.purge_study_ratings(rated, "Pilot study", rater, tmp_path / "nope")
     assert count_ratings(rated) == before
-    admin = human_eval.authenticate(rated, "boss", CODES["boss"])
+    admin = raters.authenticate(rated, "boss", CODES["boss"])
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
     with pytest.raises(InputError, match="cannot write the export"):
