@@ -50,7 +50,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 for _name in ("runtime.scriptrunner_utils.script_run_context", "runtime.caching.cache_data_api"):
     streamlit.logger.get_logger(f"streamlit.{_name}").disabled = True
 
-from core import config, dashboard, human_eval, scoring  # noqa: E402
+from core import config, dashboard, human_eval, raters, scoring  # noqa: E402
 from core import db as dbmod  # noqa: E402
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats  # noqa: E402
 
@@ -164,9 +164,9 @@ def build_database(path: Path, layers: int, per_layer: int, seed: int) -> None:
                 print(f"  neurons written: {done:,} of {len(ids):,}", flush=True)
         explained = sorted(random.Random(seed).sample(ids, EXPLAINED), key=lambda n: (n.layer, n.index))
         _explain_and_score(db, explained, seed)
-        human_eval.add_rater(db, ADMIN, f"{ADMIN}{RATER_CODE_SUFFIX}", admin=True)
+        raters.add_rater(db, ADMIN, f"{ADMIN}{RATER_CODE_SUFFIX}", admin=True)
         for name in RATERS:
-            human_eval.add_rater(db, name, f"{name}{RATER_CODE_SUFFIX}")
+            raters.add_rater(db, name, f"{name}{RATER_CODE_SUFFIX}")
         human_eval.create_study(
             db, STUDY, "summary,original", [str(n) for n in explained], ratings_per_item=2, seed=seed, model=MODEL
         )
@@ -265,7 +265,7 @@ def show_neuron(at: AppTest, neuron_id: NeuronId) -> None:
 def rate_session(db, rater: str, timeout: float) -> AppTest:
     """A session of the Rate page with `rater` signed in (signing in, a scrypt hash, is not measured), not yet run."""
     at = AppTest.from_file(str(PAGES / "3_Rate.py"), default_timeout=timeout)
-    at.session_state[dashboard.RATER_KEY] = human_eval.authenticate(db, rater, f"{rater}{RATER_CODE_SUFFIX}")
+    at.session_state[dashboard.RATER_KEY] = raters.authenticate(db, rater, f"{rater}{RATER_CODE_SUFFIX}")
     return at
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of the local all-at-once simulator (core/simulate.py), three methods measured side by side:
+"""Benchmark of the local all-at-once simulator (core/simulate_local.py), three methods measured side by side:
 
 - all-at-once with the shared prefix cached (system + few-shot once per simulator, explanation once per neuron),
 - all-at-once recomputing the whole prompt for every batch (`reuse_prefix=False`),
@@ -28,11 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from core.records import ActivationRecord
-from core.simulate import (
-    LocalAllAtOnceSimulator,
-    few_shot_pieces,
-    load_few_shot,
-)
+from core.simulate import few_shot_pieces, load_few_shot
+from core.simulate_local import LocalAllAtOnceSimulator
 
 WORDS = [
     "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not",

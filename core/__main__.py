@@ -519,7 +519,7 @@ def _neurons(args: argparse.Namespace) -> list | None:
 
 def _scoring_flags(parser: argparse.ArgumentParser) -> None:
     from core.records import SPLITS
-    from core.scoring import DEFAULT_EMBEDDER
+    from core.similarity import DEFAULT_EMBEDDER
 
     parser.add_argument("--split", default="valid", choices=list(SPLITS), help="records to score on (%(default)s)")
     parser.add_argument("--calibrate", action="store_true", help="fit a·EV + b on the calibration split first")
@@ -650,7 +650,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 @command
 def _add_puzzles(commands: argparse._SubParsersAction) -> None:
     from core import prompts
-    from core.scoring import DEFAULT_EMBEDDER
+    from core.similarity import DEFAULT_EMBEDDER
 
     parser = _subcommand(
         commands,
@@ -670,13 +670,13 @@ def _add_puzzles(commands: argparse._SubParsersAction) -> None:
 
 def cmd_puzzles(args: argparse.Namespace) -> int:
     from core import db as dbmod
-    from core import pipeline
+    from core import puzzles
     from core.errors import InputError
 
     explainer = None if args.explainer.strip().lower() == "none" else args.explainer
     if explainer is None and not args.simulator:
         raise InputError("with --explainer none there is only the simulator check: give --simulator")
-    report = pipeline.run_puzzles(
+    report = puzzles.run_puzzles(
         dbmod.connect(args.db),
         explainer,
         _split_list(args.formats),
@@ -691,7 +691,7 @@ def cmd_puzzles(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_json())
     else:
-        print(pipeline.format_puzzle_report(report))
+        print(puzzles.format_puzzle_report(report))
     return 0
 
 
@@ -835,10 +835,10 @@ def _add_study_purge(study_commands: argparse._SubParsersAction) -> None:
 
 def cmd_study_purge(args: argparse.Namespace) -> int:
     from core import db as dbmod
-    from core import export, human_eval
+    from core import export, raters
 
     database = dbmod.connect(args.db)
-    admin = human_eval.authenticate(database, args.admin, _admin_code(args))
+    admin = raters.authenticate(database, args.admin, _admin_code(args))
     _print_json(export.purge_study_ratings(database, args.study, admin, args.out, args.format))
     return 0
 
@@ -863,19 +863,19 @@ def cmd_rater_add(args: argparse.Namespace) -> int:
     import getpass
 
     from core import db as dbmod
-    from core import human_eval
+    from core import raters
 
     code = args.code or getpass.getpass(f"access code for {args.name}: ")
-    rater = human_eval.add_rater(dbmod.connect(args.db), args.name, code, admin=args.admin)
+    rater = raters.add_rater(dbmod.connect(args.db), args.name, code, admin=args.admin)
     _print_json({"id": rater.id, "name": rater.name, "role": rater.role})
     return 0
 
 
 def cmd_rater_list(args: argparse.Namespace) -> int:
     from core import db as dbmod
-    from core import human_eval
+    from core import raters
 
-    _print_json(human_eval.list_raters(dbmod.connect(args.db)))
+    _print_json(raters.list_raters(dbmod.connect(args.db)))
     return 0
 
 

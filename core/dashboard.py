@@ -32,11 +32,11 @@ from core.errors import InputError, WorkbenchError
 from core.records import SPLITS, ActivationRecord, NeuronId, NeuronRecord, neurons_from_csv
 
 if TYPE_CHECKING:  # human_eval pulls in the statistics stack, which the home page does not need
-    from core.human_eval import Rater
+    from core.raters import Rater
 
 log = logging.getLogger(__name__)
 
-# The session-state key of the signed-in rater (a core.human_eval.Rater), shared by the Rate, Explain and Results
+# The session-state key of the signed-in rater (a core.raters.Rater), shared by the Rate, Explain and Results
 # pages so that one sign-in serves them all.
 RATER_KEY = "signed_in_rater"
 # Records shown to raters next to the explanations: the held-out test split's top excerpts (SPEC.md §1), which no
@@ -96,14 +96,14 @@ def markdown_escape(text: str) -> str:
 
 
 def signed_in() -> Rater | None:
-    """The signed-in rater (core.human_eval.Rater) of this session, or None."""
+    """The signed-in rater (core.raters.Rater) of this session, or None."""
     return st.session_state.get(RATER_KEY)
 
 
 def sign_in(db: sqlite_utils.Database, purpose: str) -> Rater | None:
-    """The signed-in rater; else a sign-in form (name and access code, checked by human_eval.authenticate) and
+    """The signed-in rater; else a sign-in form (name and access code, checked by raters.authenticate) and
     None. A wrong name or code is shown as one error line and nothing else."""
-    from core import human_eval
+    from core import raters
 
     rater = signed_in()
     if rater is not None:
@@ -121,7 +121,7 @@ def sign_in(db: sqlite_utils.Database, purpose: str) -> Rater | None:
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
         with errors_shown():
-            st.session_state[RATER_KEY] = human_eval.authenticate(db, name, code)
+            st.session_state[RATER_KEY] = raters.authenticate(db, name, code)
             st.rerun()
     return None
 

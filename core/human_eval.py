@@ -1,21 +1,19 @@
-"""Blinded pairwise human evaluation: studies, items, raters, assignment and ratings (SPEC.md §5, last point).
+"""Blinded pairwise human evaluation: studies, items, assignment and ratings (SPEC.md §5, last point).
 
 A study compares two or more arms (sets of explanations: a format, optionally `@explainer`) on the same neurons.
 Each item shows one neuron with explanations from two arms; which arm is on the left is drawn with the study's seed
 and balanced within each pair of arms. Raters only ever receive `RaterItem`s, which name no arm, format or
-explainer. All SQL is in core.db; the statistics are in core.stats; exports are in core.export.
+explainer. All SQL is in core.db; raters are in core.raters; the statistics are in core.stats; exports are in
+core.export.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import hmac
 import itertools
 import logging
 import math
 import random
-import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,11 +32,8 @@ log = logging.getLogger(__name__)
 # hold items back from the others (the item stays theirs to rate).
 RESERVATION_SECONDS = 30 * 60
 MAX_COMMENT_CHARS = 5000
-MIN_CODE_CHARS = 4
 # What the rater sees for each choice; left is shown first as "Explanation 1".
 CHOICE_LABELS = {"left": "Explanation 1", "right": "Explanation 2", "tie": "Equally good", "both_bad": "Both bad"}
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-_DUMMY_SALT = bytes(16)
 
 
 # --- studies and items -------------------------------------------------------------------------------------------
@@ -315,58 +310,7 @@ def study_items(db: sqlite_utils.Database, study: str) -> list[dict[str, Any]]:
 
 
 # --- raters ------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rater:
-    """A rater as the app knows them after authentication: no code, no hash."""
-
-    id: int
-    name: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-def _hash_code(code: str, salt: bytes, n: int, r: int, p: int) -> str:
-    digest = hashlib.scrypt(code.encode(), salt=salt, n=n, r=r, p=p, maxmem=2**26, dklen=32).hex()
-    return f"scrypt${n}${r}${p}${digest}"
-
-
-@functools.cache
-def _dummy_hash() -> str:
-    return _hash_code("", _DUMMY_SALT, **_SCRYPT)
-
-
-def add_rater(db: sqlite_utils.Database, name: str, code: str, admin: bool = False) -> Rater:
-    """Register a rater; the access code is stored only as a salted scrypt hash."""
-    name = name.strip()
-    if not name or len(name) > 100:
-        raise InputError("a rater needs a display name of 1 to 100 characters: pass --name")
-    if len(code) < MIN_CODE_CHARS:
-        raise InputError(f"the access code must have at least {MIN_CODE_CHARS} characters")
-    salt = secrets.token_bytes(16)
-    role = "admin" if admin else "rater"
-    return Rater(dbmod.insert_rater(db, name, _hash_code(code, salt, **_SCRYPT), salt.hex(), role), name, role)
-
-
-def authenticate(db: sqlite_utils.Database, name: str, code: str) -> Rater:
-    """The rater with this name and access code. The error does not say which of the two was wrong, and an unknown
-    name costs the same hashing time as a known one."""
-    row = dbmod.get_rater(db, name.strip())
-    stored = row["code_hash"] if row else _dummy_hash()
-    _, n, r, p, _ = stored.split("$")
-    salt = bytes.fromhex(row["salt"]) if row else _DUMMY_SALT
-    matches = hmac.compare_digest(_hash_code(code, salt, int(n), int(r), int(p)), stored)
-    if row is None or not matches:
-        raise InputError("unknown rater name or wrong access code; check both, or ask the study's admin")
-    return Rater(row["id"], row["name"], row["role"])
-
-
-def list_raters(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    return dbmod.list_raters(db)
+# Raters and their access codes are in core/raters.py; the lookup below is what assignment and ratings need.
 
 
 def _rater_row(db: sqlite_utils.Database, name: str) -> dict[str, Any]:

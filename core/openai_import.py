@@ -25,8 +25,12 @@ from core.records import NeuronId, NeuronRecord, NeuronStats, records_from_json
 
 OPENAI_MODEL = "gpt2-xl"
 OPENAI_EXPLAINER = "openai:gpt-4"
-RECORDS_URL = "https://openaipublic.blob.core.windows.net/neuron-explainer/data/collated-activations/{layer}/{neuron}.json"
-EXPLANATIONS_URL = "https://openaipublic.blob.core.windows.net/neuron-explainer/data/explanations/{layer}/{neuron}.jsonl"
+RECORDS_URL = (
+    "https://openaipublic.blob.core.windows.net/neuron-explainer/data/collated-activations/{layer}/{neuron}.json"
+)
+EXPLANATIONS_URL = (
+    "https://openaipublic.blob.core.windows.net/neuron-explainer/data/explanations/{layer}/{neuron}.jsonl"
+)
 
 
 def _read(source: str | Path) -> str:

@@ -1,5 +1,6 @@
 """Orchestration of simulate → score (SPEC.md §3–§4) for the CLI and the app: one explanation, stored explanations
-(`score`), the whole collect → explain → simulate → score run (`run`), and neuron puzzles (`puzzles`).
+(`score`) and the whole collect → explain → simulate → score run (`run`). Neuron puzzles (`puzzles`) are run by
+core.puzzles.
 
 Everything stored is resumable: `score` skips explanations that already have an ok score under the same simulator,
 method, split and calibration, and retries failed ones; similarities already computed are kept.
@@ -11,23 +12,19 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from core import db as dbmod
-from core import scoring
-from core.errors import InputError, NotFoundError, WorkbenchError
-from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core import scoring, similarity
+from core.errors import InputError, NotFoundError
+from core.records import ActivationRecord, NeuronId, NeuronRecord
 from core.simulate import SimulationResult, Simulator, check_alignment, get_simulator
 
 log = logging.getLogger(__name__)
 
 REFERENCE_KINDS = ("openai", "none")
-PUZZLE_REFERENCE_KIND = "puzzle"
-PUZZLE_SOURCE = "puzzle"
-PUZZLE_EXPLAINER_NONE = "none"
 Progress = Callable[[int, int], None]
 
 
@@ -171,7 +168,8 @@ def select_explanations(
     return sorted(rows, key=lambda r: (r["layer"], r["neuron"], r["id"]))
 
 
-def _progress_bar(total: int, description: str, enabled: bool) -> Any:
+def progress_bar(total: int, description: str, enabled: bool) -> Any:
+    """A tqdm bar counting explanations; disabled unless `enabled`."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, unit="expl", disable=not enabled, leave=False)
@@ -189,7 +187,7 @@ def score_explanations(
     split: str = "valid",
     calibrate: bool = False,
     reference: str = "openai",
-    embedder: str = scoring.DEFAULT_EMBEDDER,
+    embedder: str = similarity.DEFAULT_EMBEDDER,
     progress: bool | Progress = False,
     simulator_options: dict[str, Any] | None = None,
 ) -> ScoreReport:
@@ -216,7 +214,7 @@ def score_explanations(
     counts = {"ok": 0, "failed": 0}
     errors: list[str] = []
     records_cache: dict[NeuronId, NeuronRecord | str] = {}
-    bar = _progress_bar(len(todo), f"scoring with {sim.name}", progress is True)
+    bar = progress_bar(len(todo), f"scoring with {sim.name}", progress is True)
     try:
         for number, row in enumerate(todo, start=1):
             neuron = NeuronId(row["layer"], row["neuron"])
@@ -290,7 +288,7 @@ def store_reference_similarities(db: Any, model: str, rows: Iterable[dict[str, A
             pending.append((row["id"], row["explanation"], reference))
     if not pending:
         return 0
-    cosines = scoring.similarities([(text, ref) for _, text, ref in pending], embedder)
+    cosines = similarity.similarities([(text, ref) for _, text, ref in pending], embedder)
     for (explanation_id, _, reference), cosine in zip(pending, cosines, strict=True):
         dbmod.save_similarity(db, explanation_id, "openai", reference, embedder, cosine)
     return len(pending)
@@ -322,12 +320,13 @@ class RunReport:
             "collected_layers": list(self.collected_layers),
             "explain": self.explain,
             "score": self.score,
-            "summary": _records(self.summary),
-            "differences": _records(self.differences),
+            "summary": frame_rows(self.summary),
+            "differences": frame_rows(self.differences),
         }
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame as JSON-ready row dicts, missing values as None."""
     return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
@@ -378,7 +377,7 @@ def run_pipeline(
     split: str = "valid",
     calibrate: bool = False,
     reference: str = "openai",
-    embedder: str = scoring.DEFAULT_EMBEDDER,
+    embedder: str = similarity.DEFAULT_EMBEDDER,
     baseline: str = "original",
     simulator_options: dict[str, Any] | None = None,
     progress: bool = False,
@@ -536,204 +535,3 @@ def format_run_report(report: RunReport) -> str:
         lines += ["", f"{failed} step(s) failed; rerun the same command to retry them. First errors:"]
         lines += [f"  {e}" for e in [*report.explain.get("errors", []), *report.score.get("errors", [])][:5]]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Neuron puzzles (SPEC.md §4)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PuzzleReport:
-    """Explainer similarity to each puzzle's truth, per explainer and format, and the simulator sanity check."""
-
-    explainers: pd.DataFrame
-    sanity: dict[str, Any]
-    simulator: str
-    method: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "explainers": _records(self.explainers),
-            "simulator": self.simulator,
-            "method": self.method,
-            "sanity": self.sanity,
-        }
-
-
-def puzzle_model_name(path: str | Path | None) -> str:
-    """The model name puzzle explanations are stored under: `puzzles:bundled` or `puzzles:<file stem>`."""
-    return "puzzles:bundled" if path is None else f"puzzles:{Path(path).stem}"
-
-
-def _puzzle_neuron(model: str, index: int, records: Sequence[ActivationRecord]) -> NeuronRecord:
-    """A puzzle as a stored neuron, so pages can show its sentences: all sentences as top records, by max."""
-    ordered = tuple(sorted(records, key=lambda r: r.max_activation, reverse=True))
-    values = [a for r in records for a in r.activations]
-    mean = sum(values) / len(values)
-    variance = sum((a - mean) ** 2 for a in values) / len(values)
-    stats = NeuronStats(mean=mean, variance=variance, max=max(values))
-    return NeuronRecord(model=model, neuron=NeuronId(0, index), top=ordered, random=(), stats=stats)
-
-
-def explain_puzzles(
-    db: Any,
-    puzzles: Sequence[Any],
-    formats: Sequence[str],
-    explainer: str,
-    *,
-    model: str,
-    sampling: Any = None,
-    samples: int = 1,
-    cutoff: Any = None,
-    few_shot: Any = None,
-    use_cache: bool = True,
-) -> list[dict[str, Any]]:
-    """Explain every puzzle under every format from all its sentences; store the explanations (resumable).
-
-    Puzzles have no corpus statistics, so the natural formats' cutoff defaults to `relative` 0.5.
-    """
-    from core import explain, llm, prompts
-
-    sampling = sampling or llm.Sampling()
-    cutoff = cutoff or prompts.Cutoff("relative", 0.5)
-    examples = prompts.load_few_shot(few_shot) if not isinstance(few_shot, tuple | list) else tuple(few_shot)
-    backend = llm.get_backend(explainer, db=db, use_cache=use_cache)
-    dbmod.write_neurons(
-        db, model, [_puzzle_neuron(model, i, p.records) for i, p in enumerate(puzzles)], source=PUZZLE_SOURCE
-    )
-    jobs = []
-    for index, puzzle in enumerate(puzzles):
-        for format_name in formats:
-            messages = prompts.build_messages(format_name, puzzle.records, few_shot=examples, cutoff=cutoff)
-            params = {"sampling": sampling.to_json(), "cutoff": cutoff.to_json(), "puzzle": puzzle.name}
-            for sample in range(samples):
-                key = explain.job_key(model, NeuronId(0, index), format_name, backend.name, params, sample)
-                jobs.append((index, format_name, sample, key, messages, params))
-    statuses = dbmod.explanation_statuses(db, [job[3] for job in jobs])
-    todo = [job for job in jobs if statuses.get(job[3]) != "ok"]
-    for sample in sorted({job[2] for job in todo}):
-        batch = [job for job in todo if job[2] == sample]
-        results = backend.complete(
-            [job[4] for job in batch], explain.sample_sampling(sampling, sample), samples=[sample] * len(batch)
-        )
-        for (index, format_name, _, key, messages, params), result in zip(batch, results, strict=True):
-            row: dict[str, Any] = {
-                "model": model,
-                "layer": 0,
-                "neuron": index,
-                "format": format_name,
-                "explainer": backend.name,
-                "source": PUZZLE_SOURCE,
-                "params": params,
-                "prompt": messages,
-                "cutoff_mode": cutoff.mode,
-                "cutoff": cutoff.value,
-                "sample": sample,
-                "job_key": key,
-            }
-            if isinstance(result, WorkbenchError):
-                dbmod.insert_explanation(db, **row, status="failed", error=str(result))
-                continue
-            try:
-                text = prompts.clean_explanation(result.text)
-            except WorkbenchError as exc:
-                dbmod.insert_explanation(db, **row, completion=result.text, status="failed", error=str(exc))
-                continue
-            dbmod.insert_explanation(
-                db,
-                **row,
-                completion=result.text,
-                explanation=text,
-                input_tokens=result.input_tokens,
-                output_tokens=result.output_tokens,
-                latency_s=result.latency_s,
-                status="ok",
-            )
-    stored = {row["job_key"]: row for row in dbmod.explanations_by_job(db, [job[3] for job in jobs])}
-    rows = []
-    for index, _, sample, key, _, _ in jobs:
-        row = stored.get(key)
-        if row is not None and row["status"] == "ok":
-            rows.append({**row, "puzzle": puzzles[index].name, "truth": puzzles[index].explanation, "sample": sample})
-    return rows
-
-
-def run_puzzles(
-    db: Any,
-    explainer: str | None,
-    formats: Sequence[str],
-    simulator: str | Simulator | None,
-    *,
-    method: str | None = None,
-    puzzles_path: str | Path | None = None,
-    embedder: str = scoring.DEFAULT_EMBEDDER,
-    explain_options: dict[str, Any] | None = None,
-    simulator_options: dict[str, Any] | None = None,
-    progress: bool = False,
-) -> PuzzleReport:
-    """Per explainer and format, the similarity of its explanations to the puzzles' truths; per simulator, how often
-    the truth out-scores every decoy (SPEC.md §4). `explainer` None (or "none") runs only the simulator check."""
-    from core import puzzles as puzzlemod
-
-    puzzles = puzzlemod.load_puzzles(puzzles_path)
-    model = puzzle_model_name(puzzles_path)
-    explainers = pd.DataFrame(columns=["explainer", "format", "n", "mean_similarity"])
-    if explainer is not None and explainer.strip().lower() != PUZZLE_EXPLAINER_NONE:
-        if not formats:
-            raise InputError("give at least one format for the explainer (--formats original,summary)")
-        rows = explain_puzzles(db, puzzles, formats, explainer, model=model, **(explain_options or {}))
-        stored = dbmod.stored_similarities(db, [r["id"] for r in rows], embedder)
-        pending = [r for r in rows if (r["id"], r["truth"]) not in stored]
-        if pending:
-            cosines = scoring.similarities([(r["explanation"], r["truth"]) for r in pending], embedder)
-            for row, cosine in zip(pending, cosines, strict=True):
-                dbmod.save_similarity(db, row["id"], PUZZLE_REFERENCE_KIND, row["truth"], embedder, cosine)
-                stored[(row["id"], row["truth"])] = cosine
-        report_rows = [
-            {"explainer": r["explainer"], "format": r["format"], "similarity": stored[(r["id"], r["truth"])]}
-            for r in rows
-        ]
-        explainers = puzzlemod.explainer_report(report_rows)
-    if simulator is None:
-        return PuzzleReport(explainers, {}, "", "")
-    sim = resolve_simulator(simulator, method, **(simulator_options or {}))
-    scores: dict[str, dict[str, float | None]] = {}
-    failures: dict[str, dict[str, str]] = {}
-    bar = _progress_bar(sum(len(p.candidates) for p in puzzles), f"puzzles with {sim.name}", progress)
-    try:
-        for puzzle in puzzles:
-            scores[puzzle.name] = {}
-            for text in puzzle.candidates:
-                outcome = simulate_and_score(sim, text, puzzle.records)
-                scores[puzzle.name][text] = outcome.scores.score if outcome.scores else None
-                if not outcome.result.ok:
-                    failures.setdefault(puzzle.name, {})[text] = outcome.result.error or "failed"
-                bar.update(1)
-    finally:
-        bar.close()
-    sanity = puzzlemod.simulator_sanity(scores, {p.name: p.explanation for p in puzzles})
-    sanity["failures"] = failures
-    return PuzzleReport(explainers, sanity, sim.name, sim.method)
-
-
-def format_puzzle_report(report: PuzzleReport) -> str:
-    """The `puzzles` command's text: the explainer table, then the simulator's sanity rate and its losses."""
-    lines = []
-    if not report.explainers.empty:
-        lines += ["similarity of explanations to the puzzles' true explanations:", format_table(report.explainers)]
-    sanity = report.sanity
-    if sanity:
-        rate = sanity.get("rate")
-        shown = "-" if rate is None else f"{rate:.0%}"
-        lines += [
-            "",
-            f"simulator {report.simulator} ({report.method}): the truth out-scores every decoy in "
-            f"{sanity['truth_wins']} of {sanity['n']} puzzles ({shown})",
-        ]
-        losses = [name for name, item in sanity["per_puzzle"].items() if not item["truth_wins"]]
-        if losses:
-            lines.append(f"  not won: {', '.join(losses)}")
-        if sanity.get("failures"):
-            lines.append(f"  simulations failed in {len(sanity['failures'])} puzzle(s); see --json for reasons")
-    return "\n".join(lines).strip("\n") or "(nothing to report)"

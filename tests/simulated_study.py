@@ -10,6 +10,7 @@ import sqlite_utils
 
 from core import db as dbmod
 from core import human_eval
+from core.raters import add_rater
 
 MODEL = "toy-model"
 # Generated explanations carry the backend prefix, imported ones do not: arms must match both.
@@ -73,7 +74,7 @@ def run_raters(db: sqlite_utils.Database, study: str, raters: dict[str, Chooser]
 
 def add_raters(db: sqlite_utils.Database, names: Sequence[str]) -> None:
     for name in names:
-        human_eval.add_rater(db, name, f"code-of-{name}")
+        add_rater(db, name, f"code-of-{name}")
 
 
 def count_ratings(db: sqlite_utils.Database) -> int:

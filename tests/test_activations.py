@@ -54,7 +54,7 @@ def all_activations(model_path: Path, corpus_file: Path, options: CollectOptions
 
 
 def test_collection_matches_brute_force(tiny_model, corpus_file, db):
-    family, model_path = tiny_model
+    _, model_path = tiny_model
     report = collect(db, str(model_path), [0, 2], str(corpus_file), OPTIONS)
     assert report.layers == [0, 2] and report.n_excerpts == OPTIONS.max_tokens // OPTIONS.excerpt_len
     subject, excerpts, acts = all_activations(model_path, corpus_file, OPTIONS, layer=2)
@@ -112,7 +112,7 @@ def test_bad_input_leaves_db_unchanged(corpus_file, db, tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(InputError, match="no complete excerpt"):
         collect(db, model_path, [0], str(empty), OPTIONS)
-    with pytest.raises(InputError, match="does not fit .* context of 128"):
+    with pytest.raises(InputError, match=r"does not fit .* context of 128"):
         collect(db, model_path, [0], str(corpus_file), CollectOptions(excerpt_len=200, max_tokens=1000))
     with pytest.raises(InputError, match="layer 9 out of range"):
         collect(db, model_path, [9], str(corpus_file), OPTIONS)

@@ -21,7 +21,7 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from core import config, export, human_eval, prompts, scoring, simulate, tokens
+from core import config, export, human_eval, prompts, raters, scoring, simulate, tokens
 from core import db as dbmod
 from core.models import DEFAULT_MODEL_NAME
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
@@ -99,8 +99,8 @@ def write_scored_explanations(db, neuron: NeuronRecord) -> list[int]:
 def write_study(db, **options) -> human_eval.Study:
     """A study of four neurons, summary against original, with one admin and one rater."""
     neurons = explain_for_study(db, 4, model=MODEL)
-    human_eval.add_rater(db, ADMIN, ADMIN_CODE, admin=True)
-    human_eval.add_rater(db, RATER, RATER_CODE)
+    raters.add_rater(db, ADMIN, ADMIN_CODE, admin=True)
+    raters.add_rater(db, RATER, RATER_CODE)
     created = human_eval.create_study(
         db, STUDY, "summary,original", neurons, ratings_per_item=1, seed=3, model=MODEL, **options
     )
@@ -172,7 +172,7 @@ def test_pages_stay_thin_and_render_html_only_through_core_render() -> None:
 _NO_MODEL_SCRIPT = """
 import sys
 from streamlit.testing.v1 import AppTest
-from core.human_eval import Rater
+from core.raters import Rater
 for page in sys.argv[1:]:
     at = AppTest.from_file(page, default_timeout=60)
     at.session_state["signed_in_rater"] = Rater(1, "admin", "admin")
@@ -209,7 +209,7 @@ def test_every_page_renders(app_db, page: str, state: str) -> None:
     if state == "study":
         write_study(app_db)
     else:
-        human_eval.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+        raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
     at = run(page)
     if any(w.key == "sign_in_name" for w in at.text_input):
         sign_in(at, ADMIN, ADMIN_CODE)
@@ -333,14 +333,14 @@ def test_neurons_empty_database_says_what_to_do(app_db) -> None:
 
 def test_explain_refuses_a_rater(app_db) -> None:
     write_default_data(app_db)
-    human_eval.add_rater(app_db, RATER, RATER_CODE)
+    raters.add_rater(app_db, RATER, RATER_CODE)
     at = sign_in(run("explain"), RATER, RATER_CODE)
     assert errors(at) == [f"{RATER} is a rater, not an admin: only admins may explain neurons."]
     assert not any(b.key == "explain_run" for b in at.button)
 
 
 def test_explain_wrong_code_is_one_error_line(app_db) -> None:
-    human_eval.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
     at = sign_in(run("explain"), ADMIN, "not-the-code")
     assert errors(at) == ["unknown rater name or wrong access code; check both, or ask the study's admin"]
     assert "signed_in_rater" not in at.session_state
@@ -348,7 +348,7 @@ def test_explain_wrong_code_is_one_error_line(app_db) -> None:
 
 def test_explain_preview_shows_exact_prompts_and_token_counts(app_db) -> None:
     neurons = write_default_data(app_db)
-    human_eval.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
     at = sign_in(run("explain"), ADMIN, ADMIN_CODE)
     at.toggle(key="explain_preview").set_value(True).run()
     assert not errors(at)
@@ -366,7 +366,7 @@ def test_explain_preview_shows_exact_prompts_and_token_counts(app_db) -> None:
 
 def test_explain_neurons_from_a_list_and_a_file(app_db) -> None:
     write_default_data(app_db)
-    human_eval.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
     at = sign_in(run("explain"), ADMIN, ADMIN_CODE)
     at.radio(key="explain_how").set_value("a list").run()
     at.text_area(key="explain_list").input("0:1, 1:2\n0:1 # again").run()
@@ -393,7 +393,7 @@ def answer_simulations(request: dict) -> str:
 def test_explain_run_stores_explanations_and_scores(app_db, openai_env) -> None:
     openai_env.chat_handler = answer_simulations
     write_default_data(app_db)
-    human_eval.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
     at = sign_in(run("explain"), ADMIN, ADMIN_CODE)
     at.multiselect(key="explain_formats").set_value(["original", "summary"]).run()
     at.text_input(key="explain_explainer").input("openai:fake-model").run()
@@ -416,7 +416,7 @@ def test_explain_run_stores_explanations_and_scores(app_db, openai_env) -> None:
 def test_explain_simulates_a_hand_written_explanation(app_db, openai_env) -> None:
     openai_env.chat_handler = answer_simulations
     neurons = write_default_data(app_db)
-    human_eval.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
     at = sign_in(run("explain"), ADMIN, ADMIN_CODE)
     at.text_input(key="explain_own_text").input("cats <b>and</b> $x$")
     at.text_input(key="explain_own_simulator").input("openai:fake-model")
@@ -567,8 +567,8 @@ def test_results_study_statistics_and_downloads(app_db, monkeypatch) -> None:
 def test_results_bradley_terry_for_three_arms(app_db) -> None:
     write_default_data(app_db)
     neurons = explain_for_study(app_db, 3, formats=("summary", "original", "highlight"), model=MODEL)
-    human_eval.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
-    human_eval.add_rater(app_db, RATER, RATER_CODE)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    raters.add_rater(app_db, RATER, RATER_CODE)
     human_eval.create_study(
         app_db, STUDY, "summary,original,highlight", neurons, ratings_per_item=1, seed=1, model=MODEL
     )

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from core import dashboard, human_eval, prompts, scoring
+from core import dashboard, human_eval, prompts, raters, scoring
 from core import db as dbmod
 from core.errors import InputError
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
@@ -57,8 +57,8 @@ def test_data_version_moves_with_every_write_and_only_then(db, db_path) -> None:
     explanation_id = _explain(db, NeuronId(0, 0), "first")
     after_insert = dbmod.data_version(db)
     assert after_insert != first
-    human_eval.add_rater(db, "r", "code-r")
-    human_eval.add_rater(db, "a", "code-a", admin=True)
+    raters.add_rater(db, "r", "code-r")
+    raters.add_rater(db, "a", "code-a", admin=True)
     _explain(db, NeuronId(0, 0), "second", format_name="original")
     human_eval.create_study(db, "s", "summary,original", ["0:0"], ratings_per_item=1, seed=0, model=MODEL)
     item = human_eval.next_item(db, "s", "r")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from core import db as dbmod
-from core import export, human_eval
+from core import export, human_eval, raters
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
 from tests.browser import REPO_ROOT, chromium_context, missing_browser, page_screenshot, running_app
 
@@ -85,8 +85,8 @@ def prepare_database(path: Path) -> None:
         dbmod.insert_explanations(db, rows)
         neurons = [f"0:{index}" for index in range(len(THEMES))]
         human_eval.create_study(db, STUDY, "summary,original", neurons, ratings_per_item=1, seed=7, model=MODEL)
-        human_eval.add_rater(db, RATER, RATER_CODE)
-        human_eval.add_rater(db, ADMIN, ADMIN_CODE, admin=True)
+        raters.add_rater(db, RATER, RATER_CODE)
+        raters.add_rater(db, ADMIN, ADMIN_CODE, admin=True)
     finally:
         db.conn.close()
 

@@ -1,4 +1,5 @@
-"""LLM backends against real things: the real `openai` client talking to a local fake server, a tiny local model."""
+"""LLM backends against real things: the real `openai` client talking to a local fake server (the local transformers
+backend is tested in test_llm_hf.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from core import config, llm
 from core import db as dbmod
-from core.errors import InputError, LLMError, ModelError
+from core.errors import InputError, LLMError
 from core.llm import Completion, Sampling
 from tests.fake_openai import TEST_API_KEY, fake_completion_tokens, fake_prompt_tokens
 
@@ -244,54 +245,6 @@ def test_backend_specs_and_options_are_checked(openai_env):
     with pytest.raises(InputError, match="temperature"):
         Sampling(temperature=-1)
     assert Sampling.from_json(Sampling(seed=3).to_json()) == Sampling(seed=3)
-
-
-# --- the local transformers backend ------------------------------------------------------------------------------
-
-
-def test_hf_backend_generates_and_counts_with_its_own_tokenizer(tiny_chat_model, db):
-    from transformers import AutoTokenizer
-
-    backend = llm.get_backend(f"hf:{tiny_chat_model}", db=db, device="cpu", batch_size=2)
-    requests = [chat("The cat sat."), chat("A much longer request about rivers and cities and music."), chat("x")]
-    results = backend.complete(requests, Sampling(max_tokens=12, seed=1))
-    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model)
-    for request, result in zip(requests, results, strict=True):
-        assert isinstance(result, Completion), result
-        rendered = tokenizer.apply_chat_template(request, tokenize=False, add_generation_prompt=True)
-        assert result.input_tokens == len(tokenizer.encode(rendered, add_special_tokens=False))
-        assert 1 <= result.output_tokens <= 12
-        assert result.finish_reason in ("stop", "length")
-        assert (result.finish_reason == "length") == (result.output_tokens == 12)
-    assert backend.tokenizer == str(tiny_chat_model)
-
-    again = llm.get_backend(f"hf:{tiny_chat_model}", use_cache=False, device="cpu", batch_size=2)
-    repeat = again.complete(requests, Sampling(max_tokens=12, seed=1))
-    assert [r.text for r in repeat] == [r.text for r in results]  # seeded sampling is reproducible
-    cached = backend.complete(requests, Sampling(max_tokens=12, seed=1))
-    assert all(r.cached for r in cached)
-
-
-def test_hf_backend_errors_are_for_people(tiny_chat_model, tmp_path):
-    with pytest.raises(ModelError, match="missing-model does not exist") as caught:
-        llm.get_backend(f"hf:{tmp_path / 'missing-model'}", device="cpu")
-    print("user sees:", caught.value)
-
-    from transformers import AutoTokenizer
-
-    plain = tmp_path / "no-template"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model)
-    tokenizer.chat_template = None
-    tokenizer.save_pretrained(plain)
-    for name in ("config.json", "model.safetensors", "generation_config.json"):
-        if (tiny_chat_model / name).exists():
-            (plain / name).write_bytes((tiny_chat_model / name).read_bytes())
-    with pytest.raises(ModelError, match="no chat template"):
-        llm.get_backend(f"hf:{plain}", device="cpu")
-
-    backend = llm.get_backend(f"hf:{tiny_chat_model}", device="cpu")
-    [too_long] = backend.complete([chat("word " * 9000)], Sampling(max_tokens=5))
-    assert isinstance(too_long, LLMError) and "at most 8192" in str(too_long)
 
 
 def test_cache_functions_round_trip(db):

@@ -1,5 +1,6 @@
-"""Simulate → score orchestration (core/pipeline.py), score storage (core/db.py) and the `simulate`, `score`, `run`
-and `puzzles` commands, with real SQLite, the fake OpenAI server and a tiny random chat model."""
+"""Simulate → score orchestration (core/pipeline.py), score storage (core/db.py) and the `simulate`, `score` and
+`run` commands, with real SQLite, the fake OpenAI server and a tiny random chat model. Puzzles are in
+test_puzzles.py."""
 
 from __future__ import annotations
 
@@ -302,60 +303,3 @@ def test_run_collects_missing_layers_of_a_subject_model(db, tmp_path: Path, open
             db, str(subject), [NeuronId(1, 10_000)], ["original"], "openai:gpt-4o-mini", Oracle(),
             corpus=str(corpus), collect_options=options, reference="none",
         )  # fmt: skip
-
-
-# --- puzzles -------------------------------------------------------------------------------------------------------
-
-
-class TruthSeer(Oracle):
-    """Predicts the true activations for a puzzle's true explanation and noise for any other text."""
-
-    name = "test:truth-seer"
-
-    def __init__(self, truths: dict[str, tuple[ActivationRecord, ...]]) -> None:
-        self.truths = truths  # true explanation → its puzzle's records (one puzzle's truth is another's decoy)
-
-    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
-        if self.truths.get(explanation) == tuple(records):
-            return super().simulate(explanation, records)
-        rng = random.Random(explanation)
-        return SimulationResult(self.name, self.method, tuple(tuple(rng.random() for _ in r.tokens) for r in records))
-
-
-def test_puzzles_report_similarity_per_format_and_simulator_sanity(db, openai_env) -> None:
-    from core.puzzles import load_puzzles
-
-    puzzles = load_puzzles()
-    simulator = TruthSeer({p.explanation: p.records for p in puzzles})
-    report = pipeline.run_puzzles(db, "openai:gpt-4o-mini", ["summary", "highlight"], simulator, embedder=FAKE_EMBEDDER)
-    assert report.sanity["n"] == len(puzzles) and report.sanity["rate"] == 1.0
-    table = report.explainers.set_index("format")
-    assert set(table.index) == {"summary", "highlight"} and (table["n"] == len(puzzles)).all()
-    assert ((table["mean_similarity"] > -1) & (table["mean_similarity"] <= 1)).all()
-    stored = dbmod.list_explanations(db, pipeline.puzzle_model_name(None))
-    assert len(stored) == 2 * len(puzzles) and {r["source"] for r in stored} == {"puzzle"}
-    requests = len(openai_env.requests)
-    again = pipeline.run_puzzles(db, "openai:gpt-4o-mini", ["summary", "highlight"], None, embedder=FAKE_EMBEDDER)
-    assert len(openai_env.requests) == requests and not again.sanity  # resumed: no new explanations or embeddings
-    text = pipeline.format_puzzle_report(report)
-    assert "similarity" in text and "out-scores" in text
-
-
-def test_puzzles_command_simulator_only(db_path: Path, tiny_chat_model: Path, tmp_path: Path, capsys) -> None:
-    puzzles = {
-        "cats": {
-            "name": "cats",
-            "explanation": "the word cat",
-            "false_explanations": ["rivers", "the color red"],
-            "sentences": [[" the", [" cat", 9], " sat"], [" a", " red", [" cat", 10]]],
-        }
-    }
-    path = tmp_path / "puzzles.json"
-    path.write_text(json.dumps(puzzles))
-    args = ["puzzles", "--db", str(db_path), "--explainer", "none", "--simulator", f"hf:{tiny_chat_model}"]
-    assert main([*args, "--puzzles", str(path), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["sanity"]["n"] == 1 and report["explainers"] == [] and report["method"] == "all_at_once"
-    assert set(report["sanity"]["per_puzzle"]["cats"]) >= {"truth_score", "best_decoy", "truth_wins"}
-    assert main(["puzzles", "--db", str(db_path), "--explainer", "none"]) == 2
-    assert "give --simulator" in capsys.readouterr().err

@@ -1,15 +1,26 @@
-"""Neuron puzzles: our own file, the reference file by path, malformed files and the two reports (SPEC.md §4)."""
+"""Neuron puzzles: our own file, the reference file by path, malformed files, the two reports, and running them
+(explain, store, score) through the library and the `puzzles` command (SPEC.md §4)."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from core import puzzles, scoring
+from core import db as dbmod
+from core import puzzles, similarity
+from core.__main__ import main
 from core.errors import InputError
+from core.puzzles import format_puzzle_report, load_puzzles, puzzle_model_name, run_puzzles
+from core.records import ActivationRecord
+from core.simulate import SimulationResult
+
+FAKE_EMBEDDER = "openai:text-embedding-3-small"
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +191,7 @@ def test_explainer_report_from_real_similarities(ours):
     generated = [("close", name, paraphrases[name]) for name in chosen]
     generated += [("decoy", name, by_name[name].decoys[0]) for name in chosen]
     pairs = puzzles.truth_pairs(ours, [(name, text) for _, name, text in generated])
-    values = scoring.similarities(pairs, "minilm")
+    values = similarity.similarities(pairs, "minilm")
     rows = [
         {"explainer": explainer, "format": "summary", "similarity": value}
         for (explainer, _, _), value in zip(generated, values, strict=True)
@@ -191,3 +202,59 @@ def test_explainer_report_from_real_similarities(ours):
     assert all(math.isfinite(v) for v in values)
     with pytest.raises(InputError, match="no puzzle named 'shapes'"):
         puzzles.truth_pairs(ours, [("shapes", "triangles")])
+
+
+# --- running puzzles: explain, store, score ----------------------------------------------------------------------
+
+
+class TruthSeer:
+    """Predicts the true activations for a puzzle's true explanation and noise for any other text."""
+
+    name = "test:truth-seer"
+    method = "oracle"
+
+    def __init__(self, truths: dict[str, tuple[ActivationRecord, ...]]) -> None:
+        self.truths = truths  # true explanation → its puzzle's records (one puzzle's truth is another's decoy)
+
+    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+        if self.truths.get(explanation) == tuple(records):
+            return SimulationResult(self.name, self.method, tuple(tuple(r.activations) for r in records))
+        rng = random.Random(explanation)
+        return SimulationResult(self.name, self.method, tuple(tuple(rng.random() for _ in r.tokens) for r in records))
+
+
+def test_puzzles_report_similarity_per_format_and_simulator_sanity(db, openai_env) -> None:
+    puzzles = load_puzzles()
+    simulator = TruthSeer({p.explanation: p.records for p in puzzles})
+    report = run_puzzles(db, "openai:gpt-4o-mini", ["summary", "highlight"], simulator, embedder=FAKE_EMBEDDER)
+    assert report.sanity["n"] == len(puzzles) and report.sanity["rate"] == 1.0
+    table = report.explainers.set_index("format")
+    assert set(table.index) == {"summary", "highlight"} and (table["n"] == len(puzzles)).all()
+    assert ((table["mean_similarity"] > -1) & (table["mean_similarity"] <= 1)).all()
+    stored = dbmod.list_explanations(db, puzzle_model_name(None))
+    assert len(stored) == 2 * len(puzzles) and {r["source"] for r in stored} == {"puzzle"}
+    requests = len(openai_env.requests)
+    again = run_puzzles(db, "openai:gpt-4o-mini", ["summary", "highlight"], None, embedder=FAKE_EMBEDDER)
+    assert len(openai_env.requests) == requests and not again.sanity  # resumed: no new explanations or embeddings
+    text = format_puzzle_report(report)
+    assert "similarity" in text and "out-scores" in text
+
+
+def test_puzzles_command_simulator_only(db_path: Path, tiny_chat_model: Path, tmp_path: Path, capsys) -> None:
+    puzzles = {
+        "cats": {
+            "name": "cats",
+            "explanation": "the word cat",
+            "false_explanations": ["rivers", "the color red"],
+            "sentences": [[" the", [" cat", 9], " sat"], [" a", " red", [" cat", 10]]],
+        }
+    }
+    path = tmp_path / "puzzles.json"
+    path.write_text(json.dumps(puzzles))
+    args = ["puzzles", "--db", str(db_path), "--explainer", "none", "--simulator", f"hf:{tiny_chat_model}"]
+    assert main([*args, "--puzzles", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sanity"]["n"] == 1 and report["explainers"] == [] and report["method"] == "all_at_once"
+    assert set(report["sanity"]["per_puzzle"]["cats"]) >= {"truth_score", "best_decoy", "truth_wins"}
+    assert main(["puzzles", "--db", str(db_path), "--explainer", "none"]) == 2
+    assert "give --simulator" in capsys.readouterr().err

@@ -23,7 +23,8 @@ from transformers import (
     Qwen2Model,
 )
 
-TEXT = """The river rose through the night, and by morning the lower road was under water.
+TEXT = (
+    """The river rose through the night, and by morning the lower road was under water.
 Farmers moved their cattle to the hills while the children watched from the school window.
 In 1998 the council built a wall of stone along the bank; it held for twenty years.
 She wrote: "Meet me at the station at 7:30 — bring the maps, the keys, and the (old) radio."
@@ -31,7 +32,9 @@ def add(a, b):\n    return a + b  # numbers, tabs\tand symbols [like] these {bra
 Prices fell by 12.5% in March, then rose again in April and May.
 The committee will vote on Tuesday; the chair expects a close result.
 Über café naïve — unicode words appear too, with emoji ☃ and 日本語 text.
-""" * 3
+"""
+    * 3
+)
 
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 32, 3, 4, 48
 

@@ -1,0 +1,305 @@
+"""Connections, transactions, the schema and its versioned migrations."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from core import config
+from core.errors import InputError, WorkbenchError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def connect(path: str | Path | None = None) -> sqlite_utils.Database:
+    """Open (and create or migrate) the database at `path`, $EVAL_DB or evaluations.db."""
+    path = config.db_path(path)
+    if path.exists() and path.is_dir():
+        raise InputError(f"database path {path} is a directory; pass a file path with --db or EVAL_DB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise InputError(f"{path} is not a usable SQLite database ({exc}); move it away or pass another --db") from exc
+    db = sqlite_utils.Database(conn)
+    migrate(db)
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error, so no half-written state is ever visible."""
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR); a second ROLLBACK would
+        # then hide the real error behind "no transaction is active".
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schema and migrations. Append a function to MIGRATIONS to change the schema; never edit a released one.
+# ---------------------------------------------------------------------------------------------------------------
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    model TEXT NOT NULL,
+    revision TEXT,
+    corpus TEXT NOT NULL,
+    excerpt_len INTEGER NOT NULL,
+    max_tokens INTEGER NOT NULL,
+    top_k INTEGER NOT NULL,
+    random_k INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    n_excerpts INTEGER,
+    n_tokens INTEGER,
+    params TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (model, corpus, excerpt_len, max_tokens, top_k, random_k, seed)
+);
+CREATE TABLE run_layers (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    layer INTEGER NOT NULL,
+    n_neurons INTEGER NOT NULL,
+    seconds REAL,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, layer)
+);
+CREATE TABLE excerpts (
+    id INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    tokens TEXT NOT NULL
+);
+CREATE TABLE neurons (
+    id INTEGER PRIMARY KEY,
+    model TEXT NOT NULL,
+    layer INTEGER NOT NULL,
+    neuron INTEGER NOT NULL,
+    run_id INTEGER REFERENCES runs(id),
+    source TEXT NOT NULL,
+    mean REAL, variance REAL, max REAL,
+    q50 REAL, q90 REAL, q99 REAL, q999 REAL,
+    UNIQUE (model, layer, neuron)
+);
+CREATE TABLE records (
+    neuron_id INTEGER NOT NULL REFERENCES neurons(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('top', 'random')),
+    rank INTEGER NOT NULL,
+    excerpt_id INTEGER NOT NULL REFERENCES excerpts(id),
+    max_activation REAL NOT NULL,
+    activations BLOB NOT NULL,
+    PRIMARY KEY (neuron_id, kind, rank)
+) WITHOUT ROWID;
+CREATE TABLE explanations (
+    id INTEGER PRIMARY KEY,
+    model TEXT NOT NULL,
+    layer INTEGER NOT NULL,
+    neuron INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    explainer TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT 'generated',
+    params TEXT,
+    prompt TEXT,
+    completion TEXT,
+    explanation TEXT,
+    cutoff_mode TEXT,
+    cutoff REAL,
+    sample INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    tokenizer TEXT,
+    latency_s REAL,
+    status TEXT NOT NULL,
+    error TEXT,
+    reference_score REAL,
+    job_key TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX explanations_neuron ON explanations (model, layer, neuron);
+CREATE UNIQUE INDEX explanations_job ON explanations (job_key) WHERE job_key IS NOT NULL;
+CREATE TABLE llm_cache (
+    key TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    request TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE scores (
+    id INTEGER PRIMARY KEY,
+    explanation_id INTEGER NOT NULL REFERENCES explanations(id),
+    simulator TEXT NOT NULL,
+    method TEXT NOT NULL,
+    split TEXT NOT NULL,
+    calibrated INTEGER NOT NULL DEFAULT 0,
+    score REAL,
+    rsquared REAL,
+    absdev REAL,
+    per_excerpt TEXT,
+    predictions TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    seconds REAL,
+    created_at TEXT NOT NULL,
+    UNIQUE (explanation_id, simulator, method, split, calibrated)
+);
+CREATE TABLE similarities (
+    id INTEGER PRIMARY KEY,
+    explanation_id INTEGER NOT NULL REFERENCES explanations(id),
+    reference_kind TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    embedder TEXT NOT NULL,
+    cosine REAL,
+    created_at TEXT NOT NULL,
+    UNIQUE (explanation_id, reference, embedder)
+);
+CREATE TABLE studies (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    instructions TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL,
+    arms TEXT NOT NULL,
+    neurons TEXT NOT NULL,
+    ratings_per_item INTEGER NOT NULL,
+    allow_tie INTEGER NOT NULL DEFAULT 1,
+    allow_both_bad INTEGER NOT NULL DEFAULT 1,
+    overlap_share REAL NOT NULL DEFAULT 0.2,
+    gold_share REAL NOT NULL DEFAULT 0.0,
+    seed INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    position INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    layer INTEGER NOT NULL,
+    neuron INTEGER NOT NULL,
+    left_explanation_id INTEGER REFERENCES explanations(id),
+    right_explanation_id INTEGER REFERENCES explanations(id),
+    left_arm TEXT NOT NULL,
+    right_arm TEXT NOT NULL,
+    left_text TEXT NOT NULL,
+    right_text TEXT NOT NULL,
+    is_gold INTEGER NOT NULL DEFAULT 0,
+    gold_choice TEXT
+);
+CREATE INDEX items_study ON items (study_id);
+CREATE TABLE raters (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    code_hash TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('rater', 'admin')),
+    created_at TEXT NOT NULL
+);
+CREATE TABLE ratings (
+    id INTEGER PRIMARY KEY,
+    item_id INTEGER NOT NULL REFERENCES items(id),
+    rater_id INTEGER NOT NULL REFERENCES raters(id),
+    choice TEXT NOT NULL CHECK (choice IN ('left', 'right', 'tie', 'both_bad')),
+    winner_arm TEXT,
+    confidence INTEGER CHECK (confidence IS NULL OR confidence BETWEEN 1 AND 5),
+    comment TEXT,
+    seconds REAL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (item_id, rater_id)
+);
+CREATE TABLE rating_audit (
+    id INTEGER PRIMARY KEY,
+    rating_id INTEGER NOT NULL,
+    item_id INTEGER NOT NULL,
+    rater_id INTEGER NOT NULL,
+    choice TEXT NOT NULL,
+    winner_arm TEXT,
+    confidence INTEGER,
+    comment TEXT,
+    seconds REAL,
+    recorded_at TEXT NOT NULL,
+    replaced_at TEXT NOT NULL
+);
+"""
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the surrounding transaction, so run statements one by one.
+    for statement in script.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _migration_1(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V1)
+
+
+# v2: which items were handed to which rater. It makes "never show an item twice" and "that item was not assigned
+# to you" checkable, and lets concurrent raters reserve items so that none is filled past its wanted count.
+_SCHEMA_V2_ASSIGNMENTS = """
+CREATE TABLE assignments (
+    item_id INTEGER NOT NULL REFERENCES items(id),
+    rater_id INTEGER NOT NULL REFERENCES raters(id),
+    assigned_at TEXT NOT NULL,
+    PRIMARY KEY (item_id, rater_id)
+) WITHOUT ROWID;
+CREATE INDEX assignments_rater ON assignments (rater_id);
+INSERT INTO assignments (item_id, rater_id, assigned_at) SELECT item_id, rater_id, created_at FROM ratings
+"""
+
+
+def _migration_2(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V2_ASSIGNMENTS)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Apply pending migrations, each in its own transaction with the version bump."""
+    version = schema_version(db)
+    if version > SCHEMA_VERSION:
+        raise WorkbenchError(
+            f"the database is at schema version {version}, newer than this code ({SCHEMA_VERSION}); update the code"
+        )
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        with transaction(db) as conn:
+            if schema_version(db) >= number:  # another process migrated while we waited for the lock
+                continue
+            MIGRATIONS[number - 1](conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _fetch_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]

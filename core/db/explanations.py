@@ -1,0 +1,166 @@
+"""Explanations, and the LLM response cache."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import sqlite_utils
+
+from core.db.base import _json, now, transaction
+from core.errors import NotFoundError
+from core.records import NeuronId
+
+EXPLANATION_FIELDS = (
+    "model", "layer", "neuron", "format", "explainer", "source", "params", "prompt", "completion", "explanation",
+    "cutoff_mode", "cutoff", "sample", "input_tokens", "output_tokens", "tokenizer", "latency_s", "status", "error",
+    "reference_score", "job_key",
+)  # fmt: skip
+
+
+_EXPLANATION_DEFAULTS = {"status": "ok", "source": "generated", "sample": 0}
+
+
+def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], created_at: str) -> int:
+    unknown = set(fields) - set(EXPLANATION_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown explanation fields: {sorted(unknown)}")
+    row = {"status": "ok", **fields, "created_at": created_at}
+    for key in ("params", "prompt"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            row[key] = _json(row[key])
+    existing = None
+    if row.get("job_key") is not None:
+        existing = conn.execute(
+            "SELECT id, explanation FROM explanations WHERE job_key = ?", [row["job_key"]]
+        ).fetchone()
+    if existing is None:
+        sql = f"INSERT INTO explanations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        return conn.execute(sql, list(row.values())).lastrowid
+    # A rerun of the same job updates its row in place: study items and scores keep pointing at it. Scores of a
+    # text that changed no longer describe it, so they go.
+    explanation_id, old_text = existing
+    if old_text != row.get("explanation"):
+        conn.execute("DELETE FROM scores WHERE explanation_id = ?", [explanation_id])
+        conn.execute("DELETE FROM similarities WHERE explanation_id = ?", [explanation_id])
+    columns = [c for c in EXPLANATION_FIELDS if c != "job_key"] + ["created_at"]
+    conn.execute(
+        f"UPDATE explanations SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+        [row.get(c, _EXPLANATION_DEFAULTS.get(c)) for c in columns] + [explanation_id],
+    )
+    return explanation_id
+
+
+def insert_explanation(db: sqlite_utils.Database, **fields: Any) -> int:
+    """Store one explanation (or one failed attempt); JSON-able `params` and `prompt` are serialised here.
+
+    With a `job_key`, a rerun of the same job replaces the earlier row instead of adding a second one.
+    """
+    with transaction(db) as conn:
+        return _insert_explanation_row(conn, fields, now())
+
+
+def insert_explanations(db: sqlite_utils.Database, rows: Sequence[dict[str, Any]]) -> int:
+    """Store many explanations in one transaction (all or nothing); returns how many."""
+    created_at = now()
+    with transaction(db) as conn:
+        for fields in rows:
+            _insert_explanation_row(conn, fields, created_at)
+    return len(rows)
+
+
+def get_explanation(db: sqlite_utils.Database, explanation_id: int) -> dict[str, Any]:
+    row = db.conn.execute("SELECT * FROM explanations WHERE id = ?", [explanation_id]).fetchone()
+    if row is None:
+        raise NotFoundError(f"no explanation with id {explanation_id}")
+    columns = [d[0] for d in db.conn.execute("SELECT * FROM explanations LIMIT 0").description]
+    return _decode_explanation(dict(zip(columns, row, strict=True)))
+
+
+def _decode_explanation(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("params", "prompt"):
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    return row
+
+
+def list_explanations(
+    db: sqlite_utils.Database,
+    model: str | None = None,
+    neuron: NeuronId | None = None,
+    status: str | None = "ok",
+) -> list[dict[str, Any]]:
+    """Explanations, newest first, optionally of one model and neuron, by status (None for all)."""
+    clauses, args = [], []
+    if model is not None:
+        clauses.append("model = ?")
+        args.append(model)
+    if neuron is not None:
+        clauses += ["layer = ?", "neuron = ?"]
+        args += [neuron.layer, neuron.index]
+    if status is not None:
+        clauses.append("status = ?")
+        args.append(status)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    cursor = db.conn.execute(f"SELECT * FROM explanations {where} ORDER BY id DESC", args)
+    columns = [d[0] for d in cursor.description]
+    return [_decode_explanation(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
+
+
+def explanation_statuses(db: sqlite_utils.Database, job_keys: Sequence[str]) -> dict[str, str]:
+    """job_key → status of the stored explanation, for the keys that have one (resuming a job list)."""
+    statuses: dict[str, str] = {}
+    keys = list(dict.fromkeys(job_keys))
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        statuses.update(
+            db.conn.execute(f"SELECT job_key, status FROM explanations WHERE job_key IN ({marks})", chunk).fetchall()
+        )
+    return statuses
+
+
+def explanations_by_job(db: sqlite_utils.Database, job_keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The stored explanations with these job keys, in the order of `job_keys` (missing ones left out)."""
+    found: dict[str, dict[str, Any]] = {}
+    keys = list(dict.fromkeys(job_keys))
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        cursor = db.conn.execute(f"SELECT * FROM explanations WHERE job_key IN ({marks})", chunk)
+        columns = [d[0] for d in cursor.description]
+        for row in cursor.fetchall():
+            decoded = _decode_explanation(dict(zip(columns, row, strict=True)))
+            found[decoded["job_key"]] = decoded
+    return [found[key] for key in keys if key in found]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LLM response cache
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def cache_get(db: sqlite_utils.Database, key: str) -> dict[str, Any] | None:
+    """The cached response (decoded JSON) stored under `key`, or None."""
+    row = db.conn.execute("SELECT response FROM llm_cache WHERE key = ?", [key]).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def cache_put(
+    db: sqlite_utils.Database, key: str, backend: str, model: str, request: Any, response: dict[str, Any]
+) -> None:
+    """Store (or replace) one successful LLM response. `request` must hold no secrets: it is stored as given."""
+    with transaction(db) as conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO llm_cache (key, backend, model, request, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [key, backend, model, _json(request), _json(response), now()],
+        )
+
+
+def cache_delete(db: sqlite_utils.Database, key: str) -> None:
+    """Forget one cached LLM response (no error when there is none)."""
+    with transaction(db) as conn:
+        conn.execute("DELETE FROM llm_cache WHERE key = ?", [key])

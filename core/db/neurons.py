@@ -1,0 +1,197 @@
+"""Collection runs, excerpts (stored once), neurons, their records and stats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from core import config
+from core.db.base import _json, now, transaction
+from core.errors import NotFoundError
+from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+
+_RUN_KEYS = ("model", "corpus", "excerpt_len", "max_tokens", "top_k", "random_k", "seed")
+
+
+def find_run(db: sqlite_utils.Database, params: dict[str, Any]) -> int | None:
+    """The id of the run with these collection parameters, if one was started."""
+    where = " AND ".join(f"{k} = ?" for k in _RUN_KEYS)
+    row = db.conn.execute(f"SELECT id FROM runs WHERE {where}", [params[k] for k in _RUN_KEYS]).fetchone()
+    return row[0] if row else None
+
+
+def _run_id(conn: sqlite3.Connection, params: dict[str, Any]) -> int:
+    where = " AND ".join(f"{k} = ?" for k in _RUN_KEYS)
+    row = conn.execute(f"SELECT id FROM runs WHERE {where}", [params[k] for k in _RUN_KEYS]).fetchone()
+    if row:
+        return row[0]
+    columns = (*_RUN_KEYS, "revision", "params", "created_at")
+    values = [*(params[k] for k in _RUN_KEYS), params.get("revision"), _json(params), now()]
+    marks = ", ".join("?" * len(columns))
+    return conn.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", values).lastrowid
+
+
+def finished_layers(db: sqlite_utils.Database, run_id: int) -> set[int]:
+    return {row[0] for row in db.conn.execute("SELECT layer FROM run_layers WHERE run_id = ?", [run_id])}
+
+
+def _upsert_excerpts(conn: sqlite3.Connection, token_lists: Iterable[Sequence[str]]) -> list[int]:
+    """Insert excerpts once (content-addressed) and return their ids in input order."""
+    token_tuples = [tuple(t) for t in token_lists]
+    # Many neurons share an excerpt: hash and encode each distinct one once.
+    encoded = {tokens: _json(list(tokens)) for tokens in dict.fromkeys(token_tuples)}
+    hashes = {tokens: hashlib.sha1(text.encode()).hexdigest() for tokens, text in encoded.items()}
+    conn.executemany(
+        "INSERT OR IGNORE INTO excerpts (hash, tokens) VALUES (?, ?)",
+        [(hashes[tokens], text) for tokens, text in encoded.items()],
+    )
+    ids: dict[str, int] = {}
+    unique = list(hashes.values())
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        ids.update(conn.execute(f"SELECT hash, id FROM excerpts WHERE hash IN ({marks})", chunk).fetchall())
+    return [ids[hashes[tokens]] for tokens in token_tuples]
+
+
+def _blob(values: Sequence[float] | np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def _unblob(blob: bytes) -> tuple[float, ...]:
+    return tuple(np.frombuffer(blob, dtype="<f4").tolist())
+
+
+def write_neurons(
+    db: sqlite_utils.Database,
+    model: str,
+    neurons: Sequence[NeuronRecord],
+    source: str,
+    run: dict[str, Any] | None = None,
+    run_totals: tuple[int, int] | None = None,
+    finished_layer: tuple[int, float] | None = None,
+) -> None:
+    """Replace the stored records and stats of these neurons, all in one transaction.
+
+    With `run` (collection parameters) the neurons are filed under that run, created if new, and with
+    `finished_layer=(layer, seconds)` the layer is marked finished in the same transaction, so that a killed
+    process never leaves a layer that looks done but is half written.
+    """
+    with transaction(db) as conn:
+        run_id = _run_id(conn, run) if run is not None else None
+        if run_id is not None and run_totals is not None:
+            conn.execute("UPDATE runs SET n_excerpts = ?, n_tokens = ? WHERE id = ?", [*run_totals, run_id])
+        excerpt_tokens = [r.tokens for n in neurons for r in (*n.top, *n.random)]
+        excerpt_ids = iter(_upsert_excerpts(conn, excerpt_tokens))
+        record_rows = []
+        for record in neurons:
+            conn.execute(
+                "DELETE FROM records WHERE neuron_id IN"
+                " (SELECT id FROM neurons WHERE model = ? AND layer = ? AND neuron = ?)",
+                [model, record.neuron.layer, record.neuron.index],
+            )
+            neuron_id = conn.execute(
+                "INSERT INTO neurons (model, layer, neuron, run_id, source, mean, variance, max, q50, q90, q99, q999)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (model, layer, neuron) DO UPDATE SET run_id = excluded.run_id,"
+                " source = excluded.source, mean = excluded.mean, variance = excluded.variance, max = excluded.max,"
+                " q50 = excluded.q50, q90 = excluded.q90, q99 = excluded.q99, q999 = excluded.q999"
+                " RETURNING id",
+                [
+                    model,
+                    record.neuron.layer,
+                    record.neuron.index,
+                    run_id,
+                    source,
+                    record.stats.mean,
+                    record.stats.variance,
+                    record.stats.max,
+                    *(record.stats.quantiles.get(level) for level in config.QUANTILES),
+                ],
+            ).fetchone()[0]
+            for kind, records in (("top", record.top), ("random", record.random)):
+                for rank, rec in enumerate(records):
+                    record_rows.append(
+                        (neuron_id, kind, rank, next(excerpt_ids), rec.max_activation, _blob(rec.activations))
+                    )
+        conn.executemany(
+            "INSERT INTO records (neuron_id, kind, rank, excerpt_id, max_activation, activations)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            record_rows,
+        )
+        if finished_layer is not None:
+            if run_id is None:
+                raise ValueError("finished_layer needs run")
+            layer, seconds = finished_layer
+            conn.execute(
+                "INSERT OR REPLACE INTO run_layers (run_id, layer, n_neurons, seconds, finished_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [run_id, layer, len(neurons), seconds, now()],
+            )
+
+
+def get_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> NeuronRecord:
+    """The stored records and stats of one neuron; NotFoundError names what is there instead."""
+    row = db.conn.execute(
+        "SELECT id, mean, variance, max, q50, q90, q99, q999 FROM neurons WHERE model = ? AND layer = ? AND neuron = ?",
+        [model, neuron.layer, neuron.index],
+    ).fetchone()
+    if row is None:
+        layers = list_layers(db, model)
+        if not layers:
+            known = ", ".join(list_models(db)) or "none yet: run `python -m core collect`"
+            raise NotFoundError(f"no neurons of model {model!r} in the database (models: {known})")
+        raise NotFoundError(
+            f"neuron {neuron} of {model!r} is not in the database; collected layers: "
+            + ", ".join(f"{layer} ({count} neurons)" for layer, count in layers)
+        )
+    neuron_id, mean, variance, max_value, *quantiles = row
+    top: list[ActivationRecord] = []
+    random: list[ActivationRecord] = []
+    for kind, tokens, blob in db.conn.execute(
+        "SELECT r.kind, e.tokens, r.activations FROM records r JOIN excerpts e ON e.id = r.excerpt_id"
+        " WHERE r.neuron_id = ? ORDER BY r.kind, r.rank",
+        [neuron_id],
+    ):
+        (top if kind == "top" else random).append(ActivationRecord(tuple(json.loads(tokens)), _unblob(blob)))
+    stats = NeuronStats(
+        mean=mean,
+        variance=variance,
+        max=max_value,
+        quantiles={q: v for q, v in zip(config.QUANTILES, quantiles, strict=True) if v is not None},
+    )
+    return NeuronRecord(model=model, neuron=neuron, top=tuple(top), random=tuple(random), stats=stats)
+
+
+def list_models(db: sqlite_utils.Database) -> list[str]:
+    return [row[0] for row in db.conn.execute("SELECT DISTINCT model FROM neurons ORDER BY model")]
+
+
+def list_layers(db: sqlite_utils.Database, model: str) -> list[tuple[int, int]]:
+    """(layer, number of neurons) for a model, by layer."""
+    return db.conn.execute(
+        "SELECT layer, COUNT(*) FROM neurons WHERE model = ? GROUP BY layer ORDER BY layer", [model]
+    ).fetchall()
+
+
+def layer_neuron_count(db: sqlite_utils.Database, model: str, layer: int) -> int:
+    return db.conn.execute("SELECT COUNT(*) FROM neurons WHERE model = ? AND layer = ?", [model, layer]).fetchone()[0]
+
+
+def summary(db: sqlite_utils.Database) -> dict[str, Any]:
+    """What is in the database: per model, its layers and neuron counts; totals of everything else."""
+    models = {
+        model: [{"layer": layer, "neurons": count} for layer, count in list_layers(db, model)]
+        for model in list_models(db)
+    }
+    counts = {
+        table: db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        for table in ("neurons", "explanations", "scores", "studies", "ratings", "raters")
+    }
+    return {"models": models, "counts": counts}

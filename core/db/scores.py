@@ -1,0 +1,259 @@
+"""Simulation scores and explanation similarities."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from core.db.base import _fetch_dicts, _json, now, transaction
+from core.records import NeuronId
+
+SCORE_STATUSES = ("ok", "failed")
+
+
+def _finite(value: Any) -> float | None:
+    """A float, or None for missing, NaN and infinities (SPEC.md §4: store NaN as missing, never as 0)."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return number if np.isfinite(number) else None
+
+
+def _clean_json(value: Any) -> Any:
+    """Nested lists/dicts with NaN and infinities turned into None, so the JSON stays valid."""
+    if isinstance(value, dict):
+        return {k: _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_json(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return _finite(value)
+    return value
+
+
+def save_score(
+    db: sqlite_utils.Database,
+    explanation_id: int,
+    simulator: str,
+    method: str,
+    split: str,
+    calibrated: bool,
+    scores: Any,
+    predictions: Sequence[Sequence[float]] | None,
+    status: str,
+    error: str | None = None,
+    seconds: float | None = None,
+) -> int:
+    """Store (or replace) the score of one explanation under one simulator, method, split and calibration.
+
+    `scores` is a core.scoring.Scores (score, rsquared, absdev, per_excerpt) or None for a failed simulation.
+    """
+    if status not in SCORE_STATUSES:
+        raise ValueError(f"score status {status!r} is not one of {SCORE_STATUSES}")
+    per_excerpt = getattr(scores, "per_excerpt", None)
+    row = [
+        explanation_id,
+        simulator,
+        method,
+        split,
+        int(bool(calibrated)),
+        _finite(getattr(scores, "score", None)),
+        _finite(getattr(scores, "rsquared", None)),
+        _finite(getattr(scores, "absdev", None)),
+        None if per_excerpt is None else _json(_clean_json([dict(item) for item in per_excerpt])),
+        None if predictions is None else _json(_clean_json([list(p) for p in predictions])),
+        status,
+        error,
+        seconds,
+        now(),
+    ]
+    with transaction(db) as conn:
+        return conn.execute(
+            "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, rsquared, absdev,"
+            " per_excerpt, predictions, status, error, seconds, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (explanation_id, simulator, method, split, calibrated) DO UPDATE SET"
+            " score = excluded.score, rsquared = excluded.rsquared, absdev = excluded.absdev,"
+            " per_excerpt = excluded.per_excerpt, predictions = excluded.predictions, status = excluded.status,"
+            " error = excluded.error, seconds = excluded.seconds, created_at = excluded.created_at"
+            " RETURNING id",
+            row,
+        ).fetchone()[0]
+
+
+def save_similarity(
+    db: sqlite_utils.Database,
+    explanation_id: int,
+    reference_kind: str,
+    reference: str,
+    embedder: str,
+    cosine: float | None,
+) -> int:
+    """Store (or replace) the cosine similarity of an explanation to a reference text under one embedder."""
+    with transaction(db) as conn:
+        return conn.execute(
+            "INSERT INTO similarities (explanation_id, reference_kind, reference, embedder, cosine, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (explanation_id, reference, embedder) DO UPDATE SET"
+            " reference_kind = excluded.reference_kind, cosine = excluded.cosine, created_at = excluded.created_at"
+            " RETURNING id",
+            [explanation_id, reference_kind, reference, embedder, _finite(cosine), now()],
+        ).fetchone()[0]
+
+
+def scored_explanation_ids(
+    db: sqlite_utils.Database, simulator: str, method: str, split: str, calibrated: bool, status: str = "ok"
+) -> set[int]:
+    """Ids of explanations that already have a score with this status under this simulator, method and split."""
+    return {
+        row[0]
+        for row in db.conn.execute(
+            "SELECT explanation_id FROM scores WHERE simulator = ? AND method = ? AND split = ? AND calibrated = ?"
+            " AND status = ?",
+            [simulator, method, split, int(bool(calibrated)), status],
+        )
+    }
+
+
+def stored_similarities(
+    db: sqlite_utils.Database, explanation_ids: Iterable[int], embedder: str
+) -> dict[tuple[int, str], float | None]:
+    """(explanation id, reference text) → cosine of the similarities already stored under `embedder`."""
+    ids = sorted(set(explanation_ids))
+    found: dict[tuple[int, str], float | None] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for explanation_id, reference, cosine in db.conn.execute(
+            "SELECT explanation_id, reference, cosine FROM similarities WHERE embedder = ?"
+            f" AND explanation_id IN ({', '.join('?' * len(chunk))})",
+            [embedder, *chunk],
+        ):
+            found[(explanation_id, reference)] = cosine
+    return found
+
+
+def reference_explanations(db: sqlite_utils.Database, model: str) -> dict[NeuronId, str]:
+    """The imported reference explanation of each neuron of a model (source 'reference'; the newest if several)."""
+    rows = db.conn.execute(
+        "SELECT layer, neuron, explanation FROM explanations WHERE model = ? AND source = 'reference'"
+        " AND status = 'ok' AND explanation IS NOT NULL AND TRIM(explanation) != '' ORDER BY id",
+        [model],
+    ).fetchall()
+    return {NeuronId(layer, index): text for layer, index, text in rows}
+
+
+def _decode_score(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("per_excerpt", "predictions"):
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    if "calibrated" in row and row["calibrated"] is not None:
+        row["calibrated"] = bool(row["calibrated"])
+    return row
+
+
+def scores_for_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> list[dict[str, Any]]:
+    """Every stored score of the explanations of one neuron, newest explanation first, with the explanation's
+    format, explainer, text and source, and per-excerpt scores and predictions decoded from JSON."""
+    cursor = db.conn.execute(
+        "SELECT s.id, s.explanation_id, e.format, e.explainer, e.source, e.sample, e.explanation, s.simulator,"
+        " s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.per_excerpt, s.predictions, s.status,"
+        " s.error, s.seconds, s.created_at"
+        " FROM scores s JOIN explanations e ON e.id = s.explanation_id"
+        " WHERE e.model = ? AND e.layer = ? AND e.neuron = ?"
+        " ORDER BY e.id DESC, s.simulator, s.method, s.split, s.calibrated",
+        [model, neuron.layer, neuron.index],
+    )
+    return [_decode_score(row) for row in _fetch_dicts(cursor)]
+
+
+def score_rows(
+    db: sqlite_utils.Database,
+    model: str | None = None,
+    simulator: str | None = None,
+    *,
+    method: str | None = None,
+    split: str | None = None,
+    calibrated: bool | None = None,
+    reference_kind: str | None = None,
+    embedder: str | None = None,
+    include_unscored: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per (ok explanation, score), ready for a DataFrame: model, neuron ("layer:index"), layer, index,
+    format, explainer, source, sample, explanation, input/output tokens, simulator, method, split, calibrated,
+    score, rsquared, absdev, status, error, seconds, and similarity (mean cosine to the references of
+    `reference_kind` under `embedder`; None when there is none).
+
+    Score filters apply to the join, so with `include_unscored` an explanation without a matching score still
+    appears once with simulator None (it counts for similarity and token cost). Every scored row names its
+    simulator and method: callers must never average scores of different simulators together.
+    """
+    join, join_args = "", []
+    for column, value in (("simulator", simulator), ("method", method), ("split", split)):
+        if value is not None:
+            join += f" AND s.{column} = ?"
+            join_args.append(value)
+    if calibrated is not None:
+        join += " AND s.calibrated = ?"
+        join_args.append(int(bool(calibrated)))
+    similar, similar_args = "", []
+    if reference_kind is not None:
+        similar += " AND m.reference_kind = ?"
+        similar_args.append(reference_kind)
+    if embedder is not None:
+        similar += " AND m.embedder = ?"
+        similar_args.append(embedder)
+    where, where_args = ["e.status = 'ok'"], []
+    if model is not None:
+        where.append("e.model = ?")
+        where_args.append(model)
+    if not include_unscored:
+        where.append("s.id IS NOT NULL")
+    cursor = db.conn.execute(
+        "SELECT e.id AS explanation_id, e.model, e.layer || ':' || e.neuron AS neuron, e.layer, e.neuron AS 'index',"
+        " e.format, e.explainer, e.source, e.sample, e.explanation, e.input_tokens, e.output_tokens,"
+        " s.simulator, s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.status, s.error,"
+        " s.seconds,"
+        f" (SELECT AVG(m.cosine) FROM similarities m WHERE m.explanation_id = e.id{similar}) AS similarity"
+        f" FROM explanations e LEFT JOIN scores s ON s.explanation_id = e.id{join}"
+        f" WHERE {' AND '.join(where)}"
+        " ORDER BY e.model, e.layer, e.neuron, e.format, e.id, s.simulator, s.method, s.split, s.calibrated",
+        [*similar_args, *join_args, *where_args],
+    )
+    rows = _fetch_dicts(cursor)
+    for row in rows:
+        if row["calibrated"] is not None:
+            row["calibrated"] = bool(row["calibrated"])
+    return rows
+
+
+def scores_for_explanations(
+    db: sqlite_utils.Database, explanation_ids: Iterable[int], simulator: str | None = None
+) -> tuple[str | None, dict[int, float]]:
+    """Simulation scores of these explanations under ONE simulator: (simulator, {explanation id: score}).
+
+    Per explanation: its most recent ok, non-missing score on the valid split (SPEC.md §4). Without `simulator`,
+    the one that scored the most of these explanations (ties: by name). Scores of simulators are never mixed.
+    """
+    ids = sorted({int(i) for i in explanation_ids if i is not None})
+    rows: list[tuple[int, str, float]] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows += db.conn.execute(
+            "SELECT explanation_id, simulator, score FROM scores WHERE split = 'valid' AND status = 'ok'"
+            f" AND score IS NOT NULL AND explanation_id IN ({', '.join('?' * len(chunk))})"
+            " ORDER BY created_at, id",
+            chunk,
+        ).fetchall()
+    if simulator is None:
+        counts: dict[str, set[int]] = {}
+        for explanation_id, name, _ in rows:
+            counts.setdefault(name, set()).add(explanation_id)
+        if not counts:
+            return None, {}
+        simulator = min(counts, key=lambda name: (-len(counts[name]), name))
+    # Rows are oldest first, so later ones overwrite: the most recent score wins.
+    scores = {explanation_id: score for explanation_id, name, score in rows if name == simulator}
+    return simulator, {k: v for k, v in scores.items() if v == v}

@@ -1,0 +1,364 @@
+"""The OpenAI-compatible simulators (SPEC.md §3): `completions_echo` reads the all-at-once prompt's echoed
+`top_logprobs` from a /completions server (e.g. vLLM); the chat fallbacks `chat_logprobs` and `chat_parse` have the
+model write the `token<TAB>n` lines itself. Built by `core.simulate.get_simulator`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import LLMError
+from core.records import ActivationRecord
+from core.simulate import (
+    END,
+    START,
+    SYSTEM_MESSAGE,
+    UNKNOWN,
+    VALUE_STRINGS,
+    SimulationExample,
+    SimulationFailure,
+    SimulationResult,
+    completion_prompt,
+    escape_token,
+    expected_value,
+    explanation_text,
+    hidden_count,
+    load_few_shot,
+    neuron_header,
+    value_probabilities,
+)
+
+DEFAULT_TOP_LOGPROBS = 20  # vLLM's default cap; 11 values plus room for the non-numeric alternatives
+DEFAULT_CONCURRENCY = 4
+
+CHAT_INSTRUCTIONS = (
+    "\n\nReply with every token of the text, one per line, in the same order and written exactly as given, each "
+    "followed by a tab and your predicted activation. Put the lines between <start> and <end>, and write nothing "
+    "else."
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The chat-fallback prompt (pure functions)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _chat_user(number: int, explanation: str, record: ActivationRecord) -> str:
+    lines = "".join(f"{escape_token(t)}\t{UNKNOWN}\n" for t in record.tokens)
+    return neuron_header(number, explanation).lstrip("\n") + f"{START}\n{lines}{END}"
+
+
+def _chat_answer(record: ActivationRecord, values: Sequence[int]) -> str:
+    lines = "".join(f"{escape_token(t)}\t{v}\n" for t, v in zip(record.tokens, values, strict=True))
+    return f"{START}\n{lines}{END}"
+
+
+def chat_messages(
+    explanation: str, record: ActivationRecord, few_shot: Sequence[SimulationExample]
+) -> list[dict[str, str]]:
+    """The chat-fallback conversation: the few-shot neurons answered in full, then the target excerpt."""
+    messages = [{"role": "system", "content": SYSTEM_MESSAGE + CHAT_INSTRUCTIONS}]
+    for number, example in enumerate(few_shot, start=1):
+        for rec, values in zip(example.records, example.values(), strict=True):
+            messages.append({"role": "user", "content": _chat_user(number, example.explanation, rec)})
+            messages.append({"role": "assistant", "content": _chat_answer(rec, values)})
+    messages.append({"role": "user", "content": _chat_user(len(few_shot) + 1, explanation, record)})
+    return messages
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing chat answers
+# ---------------------------------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"^\s*```")
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    value: int
+    value_start: int  # character offset of the number in the answer
+
+
+def parse_chat_answer(answer: str, tokens: Sequence[str]) -> list[ParsedLine]:
+    """The value written on each `token<TAB>n` line, checked against the expected tokens; SimulationFailure if not.
+
+    `<start>`/`<end>` markers, code fences and blank lines are skipped. Without a tab, the last run of spaces
+    separates the token from the number.
+    """
+    if not isinstance(answer, str) or not answer.strip():
+        raise SimulationFailure("the simulator returned an empty answer")
+    parsed: list[ParsedLine] = []
+    offset = 0
+    for raw in answer.split("\n"):
+        line_start, offset = offset, offset + len(raw) + 1
+        line = raw.rstrip("\r")
+        if not line.strip() or line.strip() in (START, END) or _FENCE.match(line):
+            continue
+        match = re.match(r"^(.*)\t[ ]*(\S+)[ \t]*$", line) or re.match(r"^(.*\S)[ ]+(\d+)[ \t]*$", line)
+        number = len(parsed) + 1
+        if not match:
+            raise SimulationFailure(f"answer line {number} ({line[:60]!r}) is not of the form token<TAB>activation")
+        token_text, value_text = match.group(1), match.group(2)
+        if value_text not in VALUE_STRINGS:
+            raise SimulationFailure(
+                f"answer line {number} ({line[:60]!r}): {value_text!r} is not an integer activation from 0 to 10"
+            )
+        if len(parsed) >= len(tokens):
+            raise SimulationFailure(f"the answer has more lines than the {len(tokens)} tokens of the excerpt")
+        expected = escape_token(tokens[len(parsed)])
+        if token_text.strip() != expected.strip():
+            raise SimulationFailure(
+                f"answer line {number}: expected token {expected!r}, got {token_text!r}; the lines are misaligned"
+            )
+        parsed.append(ParsedLine(int(value_text), line_start + match.start(2)))
+    if len(parsed) != len(tokens):
+        raise SimulationFailure(f"the answer has {len(parsed)} lines for the {len(tokens)} tokens of the excerpt")
+    return parsed
+
+
+def _logprob_tokens(content: Sequence[Mapping[str, Any]]) -> tuple[list[int], bytes]:
+    """Byte offsets of chat logprob tokens and the bytes they spell (exact even for split multi-byte characters)."""
+    starts, data = [], b""
+    for item in content:
+        starts.append(len(data))
+        raw = item.get("bytes")
+        data += bytes(raw) if raw is not None else str(item.get("token", "")).encode("utf-8")
+    return starts, data
+
+
+def _alternatives(item: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """The top_logprobs of a token as {value string: probability}, after a shared prefix (e.g. a merged tab)."""
+    found: dict[str, float] = {}
+    for alt in item.get("top_logprobs") or []:
+        token = str(alt.get("token", ""))
+        if token.startswith(prefix):
+            rest = token[len(prefix) :].rstrip()
+            if rest in VALUE_STRINGS and alt.get("logprob") is not None:
+                found[rest] = found.get(rest, 0.0) + math.exp(float(alt["logprob"]))
+    return found
+
+
+def predictions_from_chat_logprobs(
+    answer: str, content: Sequence[Mapping[str, Any]], tokens: Sequence[str]
+) -> list[float]:
+    """EVs from a chat answer and its per-token logprobs (`choices[0].logprobs.content`, as dicts)."""
+    lines = parse_chat_answer(answer, tokens)
+    starts, data = _logprob_tokens(content)
+    if data.decode("utf-8", errors="replace") != answer:
+        raise SimulationFailure("the logprob tokens do not spell the answer text; cannot locate the numbers")
+    predictions = []
+    for line in lines:
+        value_byte = len(answer[: line.value_start].encode("utf-8"))
+        index = max(i for i, start in enumerate(starts) if start <= value_byte)
+        prefix = data[starts[index] : value_byte].decode("utf-8", errors="replace")
+        first = _alternatives(content[index], prefix)
+        after_one = None
+        token_rest = str(content[index].get("token", ""))[len(prefix) :].strip()
+        if "10" not in first and token_rest == "1" and index + 1 < len(content):
+            # "10" is written as "1","0" by this tokenizer: the next token's alternatives give P("0" | "1").
+            # Top logprobs are over the whole vocabulary, so exp(logprob) of "0" is already P("0" | "1").
+            after_one = _alternatives(content[index + 1], "")
+        ev = expected_value(value_probabilities(first, after_one))
+        # The written number is a prediction too when its alternatives hold no value (a sampled token outside
+        # the top-k); never a zero.
+        predictions.append(float(line.value) if ev is None else ev)
+    return predictions
+
+
+def _from_logprobs(logprobs: Mapping[str, float]) -> dict[str, float]:
+    """Top-logprob maps → probabilities of the value strings (tokens are stripped: vLLM may render ' 7')."""
+    probs: dict[str, float] = {}
+    for token, logprob in logprobs.items():
+        text = str(token).strip()
+        if text in VALUE_STRINGS and logprob is not None:
+            probs[text] = probs.get(text, 0.0) + math.exp(float(logprob))
+    return probs
+
+
+def predictions_from_echo(logprobs: Mapping[str, Any], n_slots: int, n_hidden: int) -> list[float]:
+    """EVs from an echoed /completions prompt (`choices[0].logprobs` as a dict) for the target's `n_slots`.
+
+    A slot is a token that starts "unknown" right after a token ending in a tab; tabs occur nowhere else in our
+    prompts (escape_token), so the slots are the last `n_slots` of the `n_hidden + n_slots` such places. Counting
+    tokens rather than trusting `text_offset` survives servers whose offsets drift on split multi-byte characters.
+    """
+    tokens = logprobs.get("tokens") or []
+    top = logprobs.get("top_logprobs") or []
+    if not tokens or len(top) != len(tokens):
+        raise SimulationFailure("the server returned no echoed prompt logprobs; it must support echo with logprobs")
+    places = [
+        i
+        for i in range(1, len(tokens))
+        if str(tokens[i - 1]).endswith("\t") and tokens[i] and UNKNOWN.startswith(str(tokens[i]))
+    ]
+    if len(places) != n_hidden + n_slots:
+        raise SimulationFailure(
+            f"found {len(places)} tab-then-unknown places in the echoed prompt, expected {n_hidden + n_slots}: the "
+            "server's tokenizer merges the tab with the text around it, so the slots cannot be aligned "
+            "(use the local all_at_once method with this model)"
+        )
+    predictions = []
+    for number, index in enumerate(places[n_hidden:], start=1):
+        ev = expected_value(value_probabilities(_from_logprobs(top[index] or {})))
+        if ev is None:
+            raise SimulationFailure(f"token {number}: no value 0..10 among the top logprobs; raise top_logprobs")
+        predictions.append(ev)
+    return predictions
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenAI-compatible simulators
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _EndpointSimulator(ABC):
+    """Shared parts of the OpenAI-compatible simulators: client, few-shot, retries, one request per record.
+
+    Transport and HTTP errors are retried with backoff (core.llm.RetryPolicy); when they persist, or the request
+    is refused (a bad key, an unknown model, a server without echo), an LLMError stops the run so it can be fixed
+    and resumed. An answer that arrives but cannot be used becomes a failed SimulationResult.
+    """
+
+    model: str
+    base_url: str | None = None
+    api_key: str | None = None
+    few_shot: Any = None
+    top_logprobs: int = DEFAULT_TOP_LOGPROBS
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = 60.0
+    retry: Any = None
+    client: Any = field(default=None, repr=False)
+    method: str = ""
+
+    def __post_init__(self) -> None:
+        from core.llm import RetryPolicy, openai_client
+
+        self.examples = load_few_shot(self.few_shot)
+        self.retry = self.retry or RetryPolicy()
+        if self.client is None:
+            self.client = openai_client(self.base_url, self.api_key, timeout=self.timeout)
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model}"
+
+    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+        start = time.perf_counter()
+        explanation_text(explanation)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(records) or 1))) as pool:
+                futures = [pool.submit(self._one, explanation, record) for record in records]
+                predictions = []
+                for i, future in enumerate(futures):
+                    try:
+                        predictions.append(tuple(future.result()))
+                    except SimulationFailure as exc:
+                        raise SimulationFailure(f"record {i}: {exc}") from None
+        except SimulationFailure as exc:
+            return SimulationResult.failed(self.name, self.method, str(exc), time.perf_counter() - start)
+        return SimulationResult(self.name, self.method, tuple(predictions), seconds=time.perf_counter() - start)
+
+    def _request(self, create: Callable[..., Any], **params: Any) -> dict[str, Any]:
+        """The first choice of one API call, as a dict, after retries (see the class docstring)."""
+        import openai
+
+        from core.llm import RETRYABLE_STATUS, scrub_secrets
+
+        secrets = (self.api_key,)
+        for attempt in range(self.retry.max_attempts):
+            last = attempt == self.retry.max_attempts - 1
+            retry_after = None
+            try:
+                response = create(**params)
+                data = response.model_dump() if hasattr(response, "model_dump") else dict(response)
+                choices = data.get("choices") or []
+                if not choices:
+                    raise SimulationFailure("the server returned no choices")
+                return choices[0]
+            except openai.APIStatusError as exc:
+                if (exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500) or last:
+                    detail = scrub_secrets(str(exc.message), secrets)
+                    raise LLMError(
+                        f"simulator {self.name}: HTTP {exc.status_code} after {attempt + 1} attempt(s): {detail}; "
+                        "check the model name, key and base URL, and that the server supports this method"
+                    ) from None
+                header = exc.response.headers.get("retry-after") if exc.response is not None else None
+                retry_after = float(header) if header and header.replace(".", "", 1).isdigit() else None
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                if last:
+                    raise LLMError(
+                        f"simulator {self.name}: cannot reach the server after {attempt + 1} attempts "
+                        f"({type(exc).__name__}); check the base URL and that the server is up"
+                    ) from None
+            except (ValueError, openai.APIResponseValidationError) as exc:
+                if last:
+                    raise SimulationFailure(f"the server's answer is not valid JSON ({exc})") from None
+            time.sleep(self.retry.delay(attempt, retry_after))
+        raise LLMError(f"simulator {self.name}: gave up after {self.retry.max_attempts} attempts")
+
+    @abstractmethod
+    def _one(self, explanation: str, record: ActivationRecord) -> list[float]:
+        """Predictions for one record: one request, parsed; SimulationFailure when the answer is unusable."""
+
+
+@dataclass
+class CompletionsEchoSimulator(_EndpointSimulator):
+    """All-at-once over /completions with `echo=True, logprobs=K, max_tokens=0` (vLLM and compatible servers).
+
+    Only the first token after each tab is visible, so for a served tokenizer that writes "10" as "1","0" the
+    value 10 cannot be told from 1 (the mass of "1" counts as 1); use the local method for such models.
+    """
+
+    method: str = "completions_echo"
+
+    def _one(self, explanation: str, record: ActivationRecord) -> list[float]:
+        if not record.tokens:
+            return []
+        prompt, _offsets = completion_prompt(explanation, record, self.examples)
+        choice = self._request(
+            self.client.completions.create,
+            model=self.model,
+            prompt=prompt,
+            echo=True,
+            logprobs=self.top_logprobs,
+            max_tokens=0,
+            temperature=0,
+        )
+        return predictions_from_echo(choice.get("logprobs") or {}, len(record.tokens), hidden_count(self.examples))
+
+
+@dataclass
+class ChatSimulator(_EndpointSimulator):
+    """Chat fallback: the model writes the `token<TAB>n` lines (temperature 0); `chat_logprobs` reads the
+    top_logprobs at each number, `chat_parse` takes the numbers as written."""
+
+    method: str = "chat_logprobs"
+
+    def _one(self, explanation: str, record: ActivationRecord) -> list[float]:
+        if not record.tokens:
+            return []
+        with_logprobs = self.method == "chat_logprobs"
+        extra: dict[str, Any] = {"logprobs": True, "top_logprobs": self.top_logprobs} if with_logprobs else {}
+        choice = self._request(
+            self.client.chat.completions.create,
+            model=self.model,
+            messages=chat_messages(explanation, record, self.examples),
+            temperature=0,
+            max_tokens=16 * len(record.tokens) + 64,
+            **extra,
+        )
+        answer = (choice.get("message") or {}).get("content")
+        if not with_logprobs:
+            return [float(line.value) for line in parse_chat_answer(answer, record.tokens)]
+        content = (choice.get("logprobs") or {}).get("content")
+        if not content:
+            raise SimulationFailure("the server returned no logprobs; use the chat_parse method with this server")
+        return predictions_from_chat_logprobs(answer, content, record.tokens)

@@ -1,0 +1,145 @@
+"""The local all-at-once simulator (core/simulate_local.py): slot alignment, prefix-cache reuse, batching and "10"
+split across tokens, against tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from core.simulate import SimulationResult, Simulator, escape_token
+from core.simulate_local import LocalAllAtOnceSimulator, value_tokens
+from tests.conftest import build_tiny_tokenizer
+from tests.simulation_records import sample_records
+
+
+def _model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    # A large init spread makes the random model's value distributions differ from token to token, so equality
+    # checks between code paths compare varied numbers rather than a flat ~5.
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        initializer_range=0.5,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def lm():
+    tokenizer = build_tiny_tokenizer()
+    return _model(len(tokenizer)), tokenizer
+
+
+def _split_ten_tokenizer():
+    """A byte-level BPE tokenizer whose vocabulary has single digits but no "10"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [
+        "the", "cat", "sat", "on", "a", "mat", "unknown", "neuron", "activation", "explanation", "find",
+        "tokens", "start", "end", "day", "words",
+    ]  # fmt: skip
+    lines = [f"{w} {words[(i * 5) % len(words)]}\t{i % 10}\n" for i, w in enumerate(words * 4)]
+    lines += [f"{d} {d}{d}\t{d}" for d in "23456789"] * 5  # digits, but never a 1 followed by a 0
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def split_lm():
+    tokenizer = _split_ten_tokenizer()
+    return _model(len(tokenizer), seed=1), tokenizer
+
+
+def _flat(result: SimulationResult) -> list[float]:
+    assert result.ok, result.error
+    return [v for row in result.predictions for v in row]
+
+
+# --- local all-at-once ---------------------------------------------------------------------------------------------
+
+
+def test_local_slots_are_exactly_after_each_token_and_tab(lm) -> None:
+    model, tokenizer = lm
+    simulator = LocalAllAtOnceSimulator(model, tokenizer)
+    record = sample_records()[0]
+    encoded = simulator.encode_excerpt(record)
+    assert len(encoded.slots) == len(record.tokens)
+    for token, slot in zip(record.tokens, encoded.slots, strict=True):
+        # The text up to and including the slot ends with this token's line and its tab, and the slot is the last
+        # position of that text: the next token the model predicts is the value.
+        assert tokenizer.decode(list(encoded.ids[: slot + 1])).endswith("\n" + escape_token(token) + "\t")
+    result = simulator.simulate("words about cats", sample_records())
+    assert result.ok and result.method == "all_at_once" and isinstance(simulator, Simulator)
+    assert [len(p) for p in result.predictions] == [len(r.tokens) for r in sample_records()]
+    assert all(0.0 <= v <= 10.0 for v in _flat(result))
+
+
+def test_prefix_cache_reuse_gives_the_same_predictions(lm) -> None:
+    model, tokenizer = lm
+    reused = _flat(LocalAllAtOnceSimulator(model, tokenizer).simulate("words about cats", sample_records()))
+    fresh = _flat(
+        LocalAllAtOnceSimulator(model, tokenizer, reuse_prefix=False).simulate("words about cats", sample_records())
+    )
+    assert torch.allclose(torch.tensor(reused), torch.tensor(fresh), atol=1e-4)
+    assert max(reused) - min(reused) > 0.1  # the comparison is between varied values, not a constant
+
+
+def test_batches_equal_one_by_one_and_the_shared_cache_is_not_mutated(lm) -> None:
+    model, tokenizer = lm
+    records = sample_records()
+    batched = LocalAllAtOnceSimulator(model, tokenizer, batch_size=4)
+    single = LocalAllAtOnceSimulator(model, tokenizer, batch_size=1)
+    first = _flat(batched.simulate("words about cats", records))
+    assert torch.allclose(
+        torch.tensor(first), torch.tensor(_flat(single.simulate("words about cats", records))), atol=1e-4
+    )
+    one_at_a_time = [v for record in records for v in _flat(batched.simulate("words about cats", [record]))]
+    assert torch.allclose(torch.tensor(first), torch.tensor(one_at_a_time), atol=1e-4)
+    # Another neuron in between must leave the few-shot cache as it was.
+    other = _flat(batched.simulate("numbers in code", records))
+    assert other != first
+    assert torch.allclose(torch.tensor(first), torch.tensor(_flat(batched.simulate("words about cats", records))))
+
+
+def test_tokenizer_without_ten_gets_p10_from_the_position_after_one(split_lm) -> None:
+    model, tokenizer = split_lm
+    # No few-shot examples: a short prompt, so that attending to one position too many would show in the numbers.
+    simulator = LocalAllAtOnceSimulator(model, tokenizer, batch_size=3, few_shot=())
+    values = value_tokens(simulator.encode)
+    assert values.ten_split and values.ten is None and "10" not in tokenizer.get_vocab()
+    records = sample_records()[:3]
+    explanation = "days of the week"
+    result = simulator.simulate(explanation, records)
+    no_reuse = LocalAllAtOnceSimulator(model, tokenizer, few_shot=(), reuse_prefix=False).simulate(explanation, records)
+    assert torch.allclose(torch.tensor(_flat(result)), torch.tensor(_flat(no_reuse)), atol=1e-4)
+    # By hand, with plain forward passes: the distribution after the tab, and the one after an appended "1".
+    prefix = [*simulator.prefix_ids, *simulator.explanation_ids(explanation)]
+    one, zero = values.digits[1], values.digits[0]
+    for record, predicted in zip(records, result.predictions, strict=True):
+        encoded = simulator.encode_excerpt(record)
+        for slot, ev in zip(encoded.slots, predicted, strict=True):
+            ids = prefix + list(encoded.ids[: slot + 1])
+            with torch.no_grad():
+                after_tab = model(torch.tensor([ids])).logits[0, -1].softmax(-1)
+                after_one = model(torch.tensor([[*ids, one]])).logits[0, -1].softmax(-1)
+            p = [float(after_tab[values.digits[v]]) for v in range(10)]
+            q = float(after_one[zero])
+            by_hand = [p[0], p[1] * (1 - q), *p[2:], p[1] * q]
+            assert ev == pytest.approx(sum(v * w for v, w in enumerate(by_hand)) / sum(by_hand), abs=1e-4)
