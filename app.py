@@ -5,25 +5,19 @@ Run from the repository root: `.venv/bin/streamlit run app.py` (the database is 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 import streamlit as st
 
 from core import config, dashboard, llm, models, simulate
 
+st.set_page_config(page_title="Neuron explanation workbench", page_icon="🔬", layout="wide")
+st.title("Neuron explanation workbench")
+st.caption(
+    "Collect MLP neuron activations, explain neurons with LLMs under several prompt formats, score the "
+    "explanations by simulation, and compare them in blinded pairwise studies."
+)
 
-def home() -> None:
-    st.title("Neuron explanation workbench")
-    st.caption(
-        "Collect MLP neuron activations, explain neurons with LLMs under several prompt formats, score the "
-        "explanations by simulation, and compare them in blinded pairwise studies."
-    )
-    with dashboard.errors_shown(), dashboard.database() as db:
-        _home(db)
-
-
-def _home(db: Any) -> None:
+with dashboard.errors_shown(), dashboard.database() as db:
     src = dashboard.source(db)
     info = dashboard.summary(src)
     counts = info["counts"]
@@ -84,17 +78,3 @@ def _home(db: Any) -> None:
         ".venv/bin/python -m core rater add --name alice",
         language="bash",
     )
-
-
-st.set_page_config(page_title="Neuron explanation workbench", page_icon="🔬", layout="wide")
-# st.navigation rather than the pages/ folder alone, so that the home page is labelled "Home", not "app".
-navigation = st.navigation(
-    [
-        st.Page(home, title="Home", icon=":material/home:", default=True),
-        st.Page("pages/1_Neurons.py", title="Neurons", icon=":material/search:", url_path="Neurons"),
-        st.Page("pages/2_Explain.py", title="Explain", icon=":material/edit_note:", url_path="Explain"),
-        st.Page("pages/3_Rate.py", title="Rate", icon=":material/balance:", url_path="Rate"),
-        st.Page("pages/4_Results.py", title="Results", icon=":material/bar_chart:", url_path="Results"),
-    ]
-)
-navigation.run()
