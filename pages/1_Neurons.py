@@ -159,7 +159,7 @@ def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None
         for level, value in sorted(stats.quantiles.items())
     ]
     for column, (label, value, help_text) in zip(st.columns(len(figures)), figures, strict=True):
-        column.metric(label, "–" if value is None else f"{value:.4g}", help=help_text)
+        column.metric(label, "–" if value is None else f"{value:.3g}", help=help_text)
     scale = render.default_scale(record.top)
     top, random, distribution, explanations = st.tabs(
         ["Top excerpts", "Random excerpts", "Activations", "Explanations"]
