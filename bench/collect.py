@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.activations import CollectOptions, batched, stream_pass
-from core.corpus import load_corpus, special_token_layout, token_excerpts
-from core.models import ARCHITECTURES, SubjectModel, _dtype, load_subject_model
+from core.activations import CollectOptions, stream_pass
+from core.corpus import batched, load_corpus, special_token_layout, token_excerpts
+from core.models import ARCHITECTURES, SubjectModel, load_subject_model, torch_dtype
 
 
 def random_gpt2_xl(device: str, dtype: str) -> SubjectModel:
@@ -34,7 +34,7 @@ def random_gpt2_xl(device: str, dtype: str) -> SubjectModel:
 
     config = GPT2Config(n_layer=48, n_embd=1600, n_head=25, n_positions=1024, vocab_size=50257)
     with torch.device(device):
-        model = GPT2Model(config).to(_dtype(dtype, device)).eval()
+        model = GPT2Model(config).to(torch_dtype(dtype, device)).eval()
     return SubjectModel("gpt2-xl (random)", model, None, ARCHITECTURES["gpt2"], 48, 6400, 1024, None, device)
 
 

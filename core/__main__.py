@@ -61,6 +61,40 @@ def _subcommand(
     return parser
 
 
+def _split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _neurons_from_file(path: str) -> list:
+    """Neurons from a CSV with columns layer,neuron (or Layer,Neuron)."""
+    from pathlib import Path
+
+    from core.errors import InputError
+    from core.records import neurons_from_csv
+
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read neuron file {path}: {exc}") from None
+    return neurons_from_csv(text, path)
+
+
+def _neuron_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    which = parser.add_mutually_exclusive_group(required=required)
+    which.add_argument("--neurons", help="layer:index list, e.g. 3:17,3:42")
+    which.add_argument("--neuron-file", help="CSV with columns layer,neuron")
+
+
+def _neurons(args: argparse.Namespace) -> list | None:
+    from core.records import parse_neurons
+
+    if args.neurons:
+        return parse_neurons(args.neurons)
+    if args.neuron_file:
+        return _neurons_from_file(args.neuron_file)
+    return None
+
+
 # --- collection and neurons --------------------------------------------------------------------------------------
 
 
@@ -269,34 +303,10 @@ def cmd_prompt(args: argparse.Namespace) -> None:
     )
 
 
-def _neurons_from_file(path: str) -> list:
-    """Neurons from a CSV with columns layer,neuron (or Layer,Neuron)."""
-    from pathlib import Path
-
-    from core.errors import InputError
-    from core.records import neurons_from_csv
-
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read neuron file {path}: {exc}") from None
-    return neurons_from_csv(text, path)
-
-
-@command
-def _add_explain(commands: argparse._SubParsersAction) -> None:
+def _explainer_flags(parser: argparse.ArgumentParser) -> None:
+    """Formats, explainer, sampling, cutoff and API flags, shared by `explain` and `run`."""
     from core import llm, prompts
 
-    parser = _subcommand(
-        commands,
-        "explain",
-        cmd_explain,
-        "explain neurons under prompt formats with an LLM and store the explanations (reruns resume)",
-    )
-    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="subject model the neurons belong to")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--neurons", help="layer:index list, e.g. 3:17,3:42")
-    which.add_argument("--neuron-file", help="CSV with columns layer,neuron")
     parser.add_argument(
         "--formats", default=",".join(prompts.FORMATS), help="comma-separated prompt formats (default: all)"
     )
@@ -333,6 +343,38 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-attempts", type=int, default=None, help=f"attempts per API request ({llm.DEFAULT_MAX_ATTEMPTS})"
     )
+
+
+def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of explain.explain_neurons that `_explainer_flags` sets."""
+    from core import llm, prompts
+
+    return {
+        "sampling": llm.Sampling(args.temperature, args.top_p, args.max_tokens, seed=args.seed),
+        "samples": args.samples,
+        "cutoff": prompts.Cutoff.parse(args.cutoff_mode, args.cutoff),
+        "few_shot": args.few_shot,
+        "use_cache": not args.no_cache,
+        "backend_options": {
+            "concurrency": args.concurrency,
+            "timeout_s": args.timeout,
+            "max_attempts": args.max_attempts,
+            "device": args.device,
+        },
+    }
+
+
+@command
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        commands,
+        "explain",
+        cmd_explain,
+        "explain neurons under prompt formats with an LLM and store the explanations (reruns resume)",
+    )
+    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="subject model the neurons belong to")
+    _neuron_flags(parser, required=True)
+    _explainer_flags(parser)
     parser.add_argument("--device", default=None, help="hf explainers: cpu, cuda … (default: cuda when available)")
 
 
@@ -340,20 +382,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from core import db as dbmod
-    from core import explain, llm, prompts
+    from core import explain
     from core.models import resolve_model_name
-    from core.records import parse_neurons
 
-    neurons = parse_neurons(args.neurons) if args.neurons else _neurons_from_file(args.neuron_file)
-    formats = [name.strip() for name in args.formats.split(",") if name.strip()]
-    sampling = llm.Sampling(args.temperature, args.top_p, args.max_tokens, seed=args.seed)
-    cutoff = prompts.Cutoff.parse(args.cutoff_mode, args.cutoff)
-    options = {
-        "concurrency": args.concurrency,
-        "timeout_s": args.timeout,
-        "max_attempts": args.max_attempts,
-        "device": args.device,
-    }
     database = dbmod.connect(args.db)
     bars: list[tqdm] = []  # opened at the first progress call, so an early error prints no empty bar
 
@@ -366,16 +397,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         report = explain.explain_neurons(
             database,
             resolve_model_name(args.model),
-            neurons,
-            formats,
+            _neurons(args),
+            _split_list(args.formats),
             args.explainer,
-            sampling=sampling,
-            samples=args.samples,
-            cutoff=cutoff,
-            few_shot=args.few_shot,
-            use_cache=not args.no_cache,
             progress=progress,
-            backend_options=options,
+            **_explain_options(args),
         )
     finally:
         for bar in bars:
@@ -459,10 +485,6 @@ def _simulator_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _split_list(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
-
-
 @command
 def _add_simulate(commands: argparse._SubParsersAction) -> None:
     parser = _subcommand(
@@ -499,22 +521,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def _neuron_flags(parser: argparse.ArgumentParser, required: bool) -> None:
-    which = parser.add_mutually_exclusive_group(required=required)
-    which.add_argument("--neurons", help="layer:index list, e.g. 3:17,3:42")
-    which.add_argument("--neuron-file", help="CSV with columns layer,neuron")
-
-
-def _neurons(args: argparse.Namespace) -> list | None:
-    from core.records import parse_neurons
-
-    if args.neurons:
-        return parse_neurons(args.neurons)
-    if args.neuron_file:
-        return _neurons_from_file(args.neuron_file)
-    return None
 
 
 def _scoring_flags(parser: argparse.ArgumentParser) -> None:
@@ -578,7 +584,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 @command
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from core import llm, prompts
 
     parser = _subcommand(
         commands,
@@ -588,30 +593,20 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default=config.DEFAULT_MODEL, help="subject model: hub id, path or 'default'")
     _neuron_flags(parser, required=True)
-    parser.add_argument("--formats", default=",".join(prompts.FORMATS), help="comma-separated formats (default: all)")
-    parser.add_argument("--explainer", required=True, help="openai:MODEL or hf:PATH")
+    _explainer_flags(parser)
     _simulator_flags(parser)
     _scoring_flags(parser)
     parser.add_argument("--corpus", default=config.DEFAULT_CORPUS, help="corpus for collection, if needed")
     parser.add_argument(
         "--collect-tokens", type=int, default=config.DEFAULT_MAX_TOKENS, help="collection token budget (%(default)s)"
     )
-    parser.add_argument("--samples", type=int, default=1, help="explanations per neuron and format (%(default)s)")
-    defaults = llm.Sampling()
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="explainer sampling")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="explanation length limit")
-    parser.add_argument("--seed", type=int, default=None, help="explainer sampling seed")
-    parser.add_argument("--cutoff-mode", default=None, choices=prompts.CUTOFF_MODES, help="natural formats' cutoff")
-    parser.add_argument("--cutoff", default=None, help="quantile level, fraction of the max, or raw value")
-    parser.add_argument("--few-shot", default=None, help="explanation few-shot JSON file, or `none`")
-    parser.add_argument("--no-cache", action="store_true", help="ask the explainer again even for cached requests")
     parser.add_argument("--baseline", default="original", help="format the others are compared with (%(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from core import db as dbmod
-    from core import llm, pipeline, prompts
+    from core import pipeline
     from core.activations import CollectOptions
 
     report = pipeline.run_pipeline(
@@ -624,14 +619,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         method=args.method,
         corpus=args.corpus,
         collect_options=CollectOptions(max_tokens=args.collect_tokens, device=args.device),
-        explain_options={
-            "sampling": llm.Sampling(args.temperature, max_tokens=args.max_tokens, seed=args.seed),
-            "samples": args.samples,
-            "cutoff": prompts.Cutoff.parse(args.cutoff_mode, args.cutoff),
-            "few_shot": args.few_shot,
-            "use_cache": not args.no_cache,
-            "backend_options": {"device": args.device},
-        },
+        explain_options=_explain_options(args),
         split=args.split,
         calibrate=args.calibrate,
         reference=args.reference,

@@ -23,7 +23,7 @@ import logging
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import torch
 
 from core import config
 from core import db as dbmod
-from core.corpus import Corpus, load_corpus, special_token_layout, token_excerpts, token_strings
+from core.corpus import Corpus, batched, load_corpus, special_token_layout, token_excerpts, token_strings
 from core.errors import InputError, WorkbenchError
 from core.models import SubjectModel, load_subject_model
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
@@ -330,18 +330,6 @@ def stream_pass(
         random_members=list(random_reservoir.members),
         sample_rows=min(sample_reservoir.seen, options.quantile_sample),
     )
-
-
-def batched(items: Iterable[list[int]], size: int) -> Iterator[list[list[int]]]:
-    """Group excerpts into lists of `size` (the last one may be shorter)."""
-    batch: list[list[int]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _layer_records(

@@ -19,12 +19,13 @@ import tokenize
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core import config
 from core.errors import InputError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_CORPUS_VERSION = 1
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
@@ -202,7 +203,7 @@ def token_excerpts(
     started = False
     emitted = 0
     limit = max_tokens if max_tokens is not None else float("inf")
-    for documents in _batched(corpus.documents(), batch_documents):
+    for documents in batched(corpus.documents(), batch_documents):
         for ids in tokenizer(documents, add_special_tokens=False, verbose=False)["input_ids"]:
             if not ids:
                 continue
@@ -218,8 +219,9 @@ def token_excerpts(
                 del buffer[:excerpt_len]
 
 
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` consecutive items (the last one may be shorter); itertools.batched from Python 3.12."""
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:

@@ -111,7 +111,8 @@ class SubjectModel:
             )
 
 
-def _dtype(dtype: str | None, device: str) -> Any:
+def torch_dtype(dtype: str | None, device: str) -> Any:
+    """The torch dtype for a name; `auto` (or None) is bf16 on GPU and float32 on CPU."""
     import torch
 
     if dtype in (None, "auto"):
@@ -169,7 +170,7 @@ def load_subject_model(name: str | None = None, device: str | None = None, dtype
     local_only = local_files_only(location)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-        model = AutoModel.from_pretrained(location, dtype=_dtype(dtype, device), local_files_only=local_only)
+        model = AutoModel.from_pretrained(location, dtype=torch_dtype(dtype, device), local_files_only=local_only)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {location!r}: {str(exc).splitlines()[0]}") from exc
     model.to(device).eval()
