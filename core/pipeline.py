@@ -19,7 +19,7 @@ import pandas as pd
 from core import db as dbmod
 from core import scoring, similarity
 from core.errors import InputError, NotFoundError
-from core.records import ActivationRecord, NeuronId, NeuronRecord
+from core.records import MIN_RANDOM_RECORDS, MIN_TOP_RECORDS, SPLITS, ActivationRecord, NeuronId, NeuronRecord
 from core.simulate import SimulationResult, Simulator, check_alignment, get_simulator
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class SimulationOutcome:
-    """A simulation and its scores. `predictions` are the ones scored (after calibration when calibrated)."""
+    """A simulation and its scores. `predictions` are the ones R² and absdev measure (a·EV + b when calibrated);
+    the correlation is always that of the simulator's EVs (SPEC.md §3)."""
 
     result: SimulationResult
     scores: scoring.Scores | None
@@ -76,8 +77,9 @@ def simulate_and_score(
 ) -> SimulationOutcome:
     """Simulate `records` and score the predictions against their true activations (SPEC.md §4).
 
-    With `calibration_records`, `y ≈ a·EV + b` is fitted on them first (SPEC.md §3) and applied before scoring.
-    A failed or misaligned simulation gives a failed outcome with no scores: never zeros.
+    With `calibration_records`, `y ≈ a·EV + b` is fitted on them (SPEC.md §3) and applied to the predictions of
+    `records`: R² and absdev are of the calibrated values, the correlation stays that of the EVs (see
+    scoring.score_calibrated). A failed or misaligned simulation gives a failed outcome with no scores: never zeros.
     """
     records = list(records)
     if not records:
@@ -94,8 +96,10 @@ def simulate_and_score(
         if not fitted.ok:
             return _failed(result, f"calibration split: {fitted.error}")
         calibration = scoring.fit_calibration(calibration_records, fitted.predictions)
-        predictions = scoring.apply_calibration(predictions, *calibration)
-    return SimulationOutcome(result, scoring.score_records(records, predictions), predictions, calibration)
+        calibrated = scoring.apply_calibration(predictions, *calibration)
+        scores = scoring.score_calibrated(records, predictions, calibrated)
+        return SimulationOutcome(result, scores, calibrated, calibration)
+    return SimulationOutcome(result, scoring.score_records(records, predictions), predictions)
 
 
 def resolve_simulator(simulator: str | Simulator, method: str | None = None, **options: Any) -> Simulator:
@@ -139,6 +143,7 @@ class ScoreReport:
     similarities: int
     errors: tuple[str, ...] = ()
     explanation_ids: tuple[int, ...] = field(default=(), repr=False)
+    warnings: tuple[str, ...] = ()  # neurons scored on short splits (see short_split_warning)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "explanation_ids"}
@@ -168,6 +173,20 @@ def select_explanations(
     return sorted(rows, key=lambda r: (r["layer"], r["neuron"], r["id"]))
 
 
+def short_split_warning(record: NeuronRecord, split: str) -> str | None:
+    """A warning when a split of the neuron lacks records because fewer than SPEC.md §1's 20 top and 15 random were
+    collected (NeuronRecord.split skips them); None when the split is full."""
+    missing_top, missing_random = record.split_shortfall(split)
+    if not missing_top and not missing_random:
+        return None
+    held = len(record.split(split))
+    return (
+        f"neuron {record.neuron}: the {split} split holds {held} of {held + missing_top + missing_random} records "
+        f"({len(record.top)} top and {len(record.random)} random collected, SPEC.md §1 asks for at least "
+        f"{MIN_TOP_RECORDS} and {MIN_RANDOM_RECORDS}); its scores are not comparable with those of full splits"
+    )
+
+
 def progress_bar(total: int, description: str, enabled: bool) -> Any:
     """A tqdm bar counting explanations; disabled unless `enabled`."""
     from tqdm.auto import tqdm
@@ -195,12 +214,12 @@ def score_explanations(
     method, split and calibration; store scores, per-excerpt scores and predictions (failures too, with reasons).
 
     With `reference="openai"`, also store each explanation's similarity to the neuron's imported reference
-    explanation (source 'reference') under `embedder`, where there is one.
+    explanation (source 'reference') under `embedder`, where there is one. A neuron whose split is short (fewer
+    records collected than SPEC.md §1 asks) is scored on the records there are and named in `warnings`; an empty
+    split gives a failed score with the reason.
     """
     if reference not in REFERENCE_KINDS:
         raise InputError(f"reference {reference!r} is unknown; choose one of {', '.join(REFERENCE_KINDS)}")
-    from core.records import SPLITS
-
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     rows = select_explanations(db, model, neurons=neurons, formats=formats, explainers=explainers)
@@ -213,6 +232,7 @@ def score_explanations(
     todo = [row for row in rows if row["id"] not in done]
     counts = {"ok": 0, "failed": 0}
     errors: list[str] = []
+    warnings: list[str] = []
     records_cache: dict[NeuronId, NeuronRecord | str] = {}
     bar = progress_bar(len(todo), f"scoring with {sim.name}", progress is True)
     try:
@@ -232,6 +252,12 @@ def score_explanations(
             else:
                 records = record.split(split)
                 calibration = record.split("calibration") if calibrate else None
+                for name in (split, "calibration") if calibrate else (split,):
+                    # An empty split is a failure (below), not a warning.
+                    warning = short_split_warning(record, name) if record.split(name) else None
+                    if warning and warning not in warnings:
+                        log.warning(warning)
+                        warnings.append(warning)
                 if not records:
                     outcome, error = None, f"neuron {neuron} has no records in the {split} split"
                 else:
@@ -272,6 +298,7 @@ def score_explanations(
         similarities=n_similar,
         errors=tuple(errors[:20]),
         explanation_ids=tuple(row["id"] for row in rows),
+        warnings=tuple(warnings[:20]),
     )
 
 

@@ -4,6 +4,9 @@ Every format is one `PromptFormat` in the `FORMATS` registry; the CLI and the ap
 format is added there and nowhere else. Everything here is a pure function of its arguments, except
 `load_few_shot`, which reads a file.
 
+The original format keeps Bills et al.'s layout (`<start>`/`<end>` blocks, one `token<TAB>n` line per token), with
+tabs, newlines and other control characters inside a token escaped (`escape_token`) so each token stays on one line.
+
 Conventions shared by the natural formats (summary, highlight, highlight_summary, avhs):
 - Records are labelled A..Z, then AA, AB, … so any number of records can be shown.
 - A marked token is wrapped in square brackets; consecutive marked tokens share one pair, and leading or trailing
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -185,9 +189,33 @@ def escape_brackets(text: str) -> str:
     return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
+_LINE_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def escape_token(token: str) -> str:
+    """Token text safe for a `token<TAB>value` line: tab, newline, CR and other control characters escaped.
+
+    Used by the original format here and by the simulators' prompts, so both show a token the same way. Backslashes
+    are kept as they are: the escapes only need to keep the line layout intact, and doubling every backslash in code
+    excerpts would make them harder for a model to read.
+    """
+    out = []
+    for ch in token:
+        if ch in _LINE_ESCAPES:
+            out.append(_LINE_ESCAPES[ch])
+        elif unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029\x85":
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _token_lines(record: ActivationRecord, values: Sequence[int], omit_zeros: bool) -> str:
+    # SPEC.md §2: one line per token, so a tab or newline inside a token is escaped (Bills et al. wrote it raw).
     return "\n".join(
-        f"{token}\t{value}" for token, value in zip(record.tokens, values, strict=True) if value or not omit_zeros
+        f"{escape_token(token)}\t{value}"
+        for token, value in zip(record.tokens, values, strict=True)
+        if value or not omit_zeros
     )
 
 
@@ -332,7 +360,8 @@ _ORIGINAL_SYSTEM = (
     "Look at the parts of the document where the neuron activates and sum up in a single sentence what it is "
     "looking for. Do not list example words.\n\n"
     "Activations are shown one token per line as token<tab>activation, with values from 0 to 10. A non-zero value "
-    "means the neuron found what it looks for; the higher the value, the stronger the match."
+    "means the neuron found what it looks for; the higher the value, the stronger the match. A tab or a newline "
+    "inside a token is written as \\t or \\n."
 )
 _NATURAL_INTRO = (
     "We are working out the roles of neurons in a neural network. For each neuron, say in one sentence what its "
@@ -426,11 +455,12 @@ def few_shot_from_json(data: Any, where: str = "few_shot") -> tuple[FewShotExamp
             raise InputError(f"{here}.records: expected a non-empty list of records")
         records = records_from_json(item["records"], f"{here}.records")
         explanation = item.get("explanation")
-        if not isinstance(explanation, str) or not explanation.strip():
+        if isinstance(explanation, str):
+            explanation = explanation.strip()
+            # The prompt adds the final period itself.
+            explanation = explanation[:-1].rstrip() if explanation.endswith(".") else explanation
+        if not isinstance(explanation, str) or not any(ch.isalnum() for ch in explanation):
             raise InputError(f"{here}.explanation: expected a non-empty string")
-        explanation = explanation.strip()
-        # The prompt adds the final period itself.
-        explanation = explanation[:-1].rstrip() if explanation.endswith(".") else explanation
         cutoff = None
         if item.get("cutoff") is not None:
             cutoff = Cutoff.from_json(item["cutoff"], f"{here}.cutoff")

@@ -147,9 +147,17 @@ SPLITS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
+# SPEC.md §1 collects at least this many top and random records, so that every split is full.
+MIN_TOP_RECORDS = 1 + max(i for top, _ in SPLITS.values() for i in top)
+MIN_RANDOM_RECORDS = 1 + max(i for _, random in SPLITS.values() for i in random)
+
+
 @dataclass(frozen=True)
 class NeuronRecord:
-    """Everything collected for one neuron: top records (descending by max), random records, stats."""
+    """Everything collected for one neuron: top records (descending by max), random records, stats.
+
+    `top` is kept sorted by max activation, highest first (a stable sort), because the splits index into it.
+    """
 
     model: str
     neuron: NeuronId
@@ -157,14 +165,31 @@ class NeuronRecord:
     random: tuple[ActivationRecord, ...]
     stats: NeuronStats
 
+    def __post_init__(self) -> None:
+        top = tuple(sorted(self.top, key=lambda r: r.max_activation, reverse=True))
+        object.__setattr__(self, "top", top)
+        object.__setattr__(self, "random", tuple(self.random))
+
     def split(self, name: str) -> list[ActivationRecord]:
-        """The records of a split (SPEC.md §1); indices beyond what was collected are skipped."""
+        """The records of a split (SPEC.md §1): its top records in table order, then its random records.
+
+        With fewer than MIN_TOP_RECORDS (20) top or MIN_RANDOM_RECORDS (15) random records collected, a split
+        holds only those of its indices that exist, so it can be short or empty (with 10 top records, valid holds
+        top 2 and 6); `split_shortfall` says what is missing. Callers decide whether a short split may be used.
+        """
         if name not in SPLITS:
             raise InputError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
         top_idx, random_idx = SPLITS[name]
         return [self.top[i] for i in top_idx if i < len(self.top)] + [
             self.random[i] for i in random_idx if i < len(self.random)
         ]
+
+    def split_shortfall(self, name: str) -> tuple[int, int]:
+        """How many top and random records of a split are missing because fewer were collected; (0, 0) if full."""
+        if name not in SPLITS:
+            raise InputError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        top_idx, random_idx = SPLITS[name]
+        return sum(i >= len(self.top) for i in top_idx), sum(i >= len(self.random) for i in random_idx)
 
     def to_json(self) -> dict[str, Any]:
         return {

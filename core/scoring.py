@@ -168,6 +168,24 @@ def apply_calibration(predictions: Sequence[Sequence[float]], a: float, b: float
     return [[a * float(value) + b for value in record] for record in predictions]
 
 
+def score_calibrated(
+    true_records: Sequence[ActivationRecord],
+    predictions: Sequence[Sequence[float]],
+    calibrated: Sequence[Sequence[float]],
+) -> Scores:
+    """Scores of calibrated predictions: R² and absdev of `calibrated`, the correlation of the raw `predictions`.
+
+    SPEC.md §3: calibration changes R² but not correlation. A slope fitted on another split can be zero or negative,
+    which would erase or flip the correlation, so it is taken before calibration, pooled and per excerpt alike.
+    """
+    raw = score_records(true_records, predictions)
+    fitted = score_records(true_records, calibrated)
+    per_excerpt = tuple(
+        {**item, "score": plain["score"]} for plain, item in zip(raw.per_excerpt, fitted.per_excerpt, strict=True)
+    )
+    return Scores(score=raw.score, rsquared=fitted.rsquared, absdev=fitted.absdev, per_excerpt=per_excerpt)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Statistics for per-format tables
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,6 +318,16 @@ def _score_rows(rows: pd.DataFrame | Sequence[Mapping[str, Any]], simulator: str
     # Unscored explanations (no simulator) still count for similarity and token cost.
     keep = rows["simulator"].isna() | (rows["simulator"].astype(str) == str(chosen))
     rows = rows[keep].copy()
+    # One simulator name is not enough: its methods, splits and calibration each give other scores.
+    scored = rows[rows["simulator"].notna()]
+    for column in ("method", "split", "calibrated"):
+        if column in scored.columns:
+            values = sorted({str(v) for v in scored[column].dropna().unique()})
+            if len(values) > 1:
+                raise InputError(
+                    f"the scores of simulator {chosen!r} mix {column} values ({', '.join(values)}), which cannot "
+                    f"share one mean: pass the rows of one {column}"
+                )
     for column in ("score", "similarity", "input_tokens"):
         rows[column] = pd.to_numeric(rows[column], errors="coerce")
     rows["_neuron_key"] = (

@@ -14,8 +14,8 @@ Methods (the `SIMULATORS` registry below; `get_simulator` builds them):
   itself; we read `top_logprobs` at each number, or just parse the numbers.
 
 This module holds what they share: the result type and interface, expected values and the prompt. Token text in
-prompts is escaped (`escape_token`) so that a tab or newline inside a token cannot break the one-line-per-token
-layout.
+prompts is escaped (`escape_token`, shared with the explainer's original format in core/prompts.py) so that a tab or
+newline inside a token cannot break the one-line-per-token layout.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from core.errors import InputError
-from core.prompts import EXPLANATION_PREFIX
+from core.prompts import EXPLANATION_PREFIX, escape_token
 from core.records import ActivationRecord, normalize
 
 log = logging.getLogger(__name__)
@@ -155,25 +154,6 @@ def expected_value(probs: Sequence[float]) -> float | None:
 # The prompt: few-shot examples and pieces (pure functions)
 # ---------------------------------------------------------------------------------------------------------------
 
-_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def escape_token(token: str) -> str:
-    """Token text safe for a `token<TAB>value` line: tab, newline, CR and other control characters escaped.
-
-    Backslashes are kept as they are: the escapes only need to keep the line layout intact, and doubling every
-    backslash in code excerpts would make them harder for the simulator to read.
-    """
-    out = []
-    for ch in token:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029\x85":
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
 
 @dataclass(frozen=True)
 class SimulationExample:
@@ -236,11 +216,12 @@ def load_few_shot(source: str | Path | Sequence[SimulationExample] | None = None
 
 
 def explanation_text(explanation: str) -> str:
-    """The explanation on one line without its final period; InputError when it is empty."""
-    text = " ".join(explanation.split())
+    """The explanation on one line (tabs and newlines become spaces) without its final periods; InputError when
+    nothing is left."""
+    text = " ".join(str(explanation or "").split()).rstrip(".").rstrip()
     if not text:
-        raise InputError("the explanation is empty: give the text of an explanation to simulate")
-    return text.rstrip(".").rstrip()
+        raise InputError(f"the explanation {explanation!r} is empty: give the text of an explanation to simulate")
+    return text
 
 
 def neuron_header(number: int, explanation: str) -> str:

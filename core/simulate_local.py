@@ -99,6 +99,36 @@ def value_tokens(encode: Callable[[str], Sequence[int]]) -> ValueTokens:
     raise ModelError(f"the simulator's tokenizer writes 10 as {ten}, neither one token nor the tokens of 1 and 0")
 
 
+def attention_windows(config: Any) -> dict[str, int | None]:
+    """Layer type → sliding window (None: full causal attention) of a model config, for custom attention masks.
+
+    `layer_types` (Gemma 2/3, Qwen2, …) names each layer's kind; without it a `sliding_window` applies to every
+    layer (Mistral). ModelError for kinds a causal mask cannot describe (chunked, linear attention), and for
+    attention implementations that take no custom mask (flash attention).
+    """
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in (None, "eager", "sdpa"):
+        raise ModelError(
+            f"the model runs {implementation} attention, and its tokenizer writes 10 as two tokens, which needs a "
+            "custom attention mask; load the model with attn_implementation='sdpa' (or 'eager')"
+        )
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"]
+    windows: dict[str, int | None] = {}
+    for layer_type in dict.fromkeys(layer_types):
+        if layer_type == "full_attention":
+            windows[layer_type] = None
+        elif layer_type == "sliding_attention" and window:
+            windows[layer_type] = int(window)
+        else:
+            raise ModelError(
+                f"the model has {layer_type!r} layers, and its tokenizer writes 10 as two tokens, which needs a "
+                "custom attention mask this simulator can only build for full and sliding-window attention; "
+                "use another simulator model"
+            )
+    return windows
+
+
 @dataclass(frozen=True)
 class EncodedExcerpt:
     """The token ids of one target excerpt and, for each record token, the index whose next token is its value."""
@@ -115,7 +145,9 @@ class LocalAllAtOnceSimulator:
     + few-shot neurons is computed once per simulator and the explanation is appended once per neuron; every batch
     of excerpts runs on a copy of it. A tokenizer that writes "10" as "1","0" gets, per slot, one extra position
     holding "1" placed right after the slot (its own position id, attending only to the prompt up to the slot), so
-    P("0" | "1") comes out of the same forward pass; see `value_probabilities`.
+    P("0" | "1") comes out of the same forward pass; see `value_probabilities`. That custom attention mask keeps the
+    model's sliding windows (`attention_windows`). Value logits are read in float32 whatever the model's dtype, and
+    a prompt longer than the model's positions is a failed simulation with the reason, never an indexing error.
     """
 
     method = "all_at_once"
@@ -151,6 +183,9 @@ class LocalAllAtOnceSimulator:
         self.pad_id = int(pad if pad is not None else 0)
         parameters = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in parameters else "past_key_values"
+        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.max_positions: int | None = getattr(text_config, "max_position_embeddings", None)
+        self._mask_windows = attention_windows(text_config) if self.values.ten_split else {}
         self._keep_logits = "logits_to_keep" in parameters
         self._prefix_cache: Any = None
         self._neuron_cache: tuple[str, Any] | None = None
@@ -189,6 +224,7 @@ class LocalAllAtOnceSimulator:
         """Expected values per token of every record (the work behind `simulate`)."""
         encoded = [self.encode_excerpt(r) for r in records]
         explanation_ids = self.explanation_ids(explanation)
+        self._check_context(len(explanation_ids), encoded)
         results: list[list[float]] = [[] for _ in records]
         order = sorted(range(len(records)), key=lambda i: len(encoded[i].ids))  # similar lengths share a batch
         with self.torch.inference_mode():
@@ -210,6 +246,23 @@ class LocalAllAtOnceSimulator:
                 for i, values in zip(batch, evs, strict=True):
                     results[i] = values
         return results
+
+    def _check_context(self, explanation_len: int, encoded: Sequence[EncodedExcerpt]) -> None:
+        """SimulationFailure when a prompt needs more positions than the model has: past them, learned position
+        embeddings index out of range (on CUDA a device-side assert that breaks every later call)."""
+        if self.max_positions is None or not encoded:
+            return
+        prefix_len = len(self.prefix_ids) + explanation_len
+        # The extra "1" of a split "10" sits one position after the last slot, i.e. at the excerpt's length.
+        longest = max(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        needed = prefix_len + len(encoded[longest].ids) + (1 if self.values.ten_split else 0)
+        if needed > self.max_positions:
+            raise SimulationFailure(
+                f"record {longest}: the simulation prompt needs {needed} positions (few-shot prefix and explanation "
+                f"{prefix_len}, excerpt {len(encoded[longest].ids)} tokens), more than the {self.max_positions} of "
+                f"{self.name}; use shorter excerpts, fewer few-shot examples (few_shot='none'), or a model with a "
+                "longer context"
+            )
 
     def _run(self, input_ids: Any, cache: Any, **kwargs: Any) -> Any:
         if cache is not None:
@@ -304,7 +357,22 @@ class LocalAllAtOnceSimulator:
                 allowed[b, query, query] = True
                 positions[b, query] = past_len + slot + 1
         allowed = torch.cat([torch.ones(batch, width, past_len, dtype=torch.bool), allowed], dim=-1)
+        # A custom mask replaces the model's own, so sliding-window layers need the window applied here, by
+        # position: a query sees keys whose position is within `window` of its own, as transformers does.
+        distance = None
+        if any(window is not None for window in self._mask_windows.values()):
+            key_positions = torch.cat([torch.arange(past_len).repeat(batch, 1), positions], dim=-1)
+            distance = positions[:, :, None] - key_positions[:, None, :]
+        masks = {}
+        for layer_type, window in self._mask_windows.items():
+            visible = allowed if distance is None or window is None else allowed & (distance < window)
+            masks[layer_type] = self._additive_mask(visible).to(self.device)
+        # One tensor serves every layer when all layers share a pattern; otherwise the per-layer-type mapping that
+        # models with mixed layers (Gemma 2/3, Qwen2 with a window) accept instead of a tensor.
+        attention_mask = next(iter(masks.values())) if len(masks) == 1 else masks
+        return {"attention_mask": attention_mask, "position_ids": positions.to(self.device)}
+
+    def _additive_mask(self, visible: Any) -> Any:
         dtype = self.model.dtype
-        mask = torch.zeros(batch, 1, width, past_len + width, dtype=dtype)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        return {"attention_mask": mask.to(self.device), "position_ids": positions.to(self.device)}
+        mask = self.torch.zeros(visible.shape[0], 1, *visible.shape[1:], dtype=dtype)
+        return mask.masked_fill_(~visible[:, None], self.torch.finfo(dtype).min)

@@ -17,6 +17,7 @@ from core import pipeline
 from core.__main__ import main
 from core.errors import InputError
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core.scoring import Scores
 from core.simulate import SimulationResult
 
 MODEL = "tiny-subject"
@@ -167,6 +168,83 @@ def test_calibration_changes_rsquared_but_not_correlation(db, stored) -> None:
     assert plain["rsquared"] < 0.5 and calibrated["rsquared"] == pytest.approx(1.0)
 
 
+class SplitAware(Oracle):
+    """The truth times `calibration_factor` on the calibration records given, the truth itself elsewhere."""
+
+    name = "test:split-aware"
+
+    def __init__(self, calibration_records: Sequence[ActivationRecord], calibration_factor: float) -> None:
+        self.calibration_tokens = {r.tokens for r in calibration_records}
+        self.factor = calibration_factor
+
+    def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+        predictions = tuple(
+            tuple((self.factor if r.tokens in self.calibration_tokens else 1.0) * a for a in r.activations)
+            for r in records
+        )
+        return SimulationResult(self.name, self.method, predictions)
+
+
+def test_calibration_is_fitted_on_the_calibration_split_and_applied_to_the_valid_one(db, stored) -> None:
+    neuron = dbmod.get_neuron(db, MODEL, NeuronId(0, 1))
+    # Predicting 2·y on the calibration split fits y ≈ 0.5·EV there; on valid (EV = y) that gives R² = 1 − 0.25.
+    simulator = SplitAware(neuron.split("calibration"), 2.0)
+    report = pipeline.score_explanations(
+        db, MODEL, simulator, neurons=[NeuronId(0, 1)], formats=["original"], calibrate=True, reference="none"
+    )
+    assert (report.ok, report.warnings) == (2, ())  # the generated and the reference explanation
+    row = next(
+        r
+        for r in dbmod.score_rows(db, MODEL, simulator.name, calibrated=True, include_unscored=False)
+        if r["explanation_id"] == stored[(1, "original")]
+    )
+    assert row["score"] == pytest.approx(1.0) and row["rsquared"] == pytest.approx(0.75)
+    outcome = pipeline.simulate_and_score(simulator, "x", neuron.split("valid"), neuron.split("calibration"))
+    assert outcome.calibration == (pytest.approx(0.5), pytest.approx(0.0, abs=1e-9))
+    flat = [v for p in outcome.predictions for v in p]
+    assert flat == pytest.approx([0.5 * a for r in neuron.split("valid") for a in r.activations])
+
+
+def test_a_negative_calibration_slope_changes_rsquared_but_not_the_correlation(db, stored) -> None:
+    neuron = dbmod.get_neuron(db, MODEL, NeuronId(0, 1))
+    simulator = SplitAware(neuron.split("calibration"), -1.0)
+    valid = neuron.split("valid")
+    plain = pipeline.simulate_and_score(simulator, "x", valid)
+    calibrated = pipeline.simulate_and_score(simulator, "x", valid, neuron.split("calibration"))
+    assert calibrated.calibration[0] == pytest.approx(-1.0)
+    assert calibrated.scores.score == pytest.approx(plain.scores.score) == pytest.approx(1.0)
+    assert calibrated.scores.rsquared == pytest.approx(-3.0)  # ŷ = −y: 1 − mean((2y)²)/mean(y²)
+    assert [e["score"] for e in calibrated.scores.per_excerpt] == [e["score"] for e in plain.scores.per_excerpt]
+
+
+def test_short_splits_are_scored_with_a_warning_and_empty_ones_fail(db) -> None:
+    full = _neuron(0, 5, seed=5)
+    short = NeuronRecord(MODEL, NeuronId(0, 6), full.top[:10], full.random[:5], full.stats)
+    empty = NeuronRecord(MODEL, NeuronId(0, 7), full.top[:2], (), full.stats)
+    dbmod.write_neurons(db, MODEL, [short, empty], source="test")
+    for index in (6, 7):
+        dbmod.insert_explanation(
+            db, model=MODEL, layer=0, neuron=index, format="summary", explainer="openai:writer", explanation="cats"
+        )
+    report = pipeline.score_explanations(db, MODEL, Oracle(), reference="none")
+    assert (report.ok, report.failed) == (1, 1)
+    assert report.errors == ("neuron 0:7 has no records in the valid split",)
+    assert report.warnings[0].startswith("neuron 0:6: the valid split holds 4 of 10 records (10 top and 5 random")
+    assert "at least 20 and 15" in report.warnings[0] and list(report.to_json()["warnings"]) == [report.warnings[0]]
+    calibrated = pipeline.score_explanations(db, MODEL, Oracle(), neurons=[NeuronId(0, 6)], calibrate=True)
+    assert any("the calibration split holds 5 of 10" in w for w in calibrated.warnings)
+
+
+def test_scores_for_explanations_never_mix_methods_of_one_simulator(db, stored) -> None:
+    ids = [stored[(1, "original")], stored[(1, "summary")], stored[(2, "original")]]
+    for explanation_id, method, score in [(ids[0], "chat_parse", 0.1), (ids[1], "chat_parse", 0.2)]:
+        dbmod.save_score(db, explanation_id, "openai:m", method, "valid", False, Scores(score, 0, 0, ()), None, "ok")
+    dbmod.save_score(db, ids[2], "openai:m", "chat_logprobs", "valid", False, Scores(0.9, 0, 0, ()), None, "ok")
+    assert dbmod.scores_for_explanations(db, ids) == ("openai:m", {ids[0]: 0.1, ids[1]: 0.2})
+    assert dbmod.scores_for_explanations(db, ids, "openai:m", "chat_logprobs") == ("openai:m", {ids[2]: 0.9})
+    assert dbmod.scores_for_explanations(db, ids, "openai:other") == ("openai:other", {})
+
+
 def _score_row_for(db, explanation_id: int, calibrated: bool) -> dict:
     rows = dbmod.score_rows(db, MODEL, "test:affine", calibrated=calibrated, include_unscored=False)
     return next(r for r in rows if r["explanation_id"] == explanation_id)
@@ -182,8 +260,6 @@ def test_similarity_to_the_reference_explanation(db, stored, openai_env) -> None
 
 
 def test_save_score_turns_nan_into_null(db, stored) -> None:
-    from core.scoring import Scores
-
     scores = Scores(score=math.nan, rsquared=0.5, absdev=math.inf, per_excerpt=({"index": 0, "score": math.nan},))
     explanation_id = stored[(2, "summary")]
     dbmod.save_score(db, explanation_id, "s", "m", "valid", False, scores, [[1.0, math.nan]], "ok", None, 0.1)

@@ -101,7 +101,7 @@ def test_original_target_message_character_for_character() -> None:
         "\n<start>\n"
         "The\t0\n list\t0\n [\t0\n1\t0\n]\t0\n names\t0\n New\t8\n York\t10\n twice\t0\n.\t0\n Then\t0"
         "\n<end>\n<start>\n"
-        "\n\t0\nA\t0\n,\t6\n back\\slash\t0\n and\t0\n more\t0\n text\t0\n here\t0\n for\t0\n the\t0\n test\t0"
+        "\\n\t0\nA\t0\n,\t6\n back\\slash\t0\n and\t0\n more\t0\n text\t0\n here\t0\n for\t0\n the\t0\n test\t0"
         "\n<end>\n"
         "\nSame activations, but with all zeros filtered out:"
         "\n<start>\n New\t8\n York\t10\n<end>\n<start>\n,\t6\n<end>\n"
@@ -112,6 +112,18 @@ def test_original_target_message_character_for_character() -> None:
     few_shot_user = golden_messages("original")[1]["content"]
     assert "Same activations" not in few_shot_user
     assert "\n<start>\nRain\t1\n fell\t6\n all\t0\n night\t3\n<end>\n<start>\n The\t0\n storm\t10\n" in few_shot_user
+
+
+def test_original_writes_one_line_per_token_even_for_tabs_and_newlines() -> None:
+    # SPEC.md §2: `token<TAB>n`, one line per token; a raw "\n" or "\t" token would split or shift its line.
+    tokens = ("\n", "a\tb", "\r\n", " x\x00", "日本", "\\n")
+    record = ActivationRecord(tokens, (1.0, 2.0, 0.0, 0.0, 4.0, 0.0))
+    content = build_messages("original", [record], few_shot=())[-1]["content"]
+    block = content.split("\n<start>\n", 1)[1].split("\n<end>\n", 1)[0]
+    lines = block.split("\n")
+    assert lines == ["\\n\t2", "a\\tb\t5", "\\r\\n\t0", " x\\x00\t0", "日本\t10", "\\n\t0"]
+    assert all(line.count("\t") == 1 for line in lines)
+    assert "written as \\t or \\n" in FORMATS["original"].system_message
 
 
 def test_original_repeats_only_under_twenty_percent_non_zero() -> None:
@@ -284,6 +296,10 @@ def test_load_few_shot_from_a_user_file(tmp_path: Path) -> None:
             r"few_shot\[0\]\.records\[1\]: 3 tokens but 2 activations",
         ),
         ('[{"records": [{"tokens": ["a"], "activations": [1]}]}]', r"few_shot\[0\]\.explanation: expected a non-empty"),
+        (
+            '[{"records": [{"tokens": ["a"], "activations": [1]}], "explanation": " . "}]',
+            r"few_shot\[0\]\.explanation: expected a non-empty",
+        ),
         (
             '[{"records": [{"tokens": ["a"], "activations": [1]}], "explanation": "x",'
             ' "cutoff": {"mode": "quantile"}}]',

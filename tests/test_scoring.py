@@ -135,6 +135,20 @@ def test_calibration_of_constant_predictions_is_the_mean():
     assert scoring.fit_calibration([record(1, 3), record(5, 7)], [[2, 2], [2, 2]]) == (0.0, pytest.approx(4.0))
 
 
+@pytest.mark.parametrize(("a", "b"), [(0.5, 1.0), (-2.0, 3.0), (0.0, 1.5)])
+def test_calibrated_scores_keep_the_correlation_of_the_evs(a: float, b: float):
+    # A slope fitted on the calibration split may be ≤ 0 on the valid one: the correlation must not flip or vanish.
+    records = [record(0, 4, 1, 0), record(2, 0, 0, 6)]
+    evs = [[0.5, 3.0, 2.0, 0.0], [1.0, 0.5, 0.0, 5.0]]
+    calibrated = scoring.apply_calibration(evs, a, b)
+    plain, fitted = scoring.score_records(records, evs), scoring.score_records(records, calibrated)
+    scores = scoring.score_calibrated(records, evs, calibrated)
+    assert scores.score == pytest.approx(plain.score) and plain.score > 0.8
+    assert (scores.rsquared, scores.absdev) == (fitted.rsquared, fitted.absdev)
+    assert [item["score"] for item in scores.per_excerpt] == [item["score"] for item in plain.per_excerpt]
+    assert [item["rsquared"] for item in scores.per_excerpt] == [item["rsquared"] for item in fitted.per_excerpt]
+
+
 # --- statistics --------------------------------------------------------------------------------------------------
 
 
@@ -270,6 +284,21 @@ def test_format_summary_refuses_to_mix_simulators():
         scoring.format_summary(mixed, simulator="nope")
     with pytest.raises(InputError, match="score"):
         scoring.format_summary(rows.drop(columns=["score"]))
+
+
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [("method", ("chat_logprobs", "chat_parse")), ("split", ("valid", "test")), ("calibrated", (False, True))],
+)
+def test_format_summary_refuses_to_mix_methods_splits_or_calibration(column: str, values: tuple) -> None:
+    rows = _rows()
+    rows[column] = [values[i % 2] for i in range(len(rows))]
+    with pytest.raises(InputError, match=rf"simulator 'hf:sim' mix {column} values .*pass the rows of one {column}"):
+        scoring.format_summary(rows)
+    with pytest.raises(InputError, match=f"mix {column} values"):
+        scoring.paired_format_differences(rows)
+    one = rows.assign(**{column: values[0]})
+    assert scoring.format_summary(one, n_resamples=500).equals(scoring.format_summary(_rows(), n_resamples=500))
 
 
 def test_paired_format_differences_against_the_baseline():

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from core.errors import LLMError
+from core.errors import InputError, LLMError
 from core.llm import RetryPolicy
 from core.records import ActivationRecord
 from core.simulate import UNKNOWN, VALUE_STRINGS, completion_prompt, escape_token, get_simulator, load_few_shot
@@ -247,6 +247,19 @@ def test_garbled_chat_answers_fail_with_a_reason_never_zeros(fake_openai, answer
     assert reason in result.error and "record 0" in result.error
     with pytest.raises(Exception, match=reason):
         parse_chat_answer(answer, ["The", " cat"])
+
+
+def test_empty_explanations_are_refused_before_any_request(fake_openai) -> None:
+    simulator = get_simulator("openai:chat-model", method="chat_parse", base_url=fake_openai.base_url)
+    for text in ("", " \t\n", "...", " . "):
+        with pytest.raises(InputError, match="is empty"):
+            simulator.simulate(text, sample_records()[1:2])
+    assert fake_openai.requests == []
+    # Tabs and newlines in an explanation become spaces, so they cannot break the prompt's line layout.
+    fake_openai.chat_handler = lambda request: "The\t3\n cat\t5"
+    result = simulator.simulate("cats\tand\ndogs.", [ActivationRecord(("The", " cat"), (0.0, 1.0))])
+    assert result.ok, result.error
+    assert "find cats and dogs.\n" in fake_openai.requests[-1]["messages"][-1]["content"]
 
 
 def test_parse_accepts_markers_fences_and_spaces_instead_of_a_tab() -> None:

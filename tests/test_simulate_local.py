@@ -3,10 +3,13 @@ split across tokens, against tiny random models."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from core.records import ActivationRecord
 from core.simulate import SimulationResult, Simulator, escape_token
 from core.simulate_local import LocalAllAtOnceSimulator, value_tokens
 from tests.conftest import build_tiny_tokenizer
@@ -143,3 +146,118 @@ def test_tokenizer_without_ten_gets_p10_from_the_position_after_one(split_lm) ->
             q = float(after_one[zero])
             by_hand = [p[0], p[1] * (1 - q), *p[2:], p[1] * q]
             assert ev == pytest.approx(sum(v * w for v, w in enumerate(by_hand)) / sum(by_hand), abs=1e-4)
+
+
+def _by_hand_evs(model, simulator: LocalAllAtOnceSimulator, explanation: str, records) -> list[float]:
+    """EVs from plain forward passes, one per slot (and one more with "1" appended for a split "10")."""
+    values = value_tokens(simulator.encode)
+    prefix = [*simulator.prefix_ids, *simulator.explanation_ids(explanation)]
+    evs = []
+    for record in records:
+        encoded = simulator.encode_excerpt(record)
+        for slot in encoded.slots:
+            ids = prefix + list(encoded.ids[: slot + 1])
+            with torch.no_grad():
+                after_tab = model(torch.tensor([ids])).logits[0, -1].float().softmax(-1)
+                p = [float(after_tab[values.digits[v]]) for v in range(10)]
+                if values.ten_split:
+                    after_one = model(torch.tensor([[*ids, values.digits[1]]])).logits[0, -1].float().softmax(-1)
+                    q = float(after_one[values.digits[0]])
+                    p = [p[0], p[1] * (1 - q), *p[2:], p[1] * q]
+                else:
+                    p.append(float(after_tab[values.ten]))
+            evs.append(sum(v * w for v, w in enumerate(p)) / sum(p))
+    return evs
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_split_ten_mask_keeps_the_models_sliding_window(split_lm, family: str) -> None:
+    # The prompt (~400 tokens) is far longer than the window (12), so attending past the window would show.
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    _, tokenizer = split_lm
+    shape = {
+        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "sliding_window": 12, "initializer_range": 0.5,
+    }  # fmt: skip
+    if family == "mistral":  # every layer slides
+        config, model_class = MistralConfig(**shape), MistralForCausalLM
+    else:  # one full layer, one sliding layer: the mask goes in as a mapping per layer type
+        config, model_class = Qwen2Config(**shape, use_sliding_window=True, max_window_layers=1), Qwen2ForCausalLM
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = model_class(config).eval()
+    simulator = LocalAllAtOnceSimulator(model, tokenizer, batch_size=2, few_shot=())
+    assert simulator.values.ten_split
+    records = sample_records()[1:3]
+    predicted = _flat(simulator.simulate("days of the week", records))
+    expected = _by_hand_evs(model, simulator, "days of the week", records)
+    assert torch.allclose(torch.tensor(predicted), torch.tensor(expected), atol=1e-4)
+
+
+def test_attention_windows_refuse_what_a_causal_mask_cannot_describe() -> None:
+    from transformers import LlamaConfig
+
+    from core.errors import ModelError
+    from core.simulate_local import attention_windows
+
+    assert attention_windows(LlamaConfig()) == {"full_attention": None}
+    flash = LlamaConfig()
+    flash._attn_implementation = "flash_attention_2"
+    with pytest.raises(ModelError, match="attn_implementation='sdpa'"):
+        attention_windows(flash)
+    chunked = LlamaConfig()
+    chunked.layer_types = ["full_attention", "chunked_attention"]
+    with pytest.raises(ModelError, match="'chunked_attention' layers"):
+        attention_windows(chunked)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_prompt_longer_than_the_models_positions_is_a_failure_with_the_reason(lm, split_lm, split: bool) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tokenizer = split_lm if split else lm
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=600, n_embd=16, n_layer=1, n_head=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config).eval()
+    simulator = LocalAllAtOnceSimulator(model, tokenizer, few_shot=())
+    short = ActivationRecord((" the", " cat"), (0.0, 1.0))
+    assert simulator.simulate("cats", [short]).ok
+    long = ActivationRecord(tuple(f" w{i}" for i in range(200)), (0.0,) * 200)
+    result = simulator.simulate("cats", [short, long])
+    assert not result.ok and result.predictions is None
+    assert "record 1" in result.error and "more than the 600" in result.error and "shorter excerpts" in result.error
+    # Exactly at the limit still runs: the check counts the positions the forward pass really uses.
+    encoded = simulator.encode_excerpt(short)
+    needed = len(simulator.prefix_ids) + len(simulator.explanation_ids("cats")) + len(encoded.ids) + int(split)
+    exact = LocalAllAtOnceSimulator(
+        GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=needed, n_embd=16, n_layer=1, n_head=2)),
+        tokenizer,
+        few_shot=(),
+    )
+    assert exact.simulate("cats", [short]).ok
+
+
+def test_a_bfloat16_model_gives_float32_evs_of_its_own_logits(split_lm) -> None:
+    _, tokenizer = split_lm
+    half = _model(len(tokenizer), seed=1).to(torch.bfloat16)
+    simulator = LocalAllAtOnceSimulator(half, tokenizer, batch_size=2, few_shot=())
+    records = sample_records()[1:3]
+    predicted = _flat(simulator.simulate("days of the week", records))
+    assert all(math.isfinite(v) and 0 <= v <= 10 for v in predicted)
+    expected = _by_hand_evs(half, simulator, "days of the week", records)
+    # bf16 batched and cached arithmetic rounds differently from single passes, hence the loose tolerance.
+    assert max(abs(a - b) for a, b in zip(predicted, expected, strict=True)) < 0.3
+
+
+def test_empty_explanations_are_refused(lm) -> None:
+    from core.errors import InputError
+
+    model, tokenizer = lm
+    simulator = LocalAllAtOnceSimulator(model, tokenizer, few_shot=())
+    for text in ("", "  \t\n", "...", " . "):
+        with pytest.raises(InputError, match=r"explanation .* is empty"):
+            simulator.simulate(text, sample_records()[1:2])
+    # Tabs and newlines inside an explanation become spaces: they cannot break the prompt's lines.
+    assert simulator.explanation_ids("cats\tand\ndogs.") == simulator.explanation_ids("cats and dogs")

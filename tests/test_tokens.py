@@ -124,3 +124,17 @@ def test_bench_reports_every_format(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_bench_on_an_empty_db_says_how_to_fill_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert load_bench().main(["--db", str(tmp_path / "empty.db")]) == 1
     assert "run `make data`" in capsys.readouterr().err
+
+
+def test_bench_paper_ratios_come_from_the_papers_published_token_counts(reference_dir: Path) -> None:
+    # SPEC.md §5: Original ÷ format of the mean prompt + completion tokens per neuron over the 5 test neurons.
+    import pandas as pd
+
+    table = pd.read_csv(reference_dir / "lee2023" / "test_results" / "test_neurons_tokens.csv")
+    columns = {"original": "Original", "summary": "Summary", "highlight": "Highlight"}
+    columns |= {"highlight_summary": "HighlightSummary", "avhs": "AVHS"}
+    assert len(table) == 5 and table["Original"].mean() == pytest.approx(2377, abs=1)
+    ratios = load_bench().PAPER_RATIOS
+    assert set(ratios) == set(prompts.FORMATS)
+    for name, column in columns.items():
+        assert ratios[name] == pytest.approx(table["Original"].mean() / table[column].mean(), abs=0.005)

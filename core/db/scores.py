@@ -230,30 +230,34 @@ def score_rows(
 
 
 def scores_for_explanations(
-    db: sqlite_utils.Database, explanation_ids: Iterable[int], simulator: str | None = None
+    db: sqlite_utils.Database,
+    explanation_ids: Iterable[int],
+    simulator: str | None = None,
+    method: str | None = None,
 ) -> tuple[str | None, dict[int, float]]:
-    """Simulation scores of these explanations under ONE simulator: (simulator, {explanation id: score}).
+    """Simulation scores of these explanations under ONE simulator and method: (simulator, {explanation id: score}).
 
-    Per explanation: its most recent ok, non-missing score on the valid split (SPEC.md §4). Without `simulator`,
-    the one that scored the most of these explanations (ties: by name). Scores of simulators are never mixed.
+    Per explanation: its most recent ok, non-missing score on the valid split (SPEC.md §4). Without `simulator`
+    (or `method`), the simulator (and its method) that scored the most of these explanations (ties: by name).
+    Scores of simulators, or of one simulator's methods (chat_logprobs vs chat_parse), are never mixed.
     """
     ids = sorted({int(i) for i in explanation_ids if i is not None})
-    rows: list[tuple[int, str, float]] = []
+    rows: list[tuple[int, str, str, float]] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         rows += db.conn.execute(
-            "SELECT explanation_id, simulator, score FROM scores WHERE split = 'valid' AND status = 'ok'"
+            "SELECT explanation_id, simulator, method, score FROM scores WHERE split = 'valid' AND status = 'ok'"
             f" AND score IS NOT NULL AND explanation_id IN ({', '.join('?' * len(chunk))})"
             " ORDER BY created_at, id",
             chunk,
         ).fetchall()
-    if simulator is None:
-        counts: dict[str, set[int]] = {}
-        for explanation_id, name, _ in rows:
-            counts.setdefault(name, set()).add(explanation_id)
-        if not counts:
-            return None, {}
-        simulator = min(counts, key=lambda name: (-len(counts[name]), name))
+    counts: dict[tuple[str, str], set[int]] = {}
+    for explanation_id, name, used, _ in rows:
+        if (simulator is None or name == simulator) and (method is None or used == method):
+            counts.setdefault((name, used), set()).add(explanation_id)
+    if not counts:
+        return simulator, {}
+    chosen = min(counts, key=lambda pair: (-len(counts[pair]), pair))
     # Rows are oldest first, so later ones overwrite: the most recent score wins.
-    scores = {explanation_id: score for explanation_id, name, score in rows if name == simulator}
-    return simulator, {k: v for k, v in scores.items() if v == v}
+    scores = {explanation_id: score for explanation_id, *pair, score in rows if tuple(pair) == chosen}
+    return chosen[0], {k: v for k, v in scores.items() if v == v}
