@@ -131,6 +131,9 @@ def _add_collect(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument(
+        "--replace", action="store_true", help="overwrite layers that hold neurons collected with other settings"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -160,7 +163,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         bars[0].update(done - bars[0].n)
 
     try:
-        report = collect(database, args.model, args.layers, args.corpus, options, progress=progress)
+        report = collect(
+            database, args.model, args.layers, args.corpus, options, progress=progress, replace=args.replace
+        )
     finally:
         for bar in bars:
             bar.close()
@@ -258,9 +263,7 @@ def _add_prompt(commands: argparse._SubParsersAction) -> None:
         commands, "prompt", cmd_prompt, "build the explanation prompt for some activation records and count its tokens"
     )
     parser.add_argument("--format", required=True, choices=list(prompts.FORMATS), help="prompt format")
-    parser.add_argument(
-        "--records", required=True, help='JSON file: {"records": [{"tokens": [...], "activations": [...]}, ...]}'
-    )
+    _records_flags(parser, "the neuron's train records and stats, exactly as `explain` shows them")
     parser.add_argument(
         "--few-shot", default=None, help="few-shot JSON file, or `none` (default: the bundled examples)"
     )
@@ -279,18 +282,40 @@ def _add_prompt(commands: argparse._SubParsersAction) -> None:
         help="cl100k_base or a Hugging Face tokenizer path/id (default: %(default)s)",
     )
     parser.add_argument(
-        "--stats", default=None, help="neuron stats JSON with quantiles (needed by the quantile cutoff)"
+        "--stats", default=None, help="neuron stats JSON with quantiles (default with --neuron: the stored stats)"
     )
+
+
+def _records_flags(parser: argparse.ArgumentParser, neuron_help: str) -> None:
+    """--records FILE, or --neuron L:N (with --model) to read a stored neuron's records instead."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--records", help='JSON file: {"records": [{"tokens": [...], "activations": [...]}, ...]}, or a list'
+    )
+    which.add_argument("--neuron", help=f"layer:index of a stored neuron: {neuron_help}")
+    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="subject model of --neuron (default: MiniLM)")
+
+
+def _records(args: argparse.Namespace, split: str) -> tuple[list, Any]:
+    """(records, stats or None) from --records, or the `split` records and stats of the stored --neuron."""
+    from core import db as dbmod
+    from core.models import resolve_model_name
+    from core.records import NeuronId, records_from_json
+
+    if args.records:
+        return records_from_json(_read_json(args.records, "records")), None
+    record = dbmod.get_neuron(dbmod.connect(args.db), resolve_model_name(args.model), NeuronId.parse(args.neuron))
+    return record.split(split), record.stats
 
 
 def cmd_prompt(args: argparse.Namespace) -> None:
     from core import prompts, tokens
-    from core.records import records_from_json
+    from core.explain import PROMPT_SPLIT
 
-    records = records_from_json(_read_json(args.records, "records"))
+    records, stored_stats = _records(args, PROMPT_SPLIT)
     few_shot = prompts.load_few_shot(args.few_shot)
     cutoff = prompts.Cutoff.parse(args.cutoff_mode, args.cutoff)
-    stats = prompts.stats_from_json(_read_json(args.stats, "stats")) if args.stats else None
+    stats = prompts.stats_from_json(_read_json(args.stats, "stats")) if args.stats else stored_stats
     messages = prompts.build_messages(args.format, records, few_shot=few_shot, cutoff=cutoff, stats=stats)
     threshold = prompts.resolve_threshold(args.format, records, cutoff, stats)
     _print_json(
@@ -333,7 +358,11 @@ def _explainer_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cutoff", default=None, help="quantile level, fraction of the max, or raw value")
     parser.add_argument("--few-shot", default=None, help="few-shot JSON file, or `none` (default: bundled examples)")
-    parser.add_argument("--no-cache", action="store_true", help="ask the LLM again even for cached requests")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="ask the LLM again for jobs still to do, even when its answer is cached (stored explanations are kept)",
+    )
     parser.add_argument(
         "--concurrency", type=int, default=None, help=f"parallel API requests (default {llm.DEFAULT_CONCURRENCY})"
     )
@@ -487,22 +516,22 @@ def _simulator_options(args: argparse.Namespace) -> dict[str, Any]:
 
 @command
 def _add_simulate(commands: argparse._SubParsersAction) -> None:
+    from core.records import SPLITS
+
     parser = _subcommand(
         commands, "simulate", cmd_simulate, "predict activations from an explanation and score them against records"
     )
     parser.add_argument("--explanation", required=True, help="the explanation text to simulate")
-    parser.add_argument(
-        "--records", required=True, help='JSON file: {"records": [{"tokens": [...], "activations": [...]}, ...]}'
-    )
+    _records_flags(parser, "its --split records")
+    parser.add_argument("--split", default="valid", choices=list(SPLITS), help="records of --neuron (%(default)s)")
     _simulator_flags(parser)
     parser.add_argument("--json", action="store_true", help="print predictions and scores as JSON")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from core import pipeline
-    from core.records import records_from_json
 
-    records = records_from_json(_read_json(args.records, "records"))
+    records, _ = _records(args, args.split)
     result = pipeline.simulate_text(args.explanation, records, args.simulator, args.method, **_simulator_options(args))
     if args.json:
         _print_json(result)
@@ -546,7 +575,40 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--explainers", default=None, help="comma-separated explainers, e.g. openai:gpt-4o-mini")
     _simulator_flags(parser)
     _scoring_flags(parser)
+    parser.add_argument("--baseline", default="original", help="format the others are compared with (%(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _score_tables(database: Any, model: str, report: Any, baseline: str) -> str:
+    """Per explainer, the per-format table and paired differences of the explanations `report` covers."""
+    import pandas as pd
+
+    from core import db as dbmod
+    from core import pipeline, prompts
+
+    rows = pd.DataFrame(
+        dbmod.score_rows(
+            database,
+            model,
+            report.simulator,
+            method=report.method,
+            split=report.split,
+            calibrated=report.calibrated,
+            reference_kind="openai",
+        )
+    )
+    if rows.empty:
+        return ""
+    rows = rows[rows["explanation_id"].isin(report.explanation_ids)]
+    lines = []
+    for explainer, group in rows.groupby("explainer", sort=True):
+        present = set(group["format"])
+        formats = [f for f in prompts.FORMATS if f in present] + sorted(present - set(prompts.FORMATS))
+        summary, differences = pipeline.summarise(group.reset_index(drop=True), report.simulator, formats, baseline)
+        lines += ["", f"explainer {explainer}; 95% bootstrap CIs over neurons", pipeline.format_table(summary)]
+        if not differences.empty:
+            lines += ["paired difference from the baseline format, same neurons:", pipeline.format_table(differences)]
+    return "\n".join(lines)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -554,9 +616,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from core import pipeline
     from core.models import resolve_model_name
 
+    database = dbmod.connect(args.db)
+    model = resolve_model_name(args.model)
     report = pipeline.score_explanations(
-        dbmod.connect(args.db),
-        resolve_model_name(args.model),
+        database,
+        model,
         args.simulator,
         method=args.method,
         neurons=_neurons(args),
@@ -577,6 +641,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"{report.ok} scored, {report.skipped} already scored, {report.failed} failed (of {report.total}); "
             f"{report.similarities} similarities computed"
         )
+        print(_score_tables(database, model, report, args.baseline))
         for error in report.errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
     return 1 if report.failed else 0
@@ -652,7 +717,11 @@ def _add_puzzles(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--puzzles", default=None, help="puzzle JSON file (default: the bundled puzzles)")
     parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="minilm or openai:EMBEDDING_MODEL")
     parser.add_argument("--samples", type=int, default=1, help="explanations per puzzle and format (%(default)s)")
-    parser.add_argument("--no-cache", action="store_true", help="ask the explainer again even for cached requests")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="ask the explainer again for jobs still to do, even when cached (stored explanations are kept)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -680,7 +749,8 @@ def cmd_puzzles(args: argparse.Namespace) -> int:
         _print_json(report.to_json())
     else:
         print(puzzles.format_puzzle_report(report))
-    return 0
+    # Like `score` and `run`: failed simulations make the exit status 1, so that scripts notice them.
+    return 1 if report.sanity.get("failures") else 0
 
 
 # --- human evaluation --------------------------------------------------------------------------------------------
@@ -803,11 +873,31 @@ def cmd_study_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_code(args: argparse.Namespace) -> str:
+def _ask_code(prompt: str) -> str:
+    """An access code: asked without echo on a terminal, else one line of piped stdin. A closed or empty stdin
+    is an InputError, never a hang or a traceback (cron jobs, CI, `< /dev/null`)."""
     import getpass
+
+    from core.errors import InputError
+
+    missing = "no access code given: pass --code CODE, pipe it on stdin, or run in a terminal to be asked"
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:
+        raise InputError(missing)
+    try:
+        code = getpass.getpass(prompt) if stdin.isatty() else stdin.readline()
+    except (EOFError, OSError, ValueError):
+        raise InputError(missing) from None
+    code = code.rstrip("\r\n")
+    if not code:
+        raise InputError(missing)
+    return code
+
+
+def _admin_code(args: argparse.Namespace) -> str:
     import os
 
-    return args.code or os.environ.get("EVAL_ADMIN_CODE") or getpass.getpass(f"access code of {args.admin}: ")
+    return args.code or os.environ.get("EVAL_ADMIN_CODE") or _ask_code(f"access code of {args.admin}: ")
 
 
 def _add_study_purge(study_commands: argparse._SubParsersAction) -> None:
@@ -843,17 +933,17 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
 def _add_rater_add(rater_commands: argparse._SubParsersAction) -> None:
     parser = _subcommand(rater_commands, "add", cmd_rater_add, "register a rater with an access code")
     parser.add_argument("--name", required=True, help="display name, also used to sign in")
-    parser.add_argument("--code", default=None, help="access code (default: asked without echo)")
+    parser.add_argument(
+        "--code", default=None, help="access code (default: asked without echo, or one line read from piped stdin)"
+    )
     parser.add_argument("--admin", action="store_true", help="may export and purge studies")
 
 
 def cmd_rater_add(args: argparse.Namespace) -> int:
-    import getpass
-
     from core import db as dbmod
     from core import raters
 
-    code = args.code or getpass.getpass(f"access code for {args.name}: ")
+    code = args.code or _ask_code(f"access code for {args.name}: ")
     rater = raters.add_rater(dbmod.connect(args.db), args.name, code, admin=args.admin)
     _print_json({"id": rater.id, "name": rater.name, "role": rater.role})
     return 0

@@ -197,11 +197,13 @@ def collect(
     corpus: str | Corpus | None = None,
     options: CollectOptions = CollectOptions(),
     progress: Progress | None = None,
+    replace: bool = False,
 ) -> CollectReport:
     """Collect records and stats for every neuron of `layers` (all layers by default) and store them.
 
     Resumes: layers already finished under the same run parameters are skipped. Idempotent: a finished run does
-    nothing. Bad input raises before anything is written.
+    nothing. Bad input raises before anything is written. A layer that already holds neurons from other settings
+    (or imported ones) is an InputError unless `replace`, since its explanations were made from those records.
     """
     subject = load_subject_model(model, options.device, options.dtype)
     layers = sorted(set(range(subject.n_layers) if layers is None else layers))
@@ -225,6 +227,8 @@ def collect(
     todo = [layer for layer in layers if layer not in done]
     if not todo:
         return CollectReport(subject.name, corpus.name, [], layers, 0, 0, 0.0, 0.0)
+    if not replace:
+        _refuse_to_replace(dbmod.other_layer_sources(db, subject.name, todo, run_id), subject.name)
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="collect-") as spill_dir:
@@ -265,6 +269,26 @@ def collect(
         n_tokens=n_tokens,
         seconds=seconds,
         tokens_per_second=n_tokens / pass_seconds if pass_seconds else 0.0,
+    )
+
+
+def _refuse_to_replace(sources: list[dict[str, Any]], model: str) -> None:
+    if not sources:
+        return
+    first = sources[0]
+    if first["corpus"] is None:
+        origin = f"{first['source']} neurons"
+    else:
+        origin = (
+            f"neurons collected with other settings (corpus {first['corpus']}, max_tokens {first['max_tokens']},"
+            f" excerpt_len {first['excerpt_len']}, top_k {first['top_k']}, random_k {first['random_k']},"
+            f" seed {first['seed']})"
+        )
+    layers = ",".join(str(layer) for layer in dict.fromkeys(row["layer"] for row in sources))
+    raise InputError(
+        f"layer {first['layer']} of {model} already holds {first['n_neurons']} {origin}; collecting layer(s)"
+        f" {layers} again would replace them and the records their explanations were made from. Repeat those"
+        " settings to resume, pass --replace to overwrite, or use another --db"
     )
 
 

@@ -56,6 +56,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device: str | None = None) -> str:
+    """`device` (else `default_device()`), checked: an unknown name or an absent GPU is an InputError, not a crash
+    deep inside torch."""
+    import torch
+
+    from core.errors import InputError
+
+    name = (device or default_device()).strip()
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N (--device or ${ENV_DEVICE})") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[parsed.type]:
+        raise InputError(f"device {name!r} asked for, but it is not available on this machine; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise InputError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    return name
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     """How to reach an OpenAI-compatible server. The key is read, never stored or logged."""

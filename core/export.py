@@ -131,27 +131,46 @@ def export_study(
     return files
 
 
-def write_export(files: Mapping[str, bytes], out: str | Path) -> list[Path]:
+def write_export(files: Mapping[str, bytes], out: str | Path, overwrite: bool = True) -> list[Path]:
     """Write export files: into a zip when `out` ends in .zip, to `out` itself when it ends in .json and there is
-    one JSON file, else into the folder `out` (created if needed). Returns the paths written."""
+    one JSON file, else into the folder `out` (created if needed). Returns the paths written.
+
+    Each file appears whole or not at all (written aside, then renamed). With `overwrite=False` an existing target
+    is an InputError, so that an earlier export is never replaced."""
     out = Path(out)
+    single_json = len(files) == 1 and next(iter(files)).endswith(".json")
+    if out.suffix == ".json" and not single_json:
+        raise InputError(f"{out}: a .json file holds only a --format json export; give a folder or a .zip")
+    if out.suffix == ".zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+        targets = {out: buffer.getvalue()}
+    elif out.suffix == ".json":
+        targets = {out: next(iter(files.values()))}
+    else:
+        targets = {out / name: data for name, data in files.items()}
+    existing = [path for path in targets if path.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]} already exists and would be replaced; choose a new --out")
     try:
-        if out.suffix == ".zip":
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                for name, data in files.items():
-                    archive.writestr(name, data)
-            return [out]
-        if out.suffix == ".json" and len(files) == 1 and next(iter(files)).endswith(".json"):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(next(iter(files.values())))
-            return [out]
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            (out / name).write_bytes(data)
-        return [out / name for name in files]
+        for path, data in targets.items():
+            _write_whole(path, data)
     except OSError as exc:
         raise InputError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
+    return list(targets)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    # A full disk or a kill mid-write can leave only the .partial file, never a truncated export under the real name.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -237,7 +256,8 @@ def purge_study_ratings(
     record = human_eval.get_study(db, study)
     with dbmod.transaction(db):
         files = export_study(db, study, fmt)
-        paths = write_export(files, export_path)
+        # Purged ratings live on only in this export: never let it replace an earlier one.
+        paths = write_export(files, export_path, overwrite=False)
         expected = len(dbmod.study_ratings(db, record.id))
         written = _read_files(paths[0]) if len(paths) == 1 else {path.name: path.read_bytes() for path in paths}
         if len(load_export(written).ratings) != expected:

@@ -31,7 +31,7 @@ def load_hf_causal_lm(path_or_id: str, device: str | None = None, dtype: str | N
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or config.default_device()
+    device = config.resolve_device(device)
     if dtype not in (None, "auto", *_DTYPES):
         raise InputError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}")
     torch_dtype = getattr(torch, dtype) if dtype in _DTYPES else torch.float32 if device == "cpu" else "auto"

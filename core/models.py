@@ -146,6 +146,13 @@ def load_config(name: str | None) -> Any:
     from transformers import AutoConfig
 
     location = model_location(name)
+    # A path (./m, /m, ~/m, a/b/c) that is not there is a typo, not a hub id: say so instead of the hub's complaint.
+    looks_like_path = location.startswith((".", "/", "~")) or "\\" in location or location.count("/") > 1
+    if looks_like_path and not Path(location).expanduser().exists():
+        raise ModelError(
+            f"cannot load model {location!r}: no such folder; give a folder written by save_pretrained, a hub id"
+            " (org/name), or `default`"
+        )
     try:
         return AutoConfig.from_pretrained(location, local_files_only=local_files_only(location))
     except (OSError, ValueError) as exc:
@@ -163,7 +170,7 @@ def load_subject_model(name: str | None = None, device: str | None = None, dtype
     """Load a Hugging Face model (hub id or local path; `default` = bundled MiniLM) headless, in eval mode."""
     from transformers import AutoModel, AutoTokenizer
 
-    device = device or config.default_device()
+    device = config.resolve_device(device)
     model_config = load_config(name)
     arch = architecture_for(model_config.model_type)
     location = model_location(name)

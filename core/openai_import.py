@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import urllib.error
 import urllib.request
@@ -44,7 +45,10 @@ def _read(source: str | Path) -> str:
     path = Path(text)
     if not path.is_file():
         raise InputError(f"{path} not found")
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; is it a NeuronRecord .json or explanation .jsonl file?") from None
 
 
 def _neuron_from_path(source: str | Path) -> NeuronId | None:
@@ -68,6 +72,25 @@ def _quantiles(boundaries: Any) -> dict[float, float]:
     return dict(zip(config.QUANTILES, values, strict=True))
 
 
+def _neuron_id(value: Any, where: str) -> NeuronId | None:
+    """OpenAI's `{"layer_index": L, "neuron_index": N}`, or None when absent; non-integers name the field."""
+    if not isinstance(value, dict) or not {"layer_index", "neuron_index"} <= value.keys():
+        return None
+    parts = [value["layer_index"], value["neuron_index"]]
+    if not all(isinstance(part, int) and not isinstance(part, bool) and part >= 0 for part in parts):
+        raise InputError(f"{where}: neuron_id {value} must hold non-negative integers layer_index and neuron_index")
+    return NeuronId(*parts)
+
+
+def _number(value: Any, where: str) -> float:
+    """An optional statistic: missing is 0.0, anything else must be a finite number."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
 def parse_neuron_record(text: str, source: str, model: str = OPENAI_MODEL) -> NeuronRecord:
     """One OpenAI NeuronRecord JSON document → our NeuronRecord; errors name the file and field."""
     try:
@@ -76,13 +99,9 @@ def parse_neuron_record(text: str, source: str, model: str = OPENAI_MODEL) -> Ne
         raise InputError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file complete?") from exc
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a NeuronRecord object")
-    neuron_id = data.get("neuron_id")
-    if isinstance(neuron_id, dict) and {"layer_index", "neuron_index"} <= neuron_id.keys():
-        neuron = NeuronId(int(neuron_id["layer_index"]), int(neuron_id["neuron_index"]))
-    else:
-        neuron = _neuron_from_path(source)
-        if neuron is None:
-            raise InputError(f"{source}: missing neuron_id.layer_index / neuron_index")
+    neuron = _neuron_id(data.get("neuron_id"), source) or _neuron_from_path(source)
+    if neuron is None:
+        raise InputError(f"{source}: missing neuron_id.layer_index / neuron_index")
     if "most_positive_activation_records" not in data:
         raise InputError(f"{source}: missing most_positive_activation_records")
     top = records_from_json(data["most_positive_activation_records"], f"{source}: most_positive_activation_records")
@@ -91,8 +110,8 @@ def parse_neuron_record(text: str, source: str, model: str = OPENAI_MODEL) -> Ne
         raise InputError(f"{source}: most_positive_activation_records is empty")
     top.sort(key=lambda r: r.max_activation, reverse=True)
     stats = NeuronStats(
-        mean=float(data.get("mean") or 0.0),
-        variance=float(data.get("variance") or 0.0),
+        mean=_number(data.get("mean"), f"{source}: mean"),
+        variance=_number(data.get("variance"), f"{source}: variance"),
         max=max(r.max_activation for r in top),
         quantiles=_quantiles(data.get("quantile_boundaries")),
     )
@@ -114,7 +133,10 @@ def _expand(sources: Iterable[str | Path], suffix: str) -> Iterator[str | Path]:
     for source in sources:
         path = Path(str(source))
         if not str(source).startswith(("http://", "https://")) and path.is_dir():
-            yield from sorted(path.rglob(f"*{suffix}"))
+            found = sorted(path.rglob(f"*{suffix}"))
+            if not found:
+                raise InputError(f"folder {path} holds no {suffix} files")
+            yield from found
         else:
             yield source
 
@@ -131,11 +153,10 @@ def parse_explanations(text: str, source: str) -> list[dict[str, Any]]:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{source}:{number}: not valid JSON ({exc.msg})") from exc
-        neuron_id = data.get("neuron_id") if isinstance(data, dict) else None
-        if isinstance(neuron_id, dict) and {"layer_index", "neuron_index"} <= neuron_id.keys():
-            neuron = NeuronId(int(neuron_id["layer_index"]), int(neuron_id["neuron_index"]))
-        else:
-            neuron = _neuron_from_path(source)
+        if not isinstance(data, dict):
+            raise InputError(f"{source}:{number}: expected an object with neuron_id and scored_explanations")
+        neuron_id = data.get("neuron_id")
+        neuron = _neuron_id(neuron_id, f"{source}:{number}") or _neuron_from_path(source)
         if neuron is None:
             raise InputError(f"{source}:{number}: no neuron_id, and the path is not <layer>/<neuron>.jsonl")
         scored = data.get("scored_explanations")

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from core import db as dbmod
+from core.__main__ import main
 from core.activations import CollectOptions, _Reservoir, collect
 from core.corpus import load_corpus, special_token_layout, token_excerpts, token_strings
 from core.errors import InputError, WorkbenchError
@@ -104,6 +106,26 @@ def test_resume_skips_finished_layers_and_is_idempotent(corpus_file, db, tmp_pat
     third = collect(db, model_path, [0, 1], str(corpus_file), OPTIONS)
     assert third.layers == [] and third.skipped_layers == [0, 1]
     assert dbmod.list_layers(db, model_path) == [(0, 48), (1, 48)]
+
+
+def test_other_settings_never_silently_replace_a_collected_layer(corpus_file, db, db_path, tmp_path, capsys):
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    collect(db, model_path, [0], str(corpus_file), OPTIONS)
+    before = dbmod.get_neuron(db, model_path, NeuronId(0, 3))
+    smaller = CollectOptions(max_tokens=800, excerpt_len=16, top_k=6, random_k=5, batch_size=7, seed=3)
+    with pytest.raises(InputError, match=r"layer 0 of .* already holds 48 neurons collected with other settings"):
+        collect(db, model_path, [0, 1], str(corpus_file), smaller)
+    assert dbmod.get_neuron(db, model_path, NeuronId(0, 3)) == before and dbmod.list_layers(db, model_path) == [(0, 48)]
+    imported = dbmod.get_neuron(db, model_path, NeuronId(0, 3))
+    dbmod.write_neurons(db, model_path, [replace(imported, neuron=NeuronId(2, 0))], source="openai")
+    with pytest.raises(InputError, match=r"layer 2 .* already holds 1 openai neurons"):
+        collect(db, model_path, [2], str(corpus_file), OPTIONS)
+    args = ["collect", "--db", str(db_path), "--model", model_path, "--corpus", str(corpus_file), "--layers", "0",
+            "--max-tokens", "800", "--excerpt-len", "16", "--top-k", "6", "--random-k", "5", "--seed", "3",
+            "--device", "cpu"]  # fmt: skip
+    assert main(args) == 2 and "pass --replace to overwrite" in capsys.readouterr().err
+    assert main([*args, "--replace"]) == 0
+    assert dbmod.get_neuron(db, model_path, NeuronId(0, 3)) != before
 
 
 def test_bad_input_leaves_db_unchanged(corpus_file, db, tmp_path):

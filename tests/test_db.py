@@ -73,6 +73,25 @@ def test_missing_neuron_says_what_is_there(db):
         dbmod.get_neuron(db, "m", NeuronId(5, 0))
 
 
+def test_an_empty_database_names_its_file_so_a_mistyped_db_path_shows(db, db_path):
+    with pytest.raises(NotFoundError, match=f"in {db_path}, which holds none yet") as raised:
+        dbmod.get_neuron(db, "m", NeuronId(0, 0))
+    assert "--db / $EVAL_DB" in str(raised.value)
+
+
+def test_other_layer_sources_name_what_fills_a_layer_besides_one_run(db):
+    run = {"model": "m", "corpus": "c", "excerpt_len": 2, "max_tokens": 10, "top_k": 2, "random_k": 1, "seed": 0}
+    dbmod.write_neurons(db, "m", [neuron(0, 0), neuron(0, 1)], source="collected", run=run)
+    dbmod.write_neurons(db, "m", [neuron(1, 0)], source="openai")
+    run_id = dbmod.find_run(db, run)
+    assert dbmod.other_layer_sources(db, "m", [0], run_id) == []
+    [collected] = dbmod.other_layer_sources(db, "m", [0], None)
+    assert (collected["layer"], collected["n_neurons"], collected["corpus"], collected["max_tokens"]) == (0, 2, "c", 10)
+    [imported] = dbmod.other_layer_sources(db, "m", [1, 2], run_id)
+    assert (imported["layer"], imported["source"], imported["corpus"]) == (1, "openai", None)
+    assert dbmod.other_layer_sources(db, "other", [0, 1], None) == []
+
+
 def test_rerun_of_a_job_updates_in_place(db):
     """A scored explanation, or one used in a study, must survive a rerun of its job (foreign keys)."""
     fields = {"model": "m", "layer": 0, "neuron": 1, "format": "summary", "explainer": "x", "job_key": "job"}

@@ -145,6 +145,34 @@ def test_purge_exports_first_and_needs_an_admin(rated, tmp_path: Path) -> None:
     assert human_eval.next_item(rated, "Pilot study", "ann") is not None
 
 
+def test_a_purge_never_replaces_an_earlier_export(rated, tmp_path: Path) -> None:
+    """The first purge's export is the only copy of its ratings: a second purge to the same --out must refuse."""
+    admin = raters.authenticate(rated, "boss", CODES["boss"])
+    first = export.purge_study_ratings(rated, "Pilot study", admin, tmp_path / "purged.json")
+    saved = (tmp_path / "purged.json").read_bytes()
+    assert first["deleted"] > 0
+    item = human_eval.next_item(rated, "Pilot study", "ann")
+    human_eval.submit_rating(rated, "Pilot study", "ann", item.item_id, "left")
+    with pytest.raises(InputError, match="already exists and would be replaced; choose a new --out"):
+        export.purge_study_ratings(rated, "Pilot study", admin, tmp_path / "purged.json")
+    export.write_export(export.export_study(rated, "Pilot study", "csv"), tmp_path / "folder")
+    with pytest.raises(InputError, match="already exists and would be replaced"):
+        export.purge_study_ratings(rated, "Pilot study", admin, tmp_path / "folder", fmt="csv")
+    assert (tmp_path / "purged.json").read_bytes() == saved and count_ratings(rated) == 1
+
+
+def test_write_export_refuses_a_json_file_for_several_files_and_leaves_no_partial_file(rated, tmp_path) -> None:
+    files = export.export_study(rated, "Pilot study", "csv")
+    with pytest.raises(InputError, match=r"a .json file holds only a --format json export; give a folder or a .zip"):
+        export.write_export(files, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+    blocked = tmp_path / "blocked"
+    (blocked / next(iter(files))).mkdir(parents=True)  # a folder where the first file should go
+    with pytest.raises(InputError, match="cannot write the export"):
+        export.write_export(files, blocked)
+    assert [path.name for path in blocked.iterdir()] == [next(iter(files))]  # no half-written or .partial files
+
+
 def test_ratings_are_deleted_only_inside_the_purge_transaction(rated) -> None:
     with pytest.raises(Exception, match="export-then-purge"):
         dbmod.delete_study_ratings(rated, human_eval.get_study(rated, "Pilot study").id)

@@ -56,3 +56,10 @@ def test_hf_backend_errors_are_for_people(tiny_chat_model, tmp_path):
     backend = llm.get_backend(f"hf:{tiny_chat_model}", device="cpu")
     [too_long] = backend.complete([chat("word " * 9000)], Sampling(max_tokens=5))
     assert isinstance(too_long, LLMError) and "at most 8192" in str(too_long)
+
+
+def test_hf_backend_checks_the_device_before_loading(tiny_chat_model):
+    from core.errors import InputError
+
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        llm.get_backend(f"hf:{tiny_chat_model}", device="tpu")

@@ -90,3 +90,16 @@ def test_default_model_loads_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     subject = load_subject_model("default", device="cpu")
     assert (subject.n_layers, subject.n_neurons, subject.architecture.family) == (6, 1536, "bert")
+
+
+@pytest.mark.parametrize("name", ["./no-such-model", "/no/such/model", "models/org/name"])
+def test_a_missing_model_folder_is_named_as_a_folder(name):
+    with pytest.raises(ModelError, match="no such folder") as raised:
+        load_subject_model(name, device="cpu")
+    assert "Repo id" not in str(raised.value) and "huggingface.co" not in str(raised.value)
+
+
+def test_an_unusable_device_is_an_input_error_not_a_torch_crash(tmp_path):
+    path = str(tiny_models.build("gpt2", tmp_path / "m"))
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        load_subject_model(path, device="tpu")

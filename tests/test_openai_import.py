@@ -90,3 +90,38 @@ def test_cli_import_then_neuron_json(tmp_path, capsys):
     assert [max(r["activations"]) for r in out["top"]] == [3.5, 2.0, 1.0]
     assert main(["neuron", "--model", "gpt2-xl", "--layer", "9", "--neuron", "0", "--db", str(db_file)]) == 2
     assert "collected layers: 0 (1 neurons)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("mean", "high", r"7.json: mean: expected a number, got 'high'"),
+        ("variance", [1], r"7.json: variance: expected a number"),
+        ("neuron_id", {"layer_index": "x", "neuron_index": 7}, r"7.json: neuron_id .* non-negative integers"),
+    ],
+)
+def test_bad_fields_are_one_error_naming_the_field(db, tmp_path, field, value, message):
+    path = write_neuron_file(tmp_path / "0" / "7.json", neuron=7)
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message):
+        import_neuron_records(db, [path])
+    assert dbmod.summary(db)["counts"]["neurons"] == 0
+
+
+def test_unreadable_sources_are_one_error_each(db, tmp_path):
+    binary = tmp_path / "0" / "8.json"
+    binary.parent.mkdir()
+    binary.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(InputError, match=r"8\.json is not UTF-8 text"):
+        import_neuron_records(db, [binary])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=r"folder .*empty holds no \.json files"):
+        import_neuron_records(db, [empty])
+    listed = tmp_path / "1" / "2.jsonl"
+    listed.parent.mkdir()
+    listed.write_text("[1, 2]\n")
+    with pytest.raises(InputError, match=r"2.jsonl:1: expected an object"):
+        import_explanations(db, [listed])

@@ -136,3 +136,30 @@ def test_python_dash_m_core_runs_the_study_commands(explained) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["n_items"] == 2
+
+
+def test_an_access_code_without_a_terminal_is_read_from_stdin_or_is_one_clear_error(
+    capsys, explained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import io
+
+    monkeypatch.delenv("EVAL_ADMIN_CODE", raising=False)
+    for stdin in (None, io.StringIO(""), io.StringIO("\n")):  # closed (`<&-`), `< /dev/null`, an empty line
+        monkeypatch.setattr(sys, "stdin", stdin)
+        code, _, err = run(capsys, "rater", "add", "--name", "carol", "--db", explained)
+        assert code == 2 and err.startswith("error: no access code given: pass --code CODE") and err.count("\n") == 1
+    monkeypatch.setattr(sys, "stdin", io.StringIO("carol-CODE\n"))
+    code, out, err = run(capsys, "rater", "add", "--name", "carol", "--admin", "--db", explained)
+    assert code == 0 and json.loads(out)["name"] == "carol" and "carol-CODE" not in out + err
+    create(capsys, explained)
+    argv = ["study", "purge", "S", "--admin", "carol", "--out", str(tmp_path / "saved.json"), "--db", explained]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert run(capsys, *argv)[0] == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO("carol-CODE\n"))
+    assert run(capsys, *argv)[0] == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "rater", "add", "--name", "dave", "--db", explained],
+        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith("error: no access code given")
+    assert "Traceback" not in result.stderr

@@ -49,6 +49,7 @@ from core.db.neurons import (
     layer_neuron_count,
     list_layers,
     list_models,
+    other_layer_sources,
     summary,
     write_neurons,
 )
@@ -136,6 +137,7 @@ __all__ = [
     "neuron_indices",
     "neuron_overview",
     "now",
+    "other_layer_sources",
     "records_version",
     "reference_explanations",
     "save_score",

@@ -13,6 +13,7 @@ import sqlite_utils
 
 from core import config
 from core.db.base import _json, now, transaction
+from core.db.browse import database_file
 from core.errors import NotFoundError
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
 
@@ -39,6 +40,26 @@ def _run_id(conn: sqlite3.Connection, params: dict[str, Any]) -> int:
 
 def finished_layers(db: sqlite_utils.Database, run_id: int) -> set[int]:
     return {row[0] for row in db.conn.execute("SELECT layer FROM run_layers WHERE run_id = ?", [run_id])}
+
+
+def other_layer_sources(
+    db: sqlite_utils.Database, model: str, layers: Sequence[int], run_id: int | None
+) -> list[dict[str, Any]]:
+    """What already fills these layers of `model` from anything but run `run_id`: one row per layer and origin
+    with layer, n_neurons, source, and the run's corpus, max_tokens, excerpt_len, top_k, random_k, seed (None when
+    imported)."""
+    if not layers:
+        return []
+    marks = ",".join("?" * len(layers))
+    cursor = db.conn.execute(
+        "SELECT n.layer, COUNT(*) AS n_neurons, n.source, r.corpus, r.max_tokens, r.excerpt_len, r.top_k,"
+        " r.random_k, r.seed FROM neurons n LEFT JOIN runs r ON r.id = n.run_id"
+        f" WHERE n.model = ? AND n.layer IN ({marks}) AND n.run_id IS NOT ?"
+        " GROUP BY n.layer, n.run_id, n.source ORDER BY n.layer",
+        [model, *layers, run_id],
+    )
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _upsert_excerpts(conn: sqlite3.Connection, token_lists: Iterable[Sequence[str]]) -> list[int]:
@@ -145,8 +166,13 @@ def get_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> Neuro
     if row is None:
         layers = list_layers(db, model)
         if not layers:
-            known = ", ".join(list_models(db)) or "none yet: run `python -m core collect`"
-            raise NotFoundError(f"no neurons of model {model!r} in the database (models: {known})")
+            models = list_models(db)
+            if not models:  # most often a mistyped --db or $EVAL_DB: name the file that was opened
+                raise NotFoundError(
+                    f"no neurons of model {model!r} in {database_file(db) or 'the database'}, which holds none yet:"
+                    " run `python -m core collect`, or point --db / $EVAL_DB at the file that has them"
+                )
+            raise NotFoundError(f"no neurons of model {model!r} in the database (models: {', '.join(models)})")
         raise NotFoundError(
             f"neuron {neuron} of {model!r} is not in the database; collected layers: "
             + ", ".join(f"{layer} ({count} neurons)" for layer, count in layers)
