@@ -32,8 +32,7 @@ with dashboard.errors_shown(), dashboard.database() as db:
         ("Studies", counts["studies"]),
         ("Ratings", counts["ratings"]),
     ]
-    for column, (label, value) in zip(st.columns(len(figures)), figures, strict=True):
-        column.metric(label, f"{value:,}")
+    dashboard.metric_row([(label, f"{value:,}") for label, value in figures])
     layer_rows = [
         {"model": model, "layer": row["layer"], "neurons": row["neurons"]}
         for model, layers in info["models"].items()
@@ -58,16 +57,18 @@ with dashboard.errors_shown(), dashboard.database() as db:
         ],
         columns=["setting", "value"],
     )
-    st.dataframe(settings, hide_index=True, width="stretch")
+    # A static table: its cells wrap, where a data grid would cut long values short in a narrow window.
+    st.table(settings, hide_index=True)
 
     st.subheader("Getting started")
     st.markdown("**1. Collect activations** of the bundled model (a few minutes on a laptop CPU):")
-    st.code(".venv/bin/python -m core collect", language="bash")
+    st.code(".venv/bin/python -m core collect", language="bash", wrap_lines=True)
     st.markdown("**2. Explain neurons** on the *Explain* page (sign in as an admin rater), or from the command line:")
     st.code(
         ".venv/bin/python -m core rater add --name admin --admin\n"
         ".venv/bin/python -m core explain --neurons 0:1,0:2 --explainer openai:gpt-4o-mini",
         language="bash",
+        wrap_lines=True,
     )
     st.markdown(
         "**3. Browse and compare**: open a neuron on the *Neurons* page, create a blinded study, let raters "
@@ -77,4 +78,5 @@ with dashboard.errors_shown(), dashboard.database() as db:
         ".venv/bin/python -m core study create --name pilot --arms summary,original --neurons 0:1,0:2\n"
         ".venv/bin/python -m core rater add --name alice",
         language="bash",
+        wrap_lines=True,
     )

@@ -90,6 +90,14 @@ def markdown_escape(text: str) -> str:
     return one_line(text)
 
 
+def metric_row(figures: Sequence[tuple[str, str] | tuple[str, str, str | None]]) -> None:
+    """(label, value[, help]) figures side by side, each as wide as its text, wrapping onto a new row when the
+    window is narrow (fixed columns would cut values such as "62% (31%–86%)" short)."""
+    with st.container(horizontal=True, gap="medium"):
+        for label, value, *help_text in figures:
+            st.metric(markdown_escape(label), value, help=help_text[0] if help_text else None, width="content")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Signing in: one rater per browser session, shared by the Rate, Explain and Results pages
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,6 +121,12 @@ def sign_in(db: sqlite_utils.Database, purpose: str) -> Rater | None:
                 st.session_state.pop(RATER_KEY, None)
                 st.rerun()
         return rater
+    if not raters.list_raters(db):
+        st.info(
+            "No one can sign in yet: this database has no raters. Create an admin from the command line with "
+            "`python -m core rater add --name NAME --admin` (it asks for an access code), then sign in here."
+        )
+        return None
     st.markdown(purpose)
     # No key on the code field and a form that clears itself: the code does not linger in the session.
     with st.form("sign_in", clear_on_submit=True):
@@ -379,9 +393,11 @@ def _number(value: Any) -> float | None:
 
 
 EXPLANATION_COLUMNS = [
-    "id", "format", "explainer", "explanation", "score", "similarity", "input_tokens", "output_tokens", "simulator",
-    "method", "split", "source", "reference_score",
+    "id", "format", "explainer", "explanation", "score", "simulator", "similarity", "reference_score", "input_tokens",
+    "output_tokens", "method", "split", "source",
 ]  # fmt: skip
+# Shown whatever they hold; every other column of the explanation table is left out when no row has a value.
+_ALWAYS_SHOWN = ("id", "format", "explainer", "explanation")
 
 
 def explanation_table(
@@ -422,7 +438,96 @@ def explanation_table(
     frame = pd.DataFrame(table, columns=EXPLANATION_COLUMNS)
     for column in ("score", "similarity", "reference_score", "input_tokens", "output_tokens"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame
+    return without_empty_columns(frame, [c for c in EXPLANATION_COLUMNS if c not in _ALWAYS_SHOWN])
+
+
+def without_empty_columns(frame: pd.DataFrame, optional: Sequence[str]) -> pd.DataFrame:
+    """`frame` without those of the `optional` columns that hold no value in any row (a similarity column when
+    nothing was compared, a source column when nothing was imported): fewer columns to scroll past."""
+    empty = [c for c in optional if c in frame and not frame[c].notna().any()]
+    return frame.drop(columns=empty)
+
+
+def _number_column(fmt: str, help_text: str | None = None) -> Any:
+    return st.column_config.NumberColumn(format=fmt, help=help_text)
+
+
+# Column formats of the tables the pages show: scores to 3 decimals, token means as whole tokens, ratios to two
+# decimals, p-values to 3 significant digits. Entries for columns a table lacks are ignored.
+EXPLANATION_TABLE_CONFIG = {
+    "score": _number_column("%.3f", "correlation of simulated and real activations (SPEC.md §4)"),
+    "similarity": _number_column("%.3f", "mean cosine to the reference explanations"),
+    "reference_score": _number_column("%.3f", "score published with an import"),
+    "explanation": st.column_config.TextColumn(width="large"),
+}
+JOB_TABLE_CONFIG = {"explanation": st.column_config.TextColumn(width="large")}
+COST_TABLE_CONFIG = {
+    **{f"mean_{kind}_tokens": _number_column("%.0f") for kind in ("input", "output", "total")},
+    **{
+        f"original_over_format_{kind}": _number_column("%.2f×", f"original's mean {kind} tokens ÷ this format's")
+        for kind in ("input", "total")
+    },
+}
+FORMAT_SUMMARY_CONFIG = {
+    "mean_score": _number_column("%.3f"),
+    "score_ci_lo": _number_column("%.3f", "95% bootstrap interval over neurons"),
+    "score_ci_hi": _number_column("%.3f", "95% bootstrap interval over neurons"),
+    "mean_similarity": _number_column("%.3f"),
+    "mean_input_tokens": _number_column("%.0f"),
+}
+DIFFERENCE_TABLE_CONFIG = {
+    "mean_diff": _number_column("%+.3f", "mean of (format − baseline) score over the neurons both have"),
+    "ci_lo": _number_column("%+.3f", "95% paired bootstrap interval"),
+    "ci_hi": _number_column("%+.3f", "95% paired bootstrap interval"),
+    "p_value": _number_column("%.3g", "Wilcoxon signed-rank, two-sided (5 or more neurons)"),
+}
+PAIRS_TABLE_CONFIG = {
+    "win_rate_a": st.column_config.TextColumn(help="share of decisive ratings (1 or 2) won by arm A, 95% CI"),
+    "binomial_p": _number_column("%.3g", "two-sided binomial test against no preference"),
+}
+MEASURE_TABLE_CONFIG = {"value": _number_column("%.3g")}
+
+
+def in_format_order(frame: pd.DataFrame, column: str = "format") -> pd.DataFrame:
+    """The rows of `frame` with the prompt formats in registry order, then any others by name."""
+    from core.prompts import FORMATS
+
+    if frame.empty or column not in frame:
+        return frame
+    names = [str(name) for name in frame[column]]
+    rank = {name: i for i, name in enumerate([*FORMATS, *sorted(set(names) - set(FORMATS))])}
+    order = sorted(range(len(frame)), key=lambda i: rank[names[i]])
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def format_summary(rows: pd.DataFrame, simulator: str) -> pd.DataFrame:
+    """core.scoring.format_summary of one simulator's scores in registry order, without the similarity columns
+    when no explanation was compared to a reference."""
+    from core import scoring
+
+    table = in_format_order(scoring.format_summary(rows, simulator=simulator))
+    if "n_similarity" in table and not (table["n_similarity"] > 0).any():
+        table = table.drop(columns=["mean_similarity", "n_similarity"])
+    return table
+
+
+def filter_by_score(table: pd.DataFrame, min_score: float) -> pd.DataFrame:
+    """The neurons of an overview table whose best score is at least `min_score` (unscored ones never pass)."""
+    return table[table["best_score"].notna() & (table["best_score"] >= min_score)]
+
+
+def filter_message(table: pd.DataFrame, min_score: float, layer: int) -> str:
+    """Why no neuron of a layer passes the score filter, and what to do about it."""
+    scored = table["best_score"].dropna()
+    if scored.empty:
+        return (
+            f"No neuron of layer {layer} has a score from this simulator yet. Score explanations on the Explain page "
+            "or with `python -m core score`, or pick another layer or simulator."
+        )
+    return (
+        f"No neuron of layer {layer} has a best score of at least {min_score:.2f}: {len(scored)} are scored, the "
+        f"best at {scored.max():.2f}. Lower the threshold in the sidebar."
+    )
 
 
 @dataclass(frozen=True)
@@ -521,6 +626,32 @@ def prompt_previews(
     return previews
 
 
+def preview_table(previews: Sequence[PromptPreview]) -> pd.DataFrame:
+    """The input tokens of each format's prompt side by side, with Original ÷ format (SPEC.md §5), so the cost of
+    the formats compares at a glance."""
+    counts = {p.format: p.input_tokens for p in previews}
+    original = counts.get("original")
+    rows = [
+        {
+            "format": p.format,
+            "input_tokens": p.input_tokens,
+            "original_over_format": original / p.input_tokens if original and p.input_tokens else None,
+            "problem": p.error or "",
+        }
+        for p in previews
+    ]
+    frame = pd.DataFrame(rows, columns=["format", "input_tokens", "original_over_format", "problem"])
+    frame["original_over_format"] = pd.to_numeric(frame["original_over_format"], errors="coerce")
+    return frame
+
+
+PREVIEW_TABLE_CONFIG = {
+    "input_tokens": _number_column("%d"),
+    "original_over_format": _number_column("%.2f×", "original's input tokens ÷ this format's"),
+    "problem": st.column_config.TextColumn(width="large"),
+}
+
+
 def stats_table(record: NeuronRecord) -> pd.DataFrame:
     """A neuron's statistics as (statistic, value) rows; quantiles are of the per-excerpt maximum (SPEC.md §1)."""
     rows = [("max", record.stats.max), ("mean", record.stats.mean), ("variance", record.stats.variance)]
@@ -529,17 +660,20 @@ def stats_table(record: NeuronRecord) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["statistic", "value"])
 
 
+PAIR_COLUMNS = [
+    "rater", "arm_a", "arm_b", "n_ratings", "wins_a", "wins_b", "ties", "both_bad", "win_rate_a", "binomial_p",
+]  # fmt: skip
+
+
 def pairs_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Win-rate rows of core.stats (per pair, or per rater and pair) with the Wilson interval as two columns."""
-    table = []
-    for row in rows:
-        low, high = row.get("wilson_ci") or (None, None)
-        flat = {key: value for key, value in row.items() if key != "wilson_ci"}
-        table.append({**flat, "ci_low": low, "ci_high": high})
-    frame = pd.DataFrame(table)
-    for column in ("win_rate", "ci_low", "ci_high", "binomial_p", "tie_share", "both_bad_share"):
-        if column in frame:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    """Win-rate rows of core.stats (per pair, or per rater and pair), narrow enough to read: the counts, the win
+    rate of arm A over arm B among decisive ratings with its Wilson 95% interval as text ("56% (27%–81%)", as in
+    the figures above the table), and the binomial p-value. The shares of ties and both-bad follow from the
+    counts and are left out."""
+    table = [{**row, "win_rate_a": rate_text(row.get("win_rate"), row.get("wilson_ci"))} for row in rows]
+    columns = [c for c in PAIR_COLUMNS if c != "rater" or any("rater" in row for row in rows)]
+    frame = pd.DataFrame(table, columns=columns)
+    frame["binomial_p"] = pd.to_numeric(frame["binomial_p"], errors="coerce")
     return frame
 
 
@@ -574,11 +708,19 @@ def _label(text: Any) -> str:
 def activation_histogram(record: NeuronRecord) -> go.Figure:
     """Token activations of the random and the top excerpts, with the neuron's quantile boundaries of the
     per-excerpt maximum over the corpus as dotted lines (SPEC.md §1)."""
+    from core.render import POSITIVE_RGB
+
+    # One set of bins for both, so that overlaid bars compare; top excerpts in the warm colour of the excerpts.
+    colours = {"random excerpts": "rgb(120, 130, 150)", "top excerpts": "rgb({}, {}, {})".format(*POSITIVE_RGB)}
     figure = go.Figure()
     for name, records in (("random excerpts", record.random), ("top excerpts", record.top)):
         values = [a for r in records for a in r.activations if math.isfinite(a)]
         if values:
-            figure.add_trace(go.Histogram(x=values, name=name, opacity=0.6, nbinsx=60))
+            figure.add_trace(
+                go.Histogram(
+                    x=values, name=name, opacity=0.6, nbinsx=60, bingroup="activations", marker_color=colours[name]
+                )
+            )
     for level, value in sorted(record.stats.quantiles.items()):
         if value is not None and math.isfinite(value):
             figure.add_vline(x=value, line_dash="dot", annotation_text=f"q{level:g}", annotation_position="top")
@@ -586,7 +728,7 @@ def activation_histogram(record: NeuronRecord) -> go.Figure:
         barmode="overlay",
         xaxis_title="activation",
         yaxis_title="tokens",
-        yaxis_type="log",
+        yaxis={"type": "log", "dtick": 1},  # labels at 1, 10, 100 … only
         height=320,
         margin={"t": 30, "b": 40, "l": 50, "r": 10},
         legend={"orientation": "h", "y": -0.25},

@@ -11,6 +11,12 @@ Visible whitespace: a token made only of whitespace shows each space as a faint 
 followed by a real line break; a tab as "⇥"; other control characters as their Unicode control pictures. Leading
 spaces of ordinary tokens stay real spaces (the container keeps them with `white-space: pre-wrap`), since marking
 every word boundary would bury the text in dots.
+
+Lost spacing: WordPiece tokenizers (BERT) split off punctuation and keep no trace of the spaces around it, so the
+stored tokens read "don ' t", "( x ) ." (SPEC.md §1 keeps them as the tokenizer renders them). When the records
+show that loss (`spacing_lost`), the renderer drops the leading space of a token where prose and code almost never
+have one (closing punctuation, after an opening bracket, apostrophe contractions, underscores in names), so the
+text reads "don't", "(x).". Only the shown text changes: every token keeps its own span, colour and exact value.
 """
 
 from __future__ import annotations
@@ -91,6 +97,45 @@ def visible_token(token: str) -> str:
     return "".join(parts)
 
 
+# Tokens (without their leading space) that attach to the token before them when spacing was lost.
+_CLOSING = frozenset({".", ",", ";", ":", "!", "?", ")", "]", "}", "%"})
+_OPENING = frozenset({"(", "[", "{"})
+# Contraction suffixes that WordPiece splits off as " don", " '", " t".
+_CONTRACTIONS = frozenset({"s", "t", "ll", "re", "ve", "d", "m"})
+
+
+def _is_punctuation(token: str) -> bool:
+    text = token.strip()
+    return bool(text) and not any(ch.isalnum() for ch in text)
+
+
+def spacing_lost(records: Sequence[ActivationRecord]) -> bool:
+    """Whether these records come from a tokenizer that drops the spaces around punctuation (WordPiece): they
+    hold punctuation tokens and every one of them starts with a space. Byte-level and SentencePiece text always
+    has punctuation right after a word somewhere ("word" then ",")."""
+    punctuation = [token for record in records for token in record.tokens if _is_punctuation(token)]
+    return bool(punctuation) and all(token.startswith(" ") for token in punctuation)
+
+
+def attached(tokens: Sequence[str]) -> list[bool]:
+    """For tokens whose spacing was lost: whether to drop each one's leading space in display, because it closes
+    ("." or ")"), follows an opening bracket, belongs to a contraction ("don", "'", "t") or joins a name with
+    underscores ("co", "_", "filename")."""
+    cores = [token[1:] if token.startswith(" ") else None for token in tokens]
+    joined = [False] * len(tokens)
+    for i in range(1, len(tokens)):
+        core = cores[i]
+        if not core or core.isspace():
+            continue
+        previous = tokens[i - 1].strip()
+        following = cores[i + 1] if i + 1 < len(tokens) else None
+        if core in _CLOSING or core == "_" or previous in _OPENING or previous == "_":
+            joined[i] = True
+        elif core == "'" and previous.isalpha() and following in _CONTRACTIONS:
+            joined[i] = joined[i + 1] = True
+    return joined
+
+
 def exact_value(value: float) -> str:
     """The activation as stored: the shortest text that reads back to the same float32 (activations are kept as
     float32), or the full float repr for a value that float32 cannot hold exactly."""
@@ -125,32 +170,48 @@ def default_scale(records: Sequence[ActivationRecord]) -> float:
     return max(values, default=0.0)
 
 
-def token_span(token: str, value: float, scale: float, title: str | None = None) -> str:
-    """One token coloured by its activation; the title (hover text) defaults to the exact value."""
-    color = activation_color(value, scale)
-    style = f"background-color: {color}"
-    if activation_strength(value, scale) >= DARK_TEXT_FROM:
+def token_span(
+    token: str, value: float, scale: float, title: str | None = None, attach: bool = False, negatives: bool = True
+) -> str:
+    """One token coloured by its activation; the title (hover text) defaults to the exact value. `attach` drops
+    the token's leading space from the shown text (lost spacing); `negatives=False` leaves negatives uncoloured."""
+    shade = value if negatives or not value < 0 else 0.0
+    style = f"background-color: {activation_color(shade, scale)}"
+    if activation_strength(shade, scale) >= DARK_TEXT_FROM:
         style += f"; color: {DARK_TEXT}"
     hover = html.escape(exact_value(value) if title is None else title, quote=True)
-    return f'<span class="nw-tok" style="{style}" title="{hover}">{visible_token(token)}</span>'
+    text = token[1:] if attach and token.startswith(" ") else token
+    return f'<span class="nw-tok" style="{style}" title="{hover}">{visible_token(text)}</span>'
 
 
 def tokens_html(
-    tokens: Sequence[str], values: Sequence[float], scale: float, titles: Sequence[str] | None = None
+    tokens: Sequence[str],
+    values: Sequence[float],
+    scale: float,
+    titles: Sequence[str] | None = None,
+    tidy: bool = False,
+    negatives: bool = True,
 ) -> str:
-    """One excerpt: every token coloured by its value on `scale`, in a block that keeps whitespace."""
+    """One excerpt: every token coloured by its value on `scale`, in a block that keeps whitespace. `tidy` closes
+    up the spaces a WordPiece tokenizer lost (see `attached`); `negatives=False` colours positive values only."""
     if len(tokens) != len(values) or (titles is not None and len(titles) != len(tokens)):
         raise ValueError(f"{len(tokens)} tokens need as many values and titles")
+    joined = attached(tokens) if tidy else [False] * len(tokens)
     spans = (
-        token_span(token, value, scale, None if titles is None else titles[i])
+        token_span(token, value, scale, None if titles is None else titles[i], joined[i], negatives)
         for i, (token, value) in enumerate(zip(tokens, values, strict=True))
     )
     return f'<div class="nw-excerpt">{"".join(spans)}</div>'
 
 
-def record_html(record: ActivationRecord, scale: float | None = None) -> str:
-    """One activation record; `scale` defaults to the record's own largest |activation|."""
-    return tokens_html(record.tokens, record.activations, default_scale([record]) if scale is None else scale)
+def record_html(
+    record: ActivationRecord, scale: float | None = None, tidy: bool | None = None, negatives: bool = True
+) -> str:
+    """One activation record; `scale` defaults to the record's own largest |activation|, `tidy` to whether the
+    record shows lost spacing."""
+    scale = default_scale([record]) if scale is None else scale
+    tidy = spacing_lost([record]) if tidy is None else tidy
+    return tokens_html(record.tokens, record.activations, scale, tidy=tidy, negatives=negatives)
 
 
 def label_html(text: str) -> str:
@@ -159,17 +220,23 @@ def label_html(text: str) -> str:
 
 
 def records_html(
-    records: Sequence[ActivationRecord], scale: float | None = None, labels: Sequence[str] | None = None
+    records: Sequence[ActivationRecord],
+    scale: float | None = None,
+    labels: Sequence[str] | None = None,
+    tidy: bool | None = None,
+    negatives: bool = True,
 ) -> str:
-    """Several excerpts on one common scale (default: their largest |activation|), each under an optional label."""
+    """Several excerpts on one common scale (default: their largest |activation|), each under an optional label;
+    `tidy` defaults to whether these records together show lost spacing."""
     if labels is not None and len(labels) != len(records):
         raise ValueError(f"{len(records)} records need as many labels")
     scale = default_scale(records) if scale is None else scale
+    tidy = spacing_lost(records) if tidy is None else tidy
     parts = []
     for i, record in enumerate(records):
         if labels is not None:
             parts.append(label_html(labels[i]))
-        parts.append(record_html(record, scale))
+        parts.append(record_html(record, scale, tidy, negatives))
     return f'<div class="nw-records">{"".join(parts)}</div>'
 
 
@@ -178,12 +245,14 @@ def comparison_html(
     predictions: Sequence[float],
     real_scale: float | None = None,
     predicted_scale: float = SIMULATION_SCALE,
+    tidy: bool | None = None,
 ) -> str:
     """A record's real activations and a simulator's predictions, token by token: two aligned lines, each token's
-    hover text giving both values."""
+    hover text giving both values; `tidy` defaults to whether the record shows lost spacing."""
     if len(predictions) != len(record.tokens):
         raise ValueError(f"{len(predictions)} predictions for {len(record.tokens)} tokens")
     real_scale = default_scale([record]) if real_scale is None else real_scale
+    tidy = spacing_lost([record]) if tidy is None else tidy
     titles = [
         f"real {exact_value(real)} · simulated {exact_value(predicted)}"
         for real, predicted in zip(record.activations, predictions, strict=True)
@@ -191,9 +260,9 @@ def comparison_html(
     return (
         '<div class="nw-row">'
         + label_html("real")
-        + tokens_html(record.tokens, record.activations, real_scale, titles)
+        + tokens_html(record.tokens, record.activations, real_scale, titles, tidy)
         + label_html("simulated (0–10)")
-        + tokens_html(record.tokens, [float(p) for p in predictions], predicted_scale, titles)
+        + tokens_html(record.tokens, [float(p) for p in predictions], predicted_scale, titles, tidy)
         + "</div>"
     )
 

@@ -61,13 +61,13 @@ def _search(src: dashboard.Source) -> None:
         if found.empty:
             st.info("No explanation contains that text.")
             return
-        st.dataframe(found, hide_index=True, width="stretch")
+        st.dataframe(found, hide_index=True, width="stretch", column_config=dashboard.EXPLANATION_TABLE_CONFIG)
         targets = list(dict.fromkeys(f"{row.model} · {row.layer}:{row.neuron}" for row in found.itertuples()))
         st.selectbox("Open", targets, index=None, key="neurons_open", on_change=_open, args=("neurons_open",))
 
 
 def _pick(src: dashboard.Source, models: list[str]) -> tuple[str, NeuronId] | None:
-    """The sidebar pickers; None when the chosen layer has no neuron left after the score filter."""
+    """The sidebar pickers; None (and a message saying why) when no neuron of the layer passes the score filter."""
     with st.sidebar:
         _keep_valid(MODEL, models)
         model = st.selectbox("Model", models, key=MODEL)
@@ -75,16 +75,26 @@ def _pick(src: dashboard.Source, models: list[str]) -> tuple[str, NeuronId] | No
         _keep_valid(LAYER, layer_numbers)
         layer = st.selectbox("Layer", layer_numbers, key=LAYER)
         simulators = dashboard.simulators(src)
-        if st.checkbox("Filter by score", key=FILTER, disabled=not simulators, help="Needs scored explanations"):
+        filtering = st.checkbox(
+            "Only scored neurons",
+            key=FILTER,
+            disabled=not simulators,
+            help="List only neurons with a scored explanation, by their best score"
+            if simulators
+            else "No explanation has a score yet",
+        )
+        if filtering:
             simulator = st.selectbox("Simulator", simulators, key=SIMULATOR)
-            min_score = st.slider("Best score at least", -1.0, 1.0, 0.3, 0.05, key=MIN_SCORE)
-            table = dashboard.overview(src, model, layer, simulator)
-            table = table[table["best_score"] >= min_score]
+            # From -1 up: switching the filter on first lists every scored neuron, whatever the simulator's range.
+            min_score = st.slider("Best score at least", -1.0, 1.0, -1.0, 0.05, key=MIN_SCORE)
+            scored = dashboard.overview(src, model, layer, simulator)
+            table = dashboard.filter_by_score(scored, min_score)
         else:
             table = dashboard.overview(src, model, layer)
-        if table.empty:
-            st.info("No neuron of this layer passes the filter.")
-            return None
+    if table.empty:
+        st.info(dashboard.filter_message(scored, min_score, layer) if filtering else f"Layer {layer} has no neurons.")
+        return None
+    with st.sidebar:
         indices = [int(i) for i in table["neuron"]]
         scores = dict(zip(indices, table["best_score"].astype(float), strict=True))
         _keep_valid(NEURON, indices)
@@ -109,17 +119,7 @@ def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record
         st.info("No explanations yet: explain this neuron on the Explain page or with `python -m core explain`.")
         return
     table = dashboard.explanation_table(rows, scores, dashboard.neuron_similarities(src, model, neuron_id))
-    st.dataframe(
-        table,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "score": st.column_config.NumberColumn(format="%.3f", help="correlation of simulated and real"),
-            "similarity": st.column_config.NumberColumn(format="%.3f", help="cosine to the reference explanation"),
-            "reference_score": st.column_config.NumberColumn(format="%.3f", help="score published with an import"),
-            "explanation": st.column_config.TextColumn(width="large"),
-        },
-    )
+    st.dataframe(table, hide_index=True, width="stretch", column_config=dashboard.EXPLANATION_TABLE_CONFIG)
     simulated = dashboard.simulations(scores)
     if not simulated:
         st.caption("No explanation of this neuron has a stored simulation yet.")
@@ -137,13 +137,14 @@ def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record
         return
     scale = render.default_scale(record.top)
     predicted_scale = scale if simulation.calibrated else render.SIMULATION_SCALE
+    tidy = render.spacing_lost(record.top + record.random)
     parts = []
     for number, (excerpt, predictions) in enumerate(zip(records, simulation.predictions, strict=True), start=1):
         if len(predictions) != len(excerpt.tokens):
             st.warning(f"Excerpt {number}: the stored prediction does not match its tokens; not shown.")
             continue
         parts.append(render.label_html(f"excerpt {number}"))
-        parts.append(render.comparison_html(excerpt, predictions, scale, predicted_scale))
+        parts.append(render.comparison_html(excerpt, predictions, scale, predicted_scale, tidy))
     st.html(render.styled(*parts))
     st.plotly_chart(dashboard.simulation_scatter(records, simulation.predictions), width="stretch")
 
@@ -158,9 +159,11 @@ def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None
         (f"q{level:g}", value, f"The {level:g} quantile of the per-excerpt maximum over the whole corpus")
         for level, value in sorted(stats.quantiles.items())
     ]
-    for column, (label, value, help_text) in zip(st.columns(len(figures)), figures, strict=True):
-        column.metric(label, "–" if value is None else f"{value:.3g}", help=help_text)
+    dashboard.metric_row(
+        [(label, "–" if value is None else f"{value:.3g}", help_text) for label, value, help_text in figures]
+    )
     scale = render.default_scale(record.top)
+    tidy = render.spacing_lost(record.top + record.random)
     top, random, distribution, explanations = st.tabs(
         ["Top excerpts", "Random excerpts", "Activations", "Explanations"]
     )
@@ -168,12 +171,12 @@ def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None
         st.caption(LEGEND)
         labels = [f"#{rank} · max {render.exact_value(r.max_activation)}" for rank, r in enumerate(record.top, 1)]
         if record.top:
-            st.html(render.styled(render.records_html(record.top, scale, labels)))
+            st.html(render.styled(render.records_html(record.top, scale, labels, tidy)))
     with random:
         st.caption(LEGEND)
         labels = [f"random #{rank}" for rank in range(1, len(record.random) + 1)]
         if record.random:
-            st.html(render.styled(render.records_html(record.random, scale, labels)))
+            st.html(render.styled(render.records_html(record.random, scale, labels, tidy)))
     with distribution:
         st.caption(
             "Token activations in the stored excerpts. Dotted lines: the neuron's quantile boundaries of the "

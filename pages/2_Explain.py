@@ -18,6 +18,7 @@ st.title("Explain neurons")
 
 DEFAULT_EXPLAINER = "openai:gpt-4o-mini"
 LIVE_TABLE_EVERY_S = 0.5
+PREVIEW_HEIGHT_PX = 420
 ONE, LIST, FILE = "one neuron", "a list", "a file"
 
 
@@ -71,14 +72,19 @@ def _preview(src: dashboard.Source, model: str, neuron_id: NeuronId, formats: li
     previews = dashboard.prompt_previews(record, formats, explainer, settings["cutoff"], settings["few_shot"])
     tokenizer = dashboard.markdown_escape(previews[0].tokenizer)
     st.caption(f"The exact prompts for neuron {neuron_id}, counted with the {tokenizer} tokenizer.")
+    st.dataframe(
+        dashboard.preview_table(previews),
+        hide_index=True,
+        width="content",
+        column_config=dashboard.PREVIEW_TABLE_CONFIG,
+    )
     for tab, preview in zip(st.tabs([p.format for p in previews]), previews, strict=True):
         with tab:
-            if preview.input_tokens is not None:
-                st.metric("input tokens", f"{preview.input_tokens:,}")
             if preview.error:
                 st.warning(dashboard.one_line(preview.error))
             if preview.text:
-                st.code(preview.text, language=None, wrap_lines=True)
+                # A fixed height: the original format's prompt runs to hundreds of lines.
+                st.code(preview.text, language=None, wrap_lines=True, height=PREVIEW_HEIGHT_PX)
 
 
 def _run(db, model: str, neurons: list[NeuronId], formats: list[str], explainer: str, settings, scorer) -> None:
@@ -93,16 +99,20 @@ def _run(db, model: str, neurons: list[NeuronId], formats: list[str], explainer:
         if done == total or time.monotonic() - shown_at[0] > LIVE_TABLE_EVERY_S:
             shown_at[0] = time.monotonic()
             rows = dbmod.explanations_after(db, start, model)
-            live.dataframe(dashboard.job_table(rows), hide_index=True, width="stretch")
+            live.dataframe(
+                dashboard.job_table(rows), hide_index=True, width="stretch", column_config=dashboard.JOB_TABLE_CONFIG
+            )
 
     report = explain.explain_neurons(db, model, neurons, formats, explainer, progress=progress, **settings)
     st.success(f"{report.ok} explained, {report.skipped} already done, {report.failed} failed (of {report.total})")
     for error in report.errors[:5]:
         st.error(dashboard.one_line(error))
     rows = report.rows(db)
-    live.dataframe(dashboard.job_table(rows), hide_index=True, width="stretch")
+    live.dataframe(
+        dashboard.job_table(rows), hide_index=True, width="stretch", column_config=dashboard.JOB_TABLE_CONFIG
+    )
     st.markdown("**Token cost per format**")
-    st.dataframe(explain.cost_table(rows), width="stretch")
+    st.dataframe(explain.cost_table(rows), width="stretch", column_config=dashboard.COST_TABLE_CONFIG)
     if scorer is None:
         return
     simulator, method = scorer
@@ -167,21 +177,25 @@ def _try_explanation(src: dashboard.Source, model: str, neuron_id: NeuronId) -> 
         score = outcome["score"]
         st.metric("score (correlation, valid split)", "undefined" if score is None else f"{score:.3f}")
         scale = render.default_scale(record.top)
-        parts = [render.comparison_html(r, p, scale) for r, p in zip(records, outcome["predictions"], strict=True)]
+        tidy = render.spacing_lost(record.top + record.random)
+        parts = []
+        for number, (excerpt, predictions) in enumerate(zip(records, outcome["predictions"], strict=True), start=1):
+            parts.append(render.label_html(f"excerpt {number}"))
+            parts.append(render.comparison_html(excerpt, predictions, scale, tidy=tidy))
         st.html(render.styled(*parts))
 
 
 with dashboard.errors_shown(), dashboard.database() as db:
+    src = dashboard.source(db)
+    models = list(dashboard.summary(src)["models"])
+    if not models:  # said before signing in: there is nothing to explain either way
+        st.info("No neurons in the database yet. Collect some with `python -m core collect` (see the home page).")
+        st.stop()
     rater = dashboard.sign_in(db, "Explaining spends API credit or compute: sign in as an admin.")
     if rater is None:
         st.stop()
     if not rater.is_admin:
         st.error(f"{dashboard.markdown_escape(rater.name)} is a rater, not an admin: only admins may explain neurons.")
-        st.stop()
-    src = dashboard.source(db)
-    models = list(dashboard.summary(src)["models"])
-    if not models:
-        st.info("No neurons in the database yet. Collect some with `python -m core collect` (see the home page).")
         st.stop()
     model = st.selectbox("Model", models, key="explain_model")
     neurons = _neurons(src, model)
@@ -200,7 +214,11 @@ with dashboard.errors_shown(), dashboard.database() as db:
         st.info("Choose at least one neuron and one format.")
         st.stop()
     llm.parse_backend_spec(explainer)
-    st.caption(f"{len(neurons)} neuron(s) × {len(formats)} format(s) × {settings['samples']} sample(s).")
+    total = len(neurons) * len(formats) * settings["samples"]
+    st.caption(
+        f"{len(neurons)} neuron(s) × {len(formats)} format(s) × {settings['samples']} sample(s) = {total:,} "
+        "explanation(s); those already stored are skipped."
+    )
     if st.toggle("Preview the prompts", key="explain_preview"):
         with dashboard.errors_shown():
             _preview(src, model, neurons[0], formats, explainer, settings)

@@ -71,7 +71,9 @@ def _excerpts(db, item: human_eval.RaterItem) -> None:
         "Where the neuron fires: a stronger background means stronger activation; hover a token for its value. "
         "· is a space, ⏎ a new line, ⇥ a tab."
     )
-    st.html(render.styled(render.records_html(excerpts, render.default_scale(excerpts))))
+    # Positive activations only, as the explainers saw them (SPEC.md §1 normalises relu(a)).
+    scale = render.default_scale(excerpts)
+    st.html(render.styled(render.records_html(excerpts, scale, negatives=False)))
 
 
 def _item(db, study: human_eval.Study, rater: raters.Rater, item: human_eval.RaterItem) -> None:
@@ -99,28 +101,35 @@ def _item(db, study: human_eval.Study, rater: raters.Rater, item: human_eval.Rat
         )
         st.text_area("Comment (optional)", key=COMMENT, max_chars=human_eval.MAX_COMMENT_CHARS, height=80)
         st.markdown("**Which explanation fits the neuron better?**")
-        for column, choice in zip(st.columns(len(item.choices)), item.choices, strict=True):
-            column.form_submit_button(
-                human_eval.CHOICE_LABELS[choice],
-                key=f"rate_{choice}",
-                type="primary" if choice in ("left", "right") else "secondary",
-                width="stretch",
-                on_click=_submit,
-                args=(study.name, rater.name, item.item_id, timer, choice),
-            )
+        # Each explanation's button sits under it; the other choices get a row of their own, so that no label is
+        # cut short in a narrow window.
+        sides = [choice for choice in item.choices if choice in ("left", "right")]
+        others = [choice for choice in item.choices if choice not in sides]
+        for row in (sides, others) if others else (sides,):
+            for column, choice in zip(st.columns(2), row, strict=False):
+                column.form_submit_button(
+                    human_eval.CHOICE_LABELS[choice],
+                    key=f"rate_{choice}",
+                    type="primary" if choice in sides else "secondary",
+                    width="stretch",
+                    on_click=_submit,
+                    args=(study.name, rater.name, item.item_id, timer, choice),
+                )
 
 
 with dashboard.errors_shown(), dashboard.database() as db:
-    rater = dashboard.sign_in(db, "Sign in with the name and access code the study's admin gave you.")
-    if rater is None:
-        st.stop()
     names = [row["name"] for row in human_eval.list_studies(db)]
     if not names:
         st.info("No study is open yet. Please come back later.")
         st.stop()
+    rater = dashboard.sign_in(db, "Sign in with the name and access code the study's admin gave you.")
+    if rater is None:
+        st.stop()
     study_name = st.selectbox("Study", names, key=STUDY)
     study = human_eval.get_study(db, study_name)
-    with st.expander("Instructions", expanded=True):
+    # Open until the rater's first rating in the study; then folded, so the item starts higher up the page.
+    started = human_eval.rater_progress(db, study.name, rater.name).rated > 0
+    with st.expander("Instructions", expanded=not started):
         st.html(render.styled(render.text_html(study.instructions.strip() or DEFAULT_INSTRUCTIONS)))
     _notice()
     item = human_eval.next_item(db, study.name, rater.name)

@@ -33,14 +33,29 @@ def _formats(src: dashboard.Source) -> None:
             "Correlation of simulated and real activations on the valid split (SPEC.md §4); mean over neurons "
             "with a 95% bootstrap CI."
         )
-        st.dataframe(scoring.format_summary(rows, simulator=simulator), hide_index=True, width="stretch")
+        st.dataframe(
+            dashboard.format_summary(rows, simulator),
+            hide_index=True,
+            width="stretch",
+            column_config=dashboard.FORMAT_SUMMARY_CONFIG,
+        )
         scored = rows[(rows["simulator"] == simulator) & rows["score"].notna()]
         st.plotly_chart(dashboard.distribution_figure(scored, "score", "score"), width="stretch")
+        if "original" in set(scored["format"]) and scored["format"].nunique() > 1:
+            st.markdown("**Each format against original**, on the neurons both have (paired by neuron)")
+            st.dataframe(
+                dashboard.in_format_order(scoring.paired_format_differences(rows, "original", simulator=simulator)),
+                hide_index=True,
+                width="stretch",
+                column_config=dashboard.DIFFERENCE_TABLE_CONFIG,
+            )
     else:
         st.info("No explanation of this model has been scored yet (score them on the Explain page or the CLI).")
     st.subheader("Token cost")
     st.caption("Input and output tokens per explanation, counted separately (SPEC.md §4).")
-    st.dataframe(explain.cost_table(costs.to_dict("records")), width="stretch")
+    st.dataframe(
+        explain.cost_table(costs.to_dict("records")), width="stretch", column_config=dashboard.COST_TABLE_CONFIG
+    )
     left, right = st.columns(2)
     left.plotly_chart(dashboard.distribution_figure(costs, "input_tokens", "input tokens"), width="stretch")
     right.plotly_chart(dashboard.distribution_figure(costs, "output_tokens", "output tokens"), width="stretch")
@@ -51,45 +66,58 @@ def _study(src: dashboard.Source, name: str) -> None:
     status = dashboard.study_status(src, name)
     arm_a, arm_b = summary["primary_pair"]
     bias = summary["position_bias"]
-    counts = [
-        ("ratings", f"{summary['n_ratings']:,} of {status['wanted_ratings']:,}"),
-        ("raters", f"{summary['n_raters']}"),
-        ("ties · both bad", f"{summary['ties']} · {summary['both_bad']}"),
-    ]
-    rates = [
-        (f"{arm_a} over {arm_b}", dashboard.rate_text(summary["win_rate"], summary["wilson_ci"])),
-        ("left chosen (position bias)", dashboard.rate_text(bias["rate"], bias["ci"])),
-    ]
-    for figures in (counts, rates):
-        for column, (label, value) in zip(st.columns(len(figures)), figures, strict=True):
-            column.metric(dashboard.markdown_escape(label), value)
-    st.caption("Win rates are over decisive ratings (1 or 2); ties and both-bad are counted beside them.")
+    gold = summary.get("n_gold_ratings") or 0
+    dashboard.metric_row(
+        [
+            (
+                "ratings",
+                f"{summary['n_ratings']:,} of {status['wanted_ratings']:,}",
+                "Ratings of the study's items" + (f"; {gold:,} attention-check ratings come on top." if gold else "."),
+            ),
+            ("raters", f"{summary['n_raters']}"),
+            ("ties · both bad", f"{summary['ties']} · {summary['both_bad']}"),
+            (f"{arm_a} over {arm_b}", dashboard.rate_text(summary["win_rate"], summary["wilson_ci"])),
+            ("left chosen (position bias)", dashboard.rate_text(bias["rate"], bias["ci"])),
+        ]
+    )
+    st.caption(
+        "Win rates are over decisive ratings (1 or 2), with Wilson 95% intervals; ties and both-bad are counted "
+        "beside them."
+    )
     pairs = summary["pairs"]
     if any(pair["win_rate"] is not None for pair in pairs):
         st.plotly_chart(dashboard.win_rate_figure(pairs), width="stretch")
-    st.dataframe(dashboard.pairs_table(pairs), hide_index=True, width="stretch")
+    st.dataframe(
+        dashboard.pairs_table(pairs), hide_index=True, width="stretch", column_config=dashboard.PAIRS_TABLE_CONFIG
+    )
     if summary["bradley_terry"]:
         st.markdown("**Bradley–Terry strengths**")
         st.plotly_chart(dashboard.bradley_terry_figure(summary["bradley_terry"]), width="stretch")
-    agreement, automated = st.columns(2)
-    with agreement:
-        st.markdown("**Agreement between raters** (items rated by two or more)")
-        st.dataframe(
-            pd.DataFrame(list(summary["agreement"].items()), columns=["measure", "value"]),
-            hide_index=True,
-            width="stretch",
+    # One block under the other: side by side, a narrow window cut the interval of the figure short.
+    st.markdown("**Humans vs automated scores**")
+    versus = summary["human_vs_automated"]
+    if versus:
+        dashboard.metric_row(
+            [("humans chose the higher-scored explanation", dashboard.rate_text(versus["rate"], versus["ci"]))]
         )
-    with automated:
-        st.markdown("**Humans vs automated scores**")
-        versus = summary["human_vs_automated"]
-        if versus:
-            st.metric("humans chose the higher-scored explanation", dashboard.rate_text(versus["rate"], versus["ci"]))
-            st.caption(f"{versus['n']} decisive ratings of items whose explanations both have scores.")
-        else:
-            st.caption("No rated item has scores for both explanations.")
+        st.caption(f"{versus['n']} decisive ratings of items whose explanations both have scores.")
+    else:
+        st.caption("No rated item has scores for both explanations.")
+    st.markdown("**Agreement between raters** (items rated by two or more)")
+    st.dataframe(
+        pd.DataFrame(list(summary["agreement"].items()), columns=["measure", "value"]),
+        hide_index=True,
+        width="content",
+        column_config=dashboard.MEASURE_TABLE_CONFIG,
+    )
     st.markdown("**Per rater**")
-    st.dataframe(dashboard.pairs_table(summary["per_rater"]), hide_index=True, width="stretch")
     st.dataframe(pd.DataFrame(status["raters"]), hide_index=True, width="stretch")
+    st.dataframe(
+        dashboard.pairs_table(summary["per_rater"]),
+        hide_index=True,
+        width="stretch",
+        column_config=dashboard.PAIRS_TABLE_CONFIG,
+    )
     if summary["gold"]["per_rater"]:
         st.markdown("**Attention checks**")
         st.dataframe(pd.DataFrame(summary["gold"]["per_rater"]), hide_index=True, width="stretch")

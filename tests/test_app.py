@@ -17,11 +17,12 @@ import zipfile
 from pathlib import Path
 from typing import ClassVar
 
+import pandas as pd
 import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from core import config, export, human_eval, prompts, raters, scoring, simulate, tokens
+from core import config, dashboard, export, human_eval, prompts, raters, render, scoring, simulate, tokens
 from core import db as dbmod
 from core.models import DEFAULT_MODEL_NAME
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
@@ -299,9 +300,33 @@ def test_neurons_filter_by_score(app_db) -> None:
     write_scored_explanations(app_db, neurons[1])  # neuron 0:1 is the only scored one
     at = run("neurons")
     at.checkbox(key="neurons_filter").check().run()
-    at.slider(key="neurons_min_score").set_value(-1.0).run()
+    # Switched on, the filter lists every scored neuron, whatever its score.
+    assert at.slider(key="neurons_min_score").value == -1.0
     assert at.selectbox(key="neurons_neuron").options == ["1  (best score 1.00)"]
     assert at.selectbox(key="neurons_neuron").value == 1
+    assert at.query_params["neuron"] == "1"
+    # Layer 1 has no scored neuron: the page says so where the neuron would be, and how to get one.
+    at.selectbox(key="neurons_layer").set_value(1).run()
+    assert not any(w.key == "neurons_neuron" for w in at.selectbox)
+    assert [i.value for i in at.main.info] == [
+        "No neuron of layer 1 has a score from this simulator yet. Score explanations on the Explain page or with "
+        "`python -m core score`, or pick another layer or simulator."
+    ]
+    at.selectbox(key="neurons_layer").set_value(0).run()
+    best = dbmod.neuron_overview(app_db, MODEL, 0, "hf:tiny")[1]["best_score"]
+    at.slider(key="neurons_min_score").set_value(0.95).run()
+    assert at.selectbox(key="neurons_neuron").value == 1 and best >= 0.95
+
+
+def test_neurons_wordpiece_text_reads_naturally(app_db) -> None:
+    """A BERT neuron's excerpts ("don", " '", " t", " .") read "don't." on the page; the tokens keep their values."""
+    tokens_ = (" we", " don", " '", " t", " call", " f", " (", " x", " )", " .")
+    top = tuple(ActivationRecord(tokens_, tuple(float(i + rank) for i in range(10))) for rank in range(20))
+    stats = NeuronStats(0.1, 0.2, top[-1].max_activation, {0.5: 1.0})
+    dbmod.write_neurons(app_db, MODEL, [NeuronRecord(MODEL, NeuronId(0, 0), top[::-1], top[:15], stats)], "test")
+    at = run("neurons")
+    text = html.unescape(re.sub(r"<[^>]*>", "", html_bodies(at)))
+    assert "we don't call f (x)." in text and "don ' t" not in text
 
 
 def test_neurons_search_by_explanation_opens_the_neuron(app_db) -> None:
@@ -339,7 +364,25 @@ def test_explain_refuses_a_rater(app_db) -> None:
     assert not any(b.key == "explain_run" for b in at.button)
 
 
+def test_sign_in_without_any_rater_says_how_to_add_one(app_db) -> None:
+    write_default_data(app_db)
+    neurons = explain_for_study(app_db, 2, model=MODEL)
+    human_eval.create_study(app_db, STUDY, "summary,original", neurons, 1, seed=3, model=MODEL)
+    for page in ("explain", "rate", "results"):
+        at = run(page)
+        assert not any(w.key == "sign_in_name" for w in at.text_input), page
+        assert any("python -m core rater add --name NAME --admin" in i.value for i in at.info), page
+
+
+def test_explain_without_neurons_says_so_before_asking_for_a_code(app_db) -> None:
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    at = run("explain")
+    assert not any(w.key == "sign_in_name" for w in at.text_input)
+    assert "core collect" in at.info[0].value
+
+
 def test_explain_wrong_code_is_one_error_line(app_db) -> None:
+    write_default_data(app_db)
     raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
     at = sign_in(run("explain"), ADMIN, "not-the-code")
     assert errors(at) == ["unknown rater name or wrong access code; check both, or ask the study's admin"]
@@ -360,7 +403,9 @@ def test_explain_preview_shows_exact_prompts_and_token_counts(app_db) -> None:
     # st.code drops one final newline, which render_messages writes after the last message.
     assert [c.value for c in at.code] == [prompts.render_messages(m).removesuffix("\n") for m in expected]
     counts = [tokens.count_chat_tokens(m, tokens.CL100K) for m in expected]
-    assert [m.value for m in at.metric] == [f"{count:,}" for count in counts]
+    table = at.dataframe[0].value
+    assert list(table["format"]) == list(prompts.FORMATS) and list(table["input_tokens"]) == counts
+    assert table["original_over_format"].tolist() == pytest.approx([counts[0] / count for count in counts])
     assert dbmod.list_explanations(app_db) == []  # nothing was spent
 
 
@@ -449,6 +494,25 @@ def test_rate_shows_one_item_and_the_allowed_choices(app_db) -> None:
     assert "words about theme" in bodies and "&#60;script&#62;" in bodies and "<script>" not in bodies
 
 
+def test_rate_without_a_study_says_so_before_asking_for_a_code(app_db) -> None:
+    raters.add_rater(app_db, RATER, RATER_CODE)
+    at = run("rate")
+    assert [i.value for i in at.info] == ["No study is open yet. Please come back later."]
+    assert not any(w.key == "sign_in_name" for w in at.text_input)
+
+
+def test_rate_excerpts_show_positive_activations_and_instructions_fold(app_db) -> None:
+    at = _rate_page(app_db)
+    assert at.expander[0].proto.expanded  # before the first rating
+    item = human_eval.next_item(app_db, STUDY, RATER)
+    excerpts = dashboard.rating_excerpts(dbmod.get_neuron(app_db, MODEL, NeuronId.parse(item.neuron)))
+    assert any(a < 0 for excerpt in excerpts for a in excerpt.activations)  # there are negatives to leave out
+    negative = "rgba({}, {}, {}".format(*render.NEGATIVE_RGB)
+    assert "nw-tok" in html_bodies(at) and negative not in html_bodies(at)
+    at.button(key="rate_left").click().run()
+    assert not at.expander[0].proto.expanded  # folded once the rater has started
+
+
 def test_rate_offers_only_what_the_study_allows(app_db) -> None:
     at = _rate_page(app_db, allow_tie=False, allow_both_bad=False)
     labels = [b.label for b in at.button if b.key and b.key.startswith("rate_")]
@@ -512,10 +576,14 @@ def test_results_per_format_scores_and_costs(app_db) -> None:
     neurons = write_default_data(app_db)
     write_scored_explanations(app_db, neurons[0])
     at = run("results")
-    summary = at.dataframe[0].value
-    assert list(summary["format"]) == ["original", "summary"]
+    summary, differences, costs = (frame.value for frame in at.dataframe)
+    assert list(summary["format"]) == ["original", "summary"]  # registry order, as in the charts
     assert set(summary["n"]) == {1}
-    costs = at.dataframe[1].value
+    assert "mean_similarity" not in summary  # nothing was compared to a reference: no empty columns
+    rows = dbmod.score_rows(app_db, MODEL, split="valid", calibrated=False)
+    expected = scoring.paired_format_differences(rows, "original", simulator="hf:tiny")
+    pd.testing.assert_frame_equal(differences, expected)
+    assert list(differences["format"]) == ["summary"] and list(differences["n"]) == [1]
     assert set(costs.index) == {"original", "summary"}
     assert len(at.get("plotly_chart")) == 3
 

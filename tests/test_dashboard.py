@@ -164,7 +164,11 @@ def test_explanation_table_keeps_simulators_apart() -> None:
     assert table["score"].iloc[0] == 0.5 and math.isnan(table["score"].iloc[1]) and math.isnan(table["score"].iloc[2])
     assert table["similarity"].iloc[0] == pytest.approx(0.7) and math.isnan(table["similarity"].iloc[2])
     assert table["reference_score"].iloc[2] == 0.4
-    assert list(table.columns) == dashboard.EXPLANATION_COLUMNS
+    # Scores sit beside their simulator; a column no row fills (here: source) is left out.
+    assert list(table.columns) == [c for c in dashboard.EXPLANATION_COLUMNS if c != "source"]
+    assert list(table.columns[:6]) == ["id", "format", "explainer", "explanation", "score", "simulator"]
+    bare = dashboard.explanation_table([{"id": 3, "format": "summary", "explainer": "e", "explanation": "c"}])
+    assert list(bare.columns) == ["id", "format", "explainer", "explanation"]
 
 
 def test_simulations_are_the_ok_scores_with_predictions() -> None:
@@ -213,6 +217,41 @@ def test_prompt_previews_count_and_report_problems() -> None:
         dashboard.prompt_previews(record, ["summary"], "gpt-4", prompts.DEFAULT_CUTOFF, None)
 
 
+def test_preview_table_compares_the_formats() -> None:
+    previews = [
+        dashboard.PromptPreview("original", "a", 900, "cl100k_base"),
+        dashboard.PromptPreview("summary", "b", 300, "cl100k_base"),
+        dashboard.PromptPreview("highlight", "", None, "cl100k_base", "no cutoff"),
+    ]
+    table = dashboard.preview_table(previews)
+    assert list(table["format"]) == ["original", "summary", "highlight"]
+    assert table["original_over_format"].tolist()[:2] == [1.0, 3.0] and math.isnan(table["original_over_format"][2])
+    assert list(table["problem"]) == ["", "", "no cutoff"]
+
+
+def test_score_filter_and_its_message() -> None:
+    import pandas as pd
+
+    table = pd.DataFrame({"layer": [3, 3, 3], "neuron": [0, 1, 2], "best_score": [0.2, math.nan, -0.07]})
+    assert list(dashboard.filter_by_score(table, -1.0)["neuron"]) == [0, 2]  # unscored neurons never pass
+    assert list(dashboard.filter_by_score(table, 0.2)["neuron"]) == [0]
+    assert dashboard.filter_by_score(table, 0.5).empty
+    assert dashboard.filter_message(table, 0.5, 3) == (
+        "No neuron of layer 3 has a best score of at least 0.50: 2 are scored, the best at 0.20. "
+        "Lower the threshold in the sidebar."
+    )
+    assert "has a score from this simulator yet" in dashboard.filter_message(table.iloc[[1]], 0.5, 3)
+
+
+def test_in_format_order() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"format": ["mine", "highlight", "original", "avhs"], "n": [1, 2, 3, 4]})
+    assert list(dashboard.in_format_order(frame)["format"]) == ["original", "highlight", "avhs", "mine"]
+    assert list(dashboard.in_format_order(frame)["n"]) == [3, 2, 4, 1]
+    assert dashboard.in_format_order(frame.iloc[0:0]).empty
+
+
 # --- small formatting helpers ------------------------------------------------------------------------------------
 
 
@@ -227,12 +266,23 @@ def test_texts() -> None:
     assert dashboard.one_line("bad *x*\n  [y](z) $1") == "bad \\*x\\* \\[y\\]\\(z\\) \\$1"
 
 
-def test_pairs_table_splits_the_interval() -> None:
-    rows = [{"rater": "r", "arm_a": "a", "arm_b": "b", "win_rate": 0.5, "wilson_ci": [0.2, 0.8], "binomial_p": 1.0}]
+def test_pairs_table_is_narrow_and_reads_the_interval() -> None:
+    counts = {"n_ratings": 9, "wins_a": 5, "wins_b": 3, "ties": 0, "both_bad": 1, "decisive": 8}
+    rows = [
+        {"rater": "r", "arm_a": "a", "arm_b": "b", **counts, "win_rate": 0.625, "wilson_ci": [0.306, 0.863],
+         "binomial_p": 0.73, "tie_share": 0.0, "both_bad_share": 0.11},
+        {"rater": "r", "arm_a": "a", "arm_b": "c", **counts, "win_rate": None, "wilson_ci": [None, None],
+         "binomial_p": None, "tie_share": 0.0, "both_bad_share": 0.0},
+    ]  # fmt: skip
     table = dashboard.pairs_table(rows)
-    assert table.to_dict("records") == [
-        {"rater": "r", "arm_a": "a", "arm_b": "b", "win_rate": 0.5, "binomial_p": 1.0, "ci_low": 0.2, "ci_high": 0.8}
-    ]
+    assert list(table.columns) == dashboard.PAIR_COLUMNS
+    assert table.iloc[0].to_dict() == {
+        "rater": "r", "arm_a": "a", "arm_b": "b", **{k: v for k, v in counts.items() if k != "decisive"},
+        "win_rate_a": "62% (31%–86%)", "binomial_p": 0.73,
+    }  # fmt: skip
+    assert table["win_rate_a"].iloc[1] == "–" and math.isnan(table["binomial_p"].iloc[1])
+    overall = dashboard.pairs_table([{k: v for k, v in rows[0].items() if k != "rater"}])
+    assert "rater" not in overall.columns
     assert dashboard.pairs_table([]).empty
 
 
@@ -252,6 +302,10 @@ def test_figures() -> None:
     histogram = dashboard.activation_histogram(record)
     assert [trace.name for trace in histogram.data] == ["random excerpts", "top excerpts"]
     assert sorted(shape.x0 for shape in histogram.layout.shapes) == [0.5, 2.0]
+    # Overlaid bars share their bins, the two sets differ in colour, and the log axis is labelled by decades.
+    assert {trace.bingroup for trace in histogram.data} == {"activations"}
+    assert len({trace.marker.color for trace in histogram.data}) == 2
+    assert histogram.layout.yaxis.type == "log" and histogram.layout.yaxis.dtick == 1
     pairs = [
         {"arm_a": "a", "arm_b": "b", "win_rate": 0.75, "wilson_ci": [0.5, 0.9]},
         {"arm_a": "a", "arm_b": "c", "win_rate": None, "wilson_ci": [None, None]},

@@ -1,7 +1,8 @@
 """The whole app in a real browser: `streamlit run app.py` on a free localhost port, driven by Debian's chromium
 through Playwright. A rater signs in and rates two items, the ratings are checked in the database, and an admin
-downloads the study's CSV export from the Results page. Screenshots of each step and the downloaded file are kept
-under test-artifacts/e2e/ (gitignored) for a person to look at.
+downloads the study's CSV export from the Results page. In a 900 px window, no figure or button is cut short and a
+rating can be given with the keyboard alone. Screenshots of each step and the downloaded file are kept under
+test-artifacts/e2e/ (gitignored; the narrow window's under narrow/) for a person to look at.
 """
 
 from __future__ import annotations
@@ -231,3 +232,72 @@ def test_rate_two_items_and_download_the_results(tmp_path: Path, artifacts: Path
     assert {int(row["item_id"]) for row in rows} == {r["item_id"] for r in ratings}
     assert files == exported_csv(db_path)
     assert len(export.load_export(files).ratings) == 2
+
+
+NARROW = {"width": 900, "height": 1600}
+# Text that Streamlit cuts with an ellipsis when it does not fit (metric values and labels, button labels): any such
+# element of the main area whose content is wider than its box.
+_CUT_TEXT = """() => [...document.querySelectorAll('[data-testid="stMain"] *')]
+  .filter(e => getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth + 1)
+  .map(e => e.innerText)"""
+
+
+def test_a_narrow_window_cuts_no_figure_or_button_short(tmp_path: Path, artifacts: Path) -> None:
+    """At 900 px wide, with the sidebar open: the neuron's statistics, the rating buttons and the study's figures
+    are shown whole (fixed columns used to cut "-0.0678" to "-0…" and "Explanation 1" to "Explana…"); and a rating
+    can be given with the keyboard alone."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    db_path = tmp_path / "narrow.db"
+    prepare_database(db_path)
+    narrow = artifacts / "narrow"
+    narrow.mkdir(exist_ok=True)
+    with (
+        running_app(db_path, narrow / "streamlit.log") as url,
+        chromium_context(tmp_path / "chromium-profile", viewport=NARROW) as browser,
+    ):
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+
+        def settled_and_whole(name: str) -> None:
+            expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning")
+            page_screenshot(page, narrow / f"{name}.png")
+            assert page.evaluate(_CUT_TEXT) == [], name
+
+        page.goto(f"{url}/Neurons?model={MODEL}&layer=0&neuron=1")
+        expect(page.get_by_test_id("stMetric").filter(has_text="q0.99")).to_be_visible()
+        expect(page.get_by_test_id("stSidebar")).to_be_visible()
+        settled_and_whole("1_neurons")
+
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Rate", exact=True).click()
+        page.get_by_label("Name", exact=True).fill(RATER)
+        page.get_by_label("Access code", exact=True).fill(RATER_CODE)
+        page.get_by_role("button", name="Sign in", exact=True).click()
+        expect(page.get_by_role("button", name="Both bad", exact=True)).to_be_visible()
+        settled_and_whole("2_rate")
+        page.get_by_role("button", name="Explanation 2", exact=True).click()
+        expect(page.get_by_text("Item 2 of 4")).to_be_visible()
+        expect(page.get_by_role("button", name="Explanation 1", exact=True)).to_be_enabled()
+        # The keyboard alone: a confidence, Tab to the comment, Tab to the first choice, Enter.
+        page.get_by_role("radio", name="4", exact=True).focus()
+        page.keyboard.press("Space")
+        page.keyboard.press("Tab")
+        page.keyboard.type("typed, not clicked")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        expect(page.get_by_text("Item 3 of 4")).to_be_visible()
+        ratings = stored_ratings(db_path)
+        assert [(r["choice"], r["confidence"], r["comment"]) for r in ratings] == [
+            ("right", None, None),
+            ("left", 4, "typed, not clicked"),
+        ]
+
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Results", exact=True).click()
+        page.get_by_role("button", name="Sign out").click()
+        page.get_by_role("tab", name="Studies").click()
+        page.get_by_label("Name", exact=True).fill(ADMIN)
+        page.get_by_label("Access code", exact=True).fill(ADMIN_CODE)
+        page.get_by_role("button", name="Sign in", exact=True).click()
+        expect(page.get_by_test_id("stMetric").filter(has_text="left chosen")).to_be_visible()
+        settled_and_whole("3_results_study")

@@ -177,3 +177,47 @@ def test_comparison_shows_both_values_on_hover() -> None:
 def test_styled_prepends_the_style_sheet_once() -> None:
     markup = render.styled(render.text_html("x"), render.text_html("y"))
     assert markup.startswith("<style>") and markup.count("<style>") == 1
+
+
+# A WordPiece (BERT) excerpt as stored: every word and every punctuation mark carries a leading space.
+WORDPIECE = (" you", " '", " ll", " call", " f", " (", " x", " )", " .", " co", " _", " file", "name", " ,", " ok")
+
+
+def _text(markup: str) -> str:
+    return "".join(parse(markup).text)
+
+
+def test_lost_spacing_is_closed_up_for_reading_only() -> None:
+    record = ActivationRecord(WORDPIECE, tuple(float(i) for i in range(len(WORDPIECE))))
+    assert render.spacing_lost([record])
+    markup = render.record_html(record)
+    assert _text(markup) == " you'll call f (x). co_filename, ok"
+    # Each token keeps its own span and its exact value, in order.
+    titles = [attrs["title"] for attrs in parse(markup).attrs if attrs.get("class") == "nw-tok"]
+    assert titles == [render.exact_value(float(i)) for i in range(len(WORDPIECE))]
+    assert _text(render.record_html(record, tidy=False)) == "".join(WORDPIECE)
+    assert _text(render.records_html([record])) == " you'll call f (x). co_filename, ok"
+    # The comparison of real and simulated values reads the same way on both lines.
+    assert _text(render.comparison_html(record, [0.0] * len(WORDPIECE))).count("you'll call f (x).") == 2
+
+
+def test_real_spacing_is_kept() -> None:
+    # Byte-level text: "," follows its word directly, so a spaced " ." is what the text really had.
+    record = ActivationRecord(("Hello", ",", " world", " .", "NET", " (", " x", " )"), (0.0,) * 8)
+    assert not render.spacing_lost([record])
+    assert _text(render.record_html(record)) == "Hello, world .NET ( x )"
+    assert not render.spacing_lost([ActivationRecord((" just", " words"), (0.0, 0.0))])
+    assert render.attached([" '", " s"]) == [False, False]  # no word before the apostrophe: left alone
+    assert render.attached([" it", " '", " x"]) == [False, False, False]  # not a contraction
+
+
+def test_positive_only_colours_leave_negatives_plain_but_keep_their_value() -> None:
+    record = ActivationRecord((" a", " b", " c"), (-2.0, 0.0, 2.0))
+    spans = [a for a in parse(render.record_html(record, negatives=False)).attrs if a.get("class") == "nw-tok"]
+    assert [span["style"] for span in spans] == [
+        "background-color: transparent",
+        "background-color: transparent",
+        "background-color: rgba(255, 145, 0, 1.000); color: rgb(17, 17, 17)",
+    ]
+    assert [span["title"] for span in spans] == ["-2.0", "0.0", "2.0"]
+    assert "45, 125, 255" in render.record_html(record)  # the default shows negatives in blue
