@@ -500,6 +500,23 @@ def in_format_order(frame: pd.DataFrame, column: str = "format") -> pd.DataFrame
     return frame.iloc[order].reset_index(drop=True)
 
 
+def scorers(rows: pd.DataFrame) -> list[str]:
+    """The simulator · method pairs that scored these rows: each is one comparable set of scores (SPEC.md §4)."""
+    if "simulator" not in rows or rows["simulator"].dropna().empty:
+        return []
+    scored = rows.dropna(subset=["simulator"])
+    return sorted(
+        {f"{simulator} · {method}" for simulator, method in zip(scored["simulator"], scored["method"], strict=True)}
+    )
+
+
+def rows_of_scorer(rows: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """The rows of one `scorers` entry, plus unscored rows (they still carry similarity and token cost)."""
+    simulator, _, method = scorer.partition(" · ")
+    same = (rows["simulator"] == simulator) & (rows["method"] == method)
+    return rows[same | rows["simulator"].isna()]
+
+
 def format_summary(rows: pd.DataFrame, simulator: str) -> pd.DataFrame:
     """core.scoring.format_summary of one simulator's scores in registry order, without the similarity columns
     when no explanation was compared to a reference."""

@@ -23,12 +23,14 @@ def _formats(src: dashboard.Source) -> None:
     model = st.selectbox("Model", sorted(costs["model"].unique()), key="results_model")
     costs = costs[costs["model"] == model]
     rows = dashboard.score_rows(src, model)
-    simulators = sorted(rows["simulator"].dropna().unique()) if "simulator" in rows else []
+    scorers = dashboard.scorers(rows)
     st.subheader("Simulation scores")
-    if simulators:
-        simulator = st.selectbox(
-            "Simulator", simulators, key="results_simulator", help="Scores of different simulators never mix"
+    if scorers:
+        scorer = st.selectbox(
+            "Simulator", scorers, key="results_simulator", help="Scores of different simulators or methods never mix"
         )
+        rows = dashboard.rows_of_scorer(rows, scorer)
+        simulator = scorer.partition(" · ")[0]
         st.caption(
             "Correlation of simulated and real activations on the valid split (SPEC.md §4); mean over neurons "
             "with a 95% bootstrap CI."

@@ -588,6 +588,22 @@ def test_results_per_format_scores_and_costs(app_db) -> None:
     assert len(at.get("plotly_chart")) == 3
 
 
+def test_results_keep_two_methods_of_one_simulator_apart(app_db) -> None:
+    neurons = write_default_data(app_db)
+    ids = write_scored_explanations(app_db, neurons[0])
+    records = neurons[0].split("valid")
+    constant = [[1.0] * len(record.activations) for record in records]  # a second method that scores nothing
+    for explanation_id in ids:
+        scores = scoring.score_records(records, constant)
+        dbmod.save_score(app_db, explanation_id, "hf:tiny", "chat_parse", "valid", False, scores, constant, "ok")
+    at = run("results")
+    assert not at.exception and not errors(at)
+    assert at.selectbox(key="results_simulator").options == ["hf:tiny · all_at_once", "hf:tiny · chat_parse"]
+    assert list(at.dataframe[0].value["n"]) == [1, 1]  # one method's scores, not two mixed
+    at.selectbox(key="results_simulator").select("hf:tiny · chat_parse").run()
+    assert at.dataframe[0].value["mean_score"].isna().all()  # constant predictions: undefined, never 0
+
+
 def test_results_study_needs_an_admin(app_db) -> None:
     write_default_data(app_db)
     write_study(app_db)
