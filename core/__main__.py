@@ -644,12 +644,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(_score_tables(database, model, report, args.baseline))
         for error in report.errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
+        for warning in report.warnings:
+            print(f"  warning: {warning}", file=sys.stderr)
     return 1 if report.failed else 0
 
 
 @command
 def _add_run(commands: argparse._SubParsersAction) -> None:
-
     parser = _subcommand(
         commands,
         "run",
