@@ -27,7 +27,7 @@ from core.errors import InputError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_CORPUS_VERSION = 1
+DEFAULT_CORPUS_VERSION = 2
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 
 
@@ -96,7 +96,8 @@ def _prose(text: str) -> Iterator[str]:
 def build_default_corpus(path: Path | None = None) -> Path:
     """Write the default corpus (shuffled with seed 0) as JSONL; atomic, so an interrupted build leaves nothing."""
     path = path or default_corpus_path()
-    documents = list(_python_prose())
+    # The same docstring or comment often stands in several modules; repeats would fill top-k lists with copies.
+    documents = list(dict.fromkeys(_python_prose()))
     random.Random(0).shuffle(documents)
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as out:

@@ -80,6 +80,7 @@ def test_default_corpus_is_over_a_million_tokens(tmp_path, monkeypatch, minilm):
     path = corpusmod.build_default_corpus()
     documents = list(load_corpus("default").documents())
     assert path.exists() and len(documents) > 30_000
+    assert len(set(documents)) == len(documents)  # repeated docstrings would give neurons copies of one excerpt
     sample = documents[:2000]
     tokens_per_char = sum(len(minilm(d, add_special_tokens=False)["input_ids"]) for d in sample) / sum(
         len(d) for d in sample
