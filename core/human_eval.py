@@ -401,8 +401,16 @@ def _reserved_since() -> str:
 
 def _progress(state: dict[str, list[dict]], study: Study) -> Progress:
     rated = sum(bool(row["rated"]) for row in state["assigned"])
-    eligible, _, _ = _open_items(state, study)
-    return Progress(rated=rated, remaining=len(eligible) + len(state["assigned"]) - rated)
+    eligible, gold, _ = _open_items(state, study)
+    seen = {row["item_id"] for row in state["assigned"]}
+    seen_gold = sum(item["is_gold"] and item["id"] in seen for item in state["items"])
+    # choose_item draws a gold item while seen_gold < gold_share × seen regular items and a regular item is left,
+    # so a session of R regular items holds ceil(gold_share × (R − 1)) of them: count those still to come, so that
+    # "item 3 of N" keeps its N.
+    regular_total = len(seen) - seen_gold + len(eligible)
+    gold_total = math.ceil(study.gold_share * (regular_total - 1)) if eligible else seen_gold
+    upcoming_gold = min(len(gold), max(0, gold_total - seen_gold))
+    return Progress(rated=rated, remaining=len(eligible) + upcoming_gold + len(state["assigned"]) - rated)
 
 
 def rater_progress(db: sqlite_utils.Database, study: str, rater: str) -> Progress:

@@ -208,11 +208,13 @@ def test_gold_items_are_mixed_in_at_the_gold_share(db) -> None:
     make_study(db, neurons=20, ratings_per_item=1, overlap_share=0.0, gold_share=0.25)
     add_raters(db, ["ann"])
     admin = {item["item_id"]: item for item in human_eval.study_items(db, "S")}
-    shown = []
+    shown, totals = [], set()
     while (item := human_eval.next_item(db, "S", "ann")) is not None:
         shown.append(bool(admin[item.item_id]["is_gold"]))
+        totals.add(item.progress.rated + item.progress.remaining)
         human_eval.submit_rating(db, "S", "ann", item.item_id, "left")
     assert shown.count(True) == 5 and shown.count(False) == 20
+    assert totals == {25}  # "item k of 25" from the first item to the last: gold items to come are counted
     # Spread through the session rather than bunched at one end.
     assert 0 < shown.index(True) < 6 and any(shown[-6:])
 
