@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import dashboard, render
+from core import charts, dashboard, render, tables
 from core.records import NeuronId
 
 st.set_page_config(page_title="Neurons", page_icon="🔬", layout="wide")
@@ -61,7 +61,7 @@ def _search(src: dashboard.Source) -> None:
         if found.empty:
             st.info("No explanation contains that text.")
             return
-        st.dataframe(found, hide_index=True, width="stretch", column_config=dashboard.EXPLANATION_TABLE_CONFIG)
+        st.dataframe(found, hide_index=True, width="stretch", column_config=tables.EXPLANATION_TABLE_CONFIG)
         targets = list(dict.fromkeys(f"{row.model} · {row.layer}:{row.neuron}" for row in found.itertuples()))
         st.selectbox("Open", targets, index=None, key="neurons_open", on_change=_open, args=("neurons_open",))
 
@@ -88,11 +88,11 @@ def _pick(src: dashboard.Source, models: list[str]) -> tuple[str, NeuronId] | No
             # From -1 up: switching the filter on first lists every scored neuron, whatever the simulator's range.
             min_score = st.slider("Best score at least", -1.0, 1.0, -1.0, 0.05, key=MIN_SCORE)
             scored = dashboard.overview(src, model, layer, simulator)
-            table = dashboard.filter_by_score(scored, min_score)
+            table = tables.filter_by_score(scored, min_score)
         else:
             table = dashboard.overview(src, model, layer)
     if table.empty:
-        st.info(dashboard.filter_message(scored, min_score, layer) if filtering else f"Layer {layer} has no neurons.")
+        st.info(tables.filter_message(scored, min_score, layer) if filtering else f"Layer {layer} has no neurons.")
         return None
     with st.sidebar:
         indices = [int(i) for i in table["neuron"]]
@@ -118,9 +118,9 @@ def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record
     if not rows:
         st.info("No explanations yet: explain this neuron on the Explain page or with `python -m core explain`.")
         return
-    table = dashboard.explanation_table(rows, scores, dashboard.neuron_similarities(src, model, neuron_id))
-    st.dataframe(table, hide_index=True, width="stretch", column_config=dashboard.EXPLANATION_TABLE_CONFIG)
-    simulated = dashboard.simulations(scores)
+    table = tables.explanation_table(rows, scores, dashboard.neuron_similarities(src, model, neuron_id))
+    st.dataframe(table, hide_index=True, width="stretch", column_config=tables.EXPLANATION_TABLE_CONFIG)
+    simulated = tables.simulations(scores)
     if not simulated:
         st.caption("No explanation of this neuron has a stored simulation yet.")
         return
@@ -146,7 +146,7 @@ def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record
         parts.append(render.label_html(f"excerpt {number}"))
         parts.append(render.comparison_html(excerpt, predictions, scale, predicted_scale, tidy))
     st.html(render.styled(*parts))
-    st.plotly_chart(dashboard.simulation_scatter(records, simulation.predictions), width="stretch")
+    st.plotly_chart(charts.simulation_scatter(records, simulation.predictions), width="stretch")
 
 
 def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None:
@@ -182,8 +182,8 @@ def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None
             "Token activations in the stored excerpts. Dotted lines: the neuron's quantile boundaries of the "
             "per-excerpt maximum over the whole corpus."
         )
-        st.plotly_chart(dashboard.activation_histogram(record), width="stretch")
-        st.dataframe(dashboard.stats_table(record), hide_index=True, width="content")
+        st.plotly_chart(charts.activation_histogram(record), width="stretch")
+        st.dataframe(tables.stats_table(record), hide_index=True, width="content")
     with explanations:
         _explanations(src, model, neuron_id, record)
 

@@ -9,7 +9,7 @@ import time
 
 import streamlit as st
 
-from core import dashboard, explain, llm, pipeline, prompts, render, simulate
+from core import dashboard, explain, llm, pipeline, prompts, render, simulate, tables
 from core import db as dbmod
 from core.records import NeuronId
 
@@ -69,14 +69,14 @@ def _settings() -> dict:
 
 def _preview(src: dashboard.Source, model: str, neuron_id: NeuronId, formats: list[str], explainer: str, settings):
     record = dashboard.neuron(src, model, neuron_id)
-    previews = dashboard.prompt_previews(record, formats, explainer, settings["cutoff"], settings["few_shot"])
+    previews = tables.prompt_previews(record, formats, explainer, settings["cutoff"], settings["few_shot"])
     tokenizer = dashboard.markdown_escape(previews[0].tokenizer)
     st.caption(f"The exact prompts for neuron {neuron_id}, counted with the {tokenizer} tokenizer.")
     st.dataframe(
-        dashboard.preview_table(previews),
+        tables.preview_table(previews),
         hide_index=True,
         width="content",
-        column_config=dashboard.PREVIEW_TABLE_CONFIG,
+        column_config=tables.PREVIEW_TABLE_CONFIG,
     )
     for tab, preview in zip(st.tabs([p.format for p in previews]), previews, strict=True):
         with tab:
@@ -100,7 +100,7 @@ def _run(db, model: str, neurons: list[NeuronId], formats: list[str], explainer:
             shown_at[0] = time.monotonic()
             rows = dbmod.explanations_after(db, start, model)
             live.dataframe(
-                dashboard.job_table(rows), hide_index=True, width="stretch", column_config=dashboard.JOB_TABLE_CONFIG
+                tables.job_table(rows), hide_index=True, width="stretch", column_config=tables.JOB_TABLE_CONFIG
             )
 
     report = explain.explain_neurons(db, model, neurons, formats, explainer, progress=progress, **settings)
@@ -108,11 +108,9 @@ def _run(db, model: str, neurons: list[NeuronId], formats: list[str], explainer:
     for error in report.errors[:5]:
         st.error(dashboard.one_line(error))
     rows = report.rows(db)
-    live.dataframe(
-        dashboard.job_table(rows), hide_index=True, width="stretch", column_config=dashboard.JOB_TABLE_CONFIG
-    )
+    live.dataframe(tables.job_table(rows), hide_index=True, width="stretch", column_config=tables.JOB_TABLE_CONFIG)
     st.markdown("**Token cost per format**")
-    st.dataframe(explain.cost_table(rows), width="stretch", column_config=dashboard.COST_TABLE_CONFIG)
+    st.dataframe(explain.cost_table(rows), width="stretch", column_config=tables.COST_TABLE_CONFIG)
     if scorer is None:
         return
     simulator, method = scorer

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import dashboard, explain, export, human_eval, scoring
+from core import charts, dashboard, explain, export, human_eval, scoring, tables
 
 st.set_page_config(page_title="Results", page_icon="🔬", layout="wide")
 st.title("Results")
@@ -23,44 +23,42 @@ def _formats(src: dashboard.Source) -> None:
     model = st.selectbox("Model", sorted(costs["model"].unique()), key="results_model")
     costs = costs[costs["model"] == model]
     rows = dashboard.score_rows(src, model)
-    scorers = dashboard.scorers(rows)
+    scorers = tables.scorers(rows)
     st.subheader("Simulation scores")
     if scorers:
         scorer = st.selectbox(
             "Simulator", scorers, key="results_simulator", help="Scores of different simulators or methods never mix"
         )
-        rows = dashboard.rows_of_scorer(rows, scorer)
+        rows = tables.rows_of_scorer(rows, scorer)
         simulator = scorer.partition(" · ")[0]
         st.caption(
             "Correlation of simulated and real activations on the valid split (SPEC.md §4); mean over neurons "
             "with a 95% bootstrap CI."
         )
         st.dataframe(
-            dashboard.format_summary(rows, simulator),
+            tables.format_summary(rows, simulator),
             hide_index=True,
             width="stretch",
-            column_config=dashboard.FORMAT_SUMMARY_CONFIG,
+            column_config=tables.FORMAT_SUMMARY_CONFIG,
         )
         scored = rows[(rows["simulator"] == simulator) & rows["score"].notna()]
-        st.plotly_chart(dashboard.distribution_figure(scored, "score", "score"), width="stretch")
+        st.plotly_chart(charts.distribution_figure(scored, "score", "score"), width="stretch")
         if "original" in set(scored["format"]) and scored["format"].nunique() > 1:
             st.markdown("**Each format against original**, on the neurons both have (paired by neuron)")
             st.dataframe(
-                dashboard.in_format_order(scoring.paired_format_differences(rows, "original", simulator=simulator)),
+                tables.in_format_order(scoring.paired_format_differences(rows, "original", simulator=simulator)),
                 hide_index=True,
                 width="stretch",
-                column_config=dashboard.DIFFERENCE_TABLE_CONFIG,
+                column_config=tables.DIFFERENCE_TABLE_CONFIG,
             )
     else:
         st.info("No explanation of this model has been scored yet (score them on the Explain page or the CLI).")
     st.subheader("Token cost")
     st.caption("Input and output tokens per explanation, counted separately (SPEC.md §4).")
-    st.dataframe(
-        explain.cost_table(costs.to_dict("records")), width="stretch", column_config=dashboard.COST_TABLE_CONFIG
-    )
+    st.dataframe(explain.cost_table(costs.to_dict("records")), width="stretch", column_config=tables.COST_TABLE_CONFIG)
     left, right = st.columns(2)
-    left.plotly_chart(dashboard.distribution_figure(costs, "input_tokens", "input tokens"), width="stretch")
-    right.plotly_chart(dashboard.distribution_figure(costs, "output_tokens", "output tokens"), width="stretch")
+    left.plotly_chart(charts.distribution_figure(costs, "input_tokens", "input tokens"), width="stretch")
+    right.plotly_chart(charts.distribution_figure(costs, "output_tokens", "output tokens"), width="stretch")
 
 
 def _study(src: dashboard.Source, name: str) -> None:
@@ -78,8 +76,8 @@ def _study(src: dashboard.Source, name: str) -> None:
             ),
             ("raters", f"{summary['n_raters']}"),
             ("ties · both bad", f"{summary['ties']} · {summary['both_bad']}"),
-            (f"{arm_a} over {arm_b}", dashboard.rate_text(summary["win_rate"], summary["wilson_ci"])),
-            ("left chosen (position bias)", dashboard.rate_text(bias["rate"], bias["ci"])),
+            (f"{arm_a} over {arm_b}", tables.rate_text(summary["win_rate"], summary["wilson_ci"])),
+            ("left chosen (position bias)", tables.rate_text(bias["rate"], bias["ci"])),
         ]
     )
     st.caption(
@@ -88,19 +86,17 @@ def _study(src: dashboard.Source, name: str) -> None:
     )
     pairs = summary["pairs"]
     if any(pair["win_rate"] is not None for pair in pairs):
-        st.plotly_chart(dashboard.win_rate_figure(pairs), width="stretch")
-    st.dataframe(
-        dashboard.pairs_table(pairs), hide_index=True, width="stretch", column_config=dashboard.PAIRS_TABLE_CONFIG
-    )
+        st.plotly_chart(charts.win_rate_figure(pairs), width="stretch")
+    st.dataframe(tables.pairs_table(pairs), hide_index=True, width="stretch", column_config=tables.PAIRS_TABLE_CONFIG)
     if summary["bradley_terry"]:
         st.markdown("**Bradley–Terry strengths**")
-        st.plotly_chart(dashboard.bradley_terry_figure(summary["bradley_terry"]), width="stretch")
+        st.plotly_chart(charts.bradley_terry_figure(summary["bradley_terry"]), width="stretch")
     # One block under the other: side by side, a narrow window cut the interval of the figure short.
     st.markdown("**Humans vs automated scores**")
     versus = summary["human_vs_automated"]
     if versus:
         dashboard.metric_row(
-            [("humans chose the higher-scored explanation", dashboard.rate_text(versus["rate"], versus["ci"]))]
+            [("humans chose the higher-scored explanation", tables.rate_text(versus["rate"], versus["ci"]))]
         )
         st.caption(f"{versus['n']} decisive ratings of items whose explanations both have scores.")
     else:
@@ -110,15 +106,15 @@ def _study(src: dashboard.Source, name: str) -> None:
         pd.DataFrame(list(summary["agreement"].items()), columns=["measure", "value"]),
         hide_index=True,
         width="content",
-        column_config=dashboard.MEASURE_TABLE_CONFIG,
+        column_config=tables.MEASURE_TABLE_CONFIG,
     )
     st.markdown("**Per rater**")
     st.dataframe(pd.DataFrame(status["raters"]), hide_index=True, width="stretch")
     st.dataframe(
-        dashboard.pairs_table(summary["per_rater"]),
+        tables.pairs_table(summary["per_rater"]),
         hide_index=True,
         width="stretch",
-        column_config=dashboard.PAIRS_TABLE_CONFIG,
+        column_config=tables.PAIRS_TABLE_CONFIG,
     )
     if summary["gold"]["per_rater"]:
         st.markdown("**Attention checks**")

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from core import dashboard, human_eval, prompts, raters, scoring
+from core import charts, dashboard, human_eval, prompts, raters, scoring, tables
 from core import db as dbmod
 from core.errors import InputError
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
@@ -158,16 +158,16 @@ def test_explanation_table_keeps_simulators_apart() -> None:
         {"explanation_id": 2, "status": "failed", "score": None, "simulator": "s1", "method": "m", "split": "valid"},
     ]
     similarities = [{"explanation_id": 1, "cosine": 0.8}, {"explanation_id": 1, "cosine": 0.6}]
-    table = dashboard.explanation_table(rows, scores, similarities)
+    table = tables.explanation_table(rows, scores, similarities)
     assert list(table["id"]) == [1, 1, 2]
     assert list(table["simulator"][:2]) == ["s1", "s2"] and table["simulator"].isna().iloc[2]
     assert table["score"].iloc[0] == 0.5 and math.isnan(table["score"].iloc[1]) and math.isnan(table["score"].iloc[2])
     assert table["similarity"].iloc[0] == pytest.approx(0.7) and math.isnan(table["similarity"].iloc[2])
     assert table["reference_score"].iloc[2] == 0.4
     # Scores sit beside their simulator; a column no row fills (here: source) is left out.
-    assert list(table.columns) == [c for c in dashboard.EXPLANATION_COLUMNS if c != "source"]
+    assert list(table.columns) == [c for c in tables.EXPLANATION_COLUMNS if c != "source"]
     assert list(table.columns[:6]) == ["id", "format", "explainer", "explanation", "score", "simulator"]
-    bare = dashboard.explanation_table([{"id": 3, "format": "summary", "explainer": "e", "explanation": "c"}])
+    bare = tables.explanation_table([{"id": 3, "format": "summary", "explainer": "e", "explanation": "c"}])
     assert list(bare.columns) == ["id", "format", "explainer", "explanation"]
 
 
@@ -179,7 +179,7 @@ def test_simulations_are_the_ok_scores_with_predictions() -> None:
         {"explanation_id": 3, "status": "ok", "predictions": [[None]], "score": None, "format": "original",
          "explainer": "e", "simulator": "s", "method": "m", "split": "test", "calibrated": True, "explanation": "y"},
     ]  # fmt: skip
-    found = dashboard.simulations(scores)
+    found = tables.simulations(scores)
     assert [s.explanation_id for s in found] == [1, 3]
     assert found[0].label == "#1 summary by e, simulated by s (m, valid): score 0.250"
     assert found[1].label.endswith("(m, test, calibrated): score undefined")
@@ -194,36 +194,36 @@ def test_rating_excerpts_are_held_out_top_records() -> None:
 
 
 def test_job_table_and_stats_table() -> None:
-    table = dashboard.job_table([{"id": 4, "layer": 1, "neuron": 2, "format": "summary", "status": "failed"}])
+    table = tables.job_table([{"id": 4, "layer": 1, "neuron": 2, "format": "summary", "status": "failed"}])
     assert table.to_dict("records")[0] | {"input_tokens": None} == {
         "id": 4, "neuron": "1:2", "format": "summary", "sample": None, "status": "failed", "input_tokens": None,
         "output_tokens": None, "explanation": "", "error": "",
     }  # fmt: skip
-    stats = dict(dashboard.stats_table(_neuron(0, 0)).itertuples(index=False))
+    stats = dict(tables.stats_table(_neuron(0, 0)).itertuples(index=False))
     assert stats["q0.99 of excerpt max"] == 2.0 and stats["top excerpts"] == 20
 
 
 def test_prompt_previews_count_and_report_problems() -> None:
     record = _neuron(0, 0)
-    previews = dashboard.prompt_previews(record, ["original", "summary"], "openai:gpt-4", prompts.DEFAULT_CUTOFF, None)
+    previews = tables.prompt_previews(record, ["original", "summary"], "openai:gpt-4", prompts.DEFAULT_CUTOFF, None)
     assert [p.format for p in previews] == ["original", "summary"] and all(p.error is None for p in previews)
     assert previews[0].input_tokens > 0 and previews[0].tokenizer == "cl100k_base"
     assert previews[0].text.startswith("=== system ===")
     # The 0.9 quantile is not among the neuron's stats: the natural format reports it, the original does not care.
     missing = prompts.Cutoff("quantile", 0.9)
-    previews = dashboard.prompt_previews(record, ["original", "summary"], "openai:gpt-4", missing, "none")
+    previews = tables.prompt_previews(record, ["original", "summary"], "openai:gpt-4", missing, "none")
     assert previews[0].error is None and "0.9 quantile" in previews[1].error and previews[1].input_tokens is None
     with pytest.raises(InputError):
-        dashboard.prompt_previews(record, ["summary"], "gpt-4", prompts.DEFAULT_CUTOFF, None)
+        tables.prompt_previews(record, ["summary"], "gpt-4", prompts.DEFAULT_CUTOFF, None)
 
 
 def test_preview_table_compares_the_formats() -> None:
     previews = [
-        dashboard.PromptPreview("original", "a", 900, "cl100k_base"),
-        dashboard.PromptPreview("summary", "b", 300, "cl100k_base"),
-        dashboard.PromptPreview("highlight", "", None, "cl100k_base", "no cutoff"),
+        tables.PromptPreview("original", "a", 900, "cl100k_base"),
+        tables.PromptPreview("summary", "b", 300, "cl100k_base"),
+        tables.PromptPreview("highlight", "", None, "cl100k_base", "no cutoff"),
     ]
-    table = dashboard.preview_table(previews)
+    table = tables.preview_table(previews)
     assert list(table["format"]) == ["original", "summary", "highlight"]
     assert table["original_over_format"].tolist()[:2] == [1.0, 3.0] and math.isnan(table["original_over_format"][2])
     assert list(table["problem"]) == ["", "", "no cutoff"]
@@ -233,23 +233,23 @@ def test_score_filter_and_its_message() -> None:
     import pandas as pd
 
     table = pd.DataFrame({"layer": [3, 3, 3], "neuron": [0, 1, 2], "best_score": [0.2, math.nan, -0.07]})
-    assert list(dashboard.filter_by_score(table, -1.0)["neuron"]) == [0, 2]  # unscored neurons never pass
-    assert list(dashboard.filter_by_score(table, 0.2)["neuron"]) == [0]
-    assert dashboard.filter_by_score(table, 0.5).empty
-    assert dashboard.filter_message(table, 0.5, 3) == (
+    assert list(tables.filter_by_score(table, -1.0)["neuron"]) == [0, 2]  # unscored neurons never pass
+    assert list(tables.filter_by_score(table, 0.2)["neuron"]) == [0]
+    assert tables.filter_by_score(table, 0.5).empty
+    assert tables.filter_message(table, 0.5, 3) == (
         "No neuron of layer 3 has a best score of at least 0.50: 2 are scored, the best at 0.20. "
         "Lower the threshold in the sidebar."
     )
-    assert "has a score from this simulator yet" in dashboard.filter_message(table.iloc[[1]], 0.5, 3)
+    assert "has a score from this simulator yet" in tables.filter_message(table.iloc[[1]], 0.5, 3)
 
 
 def test_in_format_order() -> None:
     import pandas as pd
 
     frame = pd.DataFrame({"format": ["mine", "highlight", "original", "avhs"], "n": [1, 2, 3, 4]})
-    assert list(dashboard.in_format_order(frame)["format"]) == ["original", "highlight", "avhs", "mine"]
-    assert list(dashboard.in_format_order(frame)["n"]) == [3, 2, 4, 1]
-    assert dashboard.in_format_order(frame.iloc[0:0]).empty
+    assert list(tables.in_format_order(frame)["format"]) == ["original", "highlight", "avhs", "mine"]
+    assert list(tables.in_format_order(frame)["n"]) == [3, 2, 4, 1]
+    assert tables.in_format_order(frame.iloc[0:0]).empty
 
 
 # --- small formatting helpers ------------------------------------------------------------------------------------
@@ -258,8 +258,8 @@ def test_in_format_order() -> None:
 def test_texts() -> None:
     assert dashboard.progress_text(11, 29) == ("12 of 40", 11 / 40)
     assert dashboard.progress_text(0, 0) == ("nothing to rate", 1.0)
-    assert dashboard.rate_text(0.625, [0.48, 0.74]) == "62% (48%–74%)"
-    assert dashboard.rate_text(None) == "–" and dashboard.rate_text(0.5) == "50%"
+    assert tables.rate_text(0.625, [0.48, 0.74]) == "62% (48%–74%)"
+    assert tables.rate_text(None) == "–" and tables.rate_text(0.5) == "50%"
     assert dashboard.neuron_label(7, math.nan) == "7" and dashboard.neuron_label(7, 0.456) == "7  (best score 0.46)"
     assert dashboard.public_url("https://u:p@host.example:8443/v1/?k=s#f") == "https://host.example:8443/v1"
     assert dashboard.public_url(None) is None
@@ -274,16 +274,16 @@ def test_pairs_table_is_narrow_and_reads_the_interval() -> None:
         {"rater": "r", "arm_a": "a", "arm_b": "c", **counts, "win_rate": None, "wilson_ci": [None, None],
          "binomial_p": None, "tie_share": 0.0, "both_bad_share": 0.0},
     ]  # fmt: skip
-    table = dashboard.pairs_table(rows)
-    assert list(table.columns) == dashboard.PAIR_COLUMNS
+    table = tables.pairs_table(rows)
+    assert list(table.columns) == tables.PAIR_COLUMNS
     assert table.iloc[0].to_dict() == {
         "rater": "r", "arm_a": "a", "arm_b": "b", **{k: v for k, v in counts.items() if k != "decisive"},
         "win_rate_a": "62% (31%–86%)", "binomial_p": 0.73,
     }  # fmt: skip
     assert table["win_rate_a"].iloc[1] == "–" and math.isnan(table["binomial_p"].iloc[1])
-    overall = dashboard.pairs_table([{k: v for k, v in rows[0].items() if k != "rater"}])
+    overall = tables.pairs_table([{k: v for k, v in rows[0].items() if k != "rater"}])
     assert "rater" not in overall.columns
-    assert dashboard.pairs_table([]).empty
+    assert tables.pairs_table([]).empty
 
 
 def test_download_of_one_file_or_a_zip() -> None:
@@ -299,7 +299,7 @@ def test_download_of_one_file_or_a_zip() -> None:
 
 def test_figures() -> None:
     record = _neuron(0, 0)
-    histogram = dashboard.activation_histogram(record)
+    histogram = charts.activation_histogram(record)
     assert [trace.name for trace in histogram.data] == ["random excerpts", "top excerpts"]
     assert sorted(shape.x0 for shape in histogram.layout.shapes) == [0.5, 2.0]
     # Overlaid bars share their bins, the two sets differ in colour, and the log axis is labelled by decades.
@@ -310,16 +310,16 @@ def test_figures() -> None:
         {"arm_a": "a", "arm_b": "b", "win_rate": 0.75, "wilson_ci": [0.5, 0.9]},
         {"arm_a": "a", "arm_b": "c", "win_rate": None, "wilson_ci": [None, None]},
     ]
-    bars = dashboard.win_rate_figure(pairs).data[0]
+    bars = charts.win_rate_figure(pairs).data[0]
     assert list(bars.y) == ["a over b"] and list(bars.error_x.arrayminus) == [0.25]
     assert list(bars.error_x.array) == pytest.approx([0.15])
     strengths = {
         "arms": [{"arm": "a", "strength": 0.5, "ci": [0.1, 0.9]}, {"arm": "b", "strength": -0.5, "ci": [-1, 0]}]
     }
-    assert list(dashboard.bradley_terry_figure(strengths).data[0].y) == ["a", "b"]
+    assert list(charts.bradley_terry_figure(strengths).data[0].y) == ["a", "b"]
     import pandas as pd
 
     frame = pd.DataFrame({"format": ["summary", "original", "summary", "mine"], "score": [0.1, 0.2, None, 0.3]})
-    boxes = dashboard.distribution_figure(frame, "score", "score").data
+    boxes = charts.distribution_figure(frame, "score", "score").data
     assert [box.name for box in boxes] == ["original", "summary", "mine"]  # registry order, then the rest
     assert list(boxes[1].y) == [0.1]

@@ -1,0 +1,337 @@
+"""The data frames the pages show, and their column formats: pure functions of core results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import WorkbenchError
+from core.records import NeuronRecord
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+EXPLANATION_COLUMNS = [
+    "id", "format", "explainer", "explanation", "score", "simulator", "similarity", "reference_score", "input_tokens",
+    "output_tokens", "method", "split", "source",
+]  # fmt: skip
+# Shown whatever they hold; every other column of the explanation table is left out when no row has a value.
+_ALWAYS_SHOWN = ("id", "format", "explainer", "explanation")
+
+
+def explanation_table(
+    rows: Sequence[Mapping[str, Any]],
+    scores: Sequence[Mapping[str, Any]] = (),
+    similarities: Sequence[Mapping[str, Any]] = (),
+) -> pd.DataFrame:
+    """One row per explanation and ok score (an unscored explanation gets one row without a score): format,
+    explainer, score with its simulator, method and split, mean similarity to its references, the imported
+    reference score, tokens in and out, and the text. Scores of different simulators stay on separate rows."""
+    by_explanation: dict[int, list[Mapping[str, Any]]] = {}
+    for score in scores:
+        if score.get("status") == "ok":
+            by_explanation.setdefault(score["explanation_id"], []).append(score)
+    cosines: dict[int, list[float]] = {}
+    for row in similarities:
+        value = _number(row.get("cosine"))
+        if value is not None:
+            cosines.setdefault(row["explanation_id"], []).append(value)
+    table = []
+    for row in rows:
+        shared = {
+            "id": row["id"],
+            "format": row["format"],
+            "explainer": row["explainer"],
+            "source": row.get("source"),
+            "similarity": sum(cosines[row["id"]]) / len(cosines[row["id"]]) if row["id"] in cosines else None,
+            "reference_score": _number(row.get("reference_score")),
+            "input_tokens": row.get("input_tokens"),
+            "output_tokens": row.get("output_tokens"),
+            "explanation": row.get("explanation") or "",
+        }
+        for score in by_explanation.get(row["id"], [None]):
+            fields = ("score", "simulator", "method", "split")
+            values = {key: None for key in fields} if score is None else {key: score.get(key) for key in fields}
+            values["score"] = _number(values["score"])
+            table.append({**shared, **values})
+    frame = pd.DataFrame(table, columns=EXPLANATION_COLUMNS)
+    for column in ("score", "similarity", "reference_score", "input_tokens", "output_tokens"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return without_empty_columns(frame, [c for c in EXPLANATION_COLUMNS if c not in _ALWAYS_SHOWN])
+
+
+def without_empty_columns(frame: pd.DataFrame, optional: Sequence[str]) -> pd.DataFrame:
+    """`frame` without those of the `optional` columns that hold no value in any row (a similarity column when
+    nothing was compared, a source column when nothing was imported): fewer columns to scroll past."""
+    empty = [c for c in optional if c in frame and not frame[c].notna().any()]
+    return frame.drop(columns=empty)
+
+
+def _number_column(fmt: str, help_text: str | None = None) -> Any:
+    return st.column_config.NumberColumn(format=fmt, help=help_text)
+
+
+# Column formats of the tables the pages show: scores to 3 decimals, token means as whole tokens, ratios to two
+# decimals, p-values to 3 significant digits. Entries for columns a table lacks are ignored.
+EXPLANATION_TABLE_CONFIG = {
+    "score": _number_column("%.3f", "correlation of simulated and real activations (SPEC.md §4)"),
+    "similarity": _number_column("%.3f", "mean cosine to the reference explanations"),
+    "reference_score": _number_column("%.3f", "score published with an import"),
+    "explanation": st.column_config.TextColumn(width="large"),
+}
+JOB_TABLE_CONFIG = {"explanation": st.column_config.TextColumn(width="large")}
+COST_TABLE_CONFIG = {
+    **{f"mean_{kind}_tokens": _number_column("%.0f") for kind in ("input", "output", "total")},
+    **{
+        f"original_over_format_{kind}": _number_column("%.2f×", f"original's mean {kind} tokens ÷ this format's")
+        for kind in ("input", "total")
+    },
+}
+FORMAT_SUMMARY_CONFIG = {
+    "mean_score": _number_column("%.3f"),
+    "score_ci_lo": _number_column("%.3f", "95% bootstrap interval over neurons"),
+    "score_ci_hi": _number_column("%.3f", "95% bootstrap interval over neurons"),
+    "mean_similarity": _number_column("%.3f"),
+    "mean_input_tokens": _number_column("%.0f"),
+}
+DIFFERENCE_TABLE_CONFIG = {
+    "mean_diff": _number_column("%+.3f", "mean of (format − baseline) score over the neurons both have"),
+    "ci_lo": _number_column("%+.3f", "95% paired bootstrap interval"),
+    "ci_hi": _number_column("%+.3f", "95% paired bootstrap interval"),
+    "p_value": _number_column("%.3g", "Wilcoxon signed-rank, two-sided (5 or more neurons)"),
+}
+PAIRS_TABLE_CONFIG = {
+    "win_rate_a": st.column_config.TextColumn(help="share of decisive ratings (1 or 2) won by arm A, 95% CI"),
+    "binomial_p": _number_column("%.3g", "two-sided binomial test against no preference"),
+}
+MEASURE_TABLE_CONFIG = {"value": _number_column("%.3g")}
+
+
+def in_format_order(frame: pd.DataFrame, column: str = "format") -> pd.DataFrame:
+    """The rows of `frame` with the prompt formats in registry order, then any others by name."""
+    from core.prompts import FORMATS
+
+    if frame.empty or column not in frame:
+        return frame
+    names = [str(name) for name in frame[column]]
+    rank = {name: i for i, name in enumerate([*FORMATS, *sorted(set(names) - set(FORMATS))])}
+    order = sorted(range(len(frame)), key=lambda i: rank[names[i]])
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def scorers(rows: pd.DataFrame) -> list[str]:
+    """The simulator · method pairs that scored these rows: each is one comparable set of scores (SPEC.md §4)."""
+    if "simulator" not in rows or rows["simulator"].dropna().empty:
+        return []
+    scored = rows.dropna(subset=["simulator"])
+    return sorted(
+        {f"{simulator} · {method}" for simulator, method in zip(scored["simulator"], scored["method"], strict=True)}
+    )
+
+
+def rows_of_scorer(rows: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """The rows of one `scorers` entry, plus unscored rows (they still carry similarity and token cost)."""
+    simulator, _, method = scorer.partition(" · ")
+    same = (rows["simulator"] == simulator) & (rows["method"] == method)
+    return rows[same | rows["simulator"].isna()]
+
+
+def format_summary(rows: pd.DataFrame, simulator: str) -> pd.DataFrame:
+    """core.scoring.format_summary of one simulator's scores in registry order, without the similarity columns
+    when no explanation was compared to a reference."""
+    from core import scoring
+
+    table = in_format_order(scoring.format_summary(rows, simulator=simulator))
+    if "n_similarity" in table and not (table["n_similarity"] > 0).any():
+        table = table.drop(columns=["mean_similarity", "n_similarity"])
+    return table
+
+
+def filter_by_score(table: pd.DataFrame, min_score: float) -> pd.DataFrame:
+    """The neurons of an overview table whose best score is at least `min_score` (unscored ones never pass)."""
+    return table[table["best_score"].notna() & (table["best_score"] >= min_score)]
+
+
+def filter_message(table: pd.DataFrame, min_score: float, layer: int) -> str:
+    """Why no neuron of a layer passes the score filter, and what to do about it."""
+    scored = table["best_score"].dropna()
+    if scored.empty:
+        return (
+            f"No neuron of layer {layer} has a score from this simulator yet. Score explanations on the Explain page "
+            "or with `python -m core score`, or pick another layer or simulator."
+        )
+    return (
+        f"No neuron of layer {layer} has a best score of at least {min_score:.2f}: {len(scored)} are scored, the "
+        f"best at {scored.max():.2f}. Lower the threshold in the sidebar."
+    )
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """One stored simulation of an explanation, ready to show token by token."""
+
+    explanation_id: int
+    label: str
+    explanation: str
+    split: str
+    calibrated: bool
+    score: float | None
+    predictions: tuple[tuple[float, ...], ...]
+
+
+def simulations(scores: Sequence[Mapping[str, Any]]) -> list[Simulation]:
+    """The ok scores that kept their predictions, labelled by format, explainer, simulator and split."""
+    found = []
+    for row in scores:
+        if row.get("status") != "ok" or not row.get("predictions"):
+            continue
+        score = _number(row.get("score"))
+        shown = "undefined" if score is None else f"{score:.3f}"
+        calibrated = bool(row.get("calibrated"))
+        label = (
+            f"#{row['explanation_id']} {row['format']} by {row['explainer']}, simulated by {row['simulator']} "
+            f"({row['method']}, {row['split']}{', calibrated' if calibrated else ''}): score {shown}"
+        )
+        predictions = tuple(tuple(float(p) if p is not None else math.nan for p in rec) for rec in row["predictions"])
+        found.append(
+            Simulation(
+                row["explanation_id"], label, row.get("explanation") or "", row["split"], calibrated, score, predictions
+            )
+        )
+    return found
+
+
+JOB_COLUMNS = ["id", "neuron", "format", "sample", "status", "input_tokens", "output_tokens", "explanation", "error"]
+
+
+def job_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Stored explanations (ok or failed) as the Explain page's live table."""
+    table = [
+        {
+            "id": row["id"],
+            "neuron": f"{row['layer']}:{row['neuron']}",
+            "format": row["format"],
+            "sample": row.get("sample"),
+            "status": row["status"],
+            "input_tokens": row.get("input_tokens"),
+            "output_tokens": row.get("output_tokens"),
+            "explanation": row.get("explanation") or "",
+            "error": row.get("error") or "",
+        }
+        for row in rows
+    ]
+    return pd.DataFrame(table, columns=JOB_COLUMNS)
+
+
+@dataclass(frozen=True)
+class PromptPreview:
+    """The exact prompt one format sends for one neuron, and its input tokens (None when it cannot be counted)."""
+
+    format: str
+    text: str
+    input_tokens: int | None
+    tokenizer: str
+    error: str | None = None
+
+
+def prompt_previews(
+    record: NeuronRecord, formats: Sequence[str], explainer: str, cutoff: Any, few_shot: str | None
+) -> list[PromptPreview]:
+    """Each format's prompt for the neuron's train records (as explain_neurons builds it) and its token count with
+    the explainer's tokenizer. A prompt or count that fails is reported in its preview, not raised."""
+    from core import prompts, tokens
+    from core.explain import PROMPT_SPLIT
+
+    tokenizer = tokens.tokenizer_for(explainer)
+    examples = prompts.load_few_shot(few_shot)
+    previews = []
+    for format_name in formats:
+        try:
+            messages = prompts.build_messages(
+                format_name, record.split(PROMPT_SPLIT), few_shot=examples, cutoff=cutoff, stats=record.stats
+            )
+        except WorkbenchError as exc:
+            previews.append(PromptPreview(format_name, "", None, tokenizer, str(exc)))
+            continue
+        text = prompts.render_messages(messages)
+        try:
+            count, error = tokens.count_chat_tokens(messages, tokenizer), None
+        except WorkbenchError as exc:
+            count, error = None, f"cannot count tokens: {exc}"
+        previews.append(PromptPreview(format_name, text, count, tokenizer, error))
+    return previews
+
+
+def preview_table(previews: Sequence[PromptPreview]) -> pd.DataFrame:
+    """The input tokens of each format's prompt side by side, with Original ÷ format (SPEC.md §5), so the cost of
+    the formats compares at a glance."""
+    counts = {p.format: p.input_tokens for p in previews}
+    original = counts.get("original")
+    rows = [
+        {
+            "format": p.format,
+            "input_tokens": p.input_tokens,
+            "original_over_format": original / p.input_tokens if original and p.input_tokens else None,
+            "problem": p.error or "",
+        }
+        for p in previews
+    ]
+    frame = pd.DataFrame(rows, columns=["format", "input_tokens", "original_over_format", "problem"])
+    frame["original_over_format"] = pd.to_numeric(frame["original_over_format"], errors="coerce")
+    return frame
+
+
+PREVIEW_TABLE_CONFIG = {
+    "input_tokens": _number_column("%d"),
+    "original_over_format": _number_column("%.2f×", "original's input tokens ÷ this format's"),
+    "problem": st.column_config.TextColumn(width="large"),
+}
+
+
+def stats_table(record: NeuronRecord) -> pd.DataFrame:
+    """A neuron's statistics as (statistic, value) rows; quantiles are of the per-excerpt maximum (SPEC.md §1)."""
+    rows = [("max", record.stats.max), ("mean", record.stats.mean), ("variance", record.stats.variance)]
+    rows += [(f"q{level:g} of excerpt max", value) for level, value in sorted(record.stats.quantiles.items())]
+    rows += [("top excerpts", len(record.top)), ("random excerpts", len(record.random))]
+    return pd.DataFrame(rows, columns=["statistic", "value"])
+
+
+PAIR_COLUMNS = [
+    "rater", "arm_a", "arm_b", "n_ratings", "wins_a", "wins_b", "ties", "both_bad", "win_rate_a", "binomial_p",
+]  # fmt: skip
+
+
+def pairs_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Win-rate rows of core.stats (per pair, or per rater and pair), narrow enough to read: the counts, the win
+    rate of arm A over arm B among decisive ratings with its Wilson 95% interval as text ("56% (27%–81%)", as in
+    the figures above the table), and the binomial p-value. The shares of ties and both-bad follow from the
+    counts and are left out."""
+    table = [{**row, "win_rate_a": rate_text(row.get("win_rate"), row.get("wilson_ci"))} for row in rows]
+    columns = [c for c in PAIR_COLUMNS if c != "rater" or any("rater" in row for row in rows)]
+    frame = pd.DataFrame(table, columns=columns)
+    frame["binomial_p"] = pd.to_numeric(frame["binomial_p"], errors="coerce")
+    return frame
+
+
+def percent(value: float | None) -> str:
+    """A share as a whole percentage; "–" when undefined."""
+    return "–" if value is None or not math.isfinite(value) else f"{value:.0%}"
+
+
+def rate_text(rate: float | None, ci: Sequence[float | None] | None = None) -> str:
+    """A proportion with its 95% CI, e.g. "62% (48–74%)"; "–" when undefined."""
+    if rate is None or not math.isfinite(rate):
+        return "–"
+    if not ci or ci[0] is None or ci[1] is None:
+        return percent(rate)
+    return f"{percent(rate)} ({ci[0]:.0%}–{ci[1]:.0%})"
