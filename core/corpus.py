@@ -27,7 +27,7 @@ from core.errors import InputError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_CORPUS_VERSION = 2
+DEFAULT_CORPUS_VERSION = 3
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 
 
@@ -48,7 +48,9 @@ def _python_prose() -> Iterator[str]:
     """Docstrings, comment blocks and help topics of the running Python's standard library."""
     root = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.relative_to(root).parts:
+        # Third-party code is not Python's own, and the codec tables of `encodings` are data rather than prose:
+        # their shared ASCII rows would give many neurons the same excerpt several times.
+        if {"site-packages", "encodings"} & set(path.relative_to(root).parts):
             continue
         try:
             source = path.read_text(encoding="utf-8")
