@@ -2,8 +2,9 @@
 
 The embedded default corpus is the English prose that ships with every CPython: docstrings, comment blocks and the
 interactive help topics of the standard library (PSF licence). It needs no download and no root, and gives about
-1.5M BERT tokens. It is built once into the cache folder and shuffled with a fixed seed, so that any token budget
-takes a varied sample rather than the first modules alphabetically.
+1.25M BERT tokens (the codec tables of `encodings` and repeated documents are left out). It is built once into the
+cache folder and shuffled with a fixed seed, so that any token budget takes a varied sample rather than the first
+modules alphabetically.
 """
 
 from __future__ import annotations
