@@ -21,9 +21,11 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 install: $(BIN)/.installed
 
-# Collect all 6 layers of the bundled all-MiniLM-L6-v2 over the bundled corpus; a no-op once done.
+# Collect all 6 layers of the bundled all-MiniLM-L6-v2 over the bundled corpus, unless the database already holds
+# its neurons (collected by an earlier `make run`, or by hand with other settings, which `collect` never replaces).
 data: install
-	$(BIN)/python -m core collect --model default --corpus default
+	@$(BIN)/python -m core neuron --model default --layer 5 --neuron 0 > /dev/null 2>&1 \
+		|| $(BIN)/python -m core collect --model default --corpus default
 
 run: data
 	$(BIN)/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
