@@ -21,6 +21,7 @@ import pandas as pd
 from core import db as dbmod
 from core import similarity
 from core.errors import InputError, WorkbenchError
+from core.pipeline import format_table, frame_rows, progress_bar, resolve_simulator, simulate_and_score
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
 from core.simulate import Simulator
 
@@ -195,8 +196,6 @@ def simulator_sanity(scores: Mapping[str, Mapping[str, float | None]], truths: M
 # ---------------------------------------------------------------------------------------------------------------
 # Running puzzles: explain, store, score (SPEC.md §4)
 # ---------------------------------------------------------------------------------------------------------------
-# These use core.pipeline's helpers, imported inside the functions: core.pipeline imports this module to re-export
-# `run_puzzles` and `format_puzzle_report` for the CLI, so importing it at the top would be circular.
 
 
 @dataclass(frozen=True)
@@ -209,7 +208,6 @@ class PuzzleReport:
     method: str
 
     def to_json(self) -> dict[str, Any]:
-        from core.pipeline import frame_rows
 
         return {
             "explainers": frame_rows(self.explainers),
@@ -332,7 +330,6 @@ def run_puzzles(
 ) -> PuzzleReport:
     """Per explainer and format, the similarity of its explanations to the puzzles' truths; per simulator, how often
     the truth out-scores every decoy (SPEC.md §4). `explainer` None (or "none") runs only the simulator check."""
-    from core.pipeline import progress_bar, resolve_simulator, simulate_and_score
 
     puzzles = load_puzzles(puzzles_path)
     model = puzzle_model_name(puzzles_path)
@@ -377,7 +374,6 @@ def run_puzzles(
 
 def format_puzzle_report(report: PuzzleReport) -> str:
     """The `puzzles` command's text: the explainer table, then the simulator's sanity rate and its losses."""
-    from core.pipeline import format_table
 
     lines = []
     if not report.explainers.empty:
