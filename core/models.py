@@ -32,7 +32,6 @@ class Architecture:
     layers: str  # path from the base model to the list of transformer blocks
     mlp_out: str  # path from a block to the MLP output projection; its input holds the neurons
     gated: bool
-    encoder: bool = False
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -42,7 +41,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("gpt_neox", ("gpt_neox",), "layers", "mlp.dense_4h_to_h", gated=False),
         Architecture("llama", ("llama", "mistral", "qwen2", "qwen3"), "layers", "mlp.down_proj", gated=True),
         Architecture("gemma", ("gemma", "gemma2"), "layers", "mlp.down_proj", gated=True),
-        Architecture("bert", ("bert", "roberta"), "encoder.layer", "output.dense", gated=False, encoder=True),
+        Architecture("bert", ("bert", "roberta"), "encoder.layer", "output.dense", gated=False),
     )
 }
 

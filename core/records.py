@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,8 +221,3 @@ def normalize(records: Sequence[ActivationRecord], max_activation: float | None 
     if max_activation <= 0:
         return [[0] * len(r.activations) for r in records]
     return [[min(10, math.floor(10 * max(0.0, a) / max_activation)) for a in r.activations] for r in records]
-
-
-def flatten(records: Iterable[ActivationRecord]) -> list[float]:
-    """All activations of the records, concatenated in order."""
-    return [a for r in records for a in r.activations]

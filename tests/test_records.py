@@ -16,7 +16,6 @@ from core.records import (
     NeuronId,
     NeuronRecord,
     NeuronStats,
-    flatten,
     normalize,
 )
 
@@ -65,10 +64,6 @@ def test_all_zero_when_m_is_not_positive(activations: tuple[float, ...]) -> None
     assert normalize([record]) == [[0, 0]]
     assert normalize([record], max_activation=-1.0) == [[0, 0]]
     assert normalize([]) == []
-
-
-def test_flatten_concatenates_in_order() -> None:
-    assert flatten([ActivationRecord(("a",), (1.0,)), ActivationRecord(("b", "c"), (2.0, 3.0))]) == [1.0, 2.0, 3.0]
 
 
 # --- splits ----------------------------------------------------------------------------------------------------------
