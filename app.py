@@ -76,7 +76,8 @@ with dashboard.errors_shown(), dashboard.database() as db:
     )
     st.code(
         ".venv/bin/python -m core study create --name pilot --arms summary,original --neurons 0:1,0:2\n"
-        ".venv/bin/python -m core rater add --name alice",
+        ".venv/bin/python -m core rater add --name alice\n"
+        ".venv/bin/python -m core rater assign --name alice --studies pilot",
         language="bash",
         wrap_lines=True,
     )

@@ -170,6 +170,8 @@ def build_database(path: Path, layers: int, per_layer: int, seed: int) -> None:
         human_eval.create_study(
             db, STUDY, "summary,original", [str(n) for n in explained], ratings_per_item=2, seed=seed, model=MODEL
         )
+        for name in RATERS:
+            human_eval.assign_studies(db, name, [STUDY])
         choices = random.Random(seed + 1)
         for number in range(PREFILLED_RATINGS):
             rater = RATERS[number % len(RATERS)]

@@ -10,12 +10,15 @@ import argparse
 import json
 import logging
 import os
+import signal
+import sqlite3
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from core import config
-from core.errors import WorkbenchError
+from core.errors import InputError, NotFoundError, WorkbenchError
 
 log = logging.getLogger("core")
 
@@ -132,6 +135,12 @@ def _add_collect(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument(
+        "--device-map",
+        default=None,
+        help="spread the model over several GPUs: auto, balanced, sequential, or a JSON object module → device"
+        " (needs accelerate; not with torchrun)",
+    )
+    parser.add_argument(
         "--replace", action="store_true", help="overwrite layers that hold neurons collected with other settings"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -142,6 +151,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     from core import db as dbmod
     from core.activations import CollectOptions, collect
+    from core.distributed import World
 
     options = CollectOptions(
         max_tokens=args.max_tokens,
@@ -153,8 +163,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
         quantile_sample=args.quantile_sample,
         device=args.device,
         dtype=args.dtype,
+        device_map=args.device_map,
     )
-    database = dbmod.connect(args.db)
+    world = World.from_env()  # under torchrun, rank 0 alone opens the database and reports
+    database = dbmod.connect(args.db) if world.is_main else None
     bars: list[tqdm] = []  # made on the first batch, so that it does not sit at 0% while the model loads
 
     def progress(done: int, total: int | None) -> None:
@@ -162,13 +174,30 @@ def cmd_collect(args: argparse.Namespace) -> int:
             bars.append(tqdm(total=total, unit="tok", unit_scale=True, desc="collect", file=sys.stderr))
         bars[0].update(done - bars[0].n)
 
+    def terminate(_signum: int, _frame: Any) -> None:
+        # SIGTERM (a service stop, `kill`) ends the run the way Ctrl-C does: transactions roll back and the spill
+        # folder is removed on the way out.
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
     try:
         report = collect(
-            database, args.model, args.layers, args.corpus, options, progress=progress, replace=args.replace
+            database,
+            args.model,
+            args.layers,
+            args.corpus,
+            options,
+            progress=progress if world.is_main else None,
+            replace=args.replace,
         )
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         for bar in bars:
             bar.close()
+    if not world.is_main:
+        return 0
     if args.json:
         _print_json(report.to_json())
     elif not report.layers:
@@ -177,6 +206,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(
             f"{report.model}: collected layers {_join(report.layers)} over {report.n_tokens:,} tokens "
             f"({report.n_excerpts:,} excerpts) in {report.seconds:.1f}s, {report.tokens_per_second:,.0f} tokens/s"
+            + (f" on {report.world_size} processes" if report.world_size > 1 else "")
         )
     return 0
 
@@ -226,13 +256,16 @@ def _add_import_openai(commands: argparse._SubParsersAction) -> None:
         "--explanations", nargs="*", default=[], help="explanation .jsonl, or a layer,neuron,score,explanation .csv"
     )
     parser.add_argument("--neurons", default=None, help="layer:index list to fetch from OpenAI's bucket (online)")
-    parser.add_argument("--model", default="gpt2-xl", help="model name to store them under (%(default)s)")
+    parser.add_argument(
+        "--model", default="gpt2-xl", help="model name to store them under, or 'default' (MiniLM) (%(default)s)"
+    )
 
 
 def cmd_import_openai(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import openai_import
     from core.errors import InputError
+    from core.models import resolve_model_name
     from core.records import parse_neurons
 
     sources, explanation_sources = list(args.sources), list(args.explanations)
@@ -242,13 +275,18 @@ def cmd_import_openai(args: argparse.Namespace) -> int:
             explanation_sources.append(openai_import.EXPLANATIONS_URL.format(layer=neuron.layer, neuron=neuron.index))
     if not sources and not explanation_sources:
         raise InputError("nothing to import: give NeuronRecord files, --explanations FILES, or --neurons L:N,…")
+    model = resolve_model_name(args.model)
     database = dbmod.connect(args.db)
     if sources:
-        neurons = openai_import.import_neuron_records(database, sources, args.model)
-        print(f"imported {len(neurons)} neuron record(s) of {args.model}")
+        neurons = openai_import.import_neuron_records(database, sources, model)
+        print(f"imported {len(neurons)} neuron record(s) of {model}")
     if explanation_sources:
-        count = openai_import.import_explanations(database, explanation_sources, args.model)
-        print(f"imported {count} reference explanation(s) of {args.model}")
+        report = openai_import.import_explanations(database, explanation_sources, model)
+        if report.written == 0:
+            print(f"nothing new: all {report.unchanged} reference explanations of {model} are already stored")
+        else:
+            already = f"; {report.unchanged} already stored" if report.unchanged else ""
+            print(f"imported {report.written} reference explanation(s) of {model}{already}")
     return 0
 
 
@@ -469,8 +507,64 @@ def cmd_import_explanations(args: argparse.Namespace) -> int:
     from core.models import resolve_model_name
 
     model = resolve_model_name(args.model)
-    count = import_explanations_csv(dbmod.connect(args.db), args.file, args.explainer, model)
-    print(f"imported {count} explanation(s) of {model} by {args.explainer} from {args.file}")
+    report = import_explanations_csv(dbmod.connect(args.db), args.file, args.explainer, model)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if report.total == 0:
+        print(f"nothing imported: every format cell of {args.file} is empty")
+    elif report.written == 0:
+        print(f"nothing new: all {report.unchanged} explanations of {args.file} are already stored")
+    else:
+        already = f"; {report.unchanged} already stored" if report.unchanged else ""
+        print(f"imported {report.written} explanation(s) of {model} by {args.explainer} from {args.file}{already}")
+    return 0
+
+
+@command
+def _add_import_scores(commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        commands,
+        "import-scores",
+        cmd_import_scores,
+        "import published per-neuron scores (the layout of Lee et al.'s test_neurons_results_score.csv) for stored "
+        "explanations, kept apart as method 'imported'",
+    )
+    parser.add_argument("file", help="the CSV file: layer, neuron and format columns holding scores")
+    parser.add_argument("--explainer", required=True, help="who wrote the explanations they score, e.g. gpt-3.5-turbo")
+    parser.add_argument("--simulator", required=True, help="who simulated them, e.g. gpt-3.5-turbo-instruct")
+    parser.add_argument("--model", default="gpt2-xl", help="subject model of the neurons (%(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_import_scores(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core.models import resolve_model_name
+    from core.score_import import import_scores_csv
+
+    model = resolve_model_name(args.model)
+    report = import_scores_csv(dbmod.connect(args.db), args.file, args.explainer, args.simulator, model)
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    print(
+        f"imported {report.written} published score(s) of {model} explanations by {report.explainer} from "
+        f"{args.file}, as simulator {report.simulator}, method imported (not computed here)"
+    )
+    means = "  ".join(f"{name} {mean:.3f} (n={n})" for name, (mean, n) in report.means.items())
+    print(f"mean published score per format, recomputed from the file: {means}")
+    if report.unmatched:
+        shown = ", ".join(report.unmatched[:5]) + (" …" if len(report.unmatched) > 5 else "")
+        print(
+            f"warning: {len(report.unmatched)} score(s) have no stored explanation and were skipped ({shown}); "
+            "import those explanations first",
+            file=sys.stderr,
+        )
+    if report.ambiguous:
+        print(
+            f"warning: {len(report.ambiguous)} score(s) matched several stored explanations; each went to the newest "
+            "imported one",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -579,13 +673,17 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def _score_tables(database: Any, model: str, report: Any, baseline: str) -> str:
-    """Per explainer, the per-format table and paired differences of the explanations `report` covers."""
+def _score_tables(database: Any, model: str, report: Any, baseline: str, embedder: str | None = None) -> str:
+    """Per explainer, the per-format table and paired differences of the explanations `report` covers, headed by
+    the simulator, its method and the similarity's embedder."""
     import pandas as pd
 
     from core import db as dbmod
     from core import pipeline, prompts
+    from core.similarity import DEFAULT_EMBEDDER, similarity_label
+    from core.simulate import method_note
 
+    embedder = embedder or DEFAULT_EMBEDDER
     rows = pd.DataFrame(
         dbmod.score_rows(
             database,
@@ -595,6 +693,7 @@ def _score_tables(database: Any, model: str, report: Any, baseline: str) -> str:
             split=report.split,
             calibrated=report.calibrated,
             reference_kind="openai",
+            embedder=embedder,
         )
     )
     if rows.empty:
@@ -605,7 +704,12 @@ def _score_tables(database: Any, model: str, report: Any, baseline: str) -> str:
         present = set(group["format"])
         formats = [f for f in prompts.FORMATS if f in present] + sorted(present - set(prompts.FORMATS))
         summary, differences = pipeline.summarise(group.reset_index(drop=True), report.simulator, formats, baseline)
-        lines += ["", f"explainer {explainer}; 95% bootstrap CIs over neurons", pipeline.format_table(summary)]
+        lines += [
+            "",
+            f"explainer {explainer}; 95% bootstrap CIs over neurons; scores by {report.simulator}, method "
+            f"{method_note(report.method)}; similarity = {similarity_label(embedder)} to the reference",
+            pipeline.format_table(summary),
+        ]
         if not differences.empty:
             lines += ["paired difference from the baseline format, same neurons:", pipeline.format_table(differences)]
     return "\n".join(lines)
@@ -641,7 +745,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"{report.ok} scored, {report.skipped} already scored, {report.failed} failed (of {report.total}); "
             f"{report.similarities} similarities computed"
         )
-        print(_score_tables(database, model, report, args.baseline))
+        print(_score_tables(database, model, report, args.baseline, args.embedder))
         for error in report.errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
         for warning in report.warnings:
@@ -776,6 +880,17 @@ def _add_study_create(study_commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--gold-share", type=float, default=0.0, help="attention checks per regular item, 0 for none (%(default)s)"
     )
+    parser.add_argument(
+        "--allow-admin-ratings",
+        action="store_true",
+        help="let admins rate too (by default they do not: they can see unblinded results)",
+    )
+    parser.add_argument(
+        "--plan",
+        default=None,
+        metavar="FILE",
+        help="the analysis plan as JSON (see `study plan --help`), fixed with the study and never changed",
+    )
 
 
 def cmd_study_create(args: argparse.Namespace) -> int:
@@ -796,16 +911,145 @@ def cmd_study_create(args: argparse.Namespace) -> int:
         allow_both_bad=not args.no_both_bad,
         overlap_share=args.overlap_share,
         gold_share=args.gold_share,
+        allow_admin_ratings=args.allow_admin_ratings,
+        plan=_plan_file(args.plan) if args.plan else None,
     )
     for skipped in created.skipped:
         print(f"warning: skipped {skipped}", file=sys.stderr)
-    _print_json({"study": created.study.to_json(), "n_items": created.n_items, "n_gold_items": created.n_gold})
+    if created.n_identical:
+        print(f"warning: skipped {created.n_identical} pairs whose two explanations are identical", file=sys.stderr)
+    for tell in created.tells:
+        print(f"warning: text tell: {tell.message}", file=sys.stderr)
+    _print_json(
+        {
+            "study": created.study.to_json(),
+            "n_items": created.n_items,
+            "n_gold_items": created.n_gold,
+            "n_identical_skipped": created.n_identical,
+            "text_tells": [tell.message for tell in created.tells],
+        }
+    )
+    return 0
+
+
+def _add_study_state(study_commands: argparse._SubParsersAction) -> None:
+    for state, verb, help_text in (
+        ("closed", "close", "close a study: no more ratings, and its neurons' explanations become visible to all"),
+        ("open", "open", "open a study again: raters may rate it, and its neurons' explanations are hidden"),
+    ):
+        parser = _subcommand(study_commands, verb, cmd_study_state, help_text)
+        parser.add_argument("study")
+        parser.set_defaults(state=state)
+
+
+def cmd_study_state(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+
+    study = human_eval.set_state(dbmod.connect(args.db), args.study, args.state)
+    _print_json({"name": study.name, "state": study.state})
+    return 0
+
+
+def _plan_file(path: str) -> Any:
+    from core.plan import StudyPlan
+
+    value = _read_json(path, "plan")
+    if not isinstance(value, dict):
+        raise InputError(f'{path}: a plan is a JSON object, e.g. {{"primary_pair": ["summary", "original"], …}}')
+    return StudyPlan.from_json(value)
+
+
+def _add_study_plan(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        study_commands,
+        "plan",
+        cmd_study_plan,
+        "show a study's analysis plan, or fix it once before the first rating (it never changes afterwards)",
+    )
+    parser.add_argument("study")
+    parser.add_argument("--file", default=None, help="the plan as a JSON file")
+    parser.add_argument("--primary-pair", default=None, help="A,B: the arms of the primary test (default: first two)")
+    parser.add_argument("--target-neurons", type=int, default=None, help="neurons the primary test needs")
+    parser.add_argument("--alpha", type=float, default=0.05, help="the primary test's level (%(default)s)")
+    parser.add_argument("--min-gold-accuracy", type=float, default=None, help="pause and exclude raters below this")
+    parser.add_argument("--qualification-items", type=int, default=0, help="each rater's first k items are gold")
+    parser.add_argument("--min-seconds", type=float, default=None, help="exclude ratings made faster than this")
+    parser.add_argument(
+        "--keep-straight-lining", action="store_true", help="do not exclude raters who pick one side ≥ 90%% of the time"
+    )
+    parser.add_argument("--rater-cap", type=int, default=None, help="at most this many items per rater")
+    parser.add_argument("--stopping-rule", default=None, help="when the study stops, in words")
+    parser.add_argument(
+        "--interim",
+        choices=("banner", "hide"),
+        default="banner",
+        help="before the target: show the primary test under a banner, or hide its p-value and CI",
+    )
+
+
+def cmd_study_plan(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+    from core.plan import StudyPlan
+
+    database = dbmod.connect(args.db)
+    study = human_eval.get_study(database, args.study)
+    if args.file is None and args.target_neurons is None:
+        stored = human_eval.get_plan(database, study.name)
+        if stored is None:
+            raise NotFoundError(f"study {study.name!r} has no plan yet; fix one with --target-neurons N or --file")
+        _print_json(stored.to_json())
+        return 0
+    if args.file is not None:
+        plan = _plan_file(args.file)
+    else:
+        pair = _split_list(args.primary_pair) if args.primary_pair else list(study.arms[:2])
+        settings = {
+            "primary_pair": tuple(pair),
+            "target_neurons": args.target_neurons,
+            "ratings_per_item": study.ratings_per_item,
+            "alpha": args.alpha,
+            "min_gold_accuracy": args.min_gold_accuracy,
+            "qualification_items": args.qualification_items,
+            "min_seconds": args.min_seconds,
+            "exclude_straight_lining": not args.keep_straight_lining,
+            "rater_cap": args.rater_cap,
+            "interim": args.interim,
+        }
+        if args.stopping_rule:
+            settings["stopping_rule"] = args.stopping_rule
+        plan = StudyPlan(**settings)
+    _print_json(human_eval.set_plan(database, study.name, plan).to_json())
+    return 0
+
+
+def _add_study_set(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(study_commands, "set", cmd_study_set, "change a study's settings")
+    parser.add_argument("--name", required=True, help="the study")
+    parser.add_argument(
+        "--allow-admin-ratings",
+        action=argparse.BooleanOptionalAction,
+        required=True,
+        help="whether admins, who can see unblinded results, may rate this study",
+    )
+
+
+def cmd_study_set(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+
+    study = human_eval.set_admin_ratings(dbmod.connect(args.db), args.name, args.allow_admin_ratings)
+    _print_json({"name": study.name, "allow_admin_ratings": study.allow_admin_ratings})
     return 0
 
 
 def _add_study_items(study_commands: argparse._SubParsersAction) -> None:
     parser = _subcommand(study_commands, "items", cmd_study_items, "list a study's items, unblinded (admin view)")
     parser.add_argument("study")
+    parser.add_argument(
+        "--rater", default=None, help="as this rater sees them (default: each item's default layout, used by imports)"
+    )
     parser.add_argument("--json", action="store_true", help="print the items as JSON")
 
 
@@ -813,7 +1057,7 @@ def cmd_study_items(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import human_eval
 
-    items = human_eval.study_items(dbmod.connect(args.db), args.study)
+    items = human_eval.study_items(dbmod.connect(args.db), args.study, args.rater)
     if args.json:
         _print_json(items)
         return 0
@@ -874,24 +1118,104 @@ def cmd_study_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_code(prompt: str) -> str:
-    """An access code: asked without echo on a terminal, else one line of piped stdin. A closed or empty stdin
-    is an InputError, never a hang or a traceback (cron jobs, CI, `< /dev/null`)."""
+def _add_study_power(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        study_commands,
+        "power",
+        cmd_study_power,
+        "neurons a study needs to detect a win rate; or, given a study, the smallest win rate its data can detect",
+    )
+    parser.add_argument("study", nargs="?", help="a study: the win rate of its first arm over its second it can detect")
+    parser.add_argument("--win-rate", type=float, default=None, help="the win rate to detect (planning)")
+    parser.add_argument("--icc", type=float, default=None, help="intra-class correlation of a neuron's ratings")
+    parser.add_argument("--ratings-per-item", type=int, default=None, help="ratings of each neuron's item")
+    parser.add_argument("--tie-share", type=float, default=0.0, help="share of ties and both-bad (%(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="level of the two-sided test (%(default)s)")
+    parser.add_argument("--power", type=float, default=0.8, help="wanted power (%(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+
+def cmd_study_power(args: argparse.Namespace) -> int:
+    from core import power
+    from core.errors import InputError
+
+    if args.study is not None:
+        if args.win_rate is not None:
+            raise InputError("give a study (what its data can detect) or --win-rate (neurons needed), not both")
+        from core import db as dbmod
+        from core import export
+
+        data = export.study_data(dbmod.connect(args.db), args.study)
+        arm_a, arm_b = data.study.arms[:2]
+        found = power.detectable_from_data(data.ratings, arm_a, arm_b, args.alpha, args.power)
+        if args.json:
+            _print_json(found.to_json())
+            return 0
+        effect = found.effect
+        detectable = f"{effect.win_rate:.3f}" if effect and effect.win_rate is not None else "none"
+        icc = "unknown" if found.icc is None else f"{found.icc:.3f}"
+        print(f"study {data.study.name!r}, {arm_a} over {arm_b}: smallest detectable win rate {detectable}")
+        if found.n_neurons:
+            print(
+                f"{found.n_neurons} neurons, {found.mean_ratings_per_neuron:.2f} ratings per neuron, "
+                f"{found.tie_share:.0%} ties or both bad, ICC {icc}; power {args.power:g} at alpha {args.alpha:g}"
+            )
+        for note in (found.note, effect.note if effect else None):
+            if note:
+                print(f"note: {note}")
+        return 0
+    planning = {"--win-rate": args.win_rate, "--icc": args.icc, "--ratings-per-item": args.ratings_per_item}
+    missing = [flag for flag, value in planning.items() if value is None]
+    if missing:
+        raise InputError(f"give a study name, or plan with {', '.join(missing)} (ICC 0: neurons do not differ)")
+    needed = power.neurons_needed(
+        args.win_rate, args.icc, args.ratings_per_item, args.tie_share, args.alpha, args.power
+    )
+    if args.json:
+        _print_json(needed.to_json())
+        return 0
+    count = "out of reach" if needed.n_neurons is None else f"{needed.n_neurons}"
+    print(f"neurons needed: {count}")
+    if needed.n_neurons is not None:
+        print(
+            f"power {needed.achieved_power:.3f} for win rate {args.win_rate:g} at alpha {args.alpha:g} (sign test over "
+            f"neurons); the design-effect approximation says {needed.n_neurons_design_effect}"
+        )
+    if needed.note:
+        print(f"note: {needed.note}")
+    return 0
+
+
+def _ask_code(prompt: str, *, given: str | None = None, from_stdin: bool = False, confirm: bool = False) -> str:
+    """An access code: `given` on the command line (with a warning: others can see it), else one line of stdin when
+    `from_stdin` or stdin is not a terminal, else asked without echo (twice with `confirm`). A closed or empty
+    stdin is an InputError, never a hang or a traceback (cron jobs, CI, `< /dev/null`)."""
     import getpass
 
     from core.errors import InputError
 
+    if given:
+        print(
+            "warning: --code puts the access code where other users of this machine can see it (ps, shell "
+            "history); leave it out to be asked, or pipe the code with --code-stdin",
+            file=sys.stderr,
+        )
+        return given
     missing = "no access code given: pass --code CODE, pipe it on stdin, or run in a terminal to be asked"
     stdin = sys.stdin
     if stdin is None or stdin.closed:
         raise InputError(missing)
+    interactive = not from_stdin and stdin.isatty()
     try:
-        code = getpass.getpass(prompt) if stdin.isatty() else stdin.readline()
+        code = getpass.getpass(prompt) if interactive else stdin.readline()
+        again = getpass.getpass("the same code again: ") if interactive and confirm and code else code
     except (EOFError, OSError, ValueError):
         raise InputError(missing) from None
-    code = code.rstrip("\r\n")
+    code, again = code.rstrip("\r\n"), again.rstrip("\r\n")
     if not code:
         raise InputError(missing)
+    if again != code:
+        raise InputError("the two access codes differ; run the command again and type the same code twice")
     return code
 
 
@@ -926,7 +1250,17 @@ def cmd_study_purge(args: argparse.Namespace) -> int:
 def _add_study(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("study", help="blinded pairwise human evaluation studies")
     study_commands = parser.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
-    for add in (_add_study_create, _add_study_list, _add_study_items, _add_study_status, _add_study_summary):
+    for add in (
+        _add_study_create,
+        _add_study_list,
+        _add_study_items,
+        _add_study_status,
+        _add_study_summary,
+        _add_study_power,
+        _add_study_state,
+        _add_study_set,
+        _add_study_plan,
+    ):
         add(study_commands)
     _add_study_purge(study_commands)
 
@@ -934,19 +1268,52 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
 def _add_rater_add(rater_commands: argparse._SubParsersAction) -> None:
     parser = _subcommand(rater_commands, "add", cmd_rater_add, "register a rater with an access code")
     parser.add_argument("--name", required=True, help="display name, also used to sign in")
-    parser.add_argument(
-        "--code", default=None, help="access code (default: asked without echo, or one line read from piped stdin)"
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--code-stdin", action="store_true", help="read the access code from the first line of stdin (for scripts)"
+    )
+    source.add_argument(
+        "--code", default=None, help="the access code; visible to other users in ps and shell history, so avoid it"
     )
     parser.add_argument("--admin", action="store_true", help="may export and purge studies")
+    parser.add_argument(
+        "--studies", default=None, help="studies this rater may rate, comma-separated (later: `rater assign`)"
+    )
+    parser.epilog = "Without --code or --code-stdin the code is asked twice without echo (or read from piped stdin)."
 
 
 def cmd_rater_add(args: argparse.Namespace) -> int:
     from core import db as dbmod
-    from core import raters
+    from core import human_eval, raters
 
-    code = args.code or _ask_code(f"access code for {args.name}: ")
-    rater = raters.add_rater(dbmod.connect(args.db), args.name, code, admin=args.admin)
-    _print_json({"id": rater.id, "name": rater.name, "role": rater.role})
+    database = dbmod.connect(args.db)
+    studies = [human_eval.get_study(database, name).name for name in _split_list(args.studies)]  # check them first
+    code = _ask_code(f"access code for {args.name}: ", given=args.code, from_stdin=args.code_stdin, confirm=True)
+    rater = raters.add_rater(database, args.name, code, admin=args.admin)
+    result: dict[str, Any] = {"id": rater.id, "name": rater.name, "role": rater.role}
+    if studies:
+        result["studies"] = human_eval.assign_studies(database, rater.name, studies)
+    _print_json(result)
+    return 0
+
+
+def _add_rater_assign(rater_commands: argparse._SubParsersAction) -> None:
+    for verb, help_text in (
+        ("assign", "give a rater studies to rate"),
+        ("unassign", "take studies from a rater (their ratings stay)"),
+    ):
+        parser = _subcommand(rater_commands, verb, cmd_rater_assign, help_text)
+        parser.add_argument("--name", required=True, help="the rater")
+        parser.add_argument("--studies", required=True, help="study names, comma-separated")
+        parser.set_defaults(remove=verb == "unassign")
+
+
+def cmd_rater_assign(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+
+    studies = human_eval.assign_studies(dbmod.connect(args.db), args.name, _split_list(args.studies), args.remove)
+    _print_json({"name": args.name, "studies": studies})
     return 0
 
 
@@ -954,7 +1321,12 @@ def cmd_rater_list(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import raters
 
-    _print_json(raters.list_raters(dbmod.connect(args.db)))
+    database = dbmod.connect(args.db)
+    studies = {row["id"]: row["name"] for row in dbmod.list_studies(database)}
+    rows = raters.list_raters(database)
+    for row in rows:
+        row["studies"] = [studies[study_id] for study_id in dbmod.rater_study_ids(database, row["id"])]
+    _print_json(rows)
     return 0
 
 
@@ -963,7 +1335,8 @@ def _add_rater(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("rater", help="raters of human evaluation studies")
     rater_commands = parser.add_subparsers(dest="rater_command", required=True, metavar="RATER_COMMAND")
     _add_rater_add(rater_commands)
-    _subcommand(rater_commands, "list", cmd_rater_list, "list raters (names and roles, never codes)")
+    _add_rater_assign(rater_commands)
+    _subcommand(rater_commands, "list", cmd_rater_list, "list raters (names, roles and studies, never codes)")
 
 
 @command
@@ -994,9 +1367,12 @@ def _add_import_ratings(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--study", required=True)
     parser.add_argument(
-        "file", help="CSV with item_id, rater, choice (left|right|tie|both_bad)[, confidence, seconds, comment]"
+        "file",
+        help="CSV with item_id, rater, choice (left|right|tie|both_bad)[, confidence, seconds, comment], e.g. a "
+        "ratings CSV of `export`; all or nothing: one bad row (reported by line) and nothing is imported",
     )
     parser.add_argument("--create-raters", action="store_true", help="add unknown raters (with an unusable code)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def cmd_import_ratings(args: argparse.Namespace) -> int:
@@ -1004,10 +1380,11 @@ def cmd_import_ratings(args: argparse.Namespace) -> int:
     from core import export
 
     report = export.import_ratings(dbmod.connect(args.db), args.study, args.file, create_raters=args.create_raters)
-    for line, error in report.errors:
-        print(f"line {line}: {error}", file=sys.stderr)
-    _print_json(report.to_json())
-    return 1 if report.errors else 0
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(report.summary_line(args.study))
+    return 0
 
 
 # --- entry point -------------------------------------------------------------------------------------------------
@@ -1038,6 +1415,15 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as exc:
         log.debug("command failed", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:
+        # A damaged, read-only or full database file is the user's to fix; constraint and API errors are our bugs.
+        if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
+            raise
+        from core.db.base import database_error
+
+        log.debug("command failed", exc_info=True)
+        print(f"error: {database_error(config.db_path(getattr(args, 'db', None)), exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)

@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import re
+import traceback
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,7 +30,9 @@ import streamlit as st
 from core import config
 from core import db as dbmod
 from core.errors import InputError, WorkbenchError
+from core.llm import scrub_secrets
 from core.records import SPLITS, ActivationRecord, NeuronId, NeuronRecord, neurons_from_csv
+from core.render import mark_invisible
 
 if TYPE_CHECKING:  # human_eval pulls in the statistics stack, which the home page does not need
     from core.raters import Rater
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 # The session-state key of the signed-in rater (a core.raters.Rater), shared by the Rate, Explain and Results
 # pages so that one sign-in serves them all.
 RATER_KEY = "signed_in_rater"
-# Records shown to raters next to the explanations: the held-out test split's top excerpts (SPEC.md §1), which no
+# Records shown to raters next to the explanations: the held-out test split's top excerpts (docs/METHOD.md §1), which no
 # explainer saw in its prompt.
 RATING_SPLIT = "test"
 RATING_EXCERPTS = 5
@@ -61,19 +64,32 @@ def database(path: str | Path | None = None) -> Iterator[sqlite_utils.Database]:
 
 
 def one_line(message: str) -> str:
-    """A message on one line, with markdown characters escaped so st.error shows them literally."""
-    text = " ".join(str(message).split())
+    """A message on one line, with markdown characters escaped so st.error shows them literally and invisible
+    characters (zero-width, bidi overrides) named as "⟨U+202E⟩", so a message can neither hide nor reverse text."""
+    text = mark_invisible(" ".join(str(message).split()))
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|~$<>:])", r"\\\1", text)
+
+
+UNEXPECTED_ERROR = "Something went wrong; the details are in the server log."
 
 
 @contextmanager
 def errors_shown() -> Iterator[None]:
-    """Show our own errors (WorkbenchError) as one st.error line and end the block; the traceback goes to the log."""
+    """End the block on an error, shown as one st.error line: our own (WorkbenchError) with its message, any other
+    with a short apology, and its traceback in an expander for admins only. Tracebacks always go to the log.
+    Streamlit's st.stop and st.rerun are not errors (BaseException) and pass through."""
     try:
         yield
     except WorkbenchError as exc:
         log.info("shown to the user: %s", exc, exc_info=True)
         st.error(one_line(str(exc)))
+    except Exception:
+        log.exception("unexpected error in the app")
+        st.error(UNEXPECTED_ERROR)
+        rater = signed_in()
+        if rater is not None and rater.is_admin:
+            with st.expander("Details"):
+                st.code(scrub_secrets(traceback.format_exc()), language=None)
 
 
 def public_url(url: str | None) -> str | None:
@@ -108,6 +124,13 @@ def signed_in() -> Rater | None:
     return st.session_state.get(RATER_KEY)
 
 
+def sees_unblinded() -> bool:
+    """Whether this session may see what open studies hide (explanations, formats and scores of their neurons):
+    only a signed-in admin may. Everyone else, raters included, is a visitor."""
+    rater = signed_in()
+    return rater is not None and rater.is_admin
+
+
 def sign_in(db: sqlite_utils.Database, purpose: str) -> Rater | None:
     """The signed-in rater; else a sign-in form (name and access code, checked by raters.authenticate) and
     None. A wrong name or code is shown as one error line and nothing else."""
@@ -134,10 +157,21 @@ def sign_in(db: sqlite_utils.Database, purpose: str) -> Rater | None:
         code = st.text_input("Access code", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
+        # Failed sign-ins are throttled per name and per client: the connection's address, or on localhost (where
+        # Streamlit gives none) this browser session. A wait shows as the error line.
+        address = st.context.ip_address
+        client = address if isinstance(address, str) and address else _session_id()
         with errors_shown():
-            st.session_state[RATER_KEY] = raters.authenticate(db, name, code)
+            st.session_state[RATER_KEY] = raters.authenticate(db, name, code, client=client)
             st.rerun()
     return None
+
+
+def _session_id() -> str | None:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return f"session:{ctx.session_id}" if ctx is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,9 +244,11 @@ def neuron_indices(src: Source, model: str, layer: int) -> list[int]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _overview(path: str, version: tuple, model: str, layer: int | None, simulator: str | None) -> pd.DataFrame:
+def _overview(
+    path: str, version: tuple, model: str, layer: int | None, simulator: str | None, blind: bool
+) -> pd.DataFrame:
     with database(path) as db:
-        rows = dbmod.neuron_overview(db, model, layer, simulator)
+        rows = dbmod.neuron_overview(db, model, layer, simulator, hide_blinded=blind)
     columns = ["layer", "neuron", "max_activation", "n_explanations", "best_score"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["best_score"] = pd.to_numeric(frame["best_score"], errors="coerce")  # unscored: NaN, never None
@@ -220,8 +256,9 @@ def _overview(path: str, version: tuple, model: str, layer: int | None, simulato
 
 
 def overview(src: Source, model: str, layer: int | None = None, simulator: str | None = None) -> pd.DataFrame:
-    """Per neuron of a model (or layer): max activation, number of explanations, best score."""
-    return _overview(src.path, src.version, model, layer, simulator)
+    """Per neuron of a model (or layer): max activation, number of explanations, best score (for a visitor, none
+    for the neurons of open studies)."""
+    return _overview(src.path, src.version, model, layer, simulator, not sees_unblinded())
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -236,16 +273,28 @@ def simulators(src: Source) -> list[str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _search(path: str, version: tuple, text: str, model: str | None) -> pd.DataFrame:
+def _search(path: str, version: tuple, text: str, model: str | None, blind: bool) -> pd.DataFrame:
     with database(path) as db:
-        rows = dbmod.search_explanations(db, text, model)
+        rows = dbmod.search_explanations(db, text, model, hide_blinded=blind)
     columns = ["id", "model", "layer", "neuron", "format", "explainer", "explanation"]
     return pd.DataFrame(rows, columns=columns)
 
 
 def search(src: Source, text: str, model: str | None = None) -> pd.DataFrame:
-    """Explanations whose text contains `text`, newest first."""
-    return _search(src.path, src.version, text, model)
+    """Explanations whose text contains `text`, newest first (for a visitor, none of an open study's neurons)."""
+    return _search(src.path, src.version, text, model, not sees_unblinded())
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _blinded(path: str, version: tuple) -> frozenset[tuple[str, NeuronId]]:
+    with database(path) as db:
+        return dbmod.blinded_neurons(db)
+
+
+def hidden(src: Source, model: str, neuron_id: NeuronId) -> bool:
+    """Whether this session must not see the explanations and scores of this neuron: it belongs to an open study
+    and the session is not a signed-in admin's."""
+    return not sees_unblinded() and (model, neuron_id) in _blinded(src.path, src.version)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -255,20 +304,23 @@ def _explanations(path: str, version: tuple, model: str, layer: int, index: int)
 
 
 def explanations(src: Source, model: str, neuron_id: NeuronId) -> list[dict[str, Any]]:
-    """The ok explanations of one neuron, newest first."""
+    """The ok explanations of one neuron, newest first; none when they are hidden from this session."""
+    if hidden(src, model, neuron_id):
+        return []
     return _explanations(src.path, src.version, model, neuron_id.layer, neuron_id.index)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _explanation_costs(path: str, version: tuple, model: str | None) -> pd.DataFrame:
+def _explanation_costs(path: str, version: tuple, model: str | None, blind: bool) -> pd.DataFrame:
     with database(path) as db:
-        rows = dbmod.explanation_costs(db, model)
+        rows = dbmod.explanation_costs(db, model, hide_blinded=blind)
     return pd.DataFrame(rows, columns=["model", "format", "explainer", "input_tokens", "output_tokens"])
 
 
 def explanation_costs(src: Source, model: str | None = None) -> pd.DataFrame:
-    """Format, explainer and input/output tokens of every ok explanation (of one model, or all)."""
-    return _explanation_costs(src.path, src.version, model)
+    """Format, explainer and input/output tokens of every ok explanation (of one model, or all); for a visitor,
+    none of an open study's neurons."""
+    return _explanation_costs(src.path, src.version, model, not sees_unblinded())
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -278,7 +330,9 @@ def _neuron_scores(path: str, version: tuple, model: str, layer: int, index: int
 
 
 def neuron_scores(src: Source, model: str, neuron_id: NeuronId) -> list[dict[str, Any]]:
-    """Every stored score of a neuron's explanations, predictions included."""
+    """Every stored score of a neuron's explanations, predictions included; none when they are hidden."""
+    if hidden(src, model, neuron_id):
+        return []
     return _neuron_scores(src.path, src.version, model, neuron_id.layer, neuron_id.index)
 
 
@@ -289,21 +343,28 @@ def _neuron_similarities(path: str, version: tuple, model: str, layer: int, inde
 
 
 def neuron_similarities(src: Source, model: str, neuron_id: NeuronId) -> list[dict[str, Any]]:
-    """Every stored similarity of a neuron's explanations to their references."""
+    """Every stored similarity of a neuron's explanations to their references; none when they are hidden."""
+    if hidden(src, model, neuron_id):
+        return []
     return _neuron_similarities(src.path, src.version, model, neuron_id.layer, neuron_id.index)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _score_rows(path: str, version: tuple, model: str | None) -> pd.DataFrame:
+def _score_rows(path: str, version: tuple, model: str | None, blind: bool) -> pd.DataFrame:
     with database(path) as db:
-        rows = dbmod.score_rows(db, model, split="valid", calibrated=False)
+        rows = dbmod.score_rows(db, model, split="valid", calibrated=False, hide_blinded=blind)
     return pd.DataFrame(rows)
 
 
 def score_rows(src: Source, model: str | None = None) -> pd.DataFrame:
-    """db.score_rows on the valid split without calibration (SPEC.md §4): one row per explanation and score,
-    unscored explanations included once with no simulator."""
-    return _score_rows(src.path, src.version, model)
+    """db.score_rows on the valid split without calibration (docs/METHOD.md §4): one row per explanation and score,
+    unscored explanations included once with no simulator. For a visitor, none of an open study's neurons."""
+    return _score_rows(src.path, src.version, model, not sees_unblinded())
+
+
+def hidden_count(src: Source) -> int:
+    """How many neurons this session cannot see explained, because open studies hide them (0 for an admin)."""
+    return 0 if sees_unblinded() else len(_blinded(src.path, src.version))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -317,6 +378,20 @@ def _study_summary(path: str, version: tuple, study: str) -> dict[str, Any]:
 def study_summary(src: Source, study: str) -> dict[str, Any]:
     """Every statistic of a study (core.export.study_summary), unblinded: for admins only."""
     return _study_summary(src.path, src.version, study)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _study_power(path: str, version: tuple, study: str, arm_a: str, arm_b: str) -> dict[str, Any]:
+    from core import export, power
+
+    with database(path) as db:
+        ratings = export.study_data(db, study).ratings
+    return power.detectable_from_data(ratings, arm_a, arm_b).to_json()
+
+
+def study_power(src: Source, study: str, arm_a: str, arm_b: str) -> dict[str, Any]:
+    """What a study's design detects for one pair (core.power.detectable_from_data), as JSON."""
+    return _study_power(src.path, src.version, study, arm_a, arm_b)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -1,13 +1,15 @@
-"""Explain neurons: a neuron's train records → a prompt format → an LLM backend → a stored explanation (SPEC.md §2).
+"""Explain neurons: a neuron's train records → a prompt format → an LLM backend → a stored explanation (METHOD.md §2).
 
 Every (neuron, format, sample) is one job with a deterministic `job_key`. A job's result is stored the moment it
 arrives, so a crash loses nothing; a rerun of the same command skips jobs already ok and retries failed ones.
-Token costs (SPEC.md §4) are stored per explanation, input and output separately, and summarised by `cost_table`.
+Token costs (docs/METHOD.md §4) are stored per explanation, input and output separately, and summarised by `cost_table`.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -29,7 +31,7 @@ from core.records import NeuronId, NeuronRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
-PROMPT_SPLIT = "train"  # SPEC.md §1: the explanation prompt shows the 5 train records
+PROMPT_SPLIT = "train"  # docs/METHOD.md §1: the explanation prompt shows the 5 train records
 Progress = Callable[[int, int], None]
 
 
@@ -301,7 +303,7 @@ def _explanation_row(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Token cost (SPEC.md §4, §5)
+# Token cost (docs/METHOD.md §4, §5)
 # ---------------------------------------------------------------------------------------------------------------
 
 COST_COLUMNS = (
@@ -317,7 +319,7 @@ COST_COLUMNS = (
 def cost_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Per format (ok explanations only): n, mean input/output/total tokens, and Original ÷ format ratios.
 
-    A ratio of 2 means the format's prompts cost half of Original's (SPEC.md §5); NaN without Original rows.
+    A ratio of 2 means the format's prompts cost half of Original's (docs/METHOD.md §5); NaN without Original rows.
     """
     frame = pd.DataFrame(
         [r for r in rows if r.get("status", "ok") == "ok"], columns=["format", "input_tokens", "output_tokens"]
@@ -367,7 +369,8 @@ def _non_negative_int(value: str, what: str, where: str) -> int:
     except ValueError:
         number = math.nan
     if not math.isfinite(number) or not number.is_integer() or number < 0:
-        raise InputError(f"{where}: {what} {value!r} is not a non-negative integer")
+        shown = value if len(value) <= 40 else f"{value[:40]}…"
+        raise InputError(f"{where}: {what} {shown!r} is not a non-negative integer")
     return int(number)
 
 
@@ -377,19 +380,92 @@ def _clean_imported(text: str) -> str:
     return text[:-1].rstrip() if text.endswith(".") else text
 
 
-def import_explanations_csv(db: Any, path: str | Path, explainer: str, model: str = "gpt2-xl") -> int:
+# Lee et al.'s score and token-count tables have the very columns of an explanation table (Original=0.21); a file
+# whose format cells are at least this share numbers is one of those, not explanations.
+NUMERIC_SHARE_LIMIT = 0.9
+# An explanation is a sentence; a cell far longer is a broken quote or the wrong file, not something to show raters.
+MAX_EXPLANATION_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What one CSV import did: explanations written, ones already stored (left as they were), and warnings."""
+
+    path: str
+    written: int
+    unchanged: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.written + self.unchanged
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse_number_table(path: Path, cells: list[tuple[str, str, str]]) -> None:
+    """`cells` are (neuron, column, text) of the format columns; mostly numbers means a score table."""
+    filled = [(neuron, column, text.strip()) for neuron, column, text in cells if text.strip()]
+    numbers = [cell for cell in filled if _is_number(cell[2])]
+    if filled and len(numbers) >= NUMERIC_SHARE_LIMIT * len(filled):
+        neuron, column, value = numbers[0]
+        raise InputError(
+            f"{path} looks like a table of scores or token counts, not explanations: {len(numbers)} of its"
+            f" {len(filled)} format cells are numbers (e.g. {column} = {value} for neuron {neuron}); import the file"
+            " that holds the explanation texts"
+        )
+
+
+def _origin(row: dict[str, Any]) -> str:
+    params = row.get("params") if isinstance(row.get("params"), dict) else {}
+    if row["source"] == "imported":
+        return str(params.get("path") or params.get("file") or "an earlier import")
+    return f"{row['source']} explanations"
+
+
+def _mixing_warning(path: Path, explainer: str, new_rows: list[dict[str, Any]], stored: list[dict[str, Any]]) -> str:
+    """A warning when new rows join neurons × formats that already hold explanations by `explainer`, else ''."""
+    slots = {(row["layer"], row["neuron"], row["format"]) for row in new_rows}
+    others = [row for row in stored if (row["layer"], row["neuron"], row["format"]) in slots]
+    if not others:
+        return ""
+    neurons = {(row["layer"], row["neuron"]) for row in others}
+    formats = [name for name in prompts.FORMATS if name in {row["format"] for row in others}]
+    origins = list(dict.fromkeys(_origin(row) for row in others))
+    shown = ", ".join(origins[:3]) + (f" and {len(origins) - 3} more" if len(origins) > 3 else "")
+    return (
+        f"{len(neurons)} neuron(s) of {path} already had {'/'.join(formats)} explanations by {explainer} from"
+        f" {shown}; arms naming {explainer} now mix explanations from several sources. To keep them apart, import"
+        " under another --explainer label"
+    )
+
+
+def import_explanations_csv(db: Any, path: str | Path, explainer: str, model: str = "gpt2-xl") -> ImportReport:
     """Store the explanations of a CSV with columns Layer, Neuron and format columns (Original, Summary, Highlight,
-    HighlightSummary, AVHS) as source='imported'. All or nothing; importing the same file again changes nothing.
-    Returns the number of explanations stored (empty cells are skipped)."""
+    HighlightSummary, AVHS) as source='imported'. All or nothing. A stored explanation is never rewritten: a text
+    already stored for the neuron, format and explainer is left as it is, and a different one is a new row that
+    records the file's path and sha256. Empty cells are skipped."""
+    from core.db.explanations import ok_explanations_of
+
     path = Path(path)
     expected = "Layer, Neuron and one or more of Original, Summary, Highlight, HighlightSummary, AVHS"
     if not explainer or not explainer.strip():
         raise InputError("name the explainer that wrote these explanations, e.g. --explainer gpt-4")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"cannot read {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror or exc}); give the path of a CSV file") from None
+    try:
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
+    except (ValueError, OverflowError, csv.Error) as exc:  # pandas' parser errors and bad UTF-8 are ValueErrors
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path} is not a readable CSV ({message}); expected columns {expected}") from None
     columns = {_header_key(c): c for c in frame.columns}
@@ -399,39 +475,48 @@ def import_explanations_csv(db: Any, path: str | Path, explainer: str, model: st
         found = ", ".join(map(str, frame.columns)) or "none"
         raise InputError(f"{path} lacks the columns {expected} (found: {found})")
 
-    rows = []
+    cells = []
     for position, record in enumerate(frame.to_dict("records")):
         where = f"{path.name}, row {position + 1}"
         layer = _non_negative_int(record[columns["layer"]], "layer", where)
         neuron = _non_negative_int(record[columns["neuron"]], "neuron", where)
         for format_name, column in format_columns.items():
-            raw = record[column]
-            explanation = _clean_imported(raw)
-            if not explanation:
-                continue
-            key = _digest(
-                {
-                    "source": "imported",
-                    "file": path.name,
-                    "model": model,
-                    "neuron": f"{layer}:{neuron}",
-                    "format": format_name,
-                    "explainer": explainer,
-                }
+            cells.append((position, layer, neuron, format_name, column, record[column]))
+    _refuse_number_table(path, [(f"{layer}:{neuron}", column, raw) for _, layer, neuron, _, column, raw in cells])
+
+    source = {"file": path.name, "path": str(path.resolve()), "sha256": hashlib.sha256(data).hexdigest()}
+    rows = []
+    for position, layer, neuron, format_name, column, raw in cells:
+        if len(raw) > MAX_EXPLANATION_CHARS:
+            raise InputError(
+                f"{path.name}, row {position + 1}: the {column} cell holds {len(raw):,} characters, more than an"
+                f" explanation ({MAX_EXPLANATION_CHARS:,} at most); is a quote left open, or is it the wrong file?"
             )
-            rows.append(
-                {
-                    "model": model,
-                    "layer": layer,
-                    "neuron": neuron,
-                    "format": format_name,
-                    "explainer": explainer,
-                    "source": "imported",
-                    "params": {"file": path.name, "row": position + 1, "column": column},
-                    "completion": raw,
-                    "explanation": explanation,
-                    "status": "ok",
-                    "job_key": key,
-                }
-            )
-    return dbmod.insert_explanations(db, rows)
+        explanation = _clean_imported(raw)
+        if not explanation:
+            continue
+        identity = {"model": model, "neuron": f"{layer}:{neuron}", "format": format_name, "explainer": explainer}
+        rows.append(
+            {
+                "model": model,
+                "layer": layer,
+                "neuron": neuron,
+                "format": format_name,
+                "explainer": explainer,
+                "source": "imported",
+                "params": {**source, "row": position + 1, "column": column},
+                "completion": raw,
+                "explanation": explanation,
+                "status": "ok",
+                # The text is part of the key: a different text is a new explanation, never a rewrite of one that
+                # study items and scores point at.
+                "job_key": _digest({"source": "imported", **identity, "explanation": explanation}),
+            }
+        )
+    stored = ok_explanations_of(db, model, explainer)
+    # Rows imported before the key held the text are recognised by their text.
+    known = {(r["layer"], r["neuron"], r["format"], r["explanation"]) for r in stored if r["source"] == "imported"}
+    new_rows = [r for r in rows if (r["layer"], r["neuron"], r["format"], r["explanation"]) not in known]
+    warning = _mixing_warning(path, explainer, new_rows, stored)
+    report = dbmod.insert_explanations(db, new_rows)
+    return ImportReport(str(path), report.written, len(rows) - report.written, (warning,) if warning else ())

@@ -1,4 +1,4 @@
-"""Blinded pairwise human evaluation: studies, items, assignment and ratings (SPEC.md §5, last point).
+"""Blinded pairwise human evaluation: studies, items, assignment and ratings (docs/METHOD.md §9).
 
 A study compares two or more arms (sets of explanations: a format, optionally `@explainer`) on the same neurons.
 Each item shows one neuron with explanations from two arms; which arm is on the left is drawn with the study's seed
@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import sqlite_utils
 
+from core import blinding, quality
 from core import db as dbmod
+from core import plan as plan_module
 from core.db import RATING_CHOICES
 from core.errors import InputError, NotFoundError
+from core.plan import StoredPlan, StudyPlan
 from core.records import NeuronId
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 # hold items back from the others (the item stays theirs to rate).
 RESERVATION_SECONDS = 30 * 60
 MAX_COMMENT_CHARS = 5000
+# The reason given for a skipped pair whose two explanations read the same.
+IDENTICAL = "explanations are identical"
 # What the rater sees for each choice; left is shown first as "Explanation 1".
 CHOICE_LABELS = {"left": "Explanation 1", "right": "Explanation 2", "tie": "Equally good", "both_bad": "Both bad"}
 
@@ -93,13 +100,20 @@ class Study:
     gold_share: float
     seed: int
     created_at: str
+    state: str = "open"
+    allow_admin_ratings: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Study:
         fields = {name: row[name] for name in cls.__dataclass_fields__}
         fields.update(arms=tuple(row["arms"]), neurons=tuple(row["neurons"]))
         fields.update(allow_tie=bool(row["allow_tie"]), allow_both_bad=bool(row["allow_both_bad"]))
+        fields.update(allow_admin_ratings=bool(row["allow_admin_ratings"]))
         return cls(**fields)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == "open"
 
     @property
     def choices(self) -> tuple[str, ...]:
@@ -112,22 +126,62 @@ class Study:
 
 @dataclass(frozen=True)
 class StudyCreated:
-    """A new study, its item counts, and what was skipped for want of an explanation."""
+    """A new study, its item counts, what was skipped (for want of an explanation, or because both sides read the
+    same), and the text tells between its arms (core.blinding)."""
 
     study: Study
     n_items: int
     n_gold: int
     skipped: tuple[str, ...]
+    n_identical: int = 0
+    tells: tuple[blinding.TextTell, ...] = ()
 
 
 def get_study(db: sqlite_utils.Database, name: str) -> Study:
-    return Study.from_row(dbmod.get_study(db, name))
+    return Study.from_row(dbmod.get_study(db, blinding.normalise_name(name)))
 
 
 def list_studies(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Each study's name, model, arms, item and rating counts and creation time."""
-    keys = ("name", "model", "arms", "ratings_per_item", "n_items", "n_ratings", "created_at")
-    return [{key: row[key] for key in keys} for row in dbmod.list_studies(db)]
+    """Each study's name, state, model, arms, item and rating counts, creation time and assigned raters."""
+    keys = ("name", "state", "model", "arms", "ratings_per_item", "n_items", "n_ratings", "created_at")
+    raters = dbmod.study_rater_names(db)
+    return [{**{key: row[key] for key in keys}, "raters": raters.get(row["id"], [])} for row in dbmod.list_studies(db)]
+
+
+def set_state(db: sqlite_utils.Database, study: str, state: str) -> Study:
+    """Open or close a study. While it is open its neurons' explanations and scores are shown to admins only, and
+    raters may rate it; once closed, nobody rates it and its neurons are visible to everyone again."""
+    record = get_study(db, study)
+    dbmod.set_study_state(db, record.id, state)
+    return get_study(db, record.name)
+
+
+def set_plan(db: sqlite_utils.Database, study: str, plan: StudyPlan) -> StoredPlan:
+    """Fix a study's analysis plan: once, and before its first rating."""
+    record = get_study(db, study)
+    plan_module.check_against_study(plan, record.arms, record.ratings_per_item)
+    dbmod.store_plan(db, record.id, plan.canonical(), plan.sha256())
+    stored = get_plan(db, record.name)
+    assert stored is not None
+    return stored
+
+
+def get_plan(db: sqlite_utils.Database, study: str) -> StoredPlan | None:
+    """A study's fixed plan with its hash and time, or None when it has none."""
+    row = dbmod.get_plan(db, get_study(db, study).id)
+    if row is None:
+        return None
+    plan = StudyPlan.from_json(json.loads(row["plan"]))
+    if plan.sha256() != row["sha256"]:
+        raise InputError(f"the stored plan of study {study!r} does not match its hash; the database was altered")
+    return StoredPlan(plan, row["sha256"], row["created_at"])
+
+
+def set_admin_ratings(db: sqlite_utils.Database, study: str, allow: bool) -> Study:
+    """Let admins (who can see unblinded results) rate this study, or stop them."""
+    record = get_study(db, study)
+    dbmod.set_allow_admin_ratings(db, record.id, allow)
+    return get_study(db, record.name)
 
 
 def _study_model(db: sqlite_utils.Database, neurons: Sequence[NeuronId], model: str | None) -> str:
@@ -171,10 +225,31 @@ def _item(model: str, neuron: NeuronId, left: tuple[str, dict], right: tuple[str
     }
 
 
+# Picks a gold item's decoy among candidate explanations: given the truth's text and the candidates' texts, the
+# index of the decoy.
+DecoyChooser = Callable[[str, Sequence[str]], int]
+
+
+def least_similar(embedder: Any) -> DecoyChooser:
+    """A decoy chooser that takes the candidate whose text is least similar to the truth's under `embedder`
+    (core.similarity), so that an attention check has one clearly wrong answer."""
+
+    def choose(truth: str, candidates: Sequence[str]) -> int:
+        vectors = embedder.embed([truth, *candidates])
+        return int(np.argmin(vectors[1:] @ vectors[0]))
+
+    return choose
+
+
 def _gold_items(
-    model: str, picked: dict[NeuronId, dict[Arm, dict]], count: int, rng: random.Random
+    model: str,
+    picked: dict[NeuronId, dict[Arm, dict]],
+    count: int,
+    rng: random.Random,
+    choose_decoy: DecoyChooser | None = None,
 ) -> list[dict[str, Any]]:
-    """Attention checks: a neuron's own explanation against another neuron's explanation of the same arm."""
+    """Attention checks: a neuron's own explanation against another neuron's explanation of the same arm, the
+    one `choose_decoy` picks (default: a seeded random one)."""
     truths = [neuron for neuron in picked if picked[neuron]]
     rng.shuffle(truths)
     items = []
@@ -187,14 +262,21 @@ def _gold_items(
         ]  # fmt: skip
         if not decoys:
             continue
-        pair = [(f"truth:{arm}", truth), (f"decoy:{arm}", rng.choice(decoys))]
+        texts = [row["explanation"] for row in decoys]
+        decoy = decoys[choose_decoy(truth["explanation"], texts)] if choose_decoy else rng.choice(decoys)
+        pair = [(f"truth:{arm}", truth), (f"decoy:{arm}", decoy)]
         item = _item(model, neuron, *(pair if truth_left else pair[::-1]))
         items.append({**item, "is_gold": 1, "gold_choice": "left" if truth_left else "right"})
     return items
 
 
 def plan_items(
-    model: str, explanations: dict[NeuronId, list[dict]], arms: Sequence[Arm], seed: int, gold_share: float = 0.0
+    model: str,
+    explanations: dict[NeuronId, list[dict]],
+    arms: Sequence[Arm],
+    seed: int,
+    gold_share: float = 0.0,
+    choose_decoy: DecoyChooser | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The items of a study (with positions) and the skipped (neuron, arm)s, from each neuron's explanations.
 
@@ -217,9 +299,12 @@ def plan_items(
             if sides[0][1]["id"] == sides[1][1]["id"]:
                 skipped.append(f"{neuron}: {arm_a} and {arm_b} select the same explanation")
                 continue
+            if blinding.same_text(sides[0][1]["explanation"], sides[1][1]["explanation"]):
+                skipped.append(f"{neuron}: {arm_a} and {arm_b} {IDENTICAL}")
+                continue
             items.append(_item(model, neuron, *(sides if a_left else sides[::-1])))
     if gold_share > 0:
-        items += _gold_items(model, picked, math.ceil(gold_share * len(items)), rng)
+        items += _gold_items(model, picked, math.ceil(gold_share * len(items)), rng, choose_decoy)
     rng.shuffle(items)
     return [{**item, "position": position} for position, item in enumerate(items)], skipped
 
@@ -237,16 +322,22 @@ def create_study(
     allow_both_bad: bool = True,
     overlap_share: float = 0.2,
     gold_share: float = 0.0,
+    allow_admin_ratings: bool = False,
+    plan: StudyPlan | None = None,
+    decoy_embedder: Any = "minilm",
 ) -> StudyCreated:
-    """Create a study and its blinded items. Neurons missing an arm's explanation are skipped and listed."""
-    if not name.strip():
-        raise InputError("a study needs a name: pass --name")
+    """Create a study (open) and its blinded items. Neurons missing an arm's explanation, and pairs whose two
+    explanations read the same, are skipped and listed; text tells between the arms are reported. Gold items'
+    decoys are the least similar explanations under `decoy_embedder`. A `plan` is fixed with the study."""
+    name = blinding.check_new_name(name, dbmod.study_name_keys(db))
     if ratings_per_item < 1:
         raise InputError(f"--ratings-per-item must be at least 1, not {ratings_per_item}")
     for flag, share in (("--overlap-share", overlap_share), ("--gold-share", gold_share)):
         if not 0 <= share <= 1:
             raise InputError(f"{flag} must be between 0 and 1, not {share}")
     arm_list = parse_arms(arms)
+    if plan is not None:
+        plan_module.check_against_study(plan, tuple(str(arm) for arm in arm_list), ratings_per_item)
     texts = neurons.split(",") if isinstance(neurons, str) else neurons
     ids = list(dict.fromkeys(n if isinstance(n, NeuronId) else NeuronId.parse(n) for n in texts if str(n).strip()))
     if not ids:
@@ -254,13 +345,18 @@ def create_study(
     model = _study_model(db, ids, model)
     explanations = {neuron: dbmod.list_explanations(db, model, neuron) for neuron in ids}
     _check_arms_exist(model, explanations, arm_list)
-    items, skipped = plan_items(model, explanations, arm_list, seed, gold_share)
+    choose_decoy = None
+    if gold_share > 0:
+        from core import similarity
+
+        choose_decoy = least_similar(similarity.get_embedder(decoy_embedder))
+    items, skipped = plan_items(model, explanations, arm_list, seed, gold_share, choose_decoy)
     if not any(not item["is_gold"] for item in items):
         raise InputError("no neuron has explanations for two of the arms, so the study would have no items")
     if skipped:
-        log.info("study %s: skipped %s", name.strip(), "; ".join(skipped))
+        log.info("study %s: skipped %s", name, "; ".join(skipped))
     config = {
-        "name": name.strip(),
+        "name": name,
         "instructions": instructions,
         "model": model,
         "arms": [str(arm) for arm in arm_list],
@@ -271,10 +367,13 @@ def create_study(
         "overlap_share": overlap_share,
         "gold_share": gold_share,
         "seed": seed,
+        "allow_admin_ratings": int(allow_admin_ratings),
     }
-    dbmod.insert_study(db, config, items)
+    dbmod.insert_study(db, config, items, (plan.canonical(), plan.sha256()) if plan is not None else None)
     n_gold = sum(item["is_gold"] for item in items)
-    return StudyCreated(get_study(db, config["name"]), len(items) - n_gold, n_gold, tuple(skipped))
+    n_identical = sum(reason.endswith(IDENTICAL) for reason in skipped)
+    tells = tuple(blinding.study_tells(items))
+    return StudyCreated(get_study(db, name), len(items) - n_gold, n_gold, tuple(skipped), n_identical, tells)
 
 
 def _check_arms_exist(model: str, explanations: dict[NeuronId, list[dict]], arms: Sequence[Arm]) -> None:
@@ -287,9 +386,38 @@ def _check_arms_exist(model: str, explanations: dict[NeuronId, list[dict]], arms
             )
 
 
-def study_items(db: sqlite_utils.Database, study: str) -> list[dict[str, Any]]:
-    """The admin's unblinded view of a study's items, by position."""
+def study_items(db: sqlite_utils.Database, study: str, rater: str | None = None) -> list[dict[str, Any]]:
+    """The admin's unblinded view of a study's items, by position, in each item's default layout (the one
+    imported ratings without `shown_left` assume); with `rater`, as that rater sees them: items handed to them
+    show their layout and `assigned` true, the others their default layout and `assigned` false (a rater's layout
+    is drawn when the item is handed out)."""
     record = get_study(db, study)
+    items = _default_items(db, record)
+    if rater is None:
+        return items
+    rater_id = _rater_row(db, rater)["id"]
+    for item in items:
+        item["assigned"] = dbmod.is_assigned(db, item["item_id"], rater_id)
+        if item["assigned"]:
+            item.update(as_seen(item, dbmod.shown_layout(db, item["item_id"], rater_id)[0]))
+    return items
+
+
+def as_seen(item: dict[str, Any], shown_left: str) -> dict[str, Any]:
+    """An admin-view item (study_items) laid out with `shown_left` on the left: arms, explanation ids, texts and
+    the gold choice follow."""
+    if shown_left == item["left_arm"]:
+        return dict(item)
+    seen = dict(item)
+    for name in ("{}_arm", "{}_explanation_id", "{}_text"):
+        left, right = name.format("left"), name.format("right")
+        seen[left], seen[right] = item[right], item[left]
+    if item["is_gold"]:
+        seen["gold_choice"] = "left" if item["gold_choice"] == "right" else "right"
+    return seen
+
+
+def _default_items(db: sqlite_utils.Database, record: Study) -> list[dict[str, Any]]:
     return [
         {
             "item_id": row["id"],
@@ -316,8 +444,52 @@ def study_items(db: sqlite_utils.Database, study: str) -> list[dict[str, Any]]:
 def _rater_row(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
     row = dbmod.get_rater(db, name)
     if row is None:
-        raise NotFoundError(f"no rater named {name!r}; add one with `python -m core rater add --name NAME --code CODE`")
+        raise NotFoundError(f"no rater named {name!r}; add one with `python -m core rater add --name NAME`")
     return row
+
+
+def why_not_rate(db: sqlite_utils.Database, study: Study, rater: dict[str, Any]) -> str | None:
+    """None when this rater may rate the study now; else the reason, for the rater to read. A rater rates only
+    the open studies they are assigned to; an admin, who can see unblinded results, only where the study allows
+    admin ratings."""
+    if not study.is_open:
+        return f"study {study.name!r} is closed: it takes no more ratings"
+    if rater["role"] == "admin" and not study.allow_admin_ratings:
+        return (
+            f"admins can see unblinded results, so they do not rate study {study.name!r}; "
+            "allow it with `python -m core study set --name NAME --allow-admin-ratings`"
+        )
+    if study.id not in dbmod.rater_study_ids(db, rater["id"]):
+        return f"{rater['name']} is not assigned to study {study.name!r}; ask the study's admin"
+    return None
+
+
+def _rater_for(db: sqlite_utils.Database, study: Study, name: str) -> int:
+    """The id of a rater who may rate `study`; InputError saying why not otherwise."""
+    row = _rater_row(db, name)
+    reason = why_not_rate(db, study, row)
+    if reason is not None:
+        raise InputError(reason)
+    return row["id"]
+
+
+def studies_for_rater(db: sqlite_utils.Database, name: str) -> list[Study]:
+    """The studies this rater may rate now, oldest first."""
+    row = _rater_row(db, name)
+    studies = [Study.from_row(study) for study in dbmod.list_studies(db)]
+    return [study for study in studies if why_not_rate(db, study, row) is None]
+
+
+def assign_studies(db: sqlite_utils.Database, rater: str, studies: Sequence[str], remove: bool = False) -> list[str]:
+    """Give a rater these studies (or, with `remove`, take them away; ratings already made stay). Returns the
+    rater's studies afterwards, by name."""
+    row = _rater_row(db, rater)
+    ids = [get_study(db, name).id for name in studies if name.strip()]
+    if not ids:
+        raise InputError("name one or more studies, comma-separated: --studies S1,S2")
+    (dbmod.unassign_rater_studies if remove else dbmod.assign_rater_studies)(db, row["id"], ids)
+    names = {study["id"]: study["name"] for study in dbmod.list_studies(db)}
+    return [names[study_id] for study_id in dbmod.rater_study_ids(db, row["id"])]
 
 
 # --- assignment --------------------------------------------------------------------------------------------------
@@ -373,10 +545,11 @@ def _open_items(state: dict[str, list[dict]], study: Study) -> tuple[list[dict],
     return eligible, gold, targets
 
 
-def choose_item(state: dict[str, list[dict]], study: Study, rater_id: int) -> int | None:
-    """The item to show next: the rater's unrated one if any; else a gold item when the rater has seen fewer than
-    gold_share gold items per regular one; else the least filled item they have not seen. An agreement item with
-    one rating counts as unfilled and goes first, so that the overlap holds at every point of a study."""
+def choose_item(state: dict[str, list[dict]], study: Study, rater_id: int, plan: StudyPlan | None = None) -> int | None:
+    """The item to show next: the rater's unrated one if any; else a gold item while the rater is within the
+    plan's qualification items or has seen fewer than gold_share gold items per regular one; else the least filled
+    item they have not seen. An agreement item with one rating counts as unfilled and goes first, so that the
+    overlap holds at every point of a study."""
     unrated = [row["item_id"] for row in state["assigned"] if not row["rated"]]
     if unrated:
         return unrated[0]
@@ -385,7 +558,8 @@ def choose_item(state: dict[str, list[dict]], study: Study, rater_id: int) -> in
         return None
     seen = {row["item_id"] for row in state["assigned"]}
     seen_gold = sum(item["is_gold"] and item["id"] in seen for item in state["items"])
-    if gold and seen_gold < study.gold_share * (len(seen) - seen_gold):
+    qualifying = plan is not None and len(seen) < plan.qualification_items
+    if gold and (qualifying or seen_gold < study.gold_share * (len(seen) - seen_gold)):
         return min(gold, key=lambda item: _shuffle_key(study.seed, rater_id, item["id"]))["id"]
 
     def priority(item: dict) -> tuple[int, int, bytes]:
@@ -393,6 +567,31 @@ def choose_item(state: dict[str, list[dict]], study: Study, rater_id: int) -> in
         return item["filled"] - pairing, 0 if pairing else 1, _shuffle_key(study.seed, rater_id, item["id"])
 
     return min(eligible, key=priority)["id"]
+
+
+def first_arm(study: Study, left_arm: str, right_arm: str) -> str:
+    """Arm A of an item's pair: the one listed first in the study's arms; a gold item's truth."""
+    if left_arm.startswith("truth:") or right_arm.startswith("truth:"):
+        return left_arm if left_arm.startswith("truth:") else right_arm
+    order = {arm: index for index, arm in enumerate(study.arms)}
+    return min((left_arm, right_arm), key=lambda arm: order.get(arm, len(order)))
+
+
+def place_left(study: Study, rater_id: int, item_id: int, state: dict[str, Any]) -> str:
+    """The arm this rater sees on the left of this item, chosen so that arm A is on the left for about half of
+    each rater's items and half of each item's raters: the side that evens out the two counts so far, and a
+    seeded coin when they are even. `state` is db.layout_state's."""
+    arm_a = first_arm(study, state["left_arm"], state["right_arm"])
+    arm_b = state["right_arm"] if arm_a == state["left_arm"] else state["left_arm"]
+    rater_lean = sum(
+        1 if row["shown"] == first_arm(study, row["left_arm"], row["right_arm"]) else -1 for row in state["rater"]
+    )
+    item_lean = sum(1 if shown == arm_a else -1 for shown in state["item"])
+    lean = rater_lean + item_lean
+    if lean == 0:
+        coin = hashlib.sha256(f"{study.seed}/layout/{rater_id}/{item_id}".encode()).digest()[0] & 1
+        return arm_a if coin else arm_b
+    return arm_b if lean > 0 else arm_a
 
 
 def _reserved_since() -> str:
@@ -419,27 +618,54 @@ def rater_progress(db: sqlite_utils.Database, study: str, rater: str) -> Progres
 
 
 def next_item(db: sqlite_utils.Database, study: str, rater: str) -> RaterItem | None:
-    """The item this rater should rate now (the same one until it is rated), or None when they are done."""
-    record, rater_id = get_study(db, study), _rater_row(db, rater)["id"]
+    """The item this rater should rate now (the same one until it is rated), or None when they are done or the
+    plan pauses or caps them (rater_standing says which)."""
+    record = get_study(db, study)
+    rater_id = _rater_for(db, record, rater)
+    stored = get_plan(db, record.name)
+    plan = stored.plan if stored else None
+    if not _standing(db, record, rater_id, plan).may_rate:
+        return None
     item_id = dbmod.assign_item(
-        db, record.id, rater_id, _reserved_since(), lambda state: choose_item(state, record, rater_id)
+        db,
+        record.id,
+        rater_id,
+        _reserved_since(),
+        lambda state: choose_item(state, record, rater_id, plan),
+        lambda state: place_left(record, rater_id, int(state["item_id"]), state),
     )
     return None if item_id is None else item_for_rater(db, study, rater, item_id)
 
 
+def _standing(db: sqlite_utils.Database, record: Study, rater_id: int, plan: StudyPlan | None) -> quality.Standing:
+    rows = [row for row in dbmod.study_ratings(db, record.id) if row["rater_id"] == rater_id]
+    return quality.standing(rows, plan)
+
+
+def rater_standing(db: sqlite_utils.Database, study: str, rater: str) -> quality.Standing:
+    """Whether the plan lets this rater go on: paused after failing the qualification or the gold checks, or
+    capped, each with a message for the rater."""
+    record = get_study(db, study)
+    stored = get_plan(db, record.name)
+    return _standing(db, record, _rater_row(db, rater)["id"], stored.plan if stored else None)
+
+
 def item_for_rater(db: sqlite_utils.Database, study: str, rater: str, item_id: int) -> RaterItem:
     """The rater's view of an item that was assigned to them (to show it again or change their rating)."""
-    record, rater_id = get_study(db, study), _rater_row(db, rater)["id"]
+    record = get_study(db, study)
+    rater_id = _rater_for(db, record, rater)
     item = dbmod.get_item(db, item_id)
     if item is None or item["study_id"] != record.id or not dbmod.is_assigned(db, item_id, rater_id):
         raise InputError(f"item {item_id} was not assigned to {rater} in study {study!r}")
     previous = dbmod.get_rating(db, item_id, rater_id)
+    texts = {item["left_arm"]: item["left_text"], item["right_arm"]: item["right_text"]}
+    shown_left, shown_right = dbmod.shown_layout(db, item_id, rater_id)
     return RaterItem(
         item_id=item_id,
         model=item["model"],
         neuron=f"{item['layer']}:{item['neuron']}",
-        explanation_1=item["left_text"],
-        explanation_2=item["right_text"],
+        explanation_1=texts[shown_left],
+        explanation_2=texts[shown_right],
         choices=record.choices,
         progress=rater_progress(db, study, rater),
         previous_choice=previous["choice"] if previous else None,
@@ -501,7 +727,8 @@ def submit_rating(
     seconds: Any = None,
 ) -> SubmittedRating:
     """Record (or replace, keeping an audit row) the rater's rating of an item assigned to them."""
-    record, rater_id = get_study(db, study), _rater_row(db, rater)["id"]
+    record = get_study(db, study)
+    rater_id = _rater_for(db, record, rater)
     values = validate_rating(record, choice, confidence, comment, seconds)
     rating_id, replaced = dbmod.write_rating(db, record.id, int(item_id), rater_id, values, require_assignment=True)
     return SubmittedRating(rating_id, replaced)

@@ -20,6 +20,7 @@ import logging
 import random
 import re
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -49,7 +50,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling parameters of one request; the defaults are the paper's (SPEC.md §2). `seed=None` means unseeded."""
+    """Sampling parameters of one request; the defaults are the paper's (METHOD.md §2). `seed=None` means unseeded."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -115,12 +116,21 @@ _KEY_PATTERNS = (
 
 
 def scrub_secrets(text: str, secrets: Sequence[str | None] = ()) -> str:
-    """`text` with the given secrets and anything shaped like an API key replaced by `***`."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
+    """`text` with the configured API key ($OPENAI_API_KEY, whatever its shape), the given secrets and anything
+    shaped like an API key replaced by `***`."""
+    # Longest first, so that a secret holding another is replaced whole.
+    for secret in sorted({s for s in (config.api_settings().api_key, *secrets) if s}, key=len, reverse=True):
+        if len(secret) >= 4:
             text = text.replace(secret, "***")
     text = _KEY_PATTERNS[0].sub("***", text)
     return _KEY_PATTERNS[1].sub(r"\1***", text)
+
+
+def api_error(message: str, secrets: Sequence[str | None] = ()) -> LLMError:
+    """The LLMError for a failed API call, the one way every OpenAI-compatible backend (chat, completions,
+    simulators, embeddings) reports one: keys scrubbed from the message (`scrub_secrets`). Servers quote the key
+    back (OpenAI's 401 does), and so do the client's exceptions: raise it `from None`, never `from exc`."""
+    return LLMError(scrub_secrets(message, secrets))
 
 
 def _public_url(url: str | None) -> str | None:
@@ -354,7 +364,7 @@ class OpenAIBackend(Backend):
         return (self._api_key, config.api_settings().api_key, self.base_url if "@" in (self.base_url or "") else None)
 
     def _fail(self, message: str) -> LLMError:
-        return LLMError(scrub_secrets(f"{self.name}: {message}", self._secrets()))
+        return api_error(f"{self.name}: {message}", self._secrets())
 
     def _run(
         self, requests: list[Messages], sampling: Sampling, emit: Callable[[int, Completion | LLMError], None]
@@ -368,7 +378,8 @@ class OpenAIBackend(Backend):
                 except LLMError as exc:
                     result = exc
                 except Exception as exc:  # an unexpected client bug must cost one request, not the batch
-                    log.debug("unexpected error from the OpenAI client", exc_info=True)
+                    trace = scrub_secrets(traceback.format_exc(), self._secrets())
+                    log.debug("unexpected error from the OpenAI client:\n%s", trace)
                     result = self._fail(f"unexpected {type(exc).__name__}: {exc}")
                 emit(futures[future], result)
         finally:
@@ -391,7 +402,7 @@ class OpenAIBackend(Backend):
             started = time.monotonic()
             try:
                 raw = self._client.chat.completions.with_raw_response.create(**params)
-                return self._parse(raw.http_response.text, time.monotonic() - started)
+                return self._parse(raw.http_response.content, time.monotonic() - started)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 detail = _status_detail(exc)
@@ -421,7 +432,15 @@ class OpenAIBackend(Backend):
             time.sleep(wait)
         raise self._fail(f"gave up after {self.retry.max_attempts} attempts")
 
-    def _parse(self, body: str, latency_s: float) -> Completion:
+    def _parse(self, content: bytes, latency_s: float) -> Completion:
+        # Decoded strictly: a lenient decoder would turn bytes that are not UTF-8 into U+FFFD inside an "ok" answer.
+        try:
+            body = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._fail(
+                f"the server's answer is not valid UTF-8 (bytes {content[exc.start : exc.end]!r} at offset "
+                f"{exc.start}); retry, or check the server's output encoding"
+            ) from None
         try:
             data = json.loads(body)
         except json.JSONDecodeError:
@@ -444,10 +463,14 @@ class OpenAIBackend(Backend):
             refusal = message.get("refusal")
             reason = f"the model refused: {refusal}" if refusal else "the answer has no text content"
             raise self._fail(f"{reason} (finish_reason={choice.get('finish_reason')})")
+        bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+        if bad is not None:  # JSON can spell a lone surrogate ("\ud800"), which no UTF-8 text (or database) can hold
+            surrogate = f"U+{ord(text[bad]):04X}"
+            raise self._fail(f"the answer is not valid Unicode text (a lone surrogate {surrogate} at character {bad})")
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return Completion(
             text=text,
-            # SPEC.md §2: input and output tokens are counted separately; total_tokens is never "input".
+            # docs/METHOD.md §2: input and output tokens are counted separately; total_tokens is never "input".
             input_tokens=_int_or_none(usage.get("prompt_tokens")),
             output_tokens=_int_or_none(usage.get("completion_tokens")),
             latency_s=latency_s,

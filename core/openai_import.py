@@ -1,4 +1,4 @@
-"""Import OpenAI's public GPT-2 XL neuron data (SPEC.md §6): NeuronRecord JSON and scored explanations.
+"""Import OpenAI's public GPT-2 XL neuron data (docs/METHOD.md §6): NeuronRecord JSON and scored explanations.
 
 Records land in the same tables as collected ones, so the paper's neurons can be browsed, explained and scored
 without a GPU. Explanations are stored as reference explanations (source `reference`) with OpenAI's score.
@@ -21,6 +21,7 @@ import sqlite_utils
 
 from core import config
 from core import db as dbmod
+from core.db.explanations import InsertReport
 from core.errors import InputError
 from core.records import NeuronId, NeuronRecord, NeuronStats, records_from_json
 
@@ -203,8 +204,9 @@ def import_explanations(
     sources: Iterable[str | Path],
     model: str = OPENAI_MODEL,
     explainer: str = OPENAI_EXPLAINER,
-) -> int:
-    """Store OpenAI's explanations as reference explanations (format `original`); idempotent; all or nothing."""
+) -> InsertReport:
+    """Store OpenAI's explanations as reference explanations (format `original`); all or nothing. A text already
+    stored is left as it is (reported as unchanged)."""
     rows = []
     for source in _expand(sources, ".jsonl"):
         rows += parse_explanations(_read(source), str(source))

@@ -12,8 +12,14 @@ followed by a real line break; a tab as "⇥"; other control characters as their
 spaces of ordinary tokens stay real spaces (the container keeps them with `white-space: pre-wrap`), since marking
 every word boundary would bury the text in dots.
 
+Visible invisibles: characters that draw nothing or steer the text around them (zero-width spaces and joiners, the
+BOM, bidirectional embeddings, overrides and isolates: Unicode's format and control categories, lone surrogates,
+line and paragraph separators, and a few blank letters) are shown by their code point, as "⟨U+202E⟩", in tokens,
+explanations and labels alike (`escape_text`). So a token can never be invisible, and never reverse the text
+around it; as a second line of defence every token span is also a bidi isolate (`unicode-bidi: isolate`).
+
 Lost spacing: WordPiece tokenizers (BERT) split off punctuation and keep no trace of the spaces around it, so the
-stored tokens read "don ' t", "( x ) ." (SPEC.md §1 keeps them as the tokenizer renders them). When the records
+stored tokens read "don ' t", "( x ) ." (docs/METHOD.md §1 keeps them as the tokenizer renders them). When the records
 show that loss (`spacing_lost`), the renderer drops the leading space of a token where prose and code almost never
 have one (closing punctuation, after an opening bracket, apostrophe contractions, underscores in names), so the
 text reads "don't", "(x).". Only the shown text changes: every token keeps its own span, colour and exact value.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import html
 import math
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,7 +42,7 @@ NEGATIVE_RGB = (45, 125, 255)
 # Above this background strength the theme's text colour (light in the dark theme) would be hard to read.
 DARK_TEXT_FROM = 0.55
 DARK_TEXT = "rgb(17, 17, 17)"
-# Predictions of the all-at-once simulator are expected values on the 0..10 scale (SPEC.md §3).
+# Predictions of the all-at-once simulator are expected values on the 0..10 scale (docs/METHOD.md §3).
 SIMULATION_SCALE = 10.0
 
 NEWLINE_MARK = "⏎"
@@ -45,27 +52,75 @@ SPACE_MARK = "·"
 # Characters that markdown, GitHub-flavoured markdown, LaTeX ($), Streamlit's :colour[...] directives and emoji
 # shortcodes treat as syntax. As numeric character references they can only ever be text.
 _SYNTAX_CHARS = "\\`*_{}[]()#+-.!|~$:=^@%"
-_ESCAPES = {
-    **{ord(ch): f"&#{ord(ch)};" for ch in _SYNTAX_CHARS},
-    **{ord(ch): f"&#{ord(ch)};" for ch in "&<>\"'"},
-    ord("\r"): "<br>",
-    ord("\n"): "<br>",
-}
+# Unicode categories of characters that draw nothing, or reorder or join their neighbours: controls, format
+# characters (zero-width spaces and joiners, BOM, bidi marks, embeddings, overrides, isolates, tags), surrogates
+# (a lone one is not even encodable), line and paragraph separators.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# Letters and marks that are blank by design: the combining grapheme joiner and the Hangul fillers.
+_BLANK_LETTERS = frozenset({0x034F, 0x115F, 0x1160, 0x3164, 0xFFA0})
+# Whitespace that shows as what it is (a line break, a tab's gap), so it is no invisible.
+_SHOWN_CONTROLS = frozenset({ord("\t"), ord("\n"), ord("\r")})
+
+
+def is_invisible(ch: str) -> bool:
+    """Whether the character draws nothing or steers its neighbours (see the module docstring); tab, newline and
+    carriage return do not count, since they show as space and line breaks."""
+    code = ord(ch)
+    if code in _SHOWN_CONTROLS:
+        return False
+    return code in _BLANK_LETTERS or unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+
+
+def code_point_mark(ch: str) -> str:
+    """The visible stand-in of an invisible character: "⟨U+202E⟩"."""
+    return f"⟨U+{ord(ch):04X}⟩"
+
+
+def mark_invisible(text: str) -> str:
+    """Plain `text` with every invisible character replaced by its code point mark, for plain-text places
+    (one-line messages); HTML goes through `escape_text`, which does the same."""
+    return "".join(code_point_mark(ch) if is_invisible(ch) else ch for ch in str(text))
+
+
+class _Escapes(dict[int, str]):
+    """The translation table of `escape_text`: syntax characters as numeric references, line breaks as `<br>`,
+    invisible characters as their code point mark (worked out on first sight, then kept)."""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
+        shown = ch  # itself: translate would delete a character mapped to None
+        if is_invisible(ch):
+            mark = code_point_mark(ch).replace("+", "&#43;")
+            shown = f'<span class="nw-cf">{mark}</span>'
+        self[code] = shown
+        return shown
+
+
+_ESCAPES = _Escapes(
+    {
+        **{ord(ch): f"&#{ord(ch)};" for ch in _SYNTAX_CHARS},
+        **{ord(ch): f"&#{ord(ch)};" for ch in "&<>\"'"},
+        ord("\r"): "<br>",
+        ord("\n"): "<br>",
+    }
+)
 
 STYLE = """<style>
 .nw-excerpt { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.86rem;
   line-height: 1.9; white-space: pre-wrap; word-break: break-word; margin: 0 0 0.6rem 0; }
-.nw-tok { border-radius: 3px; padding: 1px 0; }
+.nw-tok { border-radius: 3px; padding: 1px 0; unicode-bidi: isolate; }
 .nw-ws { opacity: 0.45; }
-.nw-label { font-size: 0.75rem; opacity: 0.7; margin: 0.2rem 0 0.1rem 0; }
+.nw-cf { opacity: 0.6; font-size: 0.8em; unicode-bidi: isolate; }
+.nw-label { font-size: 0.75rem; opacity: 0.7; margin: 0.2rem 0 0.1rem 0; unicode-bidi: isolate; }
 .nw-text { white-space: pre-wrap; word-break: break-word; padding: 0.6rem 0.8rem; border-radius: 6px;
-  border: 1px solid rgba(128, 128, 128, 0.35); margin-bottom: 0.5rem; }
+  border: 1px solid rgba(128, 128, 128, 0.35); margin-bottom: 0.5rem; unicode-bidi: isolate; }
 .nw-row { display: block; }
 </style>"""
 
 
 def escape_text(text: str) -> str:
-    """`text` as HTML that shows exactly these characters: escaped, markdown/LaTeX-neutral, newlines as `<br>`."""
+    """`text` as HTML that shows exactly these characters: escaped, markdown/LaTeX-neutral, newlines as `<br>`,
+    invisible characters as their code point ("⟨U+200B⟩")."""
     # One pass over the characters, so that no escape is escaped again. \r\n counts as one line break.
     return str(text).replace("\r\n", "\n").translate(_ESCAPES)
 
@@ -90,6 +145,8 @@ def visible_token(token: str) -> str:
             parts.append(f'<span class="nw-ws">{TAB_MARK}</span>')
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
             parts.append(f'<span class="nw-ws">{_control_picture(ch)}</span>')
+        elif is_invisible(ch):  # before the whitespace marks: U+2028 or U+0085 are "space" yet must be named
+            parts.append(escape_text(ch))
         elif whitespace_only:
             parts.append(f'<span class="nw-ws">{SPACE_MARK}</span>')
         else:
@@ -176,7 +233,8 @@ def token_span(
     """One token coloured by its activation; the title (hover text) defaults to the exact value. `attach` drops
     the token's leading space from the shown text (lost spacing); `negatives=False` leaves negatives uncoloured."""
     shade = value if negatives or not value < 0 else 0.0
-    style = f"background-color: {activation_color(shade, scale)}"
+    # Isolated inline too, not only by the style sheet: no token may reorder the text around it.
+    style = f"unicode-bidi: isolate; background-color: {activation_color(shade, scale)}"
     if activation_strength(shade, scale) >= DARK_TEXT_FROM:
         style += f"; color: {DARK_TEXT}"
     hover = html.escape(exact_value(value) if title is None else title, quote=True)

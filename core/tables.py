@@ -84,7 +84,7 @@ def _number_column(fmt: str, help_text: str | None = None) -> Any:
 # Column formats of the tables the pages show: scores to 3 decimals, token means as whole tokens, ratios to two
 # decimals, p-values to 3 significant digits. Entries for columns a table lacks are ignored.
 EXPLANATION_TABLE_CONFIG = {
-    "score": _number_column("%.3f", "correlation of simulated and real activations (SPEC.md §4)"),
+    "score": _number_column("%.3f", "correlation of simulated and real activations (docs/METHOD.md §4)"),
     "similarity": _number_column("%.3f", "mean cosine to the reference explanations"),
     "reference_score": _number_column("%.3f", "score published with an import"),
     "explanation": st.column_config.TextColumn(width="large"),
@@ -130,7 +130,7 @@ def in_format_order(frame: pd.DataFrame, column: str = "format") -> pd.DataFrame
 
 
 def scorers(rows: pd.DataFrame) -> list[str]:
-    """The simulator · method pairs that scored these rows: each is one comparable set of scores (SPEC.md §4)."""
+    """The simulator · method pairs that scored these rows: each is one comparable set of scores (docs/METHOD.md §4)."""
     if "simulator" not in rows or rows["simulator"].dropna().empty:
         return []
     scored = rows.dropna(subset=["simulator"])
@@ -273,7 +273,7 @@ def prompt_previews(
 
 
 def preview_table(previews: Sequence[PromptPreview]) -> pd.DataFrame:
-    """The input tokens of each format's prompt side by side, with Original ÷ format (SPEC.md §5), so the cost of
+    """The input tokens of each format's prompt side by side, with Original ÷ format (docs/METHOD.md §5), so the cost of
     the formats compares at a glance."""
     counts = {p.format: p.input_tokens for p in previews}
     original = counts.get("original")
@@ -299,7 +299,7 @@ PREVIEW_TABLE_CONFIG = {
 
 
 def stats_table(record: NeuronRecord) -> pd.DataFrame:
-    """A neuron's statistics as (statistic, value) rows; quantiles are of the per-excerpt maximum (SPEC.md §1)."""
+    """A neuron's statistics as (statistic, value) rows; quantiles are of the per-excerpt maximum (METHOD.md §1)."""
     rows = [("max", record.stats.max), ("mean", record.stats.mean), ("variance", record.stats.variance)]
     rows += [(f"q{level:g} of excerpt max", value) for level, value in sorted(record.stats.quantiles.items())]
     rows += [("top excerpts", len(record.top)), ("random excerpts", len(record.random))]
@@ -309,6 +309,31 @@ def stats_table(record: NeuronRecord) -> pd.DataFrame:
 PAIR_COLUMNS = [
     "rater", "arm_a", "arm_b", "n_ratings", "wins_a", "wins_b", "ties", "both_bad", "win_rate_a", "binomial_p",
 ]  # fmt: skip
+
+
+def _interval(value: float | None, ci: Sequence[float | None] | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if not ci or ci[0] is None or ci[1] is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} ({ci[0]:.2f} to {ci[1]:.2f})"
+
+
+def automated_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Humans against each automated score kind (core.stats `automated`): κ, logistic slope and τ, with CIs."""
+    table = []
+    for row in rows:
+        kappa, logistic, rank = row.get("kappa") or {}, row.get("logistic") or {}, row.get("rank_correlation") or {}
+        table.append(
+            {
+                "score": f"{row['kind']} · {row['name']}",
+                "items": kappa.get("n_items"),
+                "Cohen's κ": _interval(kappa.get("kappa"), kappa.get("ci")),
+                "logistic slope": _interval(logistic.get("slope"), logistic.get("slope_ci")),
+                "Kendall's τ": "–" if rank.get("tau") is None else f"{rank['tau']:.2f}",
+            }
+        )
+    return pd.DataFrame(table)
 
 
 def pairs_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

@@ -16,6 +16,10 @@ st.title("Neurons")
 MODEL, LAYER, NEURON = "neurons_model", "neurons_layer", "neurons_neuron"
 FILTER, MIN_SCORE, SIMULATOR = "neurons_filter", "neurons_min_score", "neurons_simulator"
 REQUESTED = "neurons_requested"  # a neuron asked for by a link or a search result, checked once it is picked
+HIDDEN = (
+    "This neuron is part of a study that is still running, so its explanations and scores are hidden to keep "
+    "the raters blind. Admins who sign in (on the Results page) see them; everyone can once the study is closed."
+)
 LEGEND = (
     "Background: activation, on one scale for all excerpts of this neuron (warm = positive, blue = negative). "
     "Hover a token for its exact value. · is a space, ⏎ a new line, ⇥ a tab."
@@ -58,6 +62,8 @@ def _search(src: dashboard.Source) -> None:
         if not text.strip():
             return
         found = dashboard.search(src, text)
+        if dashboard.hidden_count(src):
+            st.caption("Explanations of neurons in open studies are left out of the search while those studies run.")
         if found.empty:
             st.info("No explanation contains that text.")
             return
@@ -113,6 +119,9 @@ def _pick(src: dashboard.Source, models: list[str]) -> tuple[str, NeuronId] | No
 
 
 def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record) -> None:
+    if dashboard.hidden(src, model, neuron_id):
+        st.info(HIDDEN)
+        return
     rows = dashboard.explanations(src, model, neuron_id)
     scores = dashboard.neuron_scores(src, model, neuron_id)
     if not rows:

@@ -71,7 +71,7 @@ def _excerpts(db, item: human_eval.RaterItem) -> None:
         "Where the neuron fires: a stronger background means stronger activation; hover a token for its value. "
         "· is a space, ⏎ a new line, ⇥ a tab."
     )
-    # Positive activations only, as the explainers saw them (SPEC.md §1 normalises relu(a)).
+    # Positive activations only, as the explainers saw them (docs/METHOD.md §1 normalises relu(a)).
     scale = render.default_scale(excerpts)
     st.html(render.styled(render.records_html(excerpts, scale, negatives=False)))
 
@@ -118,12 +118,19 @@ def _item(db, study: human_eval.Study, rater: raters.Rater, item: human_eval.Rat
 
 
 with dashboard.errors_shown(), dashboard.database() as db:
-    names = [row["name"] for row in human_eval.list_studies(db)]
-    if not names:
+    if not human_eval.list_studies(db):
         st.info("No study is open yet. Please come back later.")
         st.stop()
     rater = dashboard.sign_in(db, "Sign in with the name and access code the study's admin gave you.")
     if rater is None:
+        st.stop()
+    # Only the open studies this rater is assigned to (admins: only where the study lets admins rate).
+    names = [study.name for study in human_eval.studies_for_rater(db, rater.name)]
+    if not names:
+        st.info(
+            "There is no open study for you to rate right now. If you expected one, ask the study's admin to "
+            "assign it to you."
+        )
         st.stop()
     study_name = st.selectbox("Study", names, key=STUDY)
     study = human_eval.get_study(db, study_name)
@@ -133,6 +140,10 @@ with dashboard.errors_shown(), dashboard.database() as db:
         st.html(render.styled(render.text_html(study.instructions.strip() or DEFAULT_INSTRUCTIONS)))
     _notice()
     item = human_eval.next_item(db, study.name, rater.name)
+    standing = human_eval.rater_standing(db, study.name, rater.name)
+    if item is None and not standing.may_rate:
+        st.info(standing.message)
+        st.stop()
     if item is None:
         progress = human_eval.rater_progress(db, study.name, rater.name)
         st.success(f"You have rated every item open to you in this study ({progress.rated} in all). Thank you!")

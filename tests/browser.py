@@ -63,8 +63,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
+# Generous: on a loaded 2-core machine a cold `streamlit run` takes a minute, and a rerun that computes a study's
+# statistics several seconds. Every wait is on a condition, so a generous limit costs nothing when all goes well.
+START_TIMEOUT_S = 180.0
+LAUNCH_TIMEOUT_MS = 120_000
+
+
 @contextmanager
-def running_app(db_path: Path, log_path: Path, start_timeout: float = 45.0) -> Iterator[str]:
+def running_app(db_path: Path, log_path: Path, start_timeout: float = START_TIMEOUT_S) -> Iterator[str]:
     """Run the app on a free port with $EVAL_DB = db_path, its output going to log_path; yields its base URL and
     stops the server on exit (terminate, then kill after 10 s)."""
     port = free_port()
@@ -114,12 +120,22 @@ def chromium_context(profile_dir: Path, **options: object) -> Iterator[BrowserCo
             headless=True,
             args=list(CHROMIUM_ARGS),
             accept_downloads=True,
-            **options,
+            **{"timeout": LAUNCH_TIMEOUT_MS, **options},
         )
         try:
             yield context
         finally:
             context.close()
+
+
+def settled(page: Page) -> None:
+    """Wait until the app's script run has finished and no element of an earlier run is left on screen (Streamlit
+    keeps them, marked stale, until the run replaces them). Right after a click the new run may not have started
+    yet, so first wait for something that only the new run shows."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning")
+    expect(page.locator('[data-testid="stElementContainer"][data-stale="true"]')).to_have_count(0)
 
 
 # Text in a web font stays invisible until the font has loaded, and tables draw on their canvas in the next frames.

@@ -26,6 +26,43 @@ def db(db_path: Path):
     database.conn.close()
 
 
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """Put back the `__main__` module after each test: Streamlit's AppTest runs a page as `__main__` and leaves it
+    there, and a later test's spawned worker processes would then re-run that page (deleted from a temporary
+    folder, for AppTest.from_function) instead of starting, and hang the pool."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
+@pytest.fixture(autouse=True)
+def quick_access_codes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Hash access codes at scrypt's older, 8× cheaper strength in tests that only need raters to exist: the suite
+    signs in some two hundred times. tests/test_raters.py, which checks the real strength, keeps it."""
+    if request.module.__name__.endswith("test_raters"):
+        yield
+        return
+    from core import raters
+
+    monkeypatch.setattr(raters, "SCRYPT_PARAMS", {"n": 2**14, "r": 8, "p": 1})
+    yield
+
+
+@pytest.fixture
+def app_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An empty database at $EVAL_DB, as the app's pages open it; yields an open connection to it."""
+    from core import config
+
+    path = tmp_path / "app.db"
+    monkeypatch.setenv(config.ENV_DB, str(path))
+    monkeypatch.delenv(config.ENV_API_KEY, raising=False)
+    monkeypatch.delenv(config.ENV_API_BASE, raising=False)
+    database = dbmod.connect(path)
+    yield database
+    database.conn.close()
+
+
 @pytest.fixture
 def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():

@@ -26,10 +26,30 @@ from typing import Any
 
 # A key shaped like a real one, for tests that check it never leaks into the DB, logs or error messages.
 TEST_API_KEY = "sk-test-0123456789abcdefSECRET"
+# A key of another shape (a proxy's or a self-hosted server's): it is redacted because it is the configured key, not
+# because it looks like one. The fake's 401 quotes back whatever key it got.
+CUSTOM_SHAPED_KEY = "k3y-Zq9Vt4mW8pLx2-custom"
 FAULTS = ("429", "500", "503", "401", "timeout", "malformed_json", "empty_choices", "disconnect")
+# A chat reply whose text holds a lone surrogate (valid JSON, `"\ud800"`, that no UTF-8 encoder accepts) or bytes
+# that are not UTF-8 at all.
+FAULTS += ("lone_surrogate", "invalid_utf8")
+LONE_SURROGATE = "\ud800"
+INVALID_UTF8 = b"\xff\xfe"
 EMBEDDING_DIM = 256
 _WORD = re.compile(r"\w+", re.UNICODE)
 _PIECE = re.compile(r"\s*\S+|\s+")
+
+
+def everything_shown(exc: BaseException) -> str:
+    """What an error can show anyone: its message, its traceback as a log prints it, and its `__cause__` chain."""
+    import traceback
+
+    shown = [str(exc), "".join(traceback.format_exception(exc))]
+    cause = exc.__cause__
+    while cause is not None:
+        shown.append(f"{cause!s} {cause!r}")
+        cause = cause.__cause__
+    return "\n".join(shown)
 
 
 def count_words(text: str) -> int:
@@ -258,6 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/completions": self._completions,
             "/v1/embeddings": self._embeddings,
         }
+        if fault in ("lone_surrogate", "invalid_utf8") and path == "/v1/chat/completions":
+            return self._chat(body, empty=False, corrupt=fault)
         route = routes.get(path)
         if route is None:
             return self._error(404, f"no route POST {path}", "invalid_request_error")
@@ -266,17 +288,19 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a broken handler in a test must show up as a 500, not a hung client
             self._error(500, f"fake handler failed: {exc!r}", "server_error")
 
-    def _chat(self, body: dict[str, Any], empty: bool) -> None:
+    def _chat(self, body: dict[str, Any], empty: bool, corrupt: str | None = None) -> None:
         n = int(body.get("n") or 1)
         texts = [self.fake.chat_handler(body) for _ in range(n)]
+        marker = "CORRUPT-TEXT-MARKER"
+        if corrupt is not None:
+            texts = [f"{text} {LONE_SURROGATE if corrupt == 'lone_surrogate' else marker}" for text in texts]
         choices = [
             {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
             for i, text in enumerate(texts)
         ]
         prompt_tokens = fake_prompt_tokens(body.get("messages", []))
         completion_tokens = sum(fake_completion_tokens(t) for t in texts)
-        self._send_json(
-            200,
+        answer = json.dumps(
             {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
@@ -291,7 +315,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if self.fake.chat_usage
                 else None,
             },
-        )
+        ).encode()
+        self._send(200, answer.replace(marker.encode(), INVALID_UTF8))
 
     def _completions(self, body: dict[str, Any], empty: bool) -> None:
         response = self.fake.completions_handler(body)
@@ -320,3 +345,15 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             },
         )
+
+
+def with_latency(handler: Callable[[dict[str, Any]], Any], seconds: float) -> Callable[[dict[str, Any]], Any]:
+    """`handler`, answering each request `seconds` later: injected latency, e.g.
+    `server.chat_handler = with_latency(default_chat_reply, 0.2)`. Each request waits in its own server thread, so
+    concurrent requests overlap as they would on a real server."""
+
+    def slow(request: dict[str, Any]) -> Any:
+        time.sleep(seconds)
+        return handler(request)
+
+    return slow

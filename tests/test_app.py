@@ -105,19 +105,8 @@ def write_study(db, **options) -> human_eval.Study:
     created = human_eval.create_study(
         db, STUDY, "summary,original", neurons, ratings_per_item=1, seed=3, model=MODEL, **options
     )
+    human_eval.assign_studies(db, RATER, [STUDY])
     return created.study
-
-
-@pytest.fixture
-def app_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """An empty database at $EVAL_DB; yields an open connection to it."""
-    path = tmp_path / "app.db"
-    monkeypatch.setenv(config.ENV_DB, str(path))
-    monkeypatch.delenv(config.ENV_API_KEY, raising=False)
-    monkeypatch.delenv(config.ENV_API_BASE, raising=False)
-    database = dbmod.connect(path)
-    yield database
-    database.conn.close()
 
 
 # --- driving pages -----------------------------------------------------------------------------------------------
@@ -127,15 +116,21 @@ def run(page: str, query: dict[str, str] | None = None) -> AppTest:
     at = AppTest.from_file(str(PAGES[page]), default_timeout=TIMEOUT)
     at.query_params.update(query or {})
     at.run()
-    assert not at.exception, [e.message for e in at.exception]
+    assert_no_crash(at)
     return at
+
+
+def assert_no_crash(at: AppTest) -> None:
+    """Neither an exception nor the one line dashboard.errors_shown puts in place of an unexpected one."""
+    assert not at.exception, [e.message for e in at.exception]
+    assert dashboard.UNEXPECTED_ERROR not in [element.value for element in at.error]
 
 
 def sign_in(at: AppTest, name: str, code: str) -> AppTest:
     at.text_input(key="sign_in_name").input(name)
     next(w for w in at.text_input if w.label == "Access code").input(code)
     next(b for b in at.button if b.label == "Sign in").click().run()
-    assert not at.exception, [e.message for e in at.exception]
+    assert_no_crash(at)
     return at
 
 
@@ -179,6 +174,7 @@ for page in sys.argv[1:]:
     at.session_state["signed_in_rater"] = Rater(1, "admin", "admin")
     at.run()
     assert not at.exception, [e.message for e in at.exception]
+    assert "Something went wrong" not in [element.value for element in at.error]
     if page.endswith("2_Explain.py"):
         at.toggle(key="explain_preview").set_value(True).run()
         assert at.code, "no prompt preview"
@@ -225,7 +221,7 @@ def test_home_counts_what_is_stored(app_db) -> None:
     write_default_data(app_db)
     write_study(app_db)
     at = run("home")
-    metrics = {m.label: m.value for m in at.metric}
+    metrics = {shown(m.label): m.value for m in at.metric}
     assert metrics["Models"] == "1" and metrics["Layers"] == "2" and metrics["Neurons"] == "6"
     assert metrics["Explanations"] == str(len(dbmod.list_explanations(app_db)))
     assert metrics["Studies"] == "1" and metrics["Ratings"] == "0"
@@ -424,7 +420,7 @@ def test_explain_neurons_from_a_list_and_a_file(app_db) -> None:
 
 
 def answer_simulations(request: dict) -> str:
-    """Explanation requests get the fake's usual reply; simulation requests (token<TAB>unknown lines, SPEC.md §3
+    """Explanation requests get the fake's usual reply; simulation requests (token<TAB>unknown lines, docs/METHOD.md §3
     fallback b) get every line back with a value that depends on the token, so the correlation is defined."""
     content = request["messages"][-1]["content"]
     if f"\t{simulate.UNKNOWN}\n" not in content:
@@ -445,7 +441,7 @@ def test_explain_run_stores_explanations_and_scores(app_db, openai_env) -> None:
     at.text_input(key="explain_simulator").input("openai:fake-model").run()
     at.selectbox(key="explain_method").set_value("chat_parse").run()
     at.button(key="explain_run").click().run()
-    assert not at.exception, [e.message for e in at.exception]
+    assert_no_crash(at)
     stored = dbmod.list_explanations(app_db, MODEL, NeuronId(0, 0))
     assert sorted(row["format"] for row in stored) == ["original", "summary"]
     assert all(row["explainer"] == "openai:fake-model" and row["input_tokens"] for row in stored)
@@ -560,7 +556,8 @@ def test_rate_page_reveals_no_arm_format_or_explainer(app_db) -> None:
     study = human_eval.get_study(app_db, STUDY)
     forbidden = {*ARM_WORDS, *study.arms, *prompts.FORMATS, *EXPLAINERS.values()} - {"arm", "format"}
     for _ in range(3):
-        text = page_text(at).lower()
+        # Proto field names ("format: info" on an info box) are not page text.
+        text = re.sub(r"^format: \w+$", "", page_text(at).lower(), flags=re.MULTILINE)
         assert "words about theme" in text and "explanation 1" in text  # the scan sees the item itself
         for word in forbidden:
             assert word.lower() not in text, word
@@ -635,9 +632,12 @@ def test_results_study_statistics_and_downloads(app_db, monkeypatch) -> None:
         human_eval.submit_rating(app_db, STUDY, RATER, item.item_id, "left")
     at = sign_in(run("results"), ADMIN, ADMIN_CODE)
     summary = export.study_summary(app_db, STUDY)
-    metrics = {m.label: m.value for m in at.metric}
+    metrics = {shown(m.label): m.value for m in at.metric}
     assert metrics["ratings"] == f"3 of {human_eval.study_status(app_db, STUDY)['wanted_ratings']}"
-    assert metrics["summary over original"].startswith(f"{summary['win_rate']:.0%}")
+    primary = summary["primary"]
+    assert metrics["summary over original, per neuron"].startswith(f"{primary['estimate']:.0%}")
+    assert metrics["per rating (descriptive)"].startswith(f"{summary['win_rate']:.0%}")
+    assert metrics["neurons"] == str(primary["n_units"])
     assert [d.proto.label for d in at.get("download_button")] == list(export.EXPORT_FORMATS)
     assert RecordingStorage.served[f"{STUDY}.json"] == export.export_study(app_db, STUDY, "json")[f"{STUDY}.json"]
     for fmt in ("csv", "parquet"):
@@ -656,6 +656,7 @@ def test_results_bradley_terry_for_three_arms(app_db) -> None:
     human_eval.create_study(
         app_db, STUDY, "summary,original,highlight", neurons, ratings_per_item=1, seed=1, model=MODEL
     )
+    human_eval.assign_studies(app_db, RATER, [STUDY])
     while (item := human_eval.next_item(app_db, STUDY, RATER)) is not None:
         human_eval.submit_rating(app_db, STUDY, RATER, item.item_id, "left")
     at = sign_in(run("results"), ADMIN, ADMIN_CODE)

@@ -57,10 +57,11 @@ def test_data_version_moves_with_every_write_and_only_then(db, db_path) -> None:
     explanation_id = _explain(db, NeuronId(0, 0), "first")
     after_insert = dbmod.data_version(db)
     assert after_insert != first
-    raters.add_rater(db, "r", "code-r")
-    raters.add_rater(db, "a", "code-a", admin=True)
+    raters.add_rater(db, "r", "code-of-r")
+    raters.add_rater(db, "a", "code-of-a", admin=True)
     _explain(db, NeuronId(0, 0), "second", format_name="original")
     human_eval.create_study(db, "s", "summary,original", ["0:0"], ratings_per_item=1, seed=0, model=MODEL)
+    human_eval.assign_studies(db, "r", ["s"])
     item = human_eval.next_item(db, "s", "r")
     human_eval.submit_rating(db, "s", "r", item.item_id, "left")
     before_update = dbmod.data_version(db)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from core import db as dbmod
+from core.__main__ import main
+from core.db.explanations import InsertReport
 from core.errors import InputError, NotFoundError, WorkbenchError
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
 from core.scoring import Scores
@@ -40,6 +51,21 @@ def test_newer_schema_is_refused(db_path):
     dbmod.connect(db_path).conn.execute(f"PRAGMA user_version = {dbmod.SCHEMA_VERSION + 1}")
     with pytest.raises(WorkbenchError, match="newer than this code"):
         dbmod.connect(db_path)
+
+
+def test_newer_schema_is_refused_before_anything_is_written(db_path):
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE future (x)")
+    conn.execute(f"PRAGMA user_version = {dbmod.SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    before = db_path.read_bytes()
+    with pytest.raises(WorkbenchError, match="newer than this code"):
+        dbmod.connect(db_path)
+    assert db_path.read_bytes() == before
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
 
 
 def test_corrupt_file_is_one_clear_error(tmp_path):
@@ -92,17 +118,31 @@ def test_other_layer_sources_name_what_fills_a_layer_besides_one_run(db):
     assert dbmod.other_layer_sources(db, "other", [0, 1], None) == []
 
 
-def test_rerun_of_a_job_updates_in_place(db):
-    """A scored explanation, or one used in a study, must survive a rerun of its job (foreign keys)."""
+def test_an_ok_explanation_is_never_rewritten_and_a_failed_one_is_retried_in_place(db):
+    """Study items and scores point at an ok row: a rerun of its job keeps it as it is (foreign keys, text)."""
     fields = {"model": "m", "layer": 0, "neuron": 1, "format": "summary", "explainer": "x", "job_key": "job"}
     first = dbmod.insert_explanation(db, explanation="numbers", **fields)
     dbmod.save_score(db, first, "hf:sim", "all_at_once", "valid", False, Scores(0.5, 0.1, 0.2, ()), [[1.0]], "ok")
-    same = dbmod.insert_explanation(db, explanation="numbers", **fields)
-    assert same == first and db.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 1
-    changed = dbmod.insert_explanation(db, explanation="dates", **fields)
-    assert changed == first
-    assert dbmod.get_explanation(db, first)["explanation"] == "dates"
-    assert db.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 0  # a stale score is dropped
+    assert dbmod.insert_explanation(db, explanation="numbers", **fields) == first
+    assert dbmod.insert_explanation(db, explanation="dates", **fields) == first
+    assert dbmod.get_explanation(db, first)["explanation"] == "numbers"
+    assert db.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 1
+    failed = {**fields, "job_key": "failed job"}
+    retried = dbmod.insert_explanation(db, status="failed", error="timeout", **failed)
+    assert dbmod.insert_explanation(db, explanation="dates", **failed) == retried
+    row = dbmod.get_explanation(db, retried)
+    assert (row["explanation"], row["status"]) == ("dates", "ok")
+    assert len(dbmod.list_explanations(db, status=None)) == 2
+
+
+def test_insert_explanations_reports_what_was_written_and_what_was_there(db):
+    fields = {"model": "m", "layer": 0, "neuron": 1, "format": "summary", "explainer": "x"}
+    rows = [{**fields, "explanation": "numbers", "job_key": "a"}, {**fields, "explanation": "dates", "job_key": "b"}]
+    assert dbmod.insert_explanations(db, rows) == InsertReport(written=2, unchanged=0)
+    changed = [{**rows[0], "explanation": "years"}, {**fields, "explanation": "rivers", "job_key": "c"}]
+    assert dbmod.insert_explanations(db, changed) == InsertReport(written=1, unchanged=1)
+    texts = sorted(row["explanation"] for row in dbmod.list_explanations(db))
+    assert texts == ["dates", "numbers", "rivers"]
 
 
 def test_summary_counts(db):
@@ -110,3 +150,137 @@ def test_summary_counts(db):
     summary = dbmod.summary(db)
     assert summary["models"] == {"m": [{"layer": 0, "neurons": 1}, {"layer": 1, "neurons": 1}]}
     assert summary["counts"]["neurons"] == 2
+
+
+# --- the database file as the user may hand it over: damaged, read-only ----------------------------------------
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def import_args(tmp_path, db_path) -> list[str]:
+    table = tmp_path / "table.csv"
+    table.write_text("Layer,Neuron,Summary\n0,1,rivers.\n0,2,dates.\n", encoding="utf-8")
+    return ["import-explanations", str(table), "--explainer", "gpt-4", "--db", str(db_path)]
+
+
+def test_a_damaged_page_is_one_line_asking_for_a_backup(db_path, tmp_path, capsys):
+    db = dbmod.connect(db_path)
+    fields = {"model": "m", "layer": 0, "format": "summary", "explainer": "gpt-4", "source": "imported"}
+    dbmod.insert_explanations(db, [{**fields, "neuron": i, "explanation": f"text {i} " * 40} for i in range(400)])
+    db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.conn.close()
+    data = bytearray(db_path.read_bytes())
+    page = 4096
+    assert len(data) > 20 * page
+    data[8 * page :] = bytes(range(256)) * ((len(data) - 8 * page) // 256)  # a valid header, garbage further on
+    db_path.write_bytes(bytes(data))
+    code, err = run_cli(capsys, *import_args(tmp_path, db_path))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert str(db_path) in err and "damaged" in err and "backup" in err
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make a file or folder read-only for this process: chmod, or for root (whom chmod does not stop) chattr +i."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root, and chattr +i is not available here to make a file read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_database_file_is_one_line_saying_so(db_path, tmp_path, capsys):
+    dbmod.connect(db_path).conn.close()
+    args = import_args(tmp_path, db_path)
+    with read_only(db_path):
+        code, err = run_cli(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"the database {db_path} is read-only" in err and "move it away" not in err
+
+
+def test_a_database_in_a_read_only_folder_is_one_line_saying_so(tmp_path, capsys):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    existing = folder / "existing.db"
+    dbmod.connect(existing).conn.close()  # WAL mode: SQLite must create its -wal and -shm files next to it
+    args = import_args(tmp_path, existing)
+    with read_only(folder):
+        code, err = run_cli(capsys, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert f"the folder {folder} of the database {existing} is read-only" in err and "move it away" not in err
+        code, err = run_cli(capsys, *import_args(tmp_path, folder / "new.db"))
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert f"the folder {folder} of the database {folder / 'new.db'} is read-only" in err
+
+
+# --- collection's spill folder lives next to the database, and a killed run's is removed by the next ------------
+
+
+@pytest.fixture
+def collect_command(tmp_path) -> tuple[list[str], dict[str, str], Callable[[], list[Path]]]:
+    """A `collect` subprocess that runs for a few seconds, its environment, and a finder for spill folders anywhere
+    it could have put them (its TMPDIR and the database's folder)."""
+    from tests import tiny_models
+
+    model_path = tiny_models.build("gpt2", tmp_path / "gpt2")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(tiny_models.TEXT * 4, encoding="utf-8")
+    db_file = tmp_path / "data" / "collect.db"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    args = [sys.executable, "-m", "core", "collect", "--db", str(db_file), "--model", str(model_path),
+            "--corpus", str(corpus), "--layers", "0,1,2", "--max-tokens", "4000", "--excerpt-len", "16",
+            "--top-k", "6", "--random-k", "5", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TMPDIR": str(temp)}
+
+    def spill_folders() -> list[Path]:
+        folders = [temp, db_file.parent]
+        return [path for folder in folders if folder.is_dir() for path in folder.iterdir() if path.is_dir()]
+
+    return args, env, spill_folders
+
+
+def start_and_wait_for_spill(args, env, spill_folders) -> subprocess.Popen:
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not spill_folders() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spill_folders(), f"the collection ended before its pass began: {process.communicate()[1]}"
+    time.sleep(0.2)  # into the pass
+    return process
+
+
+def test_a_collection_killed_with_sigkill_leaves_its_spill_folder_to_the_next_run(collect_command, capsys):
+    args, env, spill_folders = collect_command
+    process = start_and_wait_for_spill(args, env, spill_folders)
+    process.kill()
+    process.communicate(timeout=60)
+    [left] = spill_folders()
+    assert left.parent.name == "data" and left.name.startswith(f"collect.db-collect-{process.pid}-")
+    # The rerun resumes the same run (the batch size is no part of it), in this process to save a start-up.
+    assert main([*args[3:], "--batch-size", "64"]) == 0
+    assert "collected layers 0,1,2" in capsys.readouterr().out
+    assert spill_folders() == []
+
+
+def test_a_collection_stopped_with_sigterm_cleans_up_and_says_how_to_resume(collect_command):
+    args, env, spill_folders = collect_command
+    process = start_and_wait_for_spill(args, env, spill_folders)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted: finished work is saved; rerun the same command to resume" in err
+    assert spill_folders() == []

@@ -18,7 +18,7 @@ import pytest
 from core import db as dbmod
 from core import export, human_eval, raters
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
-from tests.browser import REPO_ROOT, chromium_context, missing_browser, page_screenshot, running_app
+from tests.browser import REPO_ROOT, chromium_context, missing_browser, page_screenshot, running_app, settled
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -31,7 +31,8 @@ MODEL = "e2e-model"
 STUDY = "e2e pilot"
 RATER, RATER_CODE = "rita", "rita-access-1"
 ADMIN, ADMIN_CODE = "ada", "ada-access-1"
-TIMEOUT_MS = 20_000
+# Each wait is on a condition; the limit is generous because a loaded 2-core machine can take many seconds per rerun.
+TIMEOUT_MS = 90_000
 VIEWPORT = {"width": 1400, "height": 2400}
 # One theme word per neuron: the neuron "fires" on it, and the two arms' explanations describe it differently.
 THEMES = ("river", "Monday", "seven", "blue")
@@ -88,6 +89,7 @@ def prepare_database(path: Path) -> None:
         human_eval.create_study(db, STUDY, "summary,original", neurons, ratings_per_item=1, seed=7, model=MODEL)
         raters.add_rater(db, RATER, RATER_CODE)
         raters.add_rater(db, ADMIN, ADMIN_CODE, admin=True)
+        human_eval.assign_studies(db, RATER, [STUDY])
     finally:
         db.conn.close()
 
@@ -106,6 +108,16 @@ def exported_csv(path: Path) -> dict[str, bytes]:
         return export.export_study(db, STUDY, "csv")
     finally:
         db.conn.close()
+
+
+def sign_out(page: Page) -> None:
+    """Sign out through the sidebar and wait for the run that follows to show the signed-out page."""
+    from playwright.sync_api import expect
+
+    button = page.get_by_test_id("stSidebar").get_by_role("button", name="Sign out")
+    button.click()
+    expect(button).to_have_count(0)
+    settled(page)
 
 
 @pytest.fixture
@@ -128,7 +140,7 @@ def walk_through(page: Page, url: str, db_path: Path, artifacts: Path) -> tuple[
     def main_text() -> str:
         # After a rerun starts, elements of the previous run stay on screen until replaced: read the page only
         # once the run has finished.
-        expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning")
+        settled(page)
         return page.get_by_test_id("stMain").inner_text()
 
     # Home: the database's contents are counted.
@@ -141,6 +153,7 @@ def walk_through(page: Page, url: str, db_path: Path, artifacts: Path) -> tuple[
     # Rate: sign in as the rater (through the sidebar, as a person would go there).
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Rate", exact=True).click()
     expect(page.get_by_role("heading", name="Rate explanations")).to_be_visible()
+    settled(page)
     page.get_by_label("Name", exact=True).fill(RATER)
     page.get_by_label("Access code", exact=True).fill(RATER_CODE)
     shot("2_rate_sign_in")
@@ -181,15 +194,17 @@ def walk_through(page: Page, url: str, db_path: Path, artifacts: Path) -> tuple[
 
     # Results: a rater is refused the study results; the admin gets them and downloads the CSV export.
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Results", exact=True).click()
-    expect(page.get_by_role("heading", name="Results")).to_be_visible()
+    expect(page.get_by_role("heading", name="Results", exact=True)).to_be_visible()
+    settled(page)
     page.get_by_role("tab", name="Studies").click()
     expect(page.get_by_text(f"{RATER} is a rater, not an admin")).to_be_visible()
-    page.get_by_role("button", name="Sign out").click()
+    sign_out(page)
     page.get_by_role("tab", name="Studies").click()
     page.get_by_label("Name", exact=True).fill(ADMIN)
     page.get_by_label("Access code", exact=True).fill(ADMIN_CODE)
     page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_test_id("stMetric").filter(has_text="ratings")).to_contain_text("2 of")
+    settled(page)
     download_button = page.get_by_role("button", name="csv", exact=True)
     expect(download_button).to_be_enabled()
     shot("5_results")
@@ -261,7 +276,7 @@ def test_a_narrow_window_cuts_no_figure_or_button_short(tmp_path: Path, artifact
         page.set_default_timeout(TIMEOUT_MS)
 
         def settled_and_whole(name: str) -> None:
-            expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning")
+            settled(page)
             page_screenshot(page, narrow / f"{name}.png")
             assert page.evaluate(_CUT_TEXT) == [], name
 
@@ -271,6 +286,8 @@ def test_a_narrow_window_cuts_no_figure_or_button_short(tmp_path: Path, artifact
         settled_and_whole("1_neurons")
 
         page.get_by_test_id("stSidebarNav").get_by_role("link", name="Rate", exact=True).click()
+        expect(page.get_by_role("heading", name="Rate explanations")).to_be_visible()
+        settled(page)
         page.get_by_label("Name", exact=True).fill(RATER)
         page.get_by_label("Access code", exact=True).fill(RATER_CODE)
         page.get_by_role("button", name="Sign in", exact=True).click()
@@ -279,6 +296,8 @@ def test_a_narrow_window_cuts_no_figure_or_button_short(tmp_path: Path, artifact
         page.get_by_role("button", name="Explanation 2", exact=True).click()
         expect(page.get_by_text("Item 2 of 4")).to_be_visible()
         expect(page.get_by_role("button", name="Explanation 1", exact=True)).to_be_enabled()
+        # Keys go to whatever has the focus: give them only once the new item's form is the one on screen.
+        settled(page)
         # The keyboard alone: a confidence, Tab to the comment, Tab to the first choice, Enter.
         page.get_by_role("radio", name="4", exact=True).focus()
         page.keyboard.press("Space")
@@ -294,7 +313,10 @@ def test_a_narrow_window_cuts_no_figure_or_button_short(tmp_path: Path, artifact
         ]
 
         page.get_by_test_id("stSidebarNav").get_by_role("link", name="Results", exact=True).click()
-        page.get_by_role("button", name="Sign out").click()
+        # Until the Results page has run, the sidebar's "Sign out" may still be the Rate page's.
+        expect(page.get_by_role("heading", name="Results", exact=True)).to_be_visible()
+        settled(page)
+        sign_out(page)
         page.get_by_role("tab", name="Studies").click()
         page.get_by_label("Name", exact=True).fill(ADMIN)
         page.get_by_label("Access code", exact=True).fill(ADMIN_CODE)

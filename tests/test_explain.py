@@ -141,6 +141,41 @@ def test_an_unusable_answer_is_failed_and_not_served_from_the_cache_again(openai
     assert len(openai_env.requests) == 2
 
 
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("lone_surrogate", "not valid Unicode text (a lone surrogate U+D800 at character "),
+        ("invalid_utf8", r"not valid UTF-8 (bytes b'\xff' at offset "),
+    ],
+)
+def test_a_reply_that_is_not_text_fails_its_job_only(openai_env, db, fault, reason):
+    """A reply spelling a lone surrogate (`"\\ud800"`, which no UTF-8 encoder accepts) or holding bytes that are not
+    UTF-8 fails its own job with the reason; the others are stored, and a rerun sends only the failed one."""
+    neurons = [*NEURONS, NeuronId(2, 1)]
+    focuses = (" cat", " Paris", " dog")
+    dbmod.write_neurons(db, MODEL, [neuron_record(n, f) for n, f in zip(neurons, focuses, strict=True)], "test")
+    openai_env.inject(fault)
+    options = {**FAST, "concurrency": 1}  # one request at a time: the first job gets the bad reply
+    report = explain_neurons(db, MODEL, neurons, ["summary"], "openai:m", backend_options=options)
+    assert (report.total, report.ok, report.failed) == (3, 2, 1)
+    rows = {(r["layer"], r["neuron"]): r for r in report.rows(db)}
+    failed = rows[(0, 3)]
+    print("user sees:", failed["error"])
+    assert failed["status"] == "failed" and failed["explanation"] is None
+    assert failed["error"].startswith(f"openai:m: the {'answer' if fault == 'lone_surrogate' else 'server'}")
+    assert reason in failed["error"]
+    assert [rows[(1, 7)]["status"], rows[(2, 1)]["status"]] == ["ok", "ok"]
+
+    sent = len(openai_env.requests)
+    again = explain_neurons(db, MODEL, neurons, ["summary"], "openai:m", backend_options=options)
+    assert (again.ok, again.failed, again.skipped) == (1, 0, 2)
+    [retried] = openai_env.requests[sent:]
+    assert retried["messages"] == failed["prompt"]
+    row = {(r["layer"], r["neuron"]): r for r in again.rows(db)}[(0, 3)]
+    assert row["status"] == "ok" and row["explanation"] == 'the word "cat" and similar words'
+    assert len(dbmod.list_explanations(db, MODEL, status=None)) == 3
+
+
 def test_resume_after_a_kill_mid_batch_does_not_redo_finished_jobs(openai_env, neurons_db):
     class Killed(BaseException):
         pass
@@ -167,8 +202,9 @@ def test_resume_after_a_kill_mid_batch_does_not_redo_finished_jobs(openai_env, n
 def test_the_cache_makes_a_fresh_job_list_cost_no_requests(openai_env, neurons_db):
     run(neurons_db)
     assert len(openai_env.requests) == 4
-    neurons_db.conn.execute("DELETE FROM explanations")
-    report = run(neurons_db)
+    # Stored explanations are immutable, so a fresh job list is the same prompts under new job keys: the bundled
+    # few-shot examples named by their path rather than as "bundled".
+    report = run(neurons_db, few_shot=prompts.BUNDLED_FEW_SHOT)
     assert report.ok == 4 and len(openai_env.requests) == 4
     rows = report.rows(neurons_db)
     assert all(r["params"]["cached"] and r["latency_s"] == 0 and r["input_tokens"] > 0 for r in rows)
@@ -271,8 +307,9 @@ SMALL_CSV = (
 def test_import_small_csv_is_idempotent(db, tmp_path):
     path = tmp_path / "mine.csv"
     path.write_text(SMALL_CSV, encoding="utf-8")
-    assert import_explanations_csv(db, path, "gpt-4") == 9  # one empty cell is skipped
-    assert import_explanations_csv(db, path, "gpt-4") == 9
+    assert import_explanations_csv(db, path, "gpt-4").written == 9  # one empty cell is skipped
+    again = import_explanations_csv(db, path, "gpt-4")
+    assert (again.written, again.unchanged) == (0, 9)
     rows = dbmod.list_explanations(db, "gpt2-xl")
     assert len(rows) == 9
     by_key = {(r["layer"], r["neuron"], r["format"]): r for r in rows}
@@ -322,9 +359,9 @@ def test_import_the_published_reference_csv(db, reference_dir):
     path = reference_dir / "lee2023" / "results" / "random_GPT4_results.csv"
     if not path.exists():
         pytest.skip(f"{path} not found")
-    count = import_explanations_csv(db, path, "gpt-4")
+    count = import_explanations_csv(db, path, "gpt-4").written
     assert count == 240 * 5
-    assert import_explanations_csv(db, path, "gpt-4") == count
+    assert import_explanations_csv(db, path, "gpt-4").unchanged == count
     rows = dbmod.list_explanations(db, "gpt2-xl")
     assert len(rows) == count
     assert {r["format"] for r in rows} == set(prompts.FORMATS)
@@ -332,7 +369,7 @@ def test_import_the_published_reference_csv(db, reference_dir):
     # The Top1k file writes its headers in lower case and adds an index column.
     top = reference_dir / "lee2023" / "results" / "Top1k_GPT35_results.csv"
     if top.exists():
-        assert import_explanations_csv(db, top, "gpt-3.5-turbo") == 1000 * 5
+        assert import_explanations_csv(db, top, "gpt-3.5-turbo").written == 1000 * 5
 
 
 # --- the command line ------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ backend is tested in test_llm_hf.py)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 
@@ -13,7 +14,13 @@ from core import config, llm
 from core import db as dbmod
 from core.errors import InputError, LLMError
 from core.llm import Completion, Sampling
-from tests.fake_openai import TEST_API_KEY, fake_completion_tokens, fake_prompt_tokens
+from tests.fake_openai import (
+    CUSTOM_SHAPED_KEY,
+    TEST_API_KEY,
+    everything_shown,
+    fake_completion_tokens,
+    fake_prompt_tokens,
+)
 
 FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05}
 
@@ -219,6 +226,54 @@ def test_scrub_secrets_hides_keys_and_bearer_tokens():
     text = "bad key sk-proj-abcdefgh12345 and Authorization: Bearer tok_12345678 and mine=s3cr3t!!"
     scrubbed = llm.scrub_secrets(text, ["s3cr3t!!"])
     assert scrubbed == "bad key *** and Authorization: Bearer *** and mine=***"
+
+
+def _one_neuron_db(path) -> None:
+    from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+
+    def record(peak: float) -> ActivationRecord:
+        return ActivationRecord((" the", " cat", " sat"), (0.0, peak, 0.1))
+
+    top = tuple(record(5.0 - 0.1 * rank) for rank in range(20))
+    stats = NeuronStats(0.2, 0.5, 5.0, {0.5: 0.3, 0.9: 1.0, 0.99: 2.5, 0.999: 4.0})
+    database = dbmod.connect(path)
+    dbmod.write_neurons(database, "toy", [NeuronRecord("toy", NeuronId(0, 1), top, (record(0.1),) * 15, stats)], "t")
+    database.conn.close()
+
+
+def test_the_configured_key_whatever_its_shape_is_never_shown_by_chat_explain(
+    fake_openai, monkeypatch, db_path, capsys, caplog
+):
+    """One place (llm.scrub_secrets, via llm.api_error) redacts the configured key for every backend; here the
+    chat path, which quotes it back on a 401 like OpenAI does."""
+    from core.__main__ import main
+
+    monkeypatch.setenv(config.ENV_API_BASE, fake_openai.base_url)
+    monkeypatch.setenv(config.ENV_API_KEY, CUSTOM_SHAPED_KEY)
+    quoted = f"Incorrect API key provided: {CUSTOM_SHAPED_KEY}. Find your key in your account settings."
+    assert llm.scrub_secrets(quoted) == "Incorrect API key provided: ***. Find your key in your account settings."
+    assert str(llm.api_error(quoted)) == llm.scrub_secrets(quoted)
+    caplog.set_level(logging.DEBUG)
+    fake_openai.require_key = "the-key-the-server-wants"  # every request is answered 401, quoting the key it got
+    backend = llm.get_backend("openai:m", **FAST)
+    [result] = backend.complete([chat("x")])
+    assert isinstance(result, LLMError) and "HTTP 401" in str(result)
+    assert "Incorrect API key provided: ***" in str(result)
+    assert CUSTOM_SHAPED_KEY not in everything_shown(result)
+
+    # The explain command as a user runs it, with -v so that debug logs and tracebacks go out too.
+    _one_neuron_db(db_path)
+    argv = ["-v", "explain", "--db", str(db_path), "--model", "toy", "--neurons", "0:1", "--formats", "summary",
+            "--explainer", "openai:m", "--max-attempts", "1"]  # fmt: skip
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "HTTP 401" in err
+    assert CUSTOM_SHAPED_KEY not in out + err + caplog.text
+    stored = dbmod.connect(db_path)
+    stored.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    stored.conn.close()
+    for path in db_path.parent.glob(db_path.name + "*"):
+        assert CUSTOM_SHAPED_KEY.encode() not in path.read_bytes(), path
 
 
 def test_retry_delay_grows_exponentially_with_bounded_jitter():

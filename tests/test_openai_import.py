@@ -8,7 +8,9 @@ import pytest
 
 from core import db as dbmod
 from core.__main__ import main
+from core.db.explanations import InsertReport
 from core.errors import InputError
+from core.models import DEFAULT_MODEL_NAME
 from core.openai_import import import_explanations, import_neuron_records
 from core.records import NeuronId
 
@@ -69,12 +71,12 @@ def test_explanations_jsonl_and_csv(db, tmp_path, reference_dir):
     jsonl.parent.mkdir()
     scored = {"explanation": " years", "scored_simulation": {"ev_correlation_score": 0.4}}
     jsonl.write_text(json.dumps({"scored_explanations": [scored]}) + "\n")
-    assert import_explanations(db, [jsonl]) == 1
-    assert import_explanations(db, [jsonl]) == 1  # idempotent
+    assert import_explanations(db, [jsonl]) == InsertReport(written=1, unchanged=0)
+    assert import_explanations(db, [jsonl]) == InsertReport(written=0, unchanged=1)  # idempotent
     rows = dbmod.list_explanations(db, "gpt2-xl", NeuronId(5, 7))
     assert [(r["explanation"], r["reference_score"], r["source"]) for r in rows] == [("years", 0.4, "reference")]
-    count = import_explanations(db, [reference_dir / "lee2023" / "inputs" / "test_neurons.csv"])
-    assert count == 5
+    report = import_explanations(db, [reference_dir / "lee2023" / "inputs" / "test_neurons.csv"])
+    assert report == InsertReport(written=5, unchanged=0)
     assert dbmod.list_explanations(db, "gpt2-xl", NeuronId(0, 286))[0]["explanation"] == "words related to comparison."
 
 
@@ -125,3 +127,20 @@ def test_unreadable_sources_are_one_error_each(db, tmp_path):
     listed.write_text("[1, 2]\n")
     with pytest.raises(InputError, match=r"2.jsonl:1: expected an object"):
         import_explanations(db, [listed])
+
+
+def test_cli_model_default_is_the_bundled_model_as_everywhere(tmp_path, capsys):
+    db_file = tmp_path / "cli.db"
+    records = write_neuron_file(tmp_path / "0" / "426.json")
+    explanations = tmp_path / "explanations.csv"
+    explanations.write_text("layer,neuron,score,explanation\n0,426,0.5,negation\n", encoding="utf-8")
+    args = ["import-openai", str(records), "--explanations", str(explanations), "--model", "default"]
+    assert main([*args, "--db", str(db_file)]) == 0
+    assert "of all-MiniLM-L6-v2" in capsys.readouterr().out
+    db = dbmod.connect(db_file)
+    assert dbmod.list_explanations(db, "default") == []
+    [row] = dbmod.list_explanations(db, DEFAULT_MODEL_NAME)
+    assert row["explanation"] == "negation"
+    assert dbmod.get_neuron(db, DEFAULT_MODEL_NAME, NeuronId(0, 426)).stats.max == 3.5
+    assert main([*args, "--db", str(db_file)]) == 0
+    assert "nothing new: all 1 reference explanations" in capsys.readouterr().out

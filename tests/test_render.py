@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from html.parser import HTMLParser
 
 import numpy as np
@@ -215,9 +216,67 @@ def test_positive_only_colours_leave_negatives_plain_but_keep_their_value() -> N
     record = ActivationRecord((" a", " b", " c"), (-2.0, 0.0, 2.0))
     spans = [a for a in parse(render.record_html(record, negatives=False)).attrs if a.get("class") == "nw-tok"]
     assert [span["style"] for span in spans] == [
-        "background-color: transparent",
-        "background-color: transparent",
-        "background-color: rgba(255, 145, 0, 1.000); color: rgb(17, 17, 17)",
+        "unicode-bidi: isolate; background-color: transparent",
+        "unicode-bidi: isolate; background-color: transparent",
+        "unicode-bidi: isolate; background-color: rgba(255, 145, 0, 1.000); color: rgb(17, 17, 17)",
     ]
     assert [span["title"] for span in spans] == ["-2.0", "0.0", "2.0"]
     assert "45, 125, 255" in render.record_html(record)  # the default shows negatives in blue
+
+
+# Characters that draw nothing or reorder the text around them: zero-width space, non-joiner and joiner, word joiner,
+# BOM, bidi embeddings and overrides, isolates and marks, the Arabic letter mark, a soft hyphen, a C1 control (NEL),
+# a tag character, the line separator, a Hangul filler and a lone surrogate.
+INVISIBLE = (
+    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066",
+    "\u2067", "\u2068", "\u2069", "\u200e", "\u200f", "\u061c", "\u00ad", "\x85", "\U000e0041", "\u2028", "\u3164",
+    "\ud800",
+)  # fmt: skip
+
+
+def _unseen(markup: str) -> list[str]:
+    """Characters of the markup that a browser would not draw, or that would steer the text around them."""
+    steering = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+    unseen = [ch for ch in markup if unicodedata.category(ch) in steering or ch == "\u3164"]
+    return [f"U+{ord(ch):04X}" for ch in unseen if ch != "\t"]  # a tab is a gap one can see
+
+
+@pytest.mark.parametrize("invisible", INVISIBLE, ids=lambda ch: f"U+{ord(ch):04X}")
+def test_invisible_characters_in_tokens_are_shown_by_code_point(invisible: str) -> None:
+    mark = f"⟨U+{ord(invisible):04X}⟩"
+    for token in (invisible, f"ab{invisible}c", f" {invisible}"):
+        markup = render.record_html(ActivationRecord(("x", token, "y"), (0.0, 1.0, 0.5)))
+        assert _unseen(markup) == [], token
+        # A space of a token made only of whitespace shows as a dot, as always.
+        spaces = "·" if invisible.isspace() else " "
+        assert _text(markup) == "x" + token.replace(" ", spaces).replace(invisible, mark) + "y"
+        _no_markup_syntax(markup)
+    # A whitespace-only token that is also invisible (the line separator, NEL) is named, not shown as a dot.
+    assert _text(render.visible_token(invisible * 2)) == mark * 2
+
+
+def test_a_token_cannot_reverse_the_text_around_it() -> None:
+    """An override inside a token is shown, not obeyed; and every token is a bidi isolate (inline, and in the
+    style sheet), so even a character the marks missed could not reorder its neighbours."""
+    tokens = ("left", "\u202eevil", "\u2067", "right")
+    markup = render.records_html([ActivationRecord(tokens, (0.0, 1.0, 2.0, 0.5))])
+    assert _text(markup) == "left⟨U+202E⟩evil⟨U+2067⟩right"
+    spans = [attrs for attrs in parse(markup).attrs if attrs.get("class") == "nw-tok"]
+    assert len(spans) == 4 and all("unicode-bidi: isolate" in (span["style"] or "") for span in spans)
+    assert re.search(r"\.nw-tok \{[^}]*unicode-bidi: isolate", render.STYLE)
+    comparison = render.comparison_html(ActivationRecord(tokens, (0.0,) * 4), [0.0] * 4)
+    assert _unseen(comparison) == [] and _text(comparison).count("⟨U+202E⟩evil") == 2
+
+
+def test_invisible_characters_in_explanations_and_labels_are_shown() -> None:
+    text = "dates\u200b and \u202eyears\u202c, \u2066isolated\u2069 \ufeffwords\u2060\nnext line\ttab"
+    for markup in (render.text_html(text), render.label_html(text)):
+        assert _unseen(markup) == []
+        assert _text(markup) == (
+            "dates⟨U+200B⟩ and ⟨U+202E⟩years⟨U+202C⟩, ⟨U+2066⟩isolated⟨U+2069⟩ ⟨U+FEFF⟩words⟨U+2060⟩\nnext line\ttab"
+        )
+        _no_markup_syntax(markup)
+    # Text without invisible characters is unchanged, emoji, accents and no-break spaces included.
+    plain = "café 😀 a\u00a0b — ✓"
+    assert _text(render.text_html(plain)) == plain
+    assert render.mark_invisible("a\u202eb\tc") == "a⟨U+202E⟩b\tc"

@@ -63,29 +63,35 @@ def test_study_create_items_and_status(capsys, explained) -> None:
 
 
 def test_rater_add_and_list_never_print_codes(capsys, explained) -> None:
-    code, out, _ = run(capsys, "rater", "add", "--name", "alice", "--code", "SECRET", "--db", explained)
+    code, out, _ = run(capsys, "rater", "add", "--name", "alice", "--code", "SECRET-1", "--db", explained)
     assert code == 0 and json.loads(out) == {"id": 1, "name": "alice", "role": "rater"}
-    code, out, _ = run(capsys, "rater", "add", "--name", "root", "--code", "SECRET2", "--admin", "--db", explained)
+    code, out, _ = run(capsys, "rater", "add", "--name", "root", "--code", "SECRET-2", "--admin", "--db", explained)
     assert json.loads(out)["role"] == "admin"
     code, out, _ = run(capsys, "rater", "list", "--db", explained)
     assert "SECRET" not in out and "hash" not in out and "salt" not in out
-    code, _, err = run(capsys, "rater", "add", "--name", "alice", "--code", "OTHER1", "--db", explained)
-    assert code == 2 and err.startswith("error: a rater named 'alice' already exists")
+    code, _, err = run(capsys, "rater", "add", "--name", "alice", "--code", "OTHER-01", "--db", explained)
+    assert code == 2 and "error: a rater named 'alice' already exists" in err
 
 
 def test_import_ratings_then_export_in_every_format(capsys, explained, tmp_path: Path) -> None:
     create(capsys, explained)
-    run(capsys, "rater", "add", "--name", "alice", "--code", "SECRET", "--db", explained)
+    run(capsys, "rater", "add", "--name", "alice", "--code", "SECRET-1", "--db", explained)
     _, out, _ = run(capsys, "study", "items", "S", "--json", "--db", explained)
     items = json.loads(out)
     rows = [f"{item['item_id']},alice,{'left' if item['left_arm'] == 'summary' else 'right'},5" for item in items]
-    csv_path = tmp_path / "outside.csv"
-    csv_path.write_text("item_id,rater,choice,confidence\n" + "\n".join(rows) + "\n99999,alice,left,\n1,alice,up,\n")
-    code, out, err = run(capsys, "import-ratings", "--study", "S", str(csv_path), "--db", explained)
-    assert code == 1
-    assert json.loads(out)["written"] == 6
+    header = "item_id,rater,choice,confidence\n"
+    bad_path = tmp_path / "outside-with-errors.csv"
+    bad_path.write_text(header + "\n".join(rows) + "\n99999,alice,left,\n1,alice,up,\n")
+    code, _, err = run(capsys, "import-ratings", "--study", "S", str(bad_path), "--db", explained)
+    assert code == 2  # all or nothing: two bad rows, so none is written
     assert "line 8: item 99999 is not part of study 'S'" in err
     assert "line 9: choice 'up' is not allowed" in err
+    assert dbmod.connect(explained)["ratings"].count == 0
+    csv_path = tmp_path / "outside.csv"
+    csv_path.write_text(header + "\n".join(rows) + "\n")
+    code, out, err = run(capsys, "import-ratings", "--study", "S", str(csv_path), "--json", "--db", explained)
+    assert code == 0, err
+    assert json.loads(out)["written"] == 6
     for fmt in ("csv", "json", "parquet"):
         target = tmp_path / f"export-{fmt}"
         code, out, err = run(capsys, "export", "--study", "S", "--format", fmt, "--out", str(target), "--db", explained)
@@ -103,9 +109,11 @@ def test_import_ratings_then_export_in_every_format(capsys, explained, tmp_path:
 def test_purge_needs_the_admin_code(capsys, explained, tmp_path: Path) -> None:
     create(capsys, explained)
     run(capsys, "rater", "add", "--name", "root", "--code", "ROOT-CODE", "--admin", "--db", explained)
+    run(capsys, "rater", "add", "--name", "ann", "--code", "ANN-CODE", "--db", explained)
+    run(capsys, "rater", "assign", "--name", "ann", "--studies", "S", "--db", explained)
     database = dbmod.connect(explained)
-    item = human_eval.next_item(database, "S", "root")
-    human_eval.submit_rating(database, "S", "root", item.item_id, "tie")
+    item = human_eval.next_item(database, "S", "ann")
+    human_eval.submit_rating(database, "S", "ann", item.item_id, "tie")
     argv = ["study", "purge", "S", "--admin", "root", "--out", str(tmp_path / "saved.json"), "--db", explained]
     code, _, err = run(capsys, *argv, "--code", "WRONG-CODE")
     assert code == 2 and "wrong access code" in err

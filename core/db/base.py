@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,19 +28,63 @@ def connect(path: str | Path | None = None) -> sqlite_utils.Database:
     path = config.db_path(path)
     if path.exists() and path.is_dir():
         raise InputError(f"database path {path} is a directory; pass a file path with --db or EVAL_DB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"cannot create the folder {path.parent} for the database {path} ({exc.strerror or exc}); pass another --db"
+        ) from None
+    conn = None
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
+        # The version is read before any pragma that writes (WAL mode does): a newer database stays untouched.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version <= SCHEMA_VERSION:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        raise database_error(path, exc) from exc
+    if version > SCHEMA_VERSION:
         conn.close()
-        raise InputError(f"{path} is not a usable SQLite database ({exc}); move it away or pass another --db") from exc
+        raise _newer_schema(version)
     db = sqlite_utils.Database(conn)
     migrate(db)
     return db
+
+
+def database_error(path: Path, exc: sqlite3.Error) -> WorkbenchError:
+    """The error to show for a SQLite error on the database file `path`: what is wrong with the file, and what to do."""
+    message = str(exc)
+    if "readonly" in message or "read-only" in message or "unable to open" in message:
+        folder = path.parent
+        if path.exists() and not os.access(path, os.W_OK):
+            return InputError(
+                f"the database {path} is read-only: it cannot be written ({message}); make the file writable or"
+                " pass another --db"
+            )
+        if not os.access(folder, os.W_OK):
+            return InputError(
+                f"the folder {folder} of the database {path} is read-only: SQLite cannot write its files there"
+                f" ({message}); make the folder writable or pass another --db"
+            )
+        return InputError(
+            f"the database {path} cannot be opened for writing ({message}); check its permissions or pass another --db"
+        )
+    if "malformed" in message:
+        return InputError(f"the database {path} is damaged ({message}); restore it from a backup, or pass another --db")
+    if "not a database" in message:
+        return InputError(f"{path} is not a usable SQLite database ({message}); move it away or pass another --db")
+    return WorkbenchError(f"the database {path} failed: {message}")
+
+
+def _newer_schema(version: int) -> WorkbenchError:
+    return WorkbenchError(
+        f"the database is at schema version {version}, newer than this code ({SCHEMA_VERSION}); update the code"
+    )
 
 
 @contextmanager
@@ -245,10 +290,16 @@ CREATE TABLE rating_audit (
 
 
 def _execute_script(conn: sqlite3.Connection, script: str) -> None:
-    # executescript() would COMMIT the surrounding transaction, so run statements one by one.
-    for statement in script.split(";\n"):
-        if statement.strip():
+    # executescript() would COMMIT the surrounding transaction, so run statements one by one; a statement ends
+    # where SQLite says it is complete, so that a trigger's body (which holds semicolons) stays whole.
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
             conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        conn.execute(statement)
 
 
 def _migration_1(conn: sqlite3.Connection) -> None:
@@ -273,7 +324,80 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _SCHEMA_V2_ASSIGNMENTS)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+# v3: what keeps a study blind and its data fixed.
+# - A study is open or closed; while open, its neurons' explanations and scores are shown to admins only.
+# - Raters are assigned to studies and see only those; admins rate only where a study allows it.
+# - Failed sign-ins are counted per name and per client, so that throttling survives a new browser tab.
+# - An ok explanation is immutable: items and scores point at it, so its text and identity never change.
+# - Left and right are drawn per rater and item (assignments.left_arm) and kept with every rating (shown_left);
+#   what was there before v3 keeps its item's one layout.
+# - A study's analysis plan is stored once, before its first rating, and never changes (study_plans).
+# - A score names where it came from when it was not computed here (`source`: the file of imported published
+#   scores, method 'imported').
+# Raters who existed before v3 keep every study they could rate.
+_SCHEMA_V3_TRUST = """
+ALTER TABLE studies ADD COLUMN state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'closed'));
+ALTER TABLE studies ADD COLUMN allow_admin_ratings INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE study_raters (
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    rater_id INTEGER NOT NULL REFERENCES raters(id),
+    assigned_at TEXT NOT NULL,
+    PRIMARY KEY (study_id, rater_id)
+) WITHOUT ROWID;
+CREATE INDEX study_raters_rater ON study_raters (rater_id);
+INSERT INTO study_raters (study_id, rater_id, assigned_at)
+    SELECT s.id, r.id, r.created_at FROM studies s CROSS JOIN raters r WHERE r.role = 'rater';
+CREATE TABLE sign_in_failures (
+    scope TEXT NOT NULL CHECK (scope IN ('name', 'client')),
+    key TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    last_failed_at TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE TRIGGER explanations_immutable BEFORE UPDATE ON explanations
+WHEN OLD.status = 'ok' AND (
+    NEW.explanation IS NOT OLD.explanation OR NEW.format IS NOT OLD.format OR NEW.explainer IS NOT OLD.explainer
+    OR NEW.model IS NOT OLD.model OR NEW.layer IS NOT OLD.layer OR NEW.neuron IS NOT OLD.neuron
+    OR NEW.source IS NOT OLD.source OR NEW.status IS NOT OLD.status OR NEW.prompt IS NOT OLD.prompt
+)
+BEGIN
+    SELECT RAISE(ABORT, 'explanation rows are immutable once written');
+END;
+ALTER TABLE assignments ADD COLUMN left_arm TEXT;
+UPDATE assignments SET left_arm = (SELECT i.left_arm FROM items i WHERE i.id = assignments.item_id);
+ALTER TABLE ratings ADD COLUMN shown_left TEXT;
+UPDATE ratings SET shown_left = (SELECT i.left_arm FROM items i WHERE i.id = ratings.item_id);
+ALTER TABLE rating_audit ADD COLUMN shown_left TEXT;
+CREATE TRIGGER explanations_undeletable BEFORE DELETE ON explanations
+WHEN OLD.status = 'ok'
+BEGIN
+    SELECT RAISE(ABORT, 'explanation rows are immutable once written');
+END;
+ALTER TABLE scores ADD COLUMN source TEXT;
+ALTER TABLE scores ADD COLUMN raw_score REAL;
+ALTER TABLE scores ADD COLUMN no_value_count INTEGER;
+CREATE TABLE study_plans (
+    study_id INTEGER PRIMARY KEY REFERENCES studies(id),
+    plan TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TRIGGER study_plans_frozen BEFORE UPDATE ON study_plans
+BEGIN
+    SELECT RAISE(ABORT, 'a study plan is frozen once stored');
+END;
+CREATE TRIGGER study_plans_kept BEFORE DELETE ON study_plans
+BEGIN
+    SELECT RAISE(ABORT, 'a study plan is frozen once stored');
+END;
+"""
+
+
+def _migration_3(conn: sqlite3.Connection) -> None:
+    _execute_script(conn, _SCHEMA_V3_TRUST)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -285,9 +409,7 @@ def migrate(db: sqlite_utils.Database) -> None:
     """Apply pending migrations, each in its own transaction with the version bump."""
     version = schema_version(db)
     if version > SCHEMA_VERSION:
-        raise WorkbenchError(
-            f"the database is at schema version {version}, newer than this code ({SCHEMA_VERSION}); update the code"
-        )
+        raise _newer_schema(version)
     for number in range(version + 1, SCHEMA_VERSION + 1):
         with transaction(db) as conn:
             if schema_version(db) >= number:  # another process migrated while we waited for the lock

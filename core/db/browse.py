@@ -8,6 +8,7 @@ from typing import Any
 import sqlite_utils
 
 from core.db.base import _fetch_dicts
+from core.db.studies import in_open_study
 from core.records import NeuronId
 
 # Tables whose newest rowid moves with every insert the dashboard shows.
@@ -62,12 +63,18 @@ def neuron_indices(db: sqlite_utils.Database, model: str, layer: int) -> list[in
 
 
 def neuron_overview(
-    db: sqlite_utils.Database, model: str, layer: int | None = None, simulator: str | None = None
+    db: sqlite_utils.Database,
+    model: str,
+    layer: int | None = None,
+    simulator: str | None = None,
+    *,
+    hide_blinded: bool = False,
 ) -> list[dict[str, Any]]:
     """Per stored neuron of a model (optionally one layer): layer, neuron, max activation, number of ok
     explanations, and the best ok valid-split score of its explanations (under `simulator` when given, else any;
-    None when unscored)."""
-    score_filter = " AND s.simulator = ?" if simulator is not None else ""
+    None when unscored). With `hide_blinded`, neurons of open studies show no explanations and no score."""
+    blinded = f" AND NOT {in_open_study('n')}" if hide_blinded else ""
+    score_filter = (" AND s.simulator = ?" if simulator is not None else "") + blinded
     clauses, args = ["n.model = ?"], [model]
     if layer is not None:
         clauses.append("n.layer = ?")
@@ -75,7 +82,7 @@ def neuron_overview(
     query = (
         "SELECT n.layer, n.neuron, n.max AS max_activation,"
         " (SELECT COUNT(*) FROM explanations e WHERE e.model = n.model AND e.layer = n.layer"
-        "  AND e.neuron = n.neuron AND e.status = 'ok') AS n_explanations,"
+        f"  AND e.neuron = n.neuron AND e.status = 'ok'{blinded}) AS n_explanations,"
         " (SELECT MAX(s.score) FROM scores s JOIN explanations e ON e.id = s.explanation_id"
         "  WHERE e.model = n.model AND e.layer = n.layer AND e.neuron = n.neuron AND s.split = 'valid'"
         f"  AND s.status = 'ok' AND s.score IS NOT NULL{score_filter}) AS best_score"
@@ -95,11 +102,14 @@ def _like_pattern(text: str) -> str:
 
 
 def search_explanations(
-    db: sqlite_utils.Database, text: str, model: str | None = None, limit: int = 200
+    db: sqlite_utils.Database, text: str, model: str | None = None, limit: int = 200, *, hide_blinded: bool = False
 ) -> list[dict[str, Any]]:
     """Ok explanations containing `text` (case-insensitive for ASCII, `%` and `_` taken literally), newest first:
-    id, model, layer, neuron, format, explainer, explanation."""
+    id, model, layer, neuron, format, explainer, explanation. With `hide_blinded`, none of a neuron in an open
+    study."""
     clauses = ["status = 'ok'", "explanation LIKE ? ESCAPE '\\'"]
+    if hide_blinded:
+        clauses.append(f"NOT {in_open_study('explanations')}")
     args: list[Any] = [_like_pattern(text.strip())]
     if model is not None:
         clauses.append("model = ?")
@@ -129,9 +139,13 @@ def explanations_after(db: sqlite_utils.Database, after_id: int, model: str | No
     return _fetch_dicts(db.conn.execute(query, args))
 
 
-def explanation_costs(db: sqlite_utils.Database, model: str | None = None) -> list[dict[str, Any]]:
-    """Model, format, explainer and input/output tokens of every ok explanation (SPEC.md §4, token cost)."""
+def explanation_costs(
+    db: sqlite_utils.Database, model: str | None = None, *, hide_blinded: bool = False
+) -> list[dict[str, Any]]:
+    """Model, format, explainer and input/output tokens of every ok explanation (docs/METHOD.md §4, token cost); with
+    `hide_blinded`, none of a neuron in an open study."""
     where, args = ("WHERE status = 'ok' AND model = ?", [model]) if model is not None else ("WHERE status = 'ok'", [])
+    where += f" AND NOT {in_open_study('explanations')}" if hide_blinded else ""
     query = f"SELECT model, format, explainer, input_tokens, output_tokens FROM explanations {where} ORDER BY id"
     return _fetch_dicts(db.conn.execute(query, args))
 

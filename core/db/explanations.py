@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
@@ -23,7 +24,16 @@ EXPLANATION_FIELDS = (
 _EXPLANATION_DEFAULTS = {"status": "ok", "source": "generated", "sample": 0}
 
 
-def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], created_at: str) -> int:
+@dataclass(frozen=True)
+class InsertReport:
+    """What `insert_explanations` did: rows written (new, or failed ones retried) and ok rows already there."""
+
+    written: int
+    unchanged: int
+
+
+def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], created_at: str) -> tuple[int, bool]:
+    """Insert one row; with a `job_key` already stored, retry it in place only if it failed. (id, written)."""
     unknown = set(fields) - set(EXPLANATION_FIELDS)
     if unknown:
         raise ValueError(f"unknown explanation fields: {sorted(unknown)}")
@@ -34,14 +44,16 @@ def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], cr
     existing = None
     if row.get("job_key") is not None:
         existing = conn.execute(
-            "SELECT id, explanation FROM explanations WHERE job_key = ?", [row["job_key"]]
+            "SELECT id, explanation, status FROM explanations WHERE job_key = ?", [row["job_key"]]
         ).fetchone()
     if existing is None:
         sql = f"INSERT INTO explanations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
-        return conn.execute(sql, list(row.values())).lastrowid
-    # A rerun of the same job updates its row in place: study items and scores keep pointing at it. Scores of a
-    # text that changed no longer describe it, so they go.
-    explanation_id, old_text = existing
+        return conn.execute(sql, list(row.values())).lastrowid, True
+    explanation_id, old_text, old_status = existing
+    if old_status == "ok":
+        # Study items and scores point at an ok row: it is never rewritten (schema v3 enforces this too).
+        return explanation_id, False
+    # A failed attempt is retried in place. Scores of a text that changed no longer describe it, so they go.
     if old_text != row.get("explanation"):
         conn.execute("DELETE FROM scores WHERE explanation_id = ?", [explanation_id])
         conn.execute("DELETE FROM similarities WHERE explanation_id = ?", [explanation_id])
@@ -50,25 +62,37 @@ def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], cr
         f"UPDATE explanations SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
         [row.get(c, _EXPLANATION_DEFAULTS.get(c)) for c in columns] + [explanation_id],
     )
-    return explanation_id
+    return explanation_id, True
 
 
 def insert_explanation(db: sqlite_utils.Database, **fields: Any) -> int:
     """Store one explanation (or one failed attempt); JSON-able `params` and `prompt` are serialised here.
 
-    With a `job_key`, a rerun of the same job replaces the earlier row instead of adding a second one.
+    With a `job_key` already stored, a failed row is retried in place and an ok row is kept as it is; returns its id.
     """
     with transaction(db) as conn:
-        return _insert_explanation_row(conn, fields, now())
+        return _insert_explanation_row(conn, fields, now())[0]
 
 
-def insert_explanations(db: sqlite_utils.Database, rows: Sequence[dict[str, Any]]) -> int:
-    """Store many explanations in one transaction (all or nothing); returns how many."""
+def insert_explanations(db: sqlite_utils.Database, rows: Sequence[dict[str, Any]]) -> InsertReport:
+    """Store many explanations in one transaction (all or nothing), with `insert_explanation`'s rules per row."""
     created_at = now()
+    written = 0
     with transaction(db) as conn:
         for fields in rows:
-            _insert_explanation_row(conn, fields, created_at)
-    return len(rows)
+            written += _insert_explanation_row(conn, fields, created_at)[1]
+    return InsertReport(written=written, unchanged=len(rows) - written)
+
+
+def ok_explanations_of(db: sqlite_utils.Database, model: str, explainer: str) -> list[dict[str, Any]]:
+    """The ok explanations of `model` by `explainer`: id, layer, neuron, format, source, explanation, params."""
+    cursor = db.conn.execute(
+        "SELECT id, layer, neuron, format, source, explanation, params FROM explanations"
+        " WHERE model = ? AND explainer = ? AND status = 'ok' ORDER BY id",
+        [model, explainer],
+    )
+    columns = [d[0] for d in cursor.description]
+    return [_decode_explanation(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
 
 
 def get_explanation(db: sqlite_utils.Database, explanation_id: int) -> dict[str, Any]:

@@ -10,13 +10,14 @@ import numpy as np
 import sqlite_utils
 
 from core.db.base import _fetch_dicts, _json, now, transaction
+from core.db.studies import in_open_study
 from core.records import NeuronId
 
 SCORE_STATUSES = ("ok", "failed")
 
 
 def _finite(value: Any) -> float | None:
-    """A float, or None for missing, NaN and infinities (SPEC.md §4: store NaN as missing, never as 0)."""
+    """A float, or None for missing, NaN and infinities (docs/METHOD.md §4: store NaN as missing, never as 0)."""
     if value is None or isinstance(value, bool):
         return None
     number = float(value)
@@ -46,10 +47,12 @@ def save_score(
     status: str,
     error: str | None = None,
     seconds: float | None = None,
+    no_value_count: int | None = None,
 ) -> int:
     """Store (or replace) the score of one explanation under one simulator, method, split and calibration.
 
-    `scores` is a core.scoring.Scores (score, rsquared, absdev, per_excerpt) or None for a failed simulation.
+    `scores` is a core.scoring.Scores (score, rsquared, absdev, per_excerpt, raw_score when calibrated) or None for
+    a failed simulation. `no_value_count`: predictions read as 0 because no value was among the top logprobs.
     """
     if status not in SCORE_STATUSES:
         raise ValueError(f"score status {status!r} is not one of {SCORE_STATUSES}")
@@ -69,16 +72,19 @@ def save_score(
         error,
         seconds,
         now(),
+        _finite(getattr(scores, "raw_score", None)),
+        no_value_count,
     ]
     with transaction(db) as conn:
         return conn.execute(
             "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, rsquared, absdev,"
-            " per_excerpt, predictions, status, error, seconds, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " per_excerpt, predictions, status, error, seconds, created_at, raw_score, no_value_count)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (explanation_id, simulator, method, split, calibrated) DO UPDATE SET"
             " score = excluded.score, rsquared = excluded.rsquared, absdev = excluded.absdev,"
             " per_excerpt = excluded.per_excerpt, predictions = excluded.predictions, status = excluded.status,"
-            " error = excluded.error, seconds = excluded.seconds, created_at = excluded.created_at"
+            " error = excluded.error, seconds = excluded.seconds, created_at = excluded.created_at,"
+            " raw_score = excluded.raw_score, no_value_count = excluded.no_value_count"
             " RETURNING id",
             row,
         ).fetchone()[0]
@@ -180,6 +186,7 @@ def score_rows(
     reference_kind: str | None = None,
     embedder: str | None = None,
     include_unscored: bool = True,
+    hide_blinded: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (ok explanation, score), ready for a DataFrame: model, neuron ("layer:index"), layer, index,
     format, explainer, source, sample, explanation, input/output tokens, simulator, method, split, calibrated,
@@ -211,6 +218,8 @@ def score_rows(
         where_args.append(model)
     if not include_unscored:
         where.append("s.id IS NOT NULL")
+    if hide_blinded:  # for visitors: nothing of a neuron in an open study
+        where.append(f"NOT {in_open_study('e')}")
     cursor = db.conn.execute(
         "SELECT e.id AS explanation_id, e.model, e.layer || ':' || e.neuron AS neuron, e.layer, e.neuron AS 'index',"
         " e.format, e.explainer, e.source, e.sample, e.explanation, e.input_tokens, e.output_tokens,"
@@ -237,7 +246,7 @@ def scores_for_explanations(
 ) -> tuple[str | None, dict[int, float]]:
     """Simulation scores of these explanations under ONE simulator and method: (simulator, {explanation id: score}).
 
-    Per explanation: its most recent ok, non-missing score on the valid split (SPEC.md §4). Without `simulator`
+    Per explanation: its most recent ok, non-missing score on the valid split (docs/METHOD.md §4). Without `simulator`
     (or `method`), the simulator (and its method) that scored the most of these explanations (ties: by name).
     Scores of simulators, or of one simulator's methods (chat_logprobs vs chat_parse), are never mixed.
     """
@@ -261,3 +270,59 @@ def scores_for_explanations(
     # Rows are oldest first, so later ones overwrite: the most recent score wins.
     scores = {explanation_id: score for explanation_id, *pair, score in rows if tuple(pair) == chosen}
     return chosen[0], {k: v for k, v in scores.items() if v == v}
+
+
+def automated_scores_for_explanations(
+    db: sqlite_utils.Database, explanation_ids: Iterable[int]
+) -> dict[tuple[str, str], dict[int, float]]:
+    """Every automated score kind of these explanations, each kept apart: ("score", "<simulator>·<method>") →
+    {explanation id: its ok, uncalibrated score on the valid split} and ("similarity", "<embedder>") →
+    {explanation id: mean cosine to its references under that embedder}. Missing values are left out."""
+    ids = sorted({int(i) for i in explanation_ids if i is not None})
+    found: dict[tuple[str, str], dict[int, float]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for explanation_id, simulator, method, score in db.conn.execute(
+            "SELECT explanation_id, simulator, method, score FROM scores WHERE split = 'valid' AND calibrated = 0"
+            f" AND status = 'ok' AND score IS NOT NULL AND explanation_id IN ({marks})"
+            " ORDER BY simulator, method, explanation_id",
+            chunk,
+        ):
+            found.setdefault(("score", f"{simulator}·{method}"), {})[explanation_id] = score
+        for explanation_id, embedder, cosine in db.conn.execute(
+            "SELECT explanation_id, embedder, AVG(cosine) FROM similarities WHERE cosine IS NOT NULL"
+            f" AND explanation_id IN ({marks}) GROUP BY explanation_id, embedder ORDER BY embedder, explanation_id",
+            chunk,
+        ):
+            found.setdefault(("similarity", embedder), {})[explanation_id] = cosine
+    return dict(sorted(found.items()))
+
+
+def save_imported_score(
+    db: sqlite_utils.Database,
+    explanation_id: int,
+    simulator: str,
+    score: float | None,
+    source: str,
+    split: str = "valid",
+) -> int:
+    """Store (or replace) a published score of an explanation, kept apart from scores computed here: method
+    'imported', uncalibrated, no predictions, and `source` naming the file it came from (docs/METHOD.md §5)."""
+    columns = {row[1] for row in db.conn.execute("PRAGMA table_info(scores)")}
+    if "source" not in columns:
+        from core.errors import WorkbenchError
+
+        raise WorkbenchError(
+            "this database's scores table predates imported scores (no source column); import into a new database "
+            "file with --db"
+        )
+    with transaction(db) as conn:
+        return conn.execute(
+            "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, status, source,"
+            " created_at) VALUES (?, ?, 'imported', ?, 0, ?, 'ok', ?, ?)"
+            " ON CONFLICT (explanation_id, simulator, method, split, calibrated) DO UPDATE SET"
+            " score = excluded.score, source = excluded.source, status = 'ok', created_at = excluded.created_at"
+            " RETURNING id",
+            [explanation_id, simulator, split, _finite(score), source, now()],
+        ).fetchone()[0]

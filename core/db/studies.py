@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from core.records import NeuronId
 RATING_CHOICES = ("left", "right", "tie", "both_bad")
 STUDY_FIELDS = (
     "name", "instructions", "model", "arms", "neurons", "ratings_per_item", "allow_tie", "allow_both_bad",
-    "overlap_share", "gold_share", "seed",
+    "overlap_share", "gold_share", "seed", "allow_admin_ratings",
 )  # fmt: skip
 ITEM_FIELDS = (
     "position", "model", "layer", "neuron", "left_explanation_id", "right_explanation_id", "left_arm", "right_arm",
@@ -24,8 +25,14 @@ ITEM_FIELDS = (
 )  # fmt: skip
 
 
-def insert_study(db: sqlite_utils.Database, study: dict[str, Any], items: Sequence[dict[str, Any]]) -> int:
-    """Store a study (arms and neurons as lists) with its items in one transaction; InputError if the name is taken."""
+def insert_study(
+    db: sqlite_utils.Database,
+    study: dict[str, Any],
+    items: Sequence[dict[str, Any]],
+    plan: tuple[str, str] | None = None,
+) -> int:
+    """Store a study (arms and neurons as lists) with its items, and its plan (JSON text, SHA-256) when given, in one
+    transaction; InputError if the name is taken."""
     row = {key: study[key] for key in STUDY_FIELDS}
     row["arms"], row["neurons"] = _json(list(study["arms"])), _json(list(study["neurons"]))
     row["created_at"] = now()
@@ -39,6 +46,11 @@ def insert_study(db: sqlite_utils.Database, study: dict[str, Any], items: Sequen
             f"INSERT INTO items (study_id, {', '.join(ITEM_FIELDS)}) VALUES (?, {', '.join('?' * len(ITEM_FIELDS))})",
             [[study_id, *(item[key] for key in ITEM_FIELDS)] for item in items],
         )
+        if plan is not None:
+            conn.execute(
+                "INSERT INTO study_plans (study_id, plan, sha256, created_at) VALUES (?, ?, ?, ?)",
+                [study_id, *plan, now()],
+            )
     return study_id
 
 
@@ -153,23 +165,64 @@ def assignment_state(
     return {"items": items, "assigned": assigned}
 
 
+def layout_state(conn: sqlite3.Connection, study_id: int, rater_id: int, item_id: int) -> dict[str, Any]:
+    """What a left/right decision reads: the item's arms (`left_arm`, `right_arm`: its default layout), the arms
+    this rater was shown on the left across the study (`rater`: rows of shown, left_arm, right_arm) and the arms
+    shown on the left of this item to anyone (`item`: a list of arms)."""
+    left, right = conn.execute("SELECT left_arm, right_arm FROM items WHERE id = ?", [item_id]).fetchone()
+    rater = _fetch_dicts(
+        conn.execute(
+            "SELECT a.left_arm AS shown, i.left_arm, i.right_arm FROM assignments a JOIN items i ON i.id = a.item_id"
+            " WHERE i.study_id = ? AND a.rater_id = ?",
+            [study_id, rater_id],
+        )
+    )
+    item = [row[0] for row in conn.execute("SELECT left_arm FROM assignments WHERE item_id = ?", [item_id])]
+    return {"item_id": item_id, "left_arm": left, "right_arm": right, "rater": rater, "item": item}
+
+
 def assign_item(
     db: sqlite_utils.Database,
     study_id: int,
     rater_id: int,
     reserved_since: str,
     choose: Callable[[dict[str, list[dict[str, Any]]]], int | None],
+    place: Callable[[dict[str, Any]], str],
 ) -> int | None:
-    """Read the assignment state, let `choose` pick an item and record it as assigned, all under one write lock,
-    so that two raters asking at the same time see each other's reservations."""
+    """Read the assignment state, let `choose` pick an item and record it as assigned, with the arm `place` puts on
+    the left for this rater (from `layout_state`), all under one write lock, so that two raters asking at the same
+    time see each other's reservations and layouts."""
     with transaction(db) as conn:
         item_id = choose(assignment_state(db, study_id, rater_id, reserved_since))
-        if item_id is not None:
+        if (
+            item_id is not None
+            and not conn.execute(
+                "SELECT 1 FROM assignments WHERE item_id = ? AND rater_id = ?", [item_id, rater_id]
+            ).fetchone()
+        ):
             conn.execute(
-                "INSERT OR IGNORE INTO assignments (item_id, rater_id, assigned_at) VALUES (?, ?, ?)",
-                [item_id, rater_id, now()],
+                "INSERT INTO assignments (item_id, rater_id, assigned_at, left_arm) VALUES (?, ?, ?, ?)",
+                [item_id, rater_id, now(), place(layout_state(conn, study_id, rater_id, item_id))],
             )
         return item_id
+
+
+def shown_layout(db: sqlite_utils.Database, item_id: int, rater_id: int) -> tuple[str, str]:
+    """(left arm, right arm) as this rater sees the item: their assignment's layout, else the item's default."""
+    return _layout(db.conn, item_id, rater_id)
+
+
+def _layout(conn: sqlite3.Connection, item_id: int, rater_id: int, shown_left: str | None = None) -> tuple[str, str]:
+    row = conn.execute(
+        "SELECT i.left_arm, i.right_arm, a.left_arm FROM items i"
+        " LEFT JOIN assignments a ON a.item_id = i.id AND a.rater_id = ? WHERE i.id = ?",
+        [rater_id, item_id],
+    ).fetchone()
+    left, right, assigned = row
+    shown = shown_left if shown_left is not None else assigned
+    if shown not in (None, left, right):
+        raise InputError(f"item {item_id} shows {left} and {right}; {shown!r} cannot have been on the left")
+    return (left, right) if shown in (None, left) else (right, left)
 
 
 def is_assigned(db: sqlite_utils.Database, item_id: int, rater_id: int) -> bool:
@@ -194,67 +247,50 @@ def write_rating(
     rating: dict[str, Any],
     require_assignment: bool = True,
 ) -> tuple[int, bool]:
-    """Insert or update the one rating of (rater, item) in one write transaction, mapping left/right to the item's
-    arm as `winner_arm`. A resubmission keeps the replaced values in rating_audit. Returns (rating id, replaced)."""
+    """Insert or update the one rating of (rater, item) in one write transaction, mapping left/right to the arm
+    this rater saw there as `winner_arm`. A changed resubmission keeps the replaced values in rating_audit.
+    Returns (rating id, replaced)."""
     with transaction(db) as conn:
-        item = conn.execute("SELECT study_id, left_arm, right_arm FROM items WHERE id = ?", [item_id]).fetchone()
-        if item is None or item[0] != study_id:
-            study = conn.execute("SELECT name FROM studies WHERE id = ?", [study_id]).fetchone()
-            raise InputError(
-                f"item {item_id} is not part of study {study[0] if study else study_id!r}; "
-                "list its items with `python -m core study items`"
-            )
         assigned = conn.execute(
             "SELECT 1 FROM assignments WHERE item_id = ? AND rater_id = ?", [item_id, rater_id]
         ).fetchone()
-        if require_assignment and assigned is None:
+        if require_assignment and assigned is None and _item_study(conn, item_id) == study_id:
             raise InputError(f"item {item_id} was not assigned to this rater; rate the item you were shown")
-        values = [rating.get(key) for key in RATING_VALUES]
-        winner_arm = {"left": item[1], "right": item[2]}.get(rating["choice"])
-        stamp = now()
-        old = conn.execute(
-            "SELECT id, choice, winner_arm, confidence, comment, seconds, updated_at FROM ratings"
-            " WHERE item_id = ? AND rater_id = ?",
-            [item_id, rater_id],
-        ).fetchone()
-        if old is None:
-            rating_id = conn.execute(
-                "INSERT INTO ratings (item_id, rater_id, choice, confidence, comment, seconds, winner_arm, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [item_id, rater_id, *values, winner_arm, stamp, stamp],
-            ).lastrowid
-            conn.execute(
-                "INSERT OR IGNORE INTO assignments (item_id, rater_id, assigned_at) VALUES (?, ?, ?)",
-                [item_id, rater_id, stamp],
-            )
-            return rating_id, False
-        conn.execute(
-            "INSERT INTO rating_audit (rating_id, item_id, rater_id, choice, winner_arm, confidence, comment, seconds,"
-            " recorded_at, replaced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [old[0], item_id, rater_id, *old[1:], stamp],
-        )
-        conn.execute(
-            "UPDATE ratings SET choice = ?, confidence = ?, comment = ?, seconds = ?, winner_arm = ?, updated_at = ?"
-            " WHERE id = ?",
-            [*values, winner_arm, stamp, old[0]],
-        )
-        return old[0], True
+        rating_id, outcome = _store_rating(conn, study_id, item_id, rater_id, rating, now())
+        return rating_id, outcome == "replaced"
 
 
 def study_ratings(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
     """Every rating of a study joined with its item, rater name and the explanations' format and explainer, in
-    rating order. Rater secrets are never selected."""
+    rating order. Left and right are as this rater saw them (`shown_left`), so left_arm, left_text,
+    left_explanation_id… and a gold item's gold_choice are per rating. Rater secrets are never selected."""
+    swapped = "(r.shown_left IS NOT NULL AND r.shown_left != i.left_arm)"
+
+    def side(column: str, name: str | None = None) -> str:
+        # `left_x` of this rating is the item's right_x when the rater saw the item the other way round.
+        left, right = column.format(side="left"), column.format(side="right")
+        name = name or column.format(side="{side}").split(".")[-1]
+        return (
+            f"CASE WHEN {swapped} THEN {right} ELSE {left} END AS {name.format(side='left')},"
+            f" CASE WHEN {swapped} THEN {left} ELSE {right} END AS {name.format(side='right')}"
+        )
+
     return _fetch_dicts(
         db.conn.execute(
             "SELECT r.id AS rating_id, r.item_id, i.position, i.model, i.layer, i.neuron, r.rater_id,"
-            " ra.name AS rater, r.choice, r.winner_arm, i.left_arm, i.right_arm, i.is_gold, i.gold_choice,"
+            f" ra.name AS rater, r.choice, r.winner_arm, {side('i.{side}_arm')}, i.is_gold,"
+            " CASE WHEN i.is_gold = 0 THEN NULL"
+            f"  WHEN ({swapped} AND i.right_arm LIKE 'truth:%') OR (NOT {swapped} AND i.left_arm LIKE 'truth:%')"
+            "  THEN 'left' ELSE 'right' END AS gold_choice,"
+            " r.shown_left, i.left_arm AS default_left_arm,"
             " r.confidence, r.seconds, r.comment, r.created_at, r.updated_at,"
             " (SELECT COUNT(*) FROM rating_audit au WHERE au.rating_id = r.id) AS revisions,"
-            " i.left_explanation_id, i.right_explanation_id, le.format AS left_format, le.explainer AS left_explainer,"
-            " re.format AS right_format, re.explainer AS right_explainer, i.left_text, i.right_text"
+            f" {side('i.{side}_explanation_id')},"
+            f" {side('{side}e.format', '{side}_format')}, {side('{side}e.explainer', '{side}_explainer')},"
+            f" {side('i.{side}_text')}"
             " FROM ratings r JOIN items i ON i.id = r.item_id JOIN raters ra ON ra.id = r.rater_id"
-            " LEFT JOIN explanations le ON le.id = i.left_explanation_id"
-            " LEFT JOIN explanations re ON re.id = i.right_explanation_id"
+            " LEFT JOIN explanations lefte ON lefte.id = i.left_explanation_id"
+            " LEFT JOIN explanations righte ON righte.id = i.right_explanation_id"
             " WHERE i.study_id = ? ORDER BY r.id",
             [study_id],
         )
@@ -283,3 +319,171 @@ def delete_study_ratings(db: sqlite_utils.Database, study_id: int) -> int:
     deleted = db.conn.execute(f"DELETE FROM ratings WHERE {in_study}", [study_id]).rowcount
     db.conn.execute(f"DELETE FROM assignments WHERE {in_study}", [study_id])
     return deleted
+
+
+# --- blinding: study states, raters' studies, what visitors may see ----------------------------------------------
+
+STUDY_STATES = ("open", "closed")
+
+
+def in_open_study(alias: str) -> str:
+    """SQL that is true when the row `alias` (with model, layer and neuron columns) is a neuron of a study that is
+    not closed: while a study runs, such a neuron's explanations, formats and scores are for admins only."""
+    return (
+        "EXISTS (SELECT 1 FROM studies bs, json_each(bs.neurons) bn WHERE bs.state = 'open'"
+        f" AND bs.model = {alias}.model AND bn.value = {alias}.layer || ':' || {alias}.neuron)"
+    )
+
+
+def blinded_neurons(db: sqlite_utils.Database) -> frozenset[tuple[str, NeuronId]]:
+    """(model, neuron) of every neuron that belongs to a study that is not closed."""
+    rows = db.conn.execute(
+        "SELECT DISTINCT s.model, n.value FROM studies s, json_each(s.neurons) n WHERE s.state = 'open'"
+    )
+    return frozenset((model, NeuronId.parse(neuron)) for model, neuron in rows)
+
+
+def set_study_state(db: sqlite_utils.Database, study_id: int, state: str) -> None:
+    if state not in STUDY_STATES:
+        raise InputError(f"a study is {' or '.join(STUDY_STATES)}, not {state!r}")
+    with transaction(db) as conn:
+        conn.execute("UPDATE studies SET state = ? WHERE id = ?", [state, study_id])
+
+
+def set_allow_admin_ratings(db: sqlite_utils.Database, study_id: int, allow: bool) -> None:
+    with transaction(db) as conn:
+        conn.execute("UPDATE studies SET allow_admin_ratings = ? WHERE id = ?", [int(allow), study_id])
+
+
+def study_name_keys(db: sqlite_utils.Database) -> list[str]:
+    """Every study's stored name (for comparing a new name against them)."""
+    return [row[0] for row in db.conn.execute("SELECT name FROM studies ORDER BY id")]
+
+
+def assign_rater_studies(db: sqlite_utils.Database, rater_id: int, study_ids: Sequence[int]) -> int:
+    """Give a rater these studies (those they already have stay); returns how many were new."""
+    stamp = now()
+    with transaction(db) as conn:
+        return sum(
+            conn.execute(
+                "INSERT OR IGNORE INTO study_raters (study_id, rater_id, assigned_at) VALUES (?, ?, ?)",
+                [study_id, rater_id, stamp],
+            ).rowcount
+            for study_id in study_ids
+        )
+
+
+def unassign_rater_studies(db: sqlite_utils.Database, rater_id: int, study_ids: Sequence[int]) -> int:
+    """Take these studies from a rater (their ratings stay); returns how many were removed."""
+    with transaction(db) as conn:
+        return sum(
+            conn.execute("DELETE FROM study_raters WHERE study_id = ? AND rater_id = ?", [study_id, rater_id]).rowcount
+            for study_id in study_ids
+        )
+
+
+def rater_study_ids(db: sqlite_utils.Database, rater_id: int) -> list[int]:
+    query = "SELECT study_id FROM study_raters WHERE rater_id = ? ORDER BY study_id"
+    return [row[0] for row in db.conn.execute(query, [rater_id])]
+
+
+def study_rater_names(db: sqlite_utils.Database) -> dict[int, list[str]]:
+    """Per study id, the names of the raters assigned to it."""
+    names: dict[int, list[str]] = {}
+    query = "SELECT sr.study_id, r.name FROM study_raters sr JOIN raters r ON r.id = sr.rater_id ORDER BY r.name"
+    for study_id, name in db.conn.execute(query):
+        names.setdefault(study_id, []).append(name)
+    return names
+
+
+# --- ratings imported in bulk ------------------------------------------------------------------------------------
+
+
+def write_ratings(
+    db: sqlite_utils.Database, study_id: int, ratings: Sequence[tuple[int, int, dict[str, Any]]]
+) -> dict[str, int]:
+    """Write ratings given as (item id, rater id, values) in one write transaction, all or none, as `write_rating`
+    does without the assignment check; but a rating equal to the stored one is left as it is (no audit row, no new
+    updated_at), so that importing the same file again changes nothing. Returns the counts of new, replaced and
+    unchanged ratings."""
+    counts = {"new": 0, "replaced": 0, "unchanged": 0}
+    with transaction(db) as conn:
+        stamp = now()
+        for item_id, rater_id, rating in ratings:
+            counts[_store_rating(conn, study_id, item_id, rater_id, rating, stamp)[1]] += 1
+    return counts
+
+
+def _item_study(conn: sqlite3.Connection, item_id: int) -> int | None:
+    row = conn.execute("SELECT study_id FROM items WHERE id = ?", [item_id]).fetchone()
+    return row[0] if row else None
+
+
+def _store_rating(
+    conn: sqlite3.Connection, study_id: int, item_id: int, rater_id: int, rating: dict[str, Any], stamp: str
+) -> tuple[int, str]:
+    """Write one rating inside the caller's transaction: (rating id, "new" | "replaced" | "unchanged"). The arm on
+    the left is `rating["shown_left"]` when given, else the rater's assigned layout, else the item's default."""
+    if _item_study(conn, item_id) != study_id:
+        study = conn.execute("SELECT name FROM studies WHERE id = ?", [study_id]).fetchone()
+        raise InputError(
+            f"item {item_id} is not part of study {study[0] if study else study_id!r}; "
+            "list its items with `python -m core study items`"
+        )
+    left, right = _layout(conn, item_id, rater_id, rating.get("shown_left"))
+    values = [rating.get(key) for key in RATING_VALUES]
+    winner_arm = {"left": left, "right": right}.get(rating["choice"])
+    old = conn.execute(
+        "SELECT id, choice, winner_arm, confidence, comment, seconds, shown_left, updated_at FROM ratings"
+        " WHERE item_id = ? AND rater_id = ?",
+        [item_id, rater_id],
+    ).fetchone()
+    if old is None:
+        rating_id = conn.execute(
+            "INSERT INTO ratings (item_id, rater_id, choice, confidence, comment, seconds, winner_arm, shown_left,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [item_id, rater_id, *values, winner_arm, left, stamp, stamp],
+        ).lastrowid
+        conn.execute(
+            "INSERT OR IGNORE INTO assignments (item_id, rater_id, assigned_at, left_arm) VALUES (?, ?, ?, ?)",
+            [item_id, rater_id, stamp, left],
+        )
+        return rating_id, "new"
+    if [old[1], old[3], old[4], old[5], old[2], old[6]] == [*values, winner_arm, left]:
+        return old[0], "unchanged"
+    conn.execute(
+        "INSERT INTO rating_audit (rating_id, item_id, rater_id, choice, winner_arm, confidence, comment, seconds,"
+        " shown_left, recorded_at, replaced_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [old[0], item_id, rater_id, *old[1:], stamp],
+    )
+    conn.execute(
+        "UPDATE ratings SET choice = ?, confidence = ?, comment = ?, seconds = ?, winner_arm = ?, shown_left = ?,"
+        " updated_at = ? WHERE id = ?",
+        [*values, winner_arm, left, stamp, old[0]],
+    )
+    return old[0], "replaced"
+
+
+# --- the analysis plan ------------------------------------------------------------------------------------------
+
+
+def store_plan(db: sqlite_utils.Database, study_id: int, plan_json: str, sha256: str) -> None:
+    """Fix a study's plan, once and before its first rating; InputError otherwise (the table refuses changes)."""
+    with transaction(db) as conn:
+        if conn.execute("SELECT 1 FROM study_plans WHERE study_id = ?", [study_id]).fetchone():
+            raise InputError("this study's plan is already fixed; a plan never changes once stored")
+        rated = conn.execute(
+            "SELECT 1 FROM ratings r JOIN items i ON i.id = r.item_id WHERE i.study_id = ? LIMIT 1", [study_id]
+        ).fetchone()
+        if rated:
+            raise InputError("this study has ratings already; a plan must be fixed before the first rating")
+        conn.execute(
+            "INSERT INTO study_plans (study_id, plan, sha256, created_at) VALUES (?, ?, ?, ?)",
+            [study_id, plan_json, sha256, now()],
+        )
+
+
+def get_plan(db: sqlite_utils.Database, study_id: int) -> dict[str, Any] | None:
+    """The stored plan row (plan as JSON text, sha256, created_at), or None."""
+    rows = _fetch_dicts(db.conn.execute("SELECT * FROM study_plans WHERE study_id = ?", [study_id]))
+    return rows[0] if rows else None
