@@ -1,17 +1,22 @@
 """Study data out and in: unblinded frames, the summary, exports (the CLI's `export` and the app's download
 buttons call the same `export_study`), their re-import, CSV import of ratings collected elsewhere, and the admin's
 export-then-purge. Raters' access codes, hashes and salts are never read here, so they cannot leak into a file.
+
+Every CSV cell we write goes through `csv_safe`, so that a spreadsheet never runs a rater's comment or an explanation
+as a formula; our readers undo exactly that with `csv_raw`. JSON and Parquet keep the raw values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import re
 import secrets
+import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +25,15 @@ import pandas as pd
 import sqlite_utils
 
 from core import db as dbmod
-from core import human_eval, raters
+from core import human_eval, quality, raters
 from core.errors import InputError, NotFoundError, WorkbenchError
-from core.stats import clean, item_aggregates, summary_from_ratings
+from core.plan import StoredPlan, StudyPlan
+from core.stats import automated_column, clean, item_aggregates, summary_from_ratings
 
 EXPORT_FORMATS = ("csv", "json", "parquet")
 RATING_COLUMNS = (
     "rating_id", "item_id", "position", "model", "neuron", "rater_id", "rater", "choice", "winner_arm", "left_arm",
-    "right_arm", "is_gold", "gold_choice", "confidence", "seconds", "comment", "created_at", "updated_at",
+    "right_arm", "shown_left", "is_gold", "gold_choice", "confidence", "seconds", "comment", "created_at", "updated_at",
     "revisions", "left_explanation_id", "right_explanation_id", "left_format", "left_explainer", "right_format",
     "right_explainer", "left_score", "right_score", "left_text", "right_text",
 )  # fmt: skip
@@ -44,6 +50,60 @@ _TEXT_COLUMNS = (
 )  # fmt: skip
 _NEVER_EMPTY = ("rater", "choice", "left_arm", "right_arm", "model", "neuron")
 
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A plain number stays as it is: "-0.5" is a value, not a formula. ASCII digits only.
+_PLAIN_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _looks_like_formula(text: str) -> bool:
+    # Leading apostrophes are looked through, so that a value that really starts with "'=" gets one more and
+    # `csv_raw` can always tell our apostrophe from the value's own.
+    bare = text.lstrip("'")
+    return bare[:1] in _FORMULA_STARTS and not _PLAIN_NUMBER.fullmatch(bare)
+
+
+def csv_safe(text: str) -> str:
+    """A CSV cell that no spreadsheet runs as a formula: a leading `'` before a cell starting with = + - @ a tab or
+    a carriage return (after any apostrophes of its own), unless the whole cell is a plain number. `csv_raw` undoes
+    it."""
+    return f"'{text}" if _looks_like_formula(text) else text
+
+
+def csv_raw(cell: str) -> str:
+    """The value `csv_safe` was given: strips exactly the one apostrophe it added."""
+    return cell[1:] if cell.startswith("'") and _looks_like_formula(cell) else cell
+
+
+def _csv_text(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(float(value))  # every digit, so that the number reads back exactly
+    return str(value)
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """A frame as CSV, every cell (header included) through `csv_safe`. Rows end in CRLF (RFC 4180), so that the
+    writer quotes a value holding a lone carriage return instead of letting it end the row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow([csv_safe(str(column)) for column in frame.columns])
+    for row in frame.astype(object).itertuples(index=False, name=None):
+        writer.writerow([csv_safe(_csv_text(value)) for value in row])
+    return buffer.getvalue().encode()
+
+
+def _read_csv(data: bytes) -> pd.DataFrame:
+    """A CSV written by `csv_bytes`, with `csv_raw` applied to every cell before any number is parsed."""
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
+    frame = frame.rename(columns=csv_raw).map(lambda cell: cell if pd.isna(cell) else csv_raw(cell))
+    for column in frame.columns:
+        if column not in _TEXT_COLUMNS:
+            with contextlib.suppress(ValueError, TypeError):
+                frame[column] = pd.to_numeric(frame[column])
+    return frame
+
 
 @dataclass(frozen=True)
 class StudyData:
@@ -53,11 +113,14 @@ class StudyData:
     ratings: pd.DataFrame
     items: pd.DataFrame
     simulator: str | None
+    plan: StoredPlan | None = None
 
 
 def study_data(db: sqlite_utils.Database, study: str, simulator: str | None = None) -> StudyData:
     """The unblinded ratings (one row per rating) and items of a study, with the explanations' simulation scores
-    under one simulator (default: the one that scored the most of them; see db.scores_for_explanations)."""
+    under one simulator as `left_score`/`right_score` (default: the one that scored the most of them; see
+    db.scores_for_explanations), and every automated score kind the database holds for them, each in its own pair
+    of columns `<kind>:<name>:left|right` (core.stats.automated_column)."""
     record = human_eval.get_study(db, study)
     item_rows = dbmod.list_items(db, record.id)
     ids = [row[f"{side}_explanation_id"] for row in item_rows for side in ("left", "right")]
@@ -69,19 +132,79 @@ def study_data(db: sqlite_utils.Database, study: str, simulator: str | None = No
         row["right_score"] = scores.get(row["right_explanation_id"])
     for row in item_rows:
         row["item_id"] = row["id"]
-    ratings = pd.DataFrame(rating_rows, columns=list(RATING_COLUMNS))
+    kinds = _add_automated_scores(db, ids, (*item_rows, *rating_rows))
+    ratings = pd.DataFrame(rating_rows, columns=[*RATING_COLUMNS, *kinds]).astype({column: float for column in kinds})
     # Optional 1-5 answers stay integers next to missing ones (a float column would export "3.0").
     ratings["confidence"] = ratings["confidence"].astype("Int64")
-    items = item_aggregates(pd.DataFrame(item_rows, columns=list(ITEM_COLUMNS)), ratings)
-    return StudyData(record, ratings, items, simulator)
+    items = pd.DataFrame(item_rows, columns=[*ITEM_COLUMNS, *kinds]).astype({column: float for column in kinds})
+    return StudyData(record, ratings, item_aggregates(items, ratings), simulator, human_eval.get_plan(db, record.name))
+
+
+def _add_automated_scores(
+    db: sqlite_utils.Database, explanation_ids: list[int], rows: tuple[dict[str, Any], ...]
+) -> list[str]:
+    """Set every automated score kind's left and right column on each item or rating row; returns the columns."""
+    columns = []
+    for (kind, name), values in dbmod.automated_scores_for_explanations(db, explanation_ids).items():
+        for side in ("left", "right"):
+            column = automated_column(kind, name, side)
+            columns.append(column)
+            for row in rows:
+                row[column] = values.get(row[f"{side}_explanation_id"])
+    return columns
 
 
 def summary_of(data: StudyData, min_gold_accuracy: float | None = None) -> dict[str, Any]:
-    """The study summary: every statistic of core.stats, plus the study's configuration (seed included) and the
-    options used, so that `summary_from_ratings` on the exported ratings reproduces it."""
-    statistics = summary_from_ratings(data.ratings, data.study.arms, min_gold_accuracy)
+    """The study summary: every statistic of core.stats after the plan's exclusions, the plan itself, the rater
+    quality flags, plus the study's configuration (seed included) and the options used, so that `analyse` on the
+    exported ratings reproduces it."""
+    plan = data.plan.to_json() if data.plan is not None else None
+    statistics = analyse(data.ratings, data.study.arms, plan, min_gold_accuracy)
     options = {"simulator": data.simulator, "min_gold_accuracy": min_gold_accuracy}
     return {**statistics, "study": data.study.to_json(), "options": options}
+
+
+def analyse(
+    ratings: pd.DataFrame, arms: Sequence[str], plan: dict[str, Any] | None, min_gold_accuracy: float | None = None
+) -> dict[str, Any]:
+    """Every statistic of a study as its plan (a StoredPlan's JSON, or None) says: the plan's exclusions first, its
+    primary pair as the primary comparison, its gold threshold unless `min_gold_accuracy` is given, and, before its
+    target is reached, the primary test marked interim (or its p-value and CI hidden, if the plan says so)."""
+    study_plan = StudyPlan.from_json(plan["plan"]) if plan else None
+    kept, exclusions = quality.apply_plan(ratings, study_plan)
+    if study_plan is not None:
+        arms = [*study_plan.primary_pair, *(arm for arm in arms if arm not in study_plan.primary_pair)]
+        if min_gold_accuracy is None:
+            min_gold_accuracy = study_plan.min_gold_accuracy
+    statistics = summary_from_ratings(kept, arms, min_gold_accuracy)
+    statistics["plan"] = plan
+    statistics["quality"] = {
+        "raters": quality.rater_flags(ratings, study_plan),
+        "exclusions": exclusions.to_json(),
+        "by_confidence": quality.by_confidence(kept, arms[0], arms[1]),
+        "median_seconds": quality.median_seconds(kept),
+    }
+    statistics["interim"] = _interim(statistics, study_plan)
+    return clean(statistics)
+
+
+def _interim(statistics: dict[str, Any], plan: StudyPlan | None) -> dict[str, Any] | None:
+    """Where the study stands against its plan's target; before the target, the primary test is interim, and with
+    `interim: hide` every p-value and CI of the summary is withheld until then."""
+    if plan is None:
+        return None
+    reached = statistics["primary"]["n_units"] >= plan.target_neurons
+    status = {"reached": reached, "n_neurons": statistics["primary"]["n_units"], "target": plan.target_neurons}
+    if reached:
+        return {**status, "display": "final"}
+    if plan.interim == "hide":
+        for pair in (statistics["primary"], *statistics["neuron_pairs"]):
+            pair.update(p_value=None, ci=None, p_value_holm=None)
+        for pair in (statistics, *statistics["pairs"]):
+            pair.update(wilson_ci=None, binomial_p=None)
+        if statistics.get("secondary"):
+            statistics["secondary"].update(win_probability_ci=None, position_log_odds_ci=None)
+    return {**status, "display": plan.interim}
 
 
 def study_summary(
@@ -123,7 +246,7 @@ def export_study(
     files = {f"{stem}_summary.json": _json_bytes(summary)}
     for part, frame in (("ratings", data.ratings), ("items", data.items)):
         if fmt == "csv":
-            files[f"{stem}_{part}.csv"] = frame.to_csv(index=False).encode()
+            files[f"{stem}_{part}.csv"] = csv_bytes(frame)
         else:
             buffer = io.BytesIO()
             frame.to_parquet(buffer, index=False)
@@ -135,7 +258,8 @@ def write_export(files: Mapping[str, bytes], out: str | Path, overwrite: bool = 
     """Write export files: into a zip when `out` ends in .zip, to `out` itself when it ends in .json and there is
     one JSON file, else into the folder `out` (created if needed). Returns the paths written.
 
-    Each file appears whole or not at all (written aside, then renamed). With `overwrite=False` an existing target
+    The export appears whole or not at all: every file is written aside first and renamed into place only once all
+    of them are written, so that a full disk leaves no partial export. With `overwrite=False` an existing target
     is an InputError, so that an earlier export is never replaced."""
     out = Path(out)
     single_json = len(files) == 1 and next(iter(files)).endswith(".json")
@@ -154,23 +278,21 @@ def write_export(files: Mapping[str, bytes], out: str | Path, overwrite: bool = 
     existing = [path for path in targets if path.exists()]
     if existing and not overwrite:
         raise InputError(f"{existing[0]} already exists and would be replaced; choose a new --out")
+    # A full disk or a kill mid-write can leave only .partial files, never a truncated export under the real name.
+    partials = {path: path.with_name(f".{path.name}.partial") for path in targets}
     try:
         for path, data in targets.items():
-            _write_whole(path, data)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partials[path].write_bytes(data)
+        for path, partial in partials.items():
+            partial.replace(path)
     except OSError as exc:
         raise InputError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
-    return list(targets)
-
-
-def _write_whole(path: Path, data: bytes) -> None:
-    # A full disk or a kill mid-write can leave only the .partial file, never a truncated export under the real name.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_bytes(data)
-        partial.replace(path)
     finally:
-        partial.unlink(missing_ok=True)
+        for partial in partials.values():
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+    return list(targets)
 
 
 @dataclass(frozen=True)
@@ -200,8 +322,7 @@ def _read_files(source: str | Path | Mapping[str, bytes]) -> dict[str, bytes]:
 def _frame(files: dict[str, bytes], part: str) -> pd.DataFrame:
     for name, data in files.items():
         if name.endswith(f"_{part}.csv"):
-            text = dict.fromkeys(_TEXT_COLUMNS, str)
-            return pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""], dtype=text)
+            return _read_csv(data)
         if name.endswith(f"_{part}.parquet"):
             return pd.read_parquet(io.BytesIO(data))
     raise InputError(f"the export has no {part} file (*_{part}.csv or *_{part}.parquet)")
@@ -224,7 +345,9 @@ def load_export(source: str | Path | Mapping[str, bytes]) -> LoadedExport:
         bundles = [name for name in files if name.endswith(".json") and not name.endswith("_summary.json")]
         if bundles and not any(name.endswith("_summary.json") for name in files):
             bundle = json.loads(files[bundles[0]])
-            ratings = pd.DataFrame(bundle["ratings"], columns=list(RATING_COLUMNS))
+            # Our columns first, in order, then any the export carries beside them (per-scorer score columns).
+            extra = [column for column in (bundle["ratings"] or [{}])[0] if column not in RATING_COLUMNS]
+            ratings = pd.DataFrame(bundle["ratings"], columns=[*RATING_COLUMNS, *extra])
             items = pd.DataFrame(bundle["items"])
             summary = bundle["summary"]
         else:
@@ -241,7 +364,7 @@ def load_export(source: str | Path | Mapping[str, bytes]) -> LoadedExport:
 def reproduce_summary(export: LoadedExport) -> dict[str, Any]:
     """The statistics recomputed from an export's ratings with the options it was made with."""
     options = export.summary.get("options", {})
-    return summary_from_ratings(export.ratings, export.summary["arms"], options.get("min_gold_accuracy"))
+    return analyse(export.ratings, export.summary["arms"], export.summary.get("plan"), options.get("min_gold_accuracy"))
 
 
 def purge_study_ratings(
@@ -249,21 +372,40 @@ def purge_study_ratings(
 ) -> dict[str, Any]:
     """Export a study, check that the export reads back with every rating, then delete the study's ratings, all
     under one write lock so that no rating arrives in between. Only an admin may do it; nothing else deletes ratings.
-    """
+
+    A purge that fails at any step deletes nothing, removes the export files it wrote, and says why."""
     row = dbmod.get_rater(db, admin.name)
     if row is None or row["id"] != admin.id or row["role"] != "admin":
         raise InputError("only an admin may purge ratings; sign in with an admin rater")
     record = human_eval.get_study(db, study)
-    with dbmod.transaction(db):
-        files = export_study(db, study, fmt)
-        # Purged ratings live on only in this export: never let it replace an earlier one.
-        paths = write_export(files, export_path, overwrite=False)
-        expected = len(dbmod.study_ratings(db, record.id))
-        written = _read_files(paths[0]) if len(paths) == 1 else {path.name: path.read_bytes() for path in paths}
-        if len(load_export(written).ratings) != expected:
-            raise WorkbenchError("the export did not read back with every rating; nothing was deleted")
-        deleted = dbmod.delete_study_ratings(db, record.id)
+    paths: list[Path] = []
+    try:
+        with dbmod.transaction(db):
+            files = export_study(db, study, fmt)
+            # Purged ratings live on only in this export: never let it replace an earlier one.
+            paths = write_export(files, export_path, overwrite=False)
+            expected = len(dbmod.study_ratings(db, record.id))
+            written = _read_files(paths[0]) if len(paths) == 1 else {path.name: path.read_bytes() for path in paths}
+            read_back = len(load_export(written).ratings)
+            if read_back != expected:
+                raise WorkbenchError(f"the export read back {read_back} of the study's {expected} ratings")
+            deleted = dbmod.delete_study_ratings(db, record.id)
+    except WorkbenchError as exc:
+        _remove(paths)
+        removed = f"; the export written to {export_path} was removed" if paths else ""
+        error = InputError if isinstance(exc, InputError) else WorkbenchError
+        raise error(f"purge of study {record.name!r} stopped, no rating deleted{removed}: {exc}") from None
+    except BaseException:
+        _remove(paths)
+        raise
     return {"study": record.name, "deleted": deleted, "files": [str(path) for path in paths]}
+
+
+def _remove(paths: list[Path]) -> None:
+    # Only files this purge wrote: with overwrite=False none of them existed before.
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 # --- import of ratings collected elsewhere -----------------------------------------------------------------------
@@ -271,73 +413,192 @@ def purge_study_ratings(
 
 @dataclass(frozen=True)
 class ImportReport:
-    """Rows written (new and replacing), raters created, and the bad rows as (line number, error)."""
+    """What an import did. `read`: data rows in the file; `written`: ratings stored, new or replacing a different
+    one (`replaced` of them); `unchanged`: rows equal to the stored rating, left as they were; `rejected`: always 0
+    after a successful import, because one bad row stops the whole import (ImportRatingsError)."""
 
+    read: int
     written: int
     replaced: int
+    unchanged: int
     created_raters: tuple[str, ...]
-    errors: tuple[tuple[int, str], ...]
+    rejected: int = 0
+    default_layout: bool = False  # no shown_left column: each item's default layout was assumed
 
     def to_json(self) -> dict[str, Any]:
-        errors = [{"line": line, "error": error} for line, error in self.errors]
-        return {**asdict(self), "created_raters": list(self.created_raters), "errors": errors}
+        return {**asdict(self), "created_raters": list(self.created_raters)}
+
+    def summary_line(self, study: str) -> str:
+        created = f"; new raters: {', '.join(map(repr, self.created_raters))}" if self.created_raters else ""
+        layout = "; no shown_left column, so each item's default layout was assumed" if self.default_layout else ""
+        return (
+            f"study {study!r}: {self.read} rows read, {self.written} written ({self.replaced} replacing a different "
+            f"rating), {self.unchanged} unchanged, {self.rejected} rejected{created}{layout}"
+        )
+
+
+class ImportRatingsError(InputError):
+    """An import that wrote nothing: every bad row as (line number, error), for people and for tests."""
+
+    def __init__(self, path: str | Path, read: int, errors: list[tuple[int, str]]) -> None:
+        shown = "; ".join(f"line {line}: {error}" for line, error in errors[:_ERRORS_SHOWN])
+        more = f"; and {len(errors) - _ERRORS_SHOWN} more" if len(errors) > _ERRORS_SHOWN else ""
+        super().__init__(
+            f"{path}: nothing imported, {len(errors)} bad row(s) of {read} read (fix them and import the file again): "
+            f"{shown}{more}"
+        )
+        self.errors = tuple(errors)
 
 
 IMPORT_COLUMNS = ("item_id", "rater", "choice")
+# The longest field an imported CSV may hold (Python's csv.field_size_limit, set only while we parse); a comment
+# is far shorter (human_eval.MAX_COMMENT_CHARS), so a longer field means a broken quote or the wrong file.
+MAX_FIELD_CHARS = 1_000_000
+_ERRORS_SHOWN = 10
+# Digits 0-9 only: int() and float() also take other scripts' digits ("١"), "nan", "inf", "1_0" and exponents.
+_ITEM_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
+_NUMBERS = {
+    "confidence": re.compile(r"-?[0-9]{1,6}(?:\.0*)?", re.ASCII),  # whole, in any width a spreadsheet writes it
+    "seconds": re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?", re.ASCII),  # as we export it
+}
+_FIELD_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    # csv.field_size_limit is one setting for the whole process: hold it only while parsing, one parse at a time.
+    with _FIELD_LIMIT_LOCK:
+        previous = csv.field_size_limit(limit)
+        try:
+            yield
+        finally:
+            csv.field_size_limit(previous)
+
+
+def read_rating_rows(text: str) -> tuple[list[str], list[tuple[int, dict[str, str]]], tuple[int, str] | None]:
+    """Parse an import CSV strictly: (header, [(line where the row starts, row)], the syntax error that stopped
+    the parse as (line, message), or None). Every cell goes through `csv_raw`, so that our own CSV exports import
+    with the values they hold."""
+    rows: list[tuple[int, dict[str, str]]] = []
+    with _csv_field_limit(MAX_FIELD_CHARS):
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        header: list[str] = []
+        line = 0
+        while True:
+            start = line + 1
+            try:
+                cells = next(reader, None)
+            except csv.Error as exc:
+                return header, rows, (start, _csv_error(exc))
+            line = reader.line_num
+            if cells is None:
+                return header, rows, None
+            if not cells:
+                continue
+            cells = [csv_raw(cell) for cell in cells]
+            if not header:
+                header = [cell.strip() for cell in cells]
+            else:
+                rows.append((start, dict(zip(header, cells, strict=False))))
+
+
+def _csv_error(exc: csv.Error) -> str:
+    message = str(exc)
+    if "field larger than field limit" in message:
+        return f"a field is longer than {MAX_FIELD_CHARS:,} characters (the limit); is a quote left open?"
+    if "unexpected end of data" in message:
+        return 'a quoted field is never closed (a " without its closing ")'
+    return f"the CSV is malformed here: {message}"
 
 
 def import_ratings(
     db: sqlite_utils.Database, study: str, path: str | Path, create_raters: bool = False
 ) -> ImportReport:
-    """Import ratings collected elsewhere from a CSV (item_id, rater, choice[, confidence, seconds, comment]).
+    """Import ratings collected elsewhere from a CSV (item_id, rater, choice[, shown_left, confidence, seconds,
+    comment]), e.g. a ratings CSV we exported. `shown_left` is the arm the rater saw on the left; without that
+    column each item's default layout (`study items`) is assumed, and the report says so.
 
-    Each row is checked and written on its own; bad rows are reported with their line number and not written.
-    Unknown raters are an error unless `create_raters`, which adds them with a random code nobody knows.
+    All or nothing: every row is checked first, and any bad row (reported by line number in ImportRatingsError)
+    means nothing is written. The rows are then written in one transaction. A row equal to the rating already
+    stored is left alone, so importing the same file twice changes nothing. Unknown raters are an error unless
+    `create_raters`, which adds them (just before the ratings) with a random code nobody knows.
     """
     record = human_eval.get_study(db, study)
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        # Bytes, then decode: reading as text would turn a comment's lone carriage return into a line feed.
+        text = Path(path).read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path} as UTF-8 text: {exc}") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [column for column in IMPORT_COLUMNS if column not in (reader.fieldnames or [])]
-    if missing:
+    header, rows, syntax_error = read_rating_rows(text)
+    missing = [column for column in IMPORT_COLUMNS if column not in header]
+    if missing and syntax_error is None:
         raise InputError(f"{path} lacks the column(s) {', '.join(missing)}; its header must have item_id,rater,choice")
-    written = replaced = 0
-    created: list[str] = []
+    has_layout = "shown_left" in header
     errors: list[tuple[int, str]] = []
-    line = 1
-    for row in reader:
-        start, line = line + 1, reader.line_num
+    checked: list[tuple[int, str, dict[str, Any]]] = []
+    seen: dict[tuple[int, str], int] = {}
+    to_create: list[str] = []
+    for line, row in rows:
         try:
-            item_id = human_eval.parse_number(row.get("item_id"), "item_id", int)
-            if item_id is None:
-                raise InputError("item_id is empty")
-            item = dbmod.get_item(db, item_id)
-            if item is None or item["study_id"] != record.id:
-                raise InputError(
-                    f"item {item_id} is not part of study {record.name!r}; see `python -m core study items`"
-                )
-            values = human_eval.validate_rating(
-                record, row.get("choice") or "", row.get("confidence"), row.get("comment"), row.get("seconds")
-            )
-            rater_id = _import_rater(db, (row.get("rater") or "").strip(), create_raters, created)
-            _, was_replaced = dbmod.write_rating(db, record.id, item_id, rater_id, values, require_assignment=False)
+            item_id, name, values = _check_row(db, record, row, create_raters, to_create)
         except WorkbenchError as exc:
-            errors.append((start, str(exc)))
+            errors.append((line, str(exc).replace("\n", " ")))
             continue
-        written += 1
-        replaced += was_replaced
-    return ImportReport(written, replaced, tuple(created), tuple(errors))
+        if (item_id, name) in seen:
+            errors.append((line, f"item {item_id} by {name!r} is already on line {seen[item_id, name]}; keep one row"))
+            continue
+        seen[item_id, name] = line
+        checked.append((item_id, name, values))
+    if syntax_error is not None:
+        errors.append(syntax_error)
+    if errors:
+        raise ImportRatingsError(path, len(rows), errors)
+    created = [raters.add_rater(db, name, secrets.token_urlsafe(24)).name for name in to_create]
+    ids = {name: dbmod.get_rater(db, name)["id"] for name in {name for _, name, _ in checked}}
+    counts = dbmod.write_ratings(db, record.id, [(item_id, ids[name], values) for item_id, name, values in checked])
+    written = counts["new"] + counts["replaced"]
+    return ImportReport(
+        len(rows), written, counts["replaced"], counts["unchanged"], tuple(created), default_layout=not has_layout
+    )
 
 
-def _import_rater(db: sqlite_utils.Database, name: str, create: bool, created: list[str]) -> int:
-    if not name:
-        raise InputError("rater is empty")
-    row = dbmod.get_rater(db, name)
-    if row is not None:
-        return row["id"]
-    if not create:
-        raise NotFoundError(f"no rater named {name!r}; add them (`python -m core rater add`) or pass --create-raters")
-    created.append(name)
-    return raters.add_rater(db, name, secrets.token_urlsafe(24)).id
+def _check_row(
+    db: sqlite_utils.Database, record: human_eval.Study, row: dict[str, str], create: bool, to_create: list[str]
+) -> tuple[int, str, dict[str, Any]]:
+    """(item id, rater name, rating values) of one import row, checked without writing anything."""
+    raw_id = (row.get("item_id") or "").strip()
+    if not raw_id:
+        raise InputError("item_id is empty")
+    if not _ITEM_ID.fullmatch(raw_id):
+        raise InputError(f"item_id {raw_id!r} is not a whole number written with the digits 0-9")
+    item_id = int(raw_id)
+    item = dbmod.get_item(db, item_id)
+    if item is None or item["study_id"] != record.id:
+        raise InputError(f"item {item_id} is not part of study {record.name!r}; see `python -m core study items`")
+    numbers = {}
+    for column in ("confidence", "seconds"):
+        value = (row.get(column) or "").strip()
+        if value and (len(value) > 40 or not _NUMBERS[column].fullmatch(value)):
+            kind = "a whole number" if column == "confidence" else "a decimal number"
+            raise InputError(f"{column} {value!r} is not {kind} written with the digits 0-9")
+        numbers[column] = value or None
+    values = human_eval.validate_rating(
+        record, row.get("choice") or "", numbers["confidence"], row.get("comment"), numbers["seconds"]
+    )
+    shown_left = (row.get("shown_left") or "").strip()
+    if shown_left and shown_left not in (item["left_arm"], item["right_arm"]):
+        raise InputError(
+            f"shown_left {shown_left!r} is neither arm of item {item_id} ({item['left_arm']}, {item['right_arm']})"
+        )
+    values["shown_left"] = shown_left or None
+    name = (row.get("rater") or "").strip()
+    if not name or len(name) > raters.MAX_NAME_CHARS:
+        raise InputError(f"rater {name!r} is not a name of 1 to {raters.MAX_NAME_CHARS} characters")
+    if dbmod.get_rater(db, name) is None:
+        if not create:
+            raise NotFoundError(
+                f"no rater named {name!r}; add them (`python -m core rater add`) or pass --create-raters"
+            )
+        if name not in to_create:
+            to_create.append(name)
+    return item_id, name, values

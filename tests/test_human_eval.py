@@ -6,6 +6,7 @@ import dataclasses
 import json
 import multiprocessing
 import random
+import sqlite3
 import threading
 from collections import Counter
 
@@ -337,8 +338,13 @@ def test_identical_raters_agree_perfectly_and_random_ones_do_not(db) -> None:
     verdicts = {}
 
     def same_mind(item: dict) -> str:
-        # Everyone gives the same verdict on an item; verdicts differ between items.
-        return verdicts.setdefault(item["item_id"], random.Random(item["item_id"]).choice(["left", "right", "tie"]))
+        # Everyone gives the same verdict on an item, whichever side they see each arm on; verdicts differ between
+        # items.
+        verdict = verdicts.setdefault(item["item_id"], random.Random(item["item_id"]).choice(["A", "B", "tie"]))
+        if verdict == "tie":
+            return "tie"
+        arm = sorted([item["left_arm"], item["right_arm"]])[verdict == "B"]
+        return "left" if item["left_arm"] == arm else "right"
 
     run_raters(db, "S", dict.fromkeys(("ann", "bob", "cyd"), same_mind))
     agreement = study_summary(db, "S")["agreement"]
@@ -378,14 +384,30 @@ def test_migration_from_v1_keeps_ratings_and_records_them_as_assigned(db_path) -
     add_raters(database, ["ann"])
     rated = human_eval.next_item(database, "S", "ann").item_id
     human_eval.submit_rating(database, "S", "ann", rated, "left")
-    # Turn the file back into a schema-v1 database: v2 only added the assignments table.
-    database.conn.execute("DROP TABLE assignments")
-    database.conn.execute("PRAGMA user_version = 1")
     database.conn.close()
+    # Write the same data into a schema-v1 file: v1's tables, only v1's columns (later migrations add the rest).
+    old_path = db_path.with_name("v1.db")
+    old = sqlite3.connect(old_path, isolation_level=None)
+    dbmod.MIGRATIONS[0](old)
+    old.execute("PRAGMA user_version = 1")
+    old.execute("ATTACH DATABASE ? AS current", [str(db_path)])
+    tables = [row[0] for row in old.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        columns = ", ".join(row[1] for row in old.execute(f"PRAGMA main.table_info({table})"))
+        old.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM current.{table}")
+    old.execute("DETACH DATABASE current")
+    old.close()
+    db_path = old_path
     migrated = dbmod.connect(db_path)
-    assert dbmod.schema_version(migrated) == dbmod.SCHEMA_VERSION >= 2
+    assert dbmod.schema_version(migrated) == dbmod.SCHEMA_VERSION >= 3
     assert migrated["assignments"].count == 1
+    # v3 keeps every existing rater on every existing study, open.
+    assert human_eval.get_study(migrated, "S").state == "open"
+    assert [study.name for study in human_eval.studies_for_rater(migrated, "ann")] == ["S"]
     assert count_ratings(migrated) == 1
+    # … and the one layout every rating had before v3.
+    (before,) = dbmod.study_ratings(migrated, human_eval.get_study(migrated, "S").id)
+    assert before["shown_left"] == before["default_left_arm"] == before["left_arm"]
     offered = set()
     while (item := human_eval.next_item(migrated, "S", "ann")) is not None:
         offered.add(item.item_id)
@@ -409,3 +431,76 @@ def test_scores_for_explanations_never_mix_simulators(db) -> None:
     assert dbmod.scores_for_explanations(db, ids) == ("hf:small", {ids[0]: 0.1, ids[1]: 0.2})
     assert dbmod.scores_for_explanations(db, ids, "hf:big") == ("hf:big", {ids[0]: 0.9})
     assert dbmod.scores_for_explanations(db, []) == (None, {})
+
+
+# --- left and right per rater ------------------------------------------------------------------------------------
+
+
+def _a_left(rows: list[dict]) -> int:
+    return sum(row["left_arm"] == A for row in rows)
+
+
+def test_layouts_are_drawn_per_rater_and_balanced_within_raters_and_items(db) -> None:
+    make_study(db, neurons=20, ratings_per_item=4, overlap_share=0.0, seed=5)
+    names = [f"r{index}" for index in range(8)]
+    add_raters(db, names)
+    run_raters(db, "S", dict.fromkeys(names, lambda item: "left"))
+    ratings = dbmod.study_ratings(db, human_eval.get_study(db, "S").id)
+    assert len(ratings) == 80
+    for name in names:  # each rater: arm A on the left for half of their items, give or take one
+        mine = [row for row in ratings if row["rater"] == name]
+        assert abs(2 * _a_left(mine) - len(mine)) <= 2, name
+    for item_id in {row["item_id"] for row in ratings}:  # each item: A on the left for half of its raters
+        theirs = [row for row in ratings if row["item_id"] == item_id]
+        assert abs(2 * _a_left(theirs) - len(theirs)) <= 2, item_id
+    # Layouts really differ between raters of one item, and each rating keeps the arm its rater saw on the left.
+    assert any(len({row["left_arm"] for row in ratings if row["item_id"] == item}) == 2 for item in range(1, 21))
+    assert all(row["shown_left"] == row["left_arm"] == row["winner_arm"] for row in ratings)
+    # Raters who always click "left" split their wins evenly between the arms: position is not preference.
+    summary = study_summary(db, "S")
+    assert summary["wins"][A] == summary["wins"][B] == 40
+    assert summary["primary"]["estimate"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_rater_sees_and_rates_their_own_layout(db) -> None:
+    make_study(db, neurons=6, ratings_per_item=2, overlap_share=0.0)
+    add_raters(db, ["ann", "bob"])
+    seen = {}
+    for name in ("ann", "bob"):
+        item = human_eval.next_item(db, "S", name)
+        view = {row["item_id"]: row for row in human_eval.study_items(db, "S", rater=name)}[item.item_id]
+        default = {row["item_id"]: row for row in human_eval.study_items(db, "S")}[item.item_id]
+        assert view["assigned"] and (item.explanation_1, item.explanation_2) == (view["left_text"], view["right_text"])
+        assert {view["left_arm"], view["right_arm"]} == {default["left_arm"], default["right_arm"]}
+        human_eval.submit_rating(db, "S", name, item.item_id, "right")
+        seen[name] = view
+    ratings = {row["rater"]: row for row in dbmod.study_ratings(db, human_eval.get_study(db, "S").id)}
+    for name, view in seen.items():
+        assert ratings[name]["winner_arm"] == view["right_arm"]
+        assert ratings[name]["left_text"] == view["left_text"]
+    unassigned = [row for row in human_eval.study_items(db, "S", rater="ann") if not row["assigned"]]
+    assert len(unassigned) == 5
+
+
+def test_imported_ratings_follow_shown_left_or_say_they_assumed_the_default(db, tmp_path) -> None:
+    from core import export, raters
+
+    make_study(db, neurons=3, ratings_per_item=1, overlap_share=0.0)
+    raters.add_rater(db, "ann", "code-of-ann")
+    items = human_eval.study_items(db, "S")
+    path = tmp_path / "ratings.csv"
+    rows = [f"{item['item_id']},ann,left,{item['right_arm']}" for item in items]
+    path.write_text("item_id,rater,choice,shown_left\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    report = export.import_ratings(db, "S", path)
+    assert not report.default_layout and "default layout" not in report.summary_line("S")
+    stored = dbmod.study_ratings(db, human_eval.get_study(db, "S").id)
+    right_arms = {item["item_id"]: item["right_arm"] for item in items}
+    assert all(row["winner_arm"] == right_arms[row["item_id"]] == row["shown_left"] for row in stored)
+    bare = tmp_path / "bare.csv"
+    bare.write_text("item_id,rater,choice\n" + f"{items[0]['item_id']},ann,left\n", encoding="utf-8")
+    report = export.import_ratings(db, "S", bare)
+    assert report.default_layout and "default layout was assumed" in report.summary_line("S")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("item_id,rater,choice,shown_left\n" + f"{items[0]['item_id']},ann,left,avhs\n", encoding="utf-8")
+    with pytest.raises(InputError, match="shown_left 'avhs' is neither arm"):
+        export.import_ratings(db, "S", bad)

@@ -1,0 +1,179 @@
+"""Proportions and the frames they are counted on: win rates with Wilson CIs and sign tests, position bias, per
+rater, and each rating coded relative to its item's pair of arms."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from core.db import RATING_CHOICES
+
+CHOICES = RATING_CHOICES
+DECISIVE = CHOICES[:2]
+CONFIDENCE = 0.95
+
+
+def clean(value: Any) -> Any:
+    """The value with numpy scalars made plain and NaN made None, recursively, so it is JSON-safe and comparable."""
+    if isinstance(value, dict):
+        return {str(key): clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return clean(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def z_value(confidence: float = CONFIDENCE) -> float:
+    """The two-sided normal quantile of a confidence level: 1.96 at 95%."""
+    return float(scipy_stats.norm.ppf(1 - (1 - confidence) / 2))
+
+
+def percentile_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray:
+    """Percentile bootstrap interval over the first axis (the resamples): shape values.shape[1:] + (2,)."""
+    tail = (1 - confidence) / 2
+    return np.moveaxis(np.quantile(values, [tail, 1 - tail], axis=0), 0, -1)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion; (nan, nan) when n is 0."""
+    if n == 0:
+        return math.nan, math.nan
+    z = z_value(confidence)
+    rate = successes / n
+    denominator = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sign_test(successes: int, n: int) -> float:
+    """Exact two-sided binomial test of `successes` out of `n` against 1/2; nan when n is 0."""
+    return float(scipy_stats.binomtest(successes, n, 0.5).pvalue) if n else math.nan
+
+
+def proportion(successes: int, n: int) -> dict[str, Any]:
+    """successes, n, rate, Wilson 95% CI and the sign test's p-value, JSON-safe."""
+    low, high = wilson_interval(successes, n)
+    rate = successes / n if n else math.nan
+    return clean({"successes": successes, "n": n, "rate": rate, "ci": [low, high], "p_value": sign_test(successes, n)})
+
+
+# --- frames ------------------------------------------------------------------------------------------------------
+
+
+def arm_ratings(ratings: pd.DataFrame) -> pd.DataFrame:
+    """The ratings of non-gold items: the ones that compare arms."""
+    return ratings[ratings["is_gold"].astype(int) == 0]
+
+
+def pair_mask(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> pd.Series:
+    """Rows whose item shows arms A and B, on either side."""
+    left, right = ratings["left_arm"], ratings["right_arm"]
+    return ((left == arm_a) & (right == arm_b)) | ((left == arm_b) & (right == arm_a))
+
+
+def outcome_labels(ratings: pd.DataFrame) -> pd.Series:
+    """Each rating as the arm it chose, or `tie` / `both_bad` (what the rating says, not a coding for agreement:
+    see `relative_outcomes`)."""
+    return ratings["winner_arm"].where(ratings["choice"].isin(DECISIVE), ratings["choice"])
+
+
+def relative_outcomes(ratings: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.DataFrame:
+    """Non-gold ratings coded relative to their item's pair: `arm_a` is whichever of the two arms comes first in
+    `arms` (arms not in it follow, by name; None: by name), `arm_b` the other, and `code` is +1 (A better), 0 (tie
+    or both bad: neither is preferred) or −1 (B better). Keeps the other columns; `a_left` says where A was."""
+    compared = arm_ratings(ratings)
+    order = {arm: i for i, arm in enumerate(arms or ())}
+
+    def rank(arm: Any) -> tuple[int, str]:
+        return order.get(arm, len(order)), str(arm)
+
+    left, right = compared["left_arm"], compared["right_arm"]
+    a_left = np.array([rank(a) <= rank(b) for a, b in zip(left, right, strict=True)], dtype=bool)
+    arm_a, arm_b = left.where(a_left, right), right.where(a_left, left)
+    decisive = compared["choice"].isin(DECISIVE)
+    code = np.where(decisive, np.where(compared["winner_arm"] == arm_a, 1, -1), 0)
+    return compared.assign(arm_a=arm_a, arm_b=arm_b, a_left=a_left, code=code.astype(int))
+
+
+def pair_counts(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> dict[str, int]:
+    """Ratings, A's and B's decisive wins, ties and both-bad among `ratings` (already those of the pair)."""
+    decisive = ratings["choice"].isin(DECISIVE)
+    return {
+        "n_ratings": len(ratings),
+        "wins_a": int((decisive & (ratings["winner_arm"] == arm_a)).sum()),
+        "wins_b": int((decisive & (ratings["winner_arm"] == arm_b)).sum()),
+        "ties": int((ratings["choice"] == "tie").sum()),
+        "both_bad": int((ratings["choice"] == "both_bad").sum()),
+    }
+
+
+def win_rate(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> dict[str, Any]:
+    """Arm A's win rate over B among decisive ratings, with Wilson CI and sign test; ties and both-bad beside it."""
+    pair = arm_ratings(ratings)
+    counts = pair_counts(pair[pair_mask(pair, arm_a, arm_b)], arm_a, arm_b)
+    decisive = counts["wins_a"] + counts["wins_b"]
+    result = proportion(counts["wins_a"], decisive)
+    n = counts["n_ratings"]
+    return clean(
+        {
+            "arm_a": arm_a,
+            "arm_b": arm_b,
+            **counts,
+            "decisive": decisive,
+            "win_rate": result["rate"],
+            "wilson_ci": result["ci"],
+            "binomial_p": result["p_value"],
+            "tie_share": counts["ties"] / n if n else math.nan,
+            "both_bad_share": counts["both_bad"] / n if n else math.nan,
+        }
+    )
+
+
+def position_bias(ratings: pd.DataFrame) -> dict[str, Any]:
+    """How often the left explanation wins among decisive ratings of non-gold items, tested against 1/2."""
+    choices = arm_ratings(ratings)["choice"]
+    return proportion(int((choices == "left").sum()), int(choices.isin(DECISIVE).sum()))
+
+
+def per_rater(ratings: pd.DataFrame, arms: Sequence[str]) -> list[dict[str, Any]]:
+    """Win rate and counts of every rater for every pair of arms they rated."""
+    rows = []
+    for rater, own in arm_ratings(ratings).groupby("rater", sort=True):
+        for arm_a, arm_b in itertools.combinations(arms, 2):
+            result = win_rate(own, arm_a, arm_b)
+            if result["n_ratings"]:
+                rows.append({"rater": str(rater), **result})
+    return rows
+
+
+# --- gold items --------------------------------------------------------------------------------------------------
+
+
+def gold_accuracy(ratings: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per rater: gold items answered, answered correctly and the accuracy (tie and both-bad count as wrong)."""
+    gold = ratings[ratings["is_gold"].astype(int) == 1]
+    rows = []
+    for rater, own in gold.groupby(gold["rater"].astype(str), sort=True):
+        correct = int((own["choice"] == own["gold_choice"]).sum())
+        rows.append({"rater": rater, "n_gold": len(own), "correct": correct, "accuracy": correct / len(own)})
+    return clean(rows)
+
+
+def exclude_low_gold_raters(ratings: pd.DataFrame, min_accuracy: float | None) -> tuple[pd.DataFrame, list[str]]:
+    """Drop every rating of raters whose gold accuracy is below `min_accuracy`; raters with no gold answers stay."""
+    if min_accuracy is None:
+        return ratings, []
+    excluded = sorted(row["rater"] for row in gold_accuracy(ratings) if row["accuracy"] < min_accuracy)
+    return ratings[~ratings["rater"].astype(str).isin(excluded)], excluded
