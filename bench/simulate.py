@@ -9,7 +9,7 @@
     .venv/bin/python bench/simulate.py --config llama3-8b       # Llama-3-8B-sized, random weights, bf16 on cuda
     .venv/bin/python bench/simulate.py --model PATH --device cuda --dtype bf16
 
-One neuron is 10 excerpts × 64 tokens (the valid split, SPEC.md §1); every neuron gets its own explanation, so the
+One neuron is 10 excerpts × 64 tokens (the valid split, METHOD.md §1); every neuron gets its own explanation, so the
 per-neuron cache is rebuilt each time while the few-shot cache is shared, as in `python -m core score`.
 """
 

@@ -1,10 +1,13 @@
-"""Input tokens per neuron of every prompt format, on the same neurons, next to the paper's ratios (SPEC.md §5).
+"""Tokens per explanation prompt of every format on the same neurons: the fixed part (system message and few-shot
+examples) and the per-neuron part, in two units, next to Lee et al.'s figures (docs/METHOD.md §5).
 
     .venv/bin/python bench/tokens.py [--db FILE] [--model NAME] [--n 50] [--tokenizer cl100k_base]
 
 Neurons come from the database filled by `make data` / `python -m core collect`; each prompt shows the neuron's
-train split (SPEC.md §1) after the few-shot examples. The paper's ratios are of prompt + completion tokens of
-gpt-3.5-turbo on 5 GPT-2 XL neurons; ours are input (prompt) tokens only, which is what a format controls.
+train split (docs/METHOD.md §1) after the few-shot examples. Units:
+- input: the prompt's tokens, which is what a format controls;
+- input + completion: what Lee et al. counted (the API's `usage.total_tokens`). Without a model to call, the
+  completion is the mean output tokens of the stored explanations of each format, else `--completion-tokens`.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ from core import config, db, prompts, tokens
 from core.errors import NotFoundError, WorkbenchError
 from core.records import NeuronId, NeuronRecord
 
-# SPEC.md §5: Original ÷ format, tokens per neuron (prompt + completion), gpt-3.5-turbo, 5 GPT-2 XL test neurons.
+# docs/METHOD.md §5: Lee et al.'s published Original ÷ format, tokens per neuron (prompt + completion), of
+# gpt-3.5-turbo on 5 GPT-2 XL test neurons.
 PAPER_RATIOS = {"original": 1.00, "summary": 2.47, "highlight": 2.69, "highlight_summary": 2.32, "avhs": 1.87}
+# docs/METHOD.md §5: the fixed part (system + few-shot, input tokens, cl100k_base) of each format in Lee et al.'s
+# code with its own few-shot examples; ours are reshaped to land within 5% of these.
+PAPER_FIXED = {"original": 918, "summary": 484, "highlight": 451, "highlight_summary": 520, "avhs": 626}
+# About the mean cl100k length of gpt-3.5-turbo's published one-sentence explanations (Lee et al.'s results).
+DEFAULT_COMPLETION_TOKENS = 15
 DEFAULT_BENCH_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -63,29 +72,70 @@ def measure(
     tokenizer: str,
     cutoff: prompts.Cutoff,
     few_shot: tuple[prompts.FewShotExample, ...],
-) -> dict[str, list[int]]:
-    """Input tokens of each format's prompt, per neuron, in the order of `neurons`."""
-    counts: dict[str, list[int]] = {name: [] for name in prompts.FORMATS}
+) -> dict[str, list[tokens.PromptCost]]:
+    """Fixed and per-neuron input tokens of each format's prompt, per neuron, in the order of `neurons`."""
+    costs: dict[str, list[tokens.PromptCost]] = {name: [] for name in prompts.FORMATS}
     for neuron in neurons:
         records = neuron.split("train")
         for name in prompts.FORMATS:
             messages = prompts.build_messages(name, records, few_shot=few_shot, cutoff=cutoff, stats=neuron.stats)
-            counts[name].append(tokens.count_chat_tokens(messages, tokenizer))
-    return counts
+            costs[name].append(tokens.prompt_cost(messages, tokenizer))
+    return costs
 
 
-def table(counts: dict[str, list[int]]) -> str:
-    """Mean, min and max tokens per format, the Original ÷ format ratio and the paper's ratio."""
-    original = statistics.mean(counts["original"])
+def completion_tokens(database: sqlite_utils.Database, model: str, default: int) -> dict[str, tuple[float, str]]:
+    """Per format, the completion tokens to add for the paper's unit: the mean output tokens of the stored ok
+    explanations of that format, else `default`; each with where it came from."""
+    found: dict[str, list[int]] = {}
+    for row in db.list_explanations(database, model):
+        if row.get("output_tokens") is not None and row.get("source") != "imported":
+            found.setdefault(row["format"], []).append(int(row["output_tokens"]))
+    return {
+        name: (statistics.mean(found[name]), f"mean of {len(found[name])} stored")
+        if found.get(name)
+        else (float(default), "assumed")
+        for name in prompts.FORMATS
+    }
+
+
+def _signed_percent(value: float, reference: float) -> str:
+    return f"{100 * (value / reference - 1):+.1f}%"
+
+
+def input_table(costs: dict[str, list[tokens.PromptCost]]) -> str:
+    """Input tokens: the fixed part next to the paper's, the per-neuron part, the total and Original ÷ format."""
+    original = statistics.mean(c.total for c in costs["original"])
     lines = [
-        f"{'format':<18} {'tokens/neuron':>13} {'min':>6} {'max':>6} {'Original ÷ format':>17} {'paper':>6}",
+        f"{'format':<18} {'fixed':>6} {'paper':>6} {'Δ':>7} {'per neuron':>10} {'min':>6} {'max':>6} "
+        f"{'total':>7} {'Original ÷ format':>17}"
     ]
-    for name, values in counts.items():
-        mean = statistics.mean(values)
+    for name, values in costs.items():
+        fixed = statistics.mean(c.fixed for c in values)
+        per_neuron = [c.per_neuron for c in values]
+        total = statistics.mean(c.total for c in values)
+        paper = PAPER_FIXED.get(name)
+        lines.append(
+            f"{name:<18} {fixed:>6.0f} {paper if paper is not None else '-':>6} "
+            f"{_signed_percent(fixed, paper) if paper else '-':>7} {statistics.mean(per_neuron):>10.1f} "
+            f"{min(per_neuron):>6} {max(per_neuron):>6} {total:>7.1f} {original / total:>17.2f}"
+        )
+    return "\n".join(lines)
+
+
+def total_table(costs: dict[str, list[tokens.PromptCost]], completion: dict[str, tuple[float, str]]) -> str:
+    """Input + completion tokens (the paper's unit): fixed, per neuron (target + completion), total, ratios."""
+    totals = {name: statistics.mean(c.total for c in values) + completion[name][0] for name, values in costs.items()}
+    lines = [
+        f"{'format':<18} {'fixed':>6} {'per neuron':>10} {'completion':>10} {'total':>7} {'Original ÷ format':>17} "
+        f"{'paper':>6}"
+    ]
+    for name, values in costs.items():
+        fixed = statistics.mean(c.fixed for c in values)
+        extra, _ = completion[name]
         paper = PAPER_RATIOS.get(name)
         lines.append(
-            f"{name:<18} {mean:>13.1f} {min(values):>6} {max(values):>6} {original / mean:>17.2f} "
-            f"{f'{paper:.2f}' if paper is not None else '-':>6}"
+            f"{name:<18} {fixed:>6.0f} {totals[name] - fixed:>10.1f} {extra:>10.1f} {totals[name]:>7.1f} "
+            f"{totals['original'] / totals[name]:>17.2f} {f'{paper:.2f}' if paper is not None else '-':>6}"
         )
     return "\n".join(lines)
 
@@ -101,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cutoff-mode", default=None, choices=prompts.CUTOFF_MODES)
     parser.add_argument("--cutoff", default=None, help="cutoff value (default per mode)")
     parser.add_argument("--few-shot", default=None, help="few-shot JSON file or `none` (default: bundled)")
+    parser.add_argument(
+        "--completion-tokens",
+        type=int,
+        default=DEFAULT_COMPLETION_TOKENS,
+        help="completion tokens per explanation for the paper's unit when none are stored (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         path = config.db_path(args.db)
@@ -116,19 +172,35 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         cutoff = prompts.Cutoff.parse(args.cutoff_mode, args.cutoff)
-        counts = measure(neurons, args.tokenizer, cutoff, prompts.load_few_shot(args.few_shot))
+        few_shot = prompts.load_few_shot(args.few_shot)
+        costs = measure(neurons, args.tokenizer, cutoff, few_shot)
+        completion = completion_tokens(database, model, args.completion_tokens)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    few_shot = "none" if args.few_shot == "none" else (args.few_shot or "bundled")
+    shown = "none" if args.few_shot == "none" else (args.few_shot or "bundled")
+    subject_tokens = sum(len(r.tokens) for example in few_shot for r in example.records)
     print(
-        f"Input tokens per explanation prompt: {len(neurons)} neurons of {model}, train split, "
-        f"tokenizer {args.tokenizer}, cutoff {cutoff.mode} {cutoff.value}, few-shot {few_shot}"
+        f"Tokens per explanation prompt: {len(neurons)} neurons of {model}, train split, tokenizer {args.tokenizer}, "
+        f"cutoff {cutoff.mode} {cutoff.value}, few-shot {shown} ({len(few_shot)} neurons, "
+        f"{sum(len(e.records) for e in few_shot)} records, {subject_tokens} subject tokens)"
     )
-    print(table(counts))
+    print("\ninput tokens (fixed = system + few-shot; per neuron = the target's message and the reply priming)")
+    print(input_table(costs))
+    print("paper: the fixed part of Lee et al.'s code with its own few-shot examples (146 subject tokens), cl100k_base")
+    stored = [name for name, (_, source) in completion.items() if source != "assumed"]
+    assumed = [name for name in completion if name not in stored]
+    sources = [f"the mean output tokens of stored explanations for {', '.join(stored)}"] if stored else []
+    if assumed:
+        which = "every format" if not stored else ", ".join(assumed)
+        sources.append(f"{args.completion_tokens} assumed for {which}")
     print(
-        "paper: Lee et al. 2023 (SPEC.md §5), prompt + completion tokens of gpt-3.5-turbo on 5 GPT-2 XL neurons; "
-        "ours: input tokens only"
+        "\ninput + completion, the paper's unit (usage.total_tokens); completion per explanation: " + "; ".join(sources)
+    )
+    print(total_table(costs, completion))
+    print(
+        "paper: Lee et al.'s published Original ÷ format, prompt + completion of gpt-3.5-turbo on 5 GPT-2 XL test "
+        "neurons (docs/METHOD.md §5)"
     )
     return 0
 

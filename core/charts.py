@@ -20,7 +20,7 @@ def _label(text: Any) -> str:
 
 def activation_histogram(record: NeuronRecord) -> go.Figure:
     """Token activations of the random and the top excerpts, with the neuron's quantile boundaries of the
-    per-excerpt maximum over the corpus as dotted lines (SPEC.md §1)."""
+    per-excerpt maximum over the corpus as dotted lines (docs/METHOD.md §1)."""
     from core.render import POSITIVE_RGB
 
     # One set of bins for both, so that overlaid bars compare; top excerpts in the warm colour of the excerpts.

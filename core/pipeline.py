@@ -1,4 +1,4 @@
-"""Orchestration of simulate → score (SPEC.md §3–§4) for the CLI and the app: one explanation, stored explanations
+"""Orchestration of simulate → score (METHOD.md §3–§4) for the CLI and the app: one explanation, stored explanations
 (`score`) and the whole collect → explain → simulate → score run (`run`). Neuron puzzles (`puzzles`) are run by
 core.puzzles.
 
@@ -36,7 +36,7 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class SimulationOutcome:
     """A simulation and its scores. `predictions` are the ones R² and absdev measure (a·EV + b when calibrated);
-    the correlation is always that of the simulator's EVs (SPEC.md §3)."""
+    the correlation is always that of the simulator's EVs (docs/METHOD.md §3)."""
 
     result: SimulationResult
     scores: scoring.Scores | None
@@ -75,11 +75,12 @@ def simulate_and_score(
     records: Sequence[ActivationRecord],
     calibration_records: Sequence[ActivationRecord] | None = None,
 ) -> SimulationOutcome:
-    """Simulate `records` and score the predictions against their true activations (SPEC.md §4).
+    """Simulate `records` and score the predictions against their true activations (docs/METHOD.md §4).
 
-    With `calibration_records`, `y ≈ a·EV + b` is fitted on them (SPEC.md §3) and applied to the predictions of
-    `records`: R² and absdev are of the calibrated values, the correlation stays that of the EVs (see
-    scoring.score_calibrated). A failed or misaligned simulation gives a failed outcome with no scores: never zeros.
+    With `calibration_records`, `y ≈ a·EV + b` is fitted on them (docs/METHOD.md §3) and applied to the predictions of
+    `records`: R² and absdev are of the calibrated values; the correlation is that of the EVs, sign-flipped when the
+    fitted slope is negative, as OpenAI reports it, with the raw one kept as `raw_score` (scoring.score_calibrated).
+    A failed or misaligned simulation gives a failed outcome with no scores: never zeros.
     """
     records = list(records)
     if not records:
@@ -97,7 +98,7 @@ def simulate_and_score(
             return _failed(result, f"calibration split: {fitted.error}")
         calibration = scoring.fit_calibration(calibration_records, fitted.predictions)
         calibrated = scoring.apply_calibration(predictions, *calibration)
-        scores = scoring.score_calibrated(records, predictions, calibrated)
+        scores = scoring.score_calibrated(records, predictions, calibrated, slope=calibration[0])
         return SimulationOutcome(result, scores, calibrated, calibration)
     return SimulationOutcome(result, scoring.score_records(records, predictions), predictions)
 
@@ -174,7 +175,7 @@ def select_explanations(
 
 
 def short_split_warning(record: NeuronRecord, split: str) -> str | None:
-    """A warning when a split of the neuron lacks records because fewer than SPEC.md §1's 20 top and 15 random were
+    """A warning when a split of the neuron lacks records because fewer than METHOD.md §1's 20 top and 15 random were
     collected (NeuronRecord.split skips them); None when the split is full."""
     missing_top, missing_random = record.split_shortfall(split)
     if not missing_top and not missing_random:
@@ -182,7 +183,7 @@ def short_split_warning(record: NeuronRecord, split: str) -> str | None:
     held = len(record.split(split))
     return (
         f"neuron {record.neuron}: the {split} split holds {held} of {held + missing_top + missing_random} records "
-        f"({len(record.top)} top and {len(record.random)} random collected, SPEC.md §1 asks for at least "
+        f"({len(record.top)} top and {len(record.random)} random collected, docs/METHOD.md §1 asks for at least "
         f"{MIN_TOP_RECORDS} and {MIN_RANDOM_RECORDS}); its scores are not comparable with those of full splits"
     )
 
@@ -215,7 +216,7 @@ def score_explanations(
 
     With `reference="openai"`, also store each explanation's similarity to the neuron's imported reference
     explanation (source 'reference') under `embedder`, where there is one. A neuron whose split is short (fewer
-    records collected than SPEC.md §1 asks) is scored on the records there are and named in `warnings`; an empty
+    records collected than docs/METHOD.md §1 asks) is scored on the records there are and named in `warnings`; an empty
     split gives a failed score with the reason.
     """
     if reference not in REFERENCE_KINDS:
@@ -276,6 +277,7 @@ def score_explanations(
                 status,
                 error,
                 outcome.result.seconds if outcome else time.perf_counter() - started,
+                no_value_count=outcome.result.no_value_count if outcome else None,
             )
             counts[status] += 1
             if error and error not in errors:
@@ -303,8 +305,8 @@ def score_explanations(
 
 
 def store_reference_similarities(db: Any, model: str, rows: Iterable[dict[str, Any]], embedder: str) -> int:
-    """Similarity of each explanation to its neuron's reference explanation (SPEC.md §4 "AdaCS"); returns how many
-    were computed now (ones already stored are skipped)."""
+    """Similarity of each explanation to its neuron's reference explanation (docs/METHOD.md §4: the cosine under our
+    embedder, not the paper's AdaCS); returns how many were computed now (ones already stored are skipped)."""
     references = dbmod.reference_explanations(db, model)
     rows = [row for row in rows if row.get("source") != "reference"]
     stored = dbmod.stored_similarities(db, [row["id"] for row in rows], embedder)
@@ -410,7 +412,7 @@ def run_pipeline(
     progress: bool = False,
 ) -> RunReport:
     """Collect the neurons' layers if they are not stored, explain every neuron under every format, simulate and
-    score, then summarise per format (SPEC.md §5). Every stage resumes where a previous run stopped.
+    score, then summarise per format (docs/METHOD.md §5). Every stage resumes where a previous run stopped.
 
     `explain_options` go to core.explain.explain_neurons (sampling, samples, cutoff, few_shot, use_cache, ...).
     """

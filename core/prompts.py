@@ -1,21 +1,22 @@
-"""Explanation prompt formats: activation records → OpenAI-style chat messages (SPEC.md §2).
+"""Explanation prompt formats: activation records → OpenAI-style chat messages (docs/METHOD.md §2).
 
 Every format is one `PromptFormat` in the `FORMATS` registry; the CLI and the app list formats from it, so a new
 format is added there and nowhere else. Everything here is a pure function of its arguments, except
 `load_few_shot`, which reads a file.
 
-The original format keeps Bills et al.'s layout (`<start>`/`<end>` blocks, one `token<TAB>n` line per token), with
-tabs, newlines and other control characters inside a token escaped (`escape_token`) so each token stays on one line.
+By default every format renders as Lee et al.'s code does (docs/METHOD.md §2): the same task instruction in all five
+system messages, Bills et al.'s `<start>`/`<end>` blocks for original, and for the natural formats (summary,
+highlight, highlight_summary, avhs) one block per record, `\n Text excerpt - A:\n<start>…<end> \n`, each marked
+token in its own brackets (`[ New][ York]`) and every marked occurrence listed in text order, joined by `,`.
+`FormatOptions` offers the project's variants (de-duplicated lists, merged bracket spans); none is the default.
 
-Conventions shared by the natural formats (summary, highlight, highlight_summary, avhs):
-- Records are labelled A..Z, then AA, AB, … so any number of records can be shown.
-- A marked token is wrapped in square brackets; consecutive marked tokens share one pair, and leading or trailing
-  whitespace stays outside the brackets (` [New York]`, not `[ New][ York]`).
-- Brackets and backslashes that belong to the text itself are escaped as `\\[`, `\\]` and `\\\\`, so a highlight can
-  always be told from a literal bracket (the system message explains the bracket escapes).
-- The token lists hold each distinct marked token once, in order of first appearance, whitespace-trimmed; a token that
-  is blank or contains a comma, quote, tab or newline is written as a JSON string (`","`). AVHS lists each token with
-  its highest 0-10 value.
+Deliberate deviations from the paper's code (docs/METHOD.md §7), which fix its bugs:
+- inputs, the shared few-shot data included, are never modified (the paper's AVHS normalised them in place);
+- records are labelled A..Z, then AA, AB, … (the paper stopped at 26);
+- brackets and backslashes that belong to the text are escaped in highlighted text (`\\[`, `\\]`, `\\\\`), so a
+  highlight can always be told from a literal bracket;
+- in the original format's `token<TAB>n` lines, tabs, newlines and other control characters inside a token are
+  escaped (`escape_token`) so each token stays on one line.
 """
 
 from __future__ import annotations
@@ -34,13 +35,33 @@ from core.records import ActivationRecord, NeuronStats, normalize, records_from_
 
 BUNDLED_FEW_SHOT = Path(__file__).resolve().parent / "data" / "few_shot.json"
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
-# Bills et al. repeat the non-zero lines when fewer than this share of the shown values is non-zero (SPEC.md §2).
+# Bills et al. repeat the non-zero lines when fewer than this share of the shown values is non-zero (docs/METHOD.md §2).
 REPEAT_NON_ZERO_BELOW = 0.2
-NO_TOKENS = "(none)"
+# The paper joins the items of a token list with a bare comma (docs/METHOD.md §2).
+LIST_SEPARATOR = ","
 
 Messages = list[dict[str, str]]
-# records, their 0-10 values (one list per record), raw-activation cutoff threshold → BODY
-BodyFn = Callable[[Sequence[ActivationRecord], Sequence[Sequence[int]], float], str]
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """Variants of the natural formats' rendering. The defaults are the paper's (docs/METHOD.md §2).
+
+    - `distinct_lists`: token lists hold each distinct marked token once, whitespace-trimmed, in order of first
+      appearance; a token that is blank or holds a comma, quote, tab or newline is written as a JSON string. AVHS
+      then lists each distinct token with its highest value. (Default: every marked occurrence, raw, in text order.)
+    - `merge_spans`: consecutive marked tokens share one pair of brackets, with leading and trailing whitespace kept
+      outside (` [New York]`). (Default: each marked token in its own brackets, `[ New][ York]`.)
+    """
+
+    distinct_lists: bool = False
+    merge_spans: bool = False
+
+
+PAPER_OPTIONS = FormatOptions()
+
+# records, their 0-10 values (one list per record), raw-activation cutoff threshold, options → BODY
+BodyFn = Callable[[Sequence[ActivationRecord], Sequence[Sequence[int]], float, FormatOptions], str]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,7 +75,8 @@ CUTOFF_DEFAULT_VALUES: dict[str, float | None] = {"quantile": 0.99, "relative": 
 
 @dataclass(frozen=True)
 class Cutoff:
-    """How the natural formats decide that a token is highly activating: raw activation > threshold (SPEC.md §2).
+    """How the natural formats decide that a token is highly activating: raw activation > threshold (the cutoff
+    modes of docs/METHOD.md §2).
 
     - `quantile` (the paper's rule, and our default): `value` is a quantile level (default 0.99); the threshold is
       the neuron's boundary at that level of its per-excerpt maximum activations over the whole corpus, taken from
@@ -163,7 +185,7 @@ FEW_SHOT_CUTOFF = Cutoff("relative", 0.5)
 
 
 def max_relu_activation(records: Sequence[ActivationRecord]) -> float:
-    """M of SPEC.md §1: the largest relu(activation) over the records shown; 0 when none is positive."""
+    """M of docs/METHOD.md §1: the largest relu(activation) over the records shown; 0 when none is positive."""
     return max((max(0.0, a) for r in records for a in r.activations), default=0.0)
 
 
@@ -211,7 +233,7 @@ def escape_token(token: str) -> str:
 
 
 def _token_lines(record: ActivationRecord, values: Sequence[int], omit_zeros: bool) -> str:
-    # SPEC.md §2: one line per token, so a tab or newline inside a token is escaped (Bills et al. wrote it raw).
+    # docs/METHOD.md §7: one line per token, so a tab or newline inside a token is escaped (Bills et al. wrote it raw).
     return "\n".join(
         f"{escape_token(token)}\t{value}"
         for token, value in zip(record.tokens, values, strict=True)
@@ -225,7 +247,12 @@ def _start_end_blocks(records: Sequence[ActivationRecord], values: Sequence[Sequ
     return "\n<start>\n" + "\n<end>\n<start>\n".join(blocks) + "\n<end>\n"
 
 
-def original_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float) -> str:
+def original_body(
+    records: Sequence[ActivationRecord],
+    values: Sequence[Sequence[int]],
+    threshold: float,
+    options: FormatOptions = PAPER_OPTIONS,
+) -> str:
     """Bills et al.'s token<TAB>n blocks, repeated without zeros when under 20% of the values are non-zero."""
     body = _start_end_blocks(records, values, omit_zeros=False)
     total = sum(len(v) for v in values)
@@ -235,14 +262,20 @@ def original_body(records: Sequence[ActivationRecord], values: Sequence[Sequence
     return body
 
 
-def _list_item(token: str) -> str:
+def _quoted_item(token: str) -> str:
     text = token.strip()
     if not text or any(ch in text for ch in ',"\t\n'):
         return json.dumps(text or token, ensure_ascii=False)
     return text
 
 
-def _highlighted_text(tokens: Sequence[str], marked: Sequence[bool]) -> str:
+def _own_brackets(tokens: Sequence[str], marked: Sequence[bool]) -> str:
+    # The paper's highlight: every marked token in its own brackets, whitespace inside (`[ New][ York]`).
+    return "".join(f"[{escape_brackets(t)}]" if m else escape_brackets(t) for t, m in zip(tokens, marked, strict=True))
+
+
+def _merged_brackets(tokens: Sequence[str], marked: Sequence[bool]) -> str:
+    # FormatOptions.merge_spans: one pair of brackets per run of marked tokens, whitespace outside (` [New York]`).
     parts: list[str] = []
     i = 0
     while i < len(tokens):
@@ -265,74 +298,103 @@ def _highlighted_text(tokens: Sequence[str], marked: Sequence[bool]) -> str:
     return "".join(parts)
 
 
-def _distinct_marked(tokens: Sequence[str], marked: Sequence[bool]) -> list[str]:
-    return list(dict.fromkeys(_list_item(t) for t, m in zip(tokens, marked, strict=True) if m))
+def _highlighted_text(tokens: Sequence[str], marked: Sequence[bool], options: FormatOptions) -> str:
+    return (_merged_brackets if options.merge_spans else _own_brackets)(tokens, marked)
 
 
-def _comma_list(tokens: Sequence[str], marked: Sequence[bool]) -> str:
-    return ", ".join(_distinct_marked(tokens, marked)) or NO_TOKENS
+def _token_list(tokens: Sequence[str], marked: Sequence[bool], options: FormatOptions) -> str:
+    """The marked tokens as the paper lists them: every occurrence, raw, in text order, joined by `,`."""
+    items = [t for t, m in zip(tokens, marked, strict=True) if m]
+    if options.distinct_lists:
+        items = list(dict.fromkeys(_quoted_item(t) for t in items))
+    return LIST_SEPARATOR.join(items)
 
 
-def _natural_body(blocks: Sequence[str]) -> str:
-    return "\n" + "\n\n".join(blocks) + "\n"
+def _valued_list(tokens: Sequence[str], values: Sequence[int], options: FormatOptions) -> str:
+    """AVHS's list: `token<TAB>n` for every token with n > 0, in text order, joined by `,` on one line."""
+    pairs = [(t, n) for t, n in zip(tokens, values, strict=True) if n > 0]
+    if options.distinct_lists:
+        best: dict[str, int] = {}
+        for token, n in pairs:
+            item = _quoted_item(token)
+            best[item] = max(n, best.get(item, 0))
+        pairs = list(best.items())
+    return LIST_SEPARATOR.join(f"{token}\t{n}" for token, n in pairs)
 
 
 def _excerpt(index: int, text: str) -> str:
-    return f"Text excerpt - {record_label(index)}:\n<start>{text}<end>"
+    # The paper's block, stray spaces included: "\n Text excerpt - A:\n<start>…<end> \n".
+    return f"\n Text excerpt - {record_label(index)}:\n<start>{text}<end> \n"
+
+
+def _with_list(excerpt: str, listing: str) -> str:
+    return f"{excerpt}\nHighly activating tokens:\n{listing}\n"
+
+
+def _natural_body(blocks: Sequence[str]) -> str:
+    return "\n" + "".join(blocks)
 
 
 def _above(record: ActivationRecord, threshold: float) -> list[bool]:
     return [a > threshold for a in record.activations]
 
 
-def summary_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float) -> str:
+def summary_body(
+    records: Sequence[ActivationRecord],
+    values: Sequence[Sequence[int]],
+    threshold: float,
+    options: FormatOptions = PAPER_OPTIONS,
+) -> str:
     """Each excerpt's plain text, then its tokens above the threshold as a comma list."""
-    blocks = [
-        _excerpt(i, "".join(r.tokens)) + "\n\nHighly activating tokens: " + _comma_list(r.tokens, _above(r, threshold))
-        for i, r in enumerate(records)
-    ]
-    return _natural_body(blocks)
+    return _natural_body(
+        [
+            _with_list(_excerpt(i, "".join(r.tokens)), _token_list(r.tokens, _above(r, threshold), options))
+            for i, r in enumerate(records)
+        ]
+    )
 
 
-def highlight_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float) -> str:
+def highlight_body(
+    records: Sequence[ActivationRecord],
+    values: Sequence[Sequence[int]],
+    threshold: float,
+    options: FormatOptions = PAPER_OPTIONS,
+) -> str:
     """Each excerpt's text with the tokens above the threshold in square brackets."""
     return _natural_body(
-        [_excerpt(i, _highlighted_text(r.tokens, _above(r, threshold))) for i, r in enumerate(records)]
+        [_excerpt(i, _highlighted_text(r.tokens, _above(r, threshold), options)) for i, r in enumerate(records)]
     )
 
 
 def highlight_summary_body(
-    records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float
+    records: Sequence[ActivationRecord],
+    values: Sequence[Sequence[int]],
+    threshold: float,
+    options: FormatOptions = PAPER_OPTIONS,
 ) -> str:
     """The highlighted excerpt plus the comma list of its tokens above the threshold."""
     blocks = []
     for i, record in enumerate(records):
         marked = _above(record, threshold)
-        blocks.append(
-            _excerpt(i, _highlighted_text(record.tokens, marked))
-            + "\n\nHighly activating tokens: "
-            + _comma_list(record.tokens, marked)
-        )
+        excerpt = _excerpt(i, _highlighted_text(record.tokens, marked, options))
+        blocks.append(_with_list(excerpt, _token_list(record.tokens, marked, options)))
     return _natural_body(blocks)
 
 
-def avhs_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int]], threshold: float) -> str:
-    """The excerpt with every token of value n > 0 highlighted, then those tokens as `token<TAB>n` lines.
+def avhs_body(
+    records: Sequence[ActivationRecord],
+    values: Sequence[Sequence[int]],
+    threshold: float,
+    options: FormatOptions = PAPER_OPTIONS,
+) -> str:
+    """The excerpt with every token of value n > 0 highlighted, then those tokens as `token<TAB>n` items.
 
-    The cutoff does not apply here: a token is marked when its 0-10 value is positive (SPEC.md §2).
+    The cutoff does not apply here: a token is marked when its 0-10 value is positive (docs/METHOD.md §2).
     """
     blocks = []
     for i, (record, record_values) in enumerate(zip(records, values, strict=True)):
-        marked = [n > 0 for n in record_values]
-        best: dict[str, int] = {}
-        for token, n in zip(record.tokens, record_values, strict=True):
-            if n > 0:
-                item = _list_item(token)
-                best[item] = max(n, best.get(item, 0))
-        listing = "\n".join(f"{item}\t{n}" for item, n in best.items()) or NO_TOKENS
-        blocks.append(
-            _excerpt(i, _highlighted_text(record.tokens, marked)) + "\n\nHighly activating tokens:\n" + listing
-        )
+        excerpt = _excerpt(i, _highlighted_text(record.tokens, [n > 0 for n in record_values], options))
+        blocks.append(_with_list(excerpt, _valued_list(record.tokens, record_values, options)))
     return _natural_body(blocks)
 
 
@@ -343,10 +405,9 @@ def avhs_body(records: Sequence[ActivationRecord], values: Sequence[Sequence[int
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """One explanation prompt format (SPEC.md §2). `body` is pure: (records, 0-10 values, threshold) → BODY.
-
-    Formats with `uses_cutoff=False` ignore the threshold and are given NaN, so they never need stats.
-    """
+    """One explanation prompt format (docs/METHOD.md §2). `body` is pure: (records, 0-10 values, threshold,
+    options) → BODY. Formats with `uses_cutoff=False` ignore the threshold and are given NaN, so they never need
+    stats."""
 
     name: str
     description: str
@@ -355,25 +416,39 @@ class PromptFormat:
     uses_cutoff: bool = True
 
 
-_ORIGINAL_SYSTEM = (
-    "We are studying neurons in a neural network. Each neuron looks for one particular thing in a short document. "
-    "Look at the parts of the document where the neuron activates and sum up in a single sentence what it is "
-    "looking for. Do not list example words.\n\n"
-    "Activations are shown one token per line as token<tab>activation, with values from 0 to 10. A non-zero value "
-    "means the neuron found what it looks for; the higher the value, the stronger the match. A tab or a newline "
-    "inside a token is written as \\t or \\n."
+# One task instruction for all five formats, as in the paper; only the description of how the activations are
+# shown differs between formats (docs/METHOD.md §2).
+TASK_INSTRUCTION = (
+    "We are studying the neurons of a neural network to work out their roles. Look at the parts of the text where "
+    "a neuron activates highly and sum up in a single sentence what it is looking for. Don't list examples of words."
 )
-_NATURAL_INTRO = (
-    "We are working out the roles of neurons in a neural network. For each neuron, say in one sentence what its "
-    "highly activating tokens have in common, taking their context into account."
+_COMMON_GROUND = (
+    "Your task is to say what the highly activating tokens have in common, taking their context into account."
 )
-_MARK_LIST = "Each excerpt is followed by a comma-separated list of its highly activating tokens."
-_MARK_BRACKETS = (
-    "Highly activating tokens are in [square brackets]; brackets that belong to the text are written \\[ and \\]."
+_SHOWN_AS_LINES = (
+    "Activations are shown as token<tab>activation, one token per line, from 0 to 10. A non-zero value means the "
+    "neuron found what it is looking for; the higher the value, the stronger the match. A tab or newline inside a "
+    "token is written as \\t or \\n."
 )
-_MARK_VALUES = (
-    "Each excerpt is followed by its highlighted tokens as token<tab>activation, from 1 (weak) to 10 (strongest)."
+_SHOWN_AS_LIST = (
+    "We show short text excerpts, each followed by a comma-separated list of its highly activating tokens (words "
+    "or pieces of words)."
 )
+_SHOWN_IN_BRACKETS = (
+    "We show short text excerpts with every highly activating token (a word or part of one) in square brackets, "
+    "like [token]; a bracket from the text itself is written \\[ or \\]."
+)
+_THEN_LIST = "Each excerpt is followed by a comma-separated list of only its highly activating tokens."
+_THEN_VALUES = (
+    "Each excerpt is followed by a comma-separated list of its highly activating tokens as token<tab>activation. "
+    "Activations range from 0 to 10: a non-zero value means the neuron found what it is looking for, and the higher "
+    "the value, the stronger the match."
+)
+
+
+def _system(*parts: str) -> str:
+    return f"{TASK_INSTRUCTION}\n\n{' '.join(parts)}"
+
 
 FORMATS: dict[str, PromptFormat] = {
     fmt.name: fmt
@@ -381,32 +456,32 @@ FORMATS: dict[str, PromptFormat] = {
         PromptFormat(
             "original",
             "Bills et al.: every token on its own line with its 0-10 activation",
-            _ORIGINAL_SYSTEM,
+            _system(_SHOWN_AS_LINES),
             original_body,
             uses_cutoff=False,
         ),
         PromptFormat(
             "summary",
             "plain excerpt text, then a comma list of the highly activating tokens",
-            f"{_NATURAL_INTRO} {_MARK_LIST}",
+            _system(_SHOWN_AS_LIST, _COMMON_GROUND),
             summary_body,
         ),
         PromptFormat(
             "highlight",
-            "excerpt text with the highly activating tokens in [square brackets]",
-            f"{_NATURAL_INTRO} {_MARK_BRACKETS}",
+            "excerpt text with each highly activating token in [square brackets]",
+            _system(_SHOWN_IN_BRACKETS, _COMMON_GROUND),
             highlight_body,
         ),
         PromptFormat(
             "highlight_summary",
             "highlighted excerpt text plus the comma list",
-            f"{_NATURAL_INTRO} {_MARK_BRACKETS} {_MARK_LIST}",
+            _system(_SHOWN_IN_BRACKETS, _THEN_LIST, _COMMON_GROUND),
             highlight_summary_body,
         ),
         PromptFormat(
             "avhs",
             "activation values + highlight + summary: tokens with a non-zero 0-10 value highlighted and listed",
-            f"{_NATURAL_INTRO} {_MARK_BRACKETS} {_MARK_VALUES}",
+            _system(_SHOWN_IN_BRACKETS, _THEN_VALUES, _COMMON_GROUND),
             avhs_body,
             uses_cutoff=False,
         ),
@@ -505,7 +580,7 @@ def load_few_shot(source: str | Path | None = None) -> tuple[FewShotExample, ...
 
 
 def user_message(neuron_number: int, body: str) -> str:
-    """The user message for neuron k (SPEC.md §2); the model's continuation is the explanation."""
+    """The user message for neuron k (docs/METHOD.md §2); the model's continuation is the explanation."""
     return (
         f"\n\nNeuron {neuron_number}\nActivations:{body}"
         f"\nExplanation of neuron {neuron_number} behavior: {EXPLANATION_PREFIX}"
@@ -523,9 +598,11 @@ def resolve_threshold(
     return cutoff.threshold(records, stats) if fmt.uses_cutoff else None
 
 
-def _neuron_body(fmt: PromptFormat, records: Sequence[ActivationRecord], threshold: float | None) -> str:
-    # M is taken over this neuron's records shown here (SPEC.md §1).
-    return fmt.body(records, normalize(records), math.nan if threshold is None else threshold)
+def _neuron_body(
+    fmt: PromptFormat, records: Sequence[ActivationRecord], threshold: float | None, options: FormatOptions
+) -> str:
+    # M is taken over this neuron's records shown here (docs/METHOD.md §1).
+    return fmt.body(records, normalize(records), math.nan if threshold is None else threshold, options)
 
 
 def build_messages(
@@ -535,11 +612,13 @@ def build_messages(
     few_shot: Sequence[FewShotExample] | None = None,
     cutoff: Cutoff = DEFAULT_CUTOFF,
     stats: NeuronStats | None = None,
+    options: FormatOptions = PAPER_OPTIONS,
 ) -> Messages:
     """The chat for explaining one neuron: system, few-shot user/assistant pairs, the target's user message.
 
     `few_shot=None` uses our bundled examples; pass `()` for none. `cutoff` and `stats` apply to the target only;
-    few-shot examples use their own cutoff or FEW_SHOT_CUTOFF. Inputs are never modified.
+    few-shot examples use their own cutoff or FEW_SHOT_CUTOFF. `options` picks a rendering variant of the natural
+    formats (default: the paper's). Inputs are never modified.
     """
     fmt = get_format(format_name)
     records = tuple(records)
@@ -550,11 +629,11 @@ def build_messages(
     for number, example in enumerate(examples, start=1):
         example_cutoff = example.cutoff or FEW_SHOT_CUTOFF
         threshold = example_cutoff.threshold(example.records, None) if fmt.uses_cutoff else None
-        body = _neuron_body(fmt, example.records, threshold)
+        body = _neuron_body(fmt, example.records, threshold, options)
         messages.append({"role": "user", "content": user_message(number, body)})
         messages.append({"role": "assistant", "content": f" {example.explanation}."})
     threshold = resolve_threshold(format_name, records, cutoff, stats)
-    body = _neuron_body(fmt, records, threshold)
+    body = _neuron_body(fmt, records, threshold, options)
     messages.append({"role": "user", "content": user_message(len(examples) + 1, body)})
     return messages
 

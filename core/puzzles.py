@@ -1,4 +1,4 @@
-"""Neuron puzzles: synthetic neurons with a known ground-truth explanation and decoys (SPEC.md §4).
+"""Neuron puzzles: synthetic neurons with a known ground-truth explanation and decoys (docs/METHOD.md §4).
 
 A puzzle file maps names to `{"name", "explanation", "false_explanations", "sentences"}`; a sentence is a list of
 tokens (GPT-2 style, leading spaces kept) where a token is a string (activation 0) or a `[string, value]` pair.
@@ -164,7 +164,7 @@ def _defined(score: float | None) -> bool:
 
 
 def simulator_sanity(scores: Mapping[str, Mapping[str, float | None]], truths: Mapping[str, str]) -> dict[str, Any]:
-    """How often the true explanation strictly out-scores every decoy (SPEC.md §4: a sane simulator does).
+    """How often the true explanation strictly out-scores every decoy (docs/METHOD.md §4: a sane simulator does).
 
     `scores[puzzle][explanation]` holds the truth's and the decoys' scores; a None or NaN score never wins.
     """
@@ -194,7 +194,7 @@ def simulator_sanity(scores: Mapping[str, Mapping[str, float | None]], truths: M
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Running puzzles: explain, store, score (SPEC.md §4)
+# Running puzzles: explain, store, score (docs/METHOD.md §4)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -329,7 +329,7 @@ def run_puzzles(
     progress: bool = False,
 ) -> PuzzleReport:
     """Per explainer and format, the similarity of its explanations to the puzzles' truths; per simulator, how often
-    the truth out-scores every decoy (SPEC.md §4). `explainer` None (or "none") runs only the simulator check."""
+    the truth out-scores every decoy (docs/METHOD.md §4). `explainer` None (or "none") runs only the simulator check."""
 
     puzzles = load_puzzles(puzzles_path)
     model = puzzle_model_name(puzzles_path)

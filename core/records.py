@@ -1,4 +1,4 @@
-"""Domain data: neurons, activation records, per-neuron records, splits and normalisation (SPEC.md §1)."""
+"""Domain data: neurons, activation records, per-neuron records, splits and normalisation (docs/METHOD.md §1)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ class NeuronStats:
         )
 
 
-# SPEC.md §1: splits by index into the sorted top list and into the random list.
+# docs/METHOD.md §1: splits by index into the sorted top list and into the random list.
 SPLITS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "train": ((0, 4, 8, 12, 16), ()),
     "calibration": ((1, 5, 9, 13, 17), (0, 3, 6, 9, 12)),
@@ -147,7 +147,7 @@ SPLITS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
-# SPEC.md §1 collects at least this many top and random records, so that every split is full.
+# docs/METHOD.md §1 collects at least this many top and random records, so that every split is full.
 MIN_TOP_RECORDS = 1 + max(i for top, _ in SPLITS.values() for i in top)
 MIN_RANDOM_RECORDS = 1 + max(i for _, random in SPLITS.values() for i in random)
 
@@ -171,7 +171,7 @@ class NeuronRecord:
         object.__setattr__(self, "random", tuple(self.random))
 
     def split(self, name: str) -> list[ActivationRecord]:
-        """The records of a split (SPEC.md §1): its top records in table order, then its random records.
+        """The records of a split (docs/METHOD.md §1): its top records in table order, then its random records.
 
         With fewer than MIN_TOP_RECORDS (20) top or MIN_RANDOM_RECORDS (15) random records collected, a split
         holds only those of its indices that exist, so it can be short or empty (with 10 top records, valid holds
@@ -212,7 +212,7 @@ class NeuronRecord:
 
 
 def normalize(records: Sequence[ActivationRecord], max_activation: float | None = None) -> list[list[int]]:
-    """Integer 0..10 activations for prompts (SPEC.md §1): min(10, floor(10·relu(a)/M)); all 0 when M ≤ 0.
+    """Integer 0..10 activations for prompts (docs/METHOD.md §1): min(10, floor(10·relu(a)/M)); all 0 when M ≤ 0.
 
     M defaults to the max of relu(a) over the records shown.
     """

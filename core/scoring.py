@@ -1,7 +1,7 @@
-"""Scoring: correlation / R² / absdev of simulated activations, calibration and per-format statistics (SPEC.md
-§3–§4), all pure functions of their arguments. Explanation similarity is in core/similarity.py.
+"""Scoring: correlation / R² / absdev of simulated activations, calibration and per-format statistics
+(docs/METHOD.md §3–§4), all pure functions of their arguments. Explanation similarity is in core/similarity.py.
 
-Undefined values are `None`, never NaN and never 0 (SPEC.md §4: "Store NaN as missing, never as 0").
+Undefined values are `None`, never NaN and never 0 (docs/METHOD.md §4: NaN is stored as missing, never as 0).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from core.errors import InputError
 from core.records import ActivationRecord
 
 # ---------------------------------------------------------------------------------------------------------------
-# Formulas (SPEC.md §4)
+# Formulas (docs/METHOD.md §4)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -76,16 +76,22 @@ def absdev(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
 
 @dataclass(frozen=True)
 class Scores:
-    """Pooled scores over all records plus the same three numbers per excerpt. None means undefined."""
+    """Pooled scores over all records plus the same three numbers per excerpt. None means undefined.
+
+    `raw_score` is set for calibrated scores only: the correlation of the uncalibrated EVs, kept beside `score`,
+    which follows the sign of the calibration's slope (see `score_calibrated`).
+    """
 
     score: float | None
     rsquared: float | None
     absdev: float | None
     per_excerpt: tuple[dict, ...]
+    raw_score: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "score": self.score,
+            "raw_score": self.raw_score,
             "rsquared": self.rsquared,
             "absdev": self.absdev,
             "per_excerpt": [dict(item) for item in self.per_excerpt],
@@ -98,6 +104,7 @@ class Scores:
             rsquared=data.get("rsquared"),
             absdev=data.get("absdev"),
             per_excerpt=tuple(dict(item) for item in data.get("per_excerpt", [])),
+            raw_score=data.get("raw_score"),
         )
 
 
@@ -123,7 +130,7 @@ def _aligned(
 
 
 def score_records(true_records: Sequence[ActivationRecord], predictions: Sequence[Sequence[float]]) -> Scores:
-    """Score predictions pooled over the concatenation of all records (SPEC.md §4), not as a mean of per-excerpt
+    """Score predictions pooled over the concatenation of all records (docs/METHOD.md §4), not as a mean of per-excerpt
     correlations; per-excerpt values are kept alongside for inspection."""
     pairs = _aligned(true_records, predictions)
     true = np.concatenate([t for t, _ in pairs])
@@ -149,7 +156,7 @@ def score_records(true_records: Sequence[ActivationRecord], predictions: Sequenc
 def fit_calibration(
     true_records: Sequence[ActivationRecord], predictions: Sequence[Sequence[float]]
 ) -> tuple[float, float]:
-    """Least-squares `y ≈ a·EV + b` over the pooled tokens (SPEC.md §3, calibration split).
+    """Least-squares `y ≈ a·EV + b` over the pooled tokens (docs/METHOD.md §3, calibration split).
 
     Constant predictions carry no slope information, so the fit is then a = 0, b = mean(y).
     """
@@ -168,22 +175,47 @@ def apply_calibration(predictions: Sequence[Sequence[float]], a: float, b: float
     return [[a * float(value) + b for value in record] for record in predictions]
 
 
+def _slope_sign(predictions: Sequence[Sequence[float]], calibrated: Sequence[Sequence[float]]) -> float:
+    """The sign of a in `calibrated = a·predictions + b`, read back from the two (0 when predictions are constant)."""
+    x = np.concatenate([np.asarray(p, dtype=float).ravel() for p in predictions]) if predictions else np.zeros(0)
+    y = np.concatenate([np.asarray(c, dtype=float).ravel() for c in calibrated]) if calibrated else np.zeros(0)
+    if x.size < 2 or x.size != y.size:
+        return 0.0
+    return float(np.sign((x - x.mean()) @ (y - y.mean())))
+
+
+def _flipped(value: float | None, sign: float) -> float | None:
+    return None if value is None else (-value if sign < 0 else value)
+
+
 def score_calibrated(
     true_records: Sequence[ActivationRecord],
     predictions: Sequence[Sequence[float]],
     calibrated: Sequence[Sequence[float]],
+    slope: float | None = None,
 ) -> Scores:
-    """Scores of calibrated predictions: R² and absdev of `calibrated`, the correlation of the raw `predictions`.
+    """Scores of calibrated predictions (docs/METHOD.md §3): R² and absdev of `calibrated`; the score is the
+    correlation of the calibrated values, as OpenAI's code reports it, and `raw_score` that of the raw EVs.
 
-    SPEC.md §3: calibration changes R² but not correlation. A slope fitted on another split can be zero or negative,
-    which would erase or flip the correlation, so it is taken before calibration, pooled and per excerpt alike.
+    A linear calibration leaves the correlation's size alone, but a negative slope flips its sign: the score is then
+    −raw, as in OpenAI's code. A zero slope (constant calibration-split EVs) would make it undefined; we keep the
+    raw correlation then. `slope` is the fitted a; without it, its sign is read back from the two prediction sets.
+    Per excerpt alike, each item keeping its `raw_score`.
     """
     raw = score_records(true_records, predictions)
     fitted = score_records(true_records, calibrated)
+    sign = _slope_sign(predictions, calibrated) if slope is None else float(np.sign(slope))
     per_excerpt = tuple(
-        {**item, "score": plain["score"]} for plain, item in zip(raw.per_excerpt, fitted.per_excerpt, strict=True)
+        {**item, "score": _flipped(plain["score"], sign), "raw_score": plain["score"]}
+        for plain, item in zip(raw.per_excerpt, fitted.per_excerpt, strict=True)
     )
-    return Scores(score=raw.score, rsquared=fitted.rsquared, absdev=fitted.absdev, per_excerpt=per_excerpt)
+    return Scores(
+        score=_flipped(raw.score, sign),
+        rsquared=fitted.rsquared,
+        absdev=fitted.absdev,
+        per_excerpt=per_excerpt,
+        raw_score=raw.score,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
-"""Explanation similarity, the paper's "AdaCS" (SPEC.md §4): the cosine of two texts' sentence embeddings, under an
-embedder from the `EMBEDDERS` registry (a local all-MiniLM-L6-v2 or an OpenAI-compatible embeddings model).
+"""Explanation similarity (docs/METHOD.md §4): the cosine of two texts' sentence embeddings, under an embedder
+from the `EMBEDDERS` registry (a local all-MiniLM-L6-v2 or an OpenAI-compatible embeddings model).
+
+The paper's similarity used OpenAI's text-embedding-ada-002; a cosine under another embedder is another measure, so
+it is always named by its embedder (`similarity_label`: `cos·MiniLM`), never by the paper's name for its own.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ class OpenAIEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import openai
 
+        from core.llm import api_error
+
         api_key = os.environ.get(config.ENV_API_KEY)
         if not api_key:
             raise LLMError(
@@ -100,7 +105,7 @@ class OpenAIEmbedder:
                 response = client.embeddings.create(model=self.model, input=batch)
             # The client raises ValueError itself when a response carries no embeddings.
             except (openai.OpenAIError, ValueError) as exc:
-                raise LLMError(f"embedding request to {self.model} failed: {exc}") from exc
+                raise api_error(f"embedding request to {self.model} failed: {exc}", [api_key]) from None
             data = sorted(response.data, key=lambda item: item.index)
             if len(data) != len(batch):
                 raise LLMError(f"{self.model} returned {len(data)} embeddings for {len(batch)} texts")
@@ -129,6 +134,16 @@ def _openai(argument: str) -> Embedder:
 # The embedder registry: spec prefix → factory taking the text after the colon.
 EMBEDDERS: dict[str, Callable[[str], Embedder]] = {"minilm": _minilm, "openai": _openai}
 DEFAULT_EMBEDDER = "minilm"
+
+
+def similarity_label(embedder: str | Embedder = DEFAULT_EMBEDDER) -> str:
+    """The name of a similarity in tables and captions: the cosine under its embedder, e.g. `cos·MiniLM` or
+    `cos·text-embedding-3-small`."""
+    spec = embedder if isinstance(embedder, str) else embedder.name
+    prefix, _, argument = spec.strip().partition(":")
+    if prefix == "minilm":
+        return "cos·MiniLM"
+    return f"cos·{argument.strip() or spec.strip()}"
 
 
 def get_embedder(spec: str | Embedder = DEFAULT_EMBEDDER) -> Embedder:

@@ -1,17 +1,21 @@
-"""Simulators: predict a neuron's activation on every token from an explanation (SPEC.md §3).
+"""Simulators: predict a neuron's activation on every token from an explanation (docs/METHOD.md §3).
 
 Every simulator has a `name` (`hf:PATH`, `openai:MODEL`), a `method` and `simulate(explanation, records)`, which
 returns one expected value 0..10 per token of every record, or a failed result with the reason. A parse failure or
-a misaligned answer is always a failure, never a row of zeros.
+a misaligned answer is always a failure, never a row of zeros. A position whose top logprobs hold no value 0..10 is
+read as an expected value of 0, as OpenAI's simulator does, and counted (`SimulationResult.no_value_count`); the
+`on_no_value="fail"` option of the API simulators makes it a failure instead.
 
 Methods (the `SIMULATORS` registry below; `get_simulator` builds them):
-- `all_at_once` (local transformers model, core/simulate_local.py): one text prompt whose target lines read
+- `all_at_once` (local transformers model, core/simulate_local.py), the paper's method: one text prompt whose
+  target lines read
   `token<TAB>unknown`; one forward pass per excerpt gives, at every position right after a `<TAB>`, the next-token
   distribution over "0".."10".
 - `completions_echo` (an OpenAI-compatible /completions server that echoes prompt logprobs, e.g. vLLM;
-  core/simulate_api.py): the same prompt, read from the echoed `top_logprobs`.
-- `chat_logprobs` / `chat_parse` (chat-only APIs; core/simulate_api.py): the model writes the `token<TAB>n` lines
-  itself; we read `top_logprobs` at each number, or just parse the numbers.
+  core/simulate_api.py): the same all-at-once prompt, read from the echoed `top_logprobs`.
+- `chat_logprobs` / `chat_parse` (chat-only APIs; core/simulate_api.py): fallbacks that are not the paper's method;
+  the model writes the `token<TAB>n` lines itself; we read `top_logprobs` at each number, or parse the numbers.
+  `chat_logprobs` is the default for `openai:` simulators, so every score table names the method (`method_note`).
 
 This module holds what they share: the result type and interface, expected values and the prompt. Token text in
 prompts is escaped (`escape_token`, shared with the explainer's original format in core/prompts.py) so that a tab or
@@ -58,7 +62,10 @@ SYSTEM_MESSAGE = (
 
 @dataclass(frozen=True)
 class SimulationResult:
-    """One list of predicted activations per record (one float per token), or status "failed" with the reason."""
+    """One list of predicted activations per record (one float per token), or status "failed" with the reason.
+
+    `no_value_count`: how many predictions are 0 because no value 0..10 was among the top logprobs there.
+    """
 
     simulator: str
     method: str
@@ -66,6 +73,7 @@ class SimulationResult:
     status: str = "ok"
     error: str | None = None
     seconds: float = 0.0
+    no_value_count: int = 0
 
     @property
     def ok(self) -> bool:
@@ -82,6 +90,7 @@ class SimulationResult:
             "status": self.status,
             "error": self.error,
             "seconds": self.seconds,
+            "no_value_count": self.no_value_count,
             "predictions": None if self.predictions is None else [list(p) for p in self.predictions],
         }
 
@@ -122,7 +131,7 @@ def check_alignment(result: SimulationResult, records: Sequence[ActivationRecord
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Expected values (SPEC.md §3)
+# Expected values (docs/METHOD.md §3)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -142,8 +151,14 @@ def value_probabilities(first: Mapping[str, float], after_one: Mapping[str, floa
     return probs
 
 
+# What to do at a position whose top logprobs hold no value 0..10: "zero" reads it as EV 0, as OpenAI's simulator
+# does (its expected value of an empty distribution is 0), and counts it; "fail" fails the simulation.
+NO_VALUE_POLICIES = ("zero", "fail")
+DEFAULT_NO_VALUE = "zero"
+
+
 def expected_value(probs: Sequence[float]) -> float | None:
-    """EV = Σ v·p(v) / Σ p(v) over v = 0..10; None when no value has any probability."""
+    """EV = Σ v·p(v) / Σ p(v) over v = 0..10; None when no value has any probability (the callers decide)."""
     total = float(sum(probs))
     if not total > 0 or not math.isfinite(total):
         return None
@@ -164,7 +179,7 @@ class SimulationExample:
     first_shown: tuple[int, ...]
 
     def values(self) -> list[list[int]]:
-        """The 0..10 values shown (SPEC.md §1 normalisation over this example's records)."""
+        """The 0..10 values shown (docs/METHOD.md §1 normalisation over this example's records)."""
         return normalize(self.records)
 
 
@@ -305,18 +320,33 @@ class SimulatorKind:
     method: str
     backend: str
     description: str
+    all_at_once: bool  # the paper's method: one prompt, EVs read after every token<TAB> (docs/METHOD.md §3)
 
 
 SIMULATORS: dict[str, SimulatorKind] = {
     kind.method: kind
     for kind in (
-        SimulatorKind("all_at_once", "hf", "local transformers model: logits after every token<TAB> in one pass"),
-        SimulatorKind("completions_echo", "openai", "/completions with echo + logprobs (vLLM): the same prompt"),
-        SimulatorKind("chat_logprobs", "openai", "chat: the model writes token<TAB>n; read top_logprobs at n"),
-        SimulatorKind("chat_parse", "openai", "chat without logprobs: parse the integers the model writes"),
+        SimulatorKind("all_at_once", "hf", "local transformers model: logits after every token<TAB> in one pass", True),
+        SimulatorKind("completions_echo", "openai", "/completions with echo + logprobs (vLLM): the same prompt", True),
+        SimulatorKind("chat_logprobs", "openai", "chat: the model writes token<TAB>n; read top_logprobs at n", False),
+        SimulatorKind("chat_parse", "openai", "chat without logprobs: parse the integers the model writes", False),
     )
 }
 DEFAULT_METHODS = {"hf": "all_at_once", "openai": "chat_logprobs"}
+# Scores imported from a published file (`python -m core import-scores`), not computed here.
+IMPORTED_METHOD = "imported"
+
+
+def method_note(method: str | None) -> str:
+    """The method as every score table header names it, saying whether it is the paper's (docs/METHOD.md §3)."""
+    if method == IMPORTED_METHOD:
+        return "imported: published scores, not computed here"
+    kind = SIMULATORS.get(str(method))
+    if kind is None:
+        return f"{method}: unknown method"
+    if kind.all_at_once:
+        return f"{method}: the paper's all-at-once method"
+    return f"{method}: a chat fallback, not the paper's all-at-once method; not comparable with the paper's scores"
 
 
 def parse_simulator_spec(spec: str) -> tuple[str, str]:
@@ -330,7 +360,8 @@ def parse_simulator_spec(spec: str) -> tuple[str, str]:
 def get_simulator(spec: str, method: str | None = None, **options: Any) -> Simulator:
     """Build the simulator for `hf:PATH` (method all_at_once) or `openai:MODEL` (completions_echo, chat_logprobs
     (default) or chat_parse). Options: hf → device, dtype, batch_size, reuse_prefix, few_shot; openai → base_url,
-    api_key, top_logprobs, concurrency, timeout, retry (core.llm.RetryPolicy), few_shot, client. None means default."""
+    api_key, top_logprobs, concurrency, timeout, retry (core.llm.RetryPolicy), few_shot, client, on_no_value
+    ("zero" or "fail"). None means default."""
     backend, model = parse_simulator_spec(spec)
     method = method or DEFAULT_METHODS[backend]
     kind = SIMULATORS.get(method)
@@ -350,7 +381,10 @@ def get_simulator(spec: str, method: str | None = None, **options: Any) -> Simul
 
         model_obj, tokenizer = load_hf_causal_lm(model, options.pop("device", None), options.pop("dtype", None))
         return LocalAllAtOnceSimulator(model_obj, tokenizer, name=f"hf:{model}", **options)
-    accepted = {"base_url", "api_key", "top_logprobs", "concurrency", "timeout", "few_shot", "client", "retry"}
+    accepted = {
+        *("base_url", "api_key", "top_logprobs", "concurrency", "timeout", "few_shot", "client", "retry"),
+        "on_no_value",
+    }
     unknown = set(options) - accepted
     if unknown:
         raise InputError(f"unknown options for an openai: simulator: {', '.join(sorted(unknown))}")

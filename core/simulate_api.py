@@ -1,10 +1,15 @@
-"""The OpenAI-compatible simulators (SPEC.md §3): `completions_echo` reads the all-at-once prompt's echoed
-`top_logprobs` from a /completions server (e.g. vLLM); the chat fallbacks `chat_logprobs` and `chat_parse` have the
-model write the `token<TAB>n` lines itself. Built by `core.simulate.get_simulator`.
+"""The OpenAI-compatible simulators (docs/METHOD.md §3): `completions_echo` reads the all-at-once prompt's echoed
+`top_logprobs` from a /completions server (e.g. vLLM), as OpenAI's simulator does; the chat fallbacks
+`chat_logprobs` and `chat_parse` have the model write the `token<TAB>n` lines itself. Built by
+`core.simulate.get_simulator`.
+
+As in OpenAI's code, a position whose top logprobs hold no value 0..10 is read as 0 and counted; with
+`on_no_value="fail"` it fails the simulation instead.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -14,10 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import LLMError
+from core.errors import InputError, LLMError
 from core.records import ActivationRecord
 from core.simulate import (
+    DEFAULT_NO_VALUE,
     END,
+    NO_VALUE_POLICIES,
     START,
     SYSTEM_MESSAGE,
     UNKNOWN,
@@ -34,6 +41,8 @@ from core.simulate import (
     neuron_header,
     value_probabilities,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_LOGPROBS = 20  # vLLM's default cap; 11 values plus room for the non-numeric alternatives
 DEFAULT_CONCURRENCY = 4
@@ -145,16 +154,46 @@ def _alternatives(item: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return found
 
 
+@dataclass(frozen=True)
+class Reading:
+    """Expected values read from logprobs, and how many of them are 0 for want of any value 0..10 there."""
+
+    predictions: list[float]
+    no_value_count: int = 0
+
+
+def _value_or_zero(ev: float | None, number: int, on_no_value: str) -> float | None:
+    """The expected value at token `number`; None (read as 0 and counted, as OpenAI does) when no value 0..10 was
+    among the top logprobs, or SimulationFailure when `on_no_value` is "fail"."""
+    if ev is None and on_no_value == "fail":
+        raise SimulationFailure(f"token {number}: no value 0..10 among the top logprobs; raise top_logprobs")
+    return ev
+
+
+def _check_policy(on_no_value: str) -> None:
+    if on_no_value not in NO_VALUE_POLICIES:
+        raise InputError(f"on_no_value {on_no_value!r} is unknown; choose one of {', '.join(NO_VALUE_POLICIES)}")
+
+
 def predictions_from_chat_logprobs(
-    answer: str, content: Sequence[Mapping[str, Any]], tokens: Sequence[str]
-) -> list[float]:
-    """EVs from a chat answer and its per-token logprobs (`choices[0].logprobs.content`, as dicts)."""
+    answer: str,
+    content: Sequence[Mapping[str, Any]],
+    tokens: Sequence[str],
+    on_no_value: str = DEFAULT_NO_VALUE,
+) -> Reading:
+    """EVs from a chat answer and its per-token logprobs (`choices[0].logprobs.content`, as dicts).
+
+    Where no value 0..10 is among a number's alternatives, the EV is 0 and counted ("zero"), or the answer fails
+    ("fail").
+    """
+    _check_policy(on_no_value)
     lines = parse_chat_answer(answer, tokens)
     starts, data = _logprob_tokens(content)
     if data.decode("utf-8", errors="replace") != answer:
         raise SimulationFailure("the logprob tokens do not spell the answer text; cannot locate the numbers")
     predictions = []
-    for line in lines:
+    missing = 0
+    for number, line in enumerate(lines, start=1):
         value_byte = len(answer[: line.value_start].encode("utf-8"))
         index = max(i for i, start in enumerate(starts) if start <= value_byte)
         prefix = data[starts[index] : value_byte].decode("utf-8", errors="replace")
@@ -165,30 +204,35 @@ def predictions_from_chat_logprobs(
             # "10" is written as "1","0" by this tokenizer: the next token's alternatives give P("0" | "1").
             # Top logprobs are over the whole vocabulary, so exp(logprob) of "0" is already P("0" | "1").
             after_one = _alternatives(content[index + 1], "")
-        ev = expected_value(value_probabilities(first, after_one))
-        # The written number is a prediction too when its alternatives hold no value (a sampled token outside
-        # the top-k); never a zero.
-        predictions.append(float(line.value) if ev is None else ev)
-    return predictions
+        ev = _value_or_zero(expected_value(value_probabilities(first, after_one)), number, on_no_value)
+        missing += ev is None
+        predictions.append(ev or 0.0)
+    return Reading(predictions, missing)
 
 
 def _from_logprobs(logprobs: Mapping[str, float]) -> dict[str, float]:
-    """Top-logprob maps → probabilities of the value strings (tokens are stripped: vLLM may render ' 7')."""
+    """Top-logprob maps → probabilities of the value strings. Only the exact strings "0".."10" count, as in OpenAI's
+    simulator: a value with a leading space (" 7") is another token and is ignored."""
     probs: dict[str, float] = {}
     for token, logprob in logprobs.items():
-        text = str(token).strip()
+        text = str(token)
         if text in VALUE_STRINGS and logprob is not None:
             probs[text] = probs.get(text, 0.0) + math.exp(float(logprob))
     return probs
 
 
-def predictions_from_echo(logprobs: Mapping[str, Any], n_slots: int, n_hidden: int) -> list[float]:
+def predictions_from_echo(
+    logprobs: Mapping[str, Any], n_slots: int, n_hidden: int, on_no_value: str = DEFAULT_NO_VALUE
+) -> Reading:
     """EVs from an echoed /completions prompt (`choices[0].logprobs` as a dict) for the target's `n_slots`.
 
     A slot is a token that starts "unknown" right after a token ending in a tab; tabs occur nowhere else in our
     prompts (escape_token), so the slots are the last `n_slots` of the `n_hidden + n_slots` such places. Counting
     tokens rather than trusting `text_offset` survives servers whose offsets drift on split multi-byte characters.
+    A slot whose top logprobs hold no value 0..10 gets EV 0 and is counted ("zero", OpenAI's reading), or fails the
+    excerpt ("fail").
     """
+    _check_policy(on_no_value)
     tokens = logprobs.get("tokens") or []
     top = logprobs.get("top_logprobs") or []
     if not tokens or len(top) != len(tokens):
@@ -205,12 +249,12 @@ def predictions_from_echo(logprobs: Mapping[str, Any], n_slots: int, n_hidden: i
             "(use the local all_at_once method with this model)"
         )
     predictions = []
+    missing = 0
     for number, index in enumerate(places[n_hidden:], start=1):
-        ev = expected_value(value_probabilities(_from_logprobs(top[index] or {})))
-        if ev is None:
-            raise SimulationFailure(f"token {number}: no value 0..10 among the top logprobs; raise top_logprobs")
-        predictions.append(ev)
-    return predictions
+        ev = _value_or_zero(expected_value(value_probabilities(_from_logprobs(top[index] or {}))), number, on_no_value)
+        missing += ev is None
+        predictions.append(ev or 0.0)
+    return Reading(predictions, missing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,10 +281,12 @@ class _EndpointSimulator(ABC):
     retry: Any = None
     client: Any = field(default=None, repr=False)
     method: str = ""
+    on_no_value: str = DEFAULT_NO_VALUE
 
     def __post_init__(self) -> None:
         from core.llm import RetryPolicy, openai_client
 
+        _check_policy(self.on_no_value)
         self.examples = load_few_shot(self.few_shot)
         self.retry = self.retry or RetryPolicy()
         if self.client is None:
@@ -257,22 +303,37 @@ class _EndpointSimulator(ABC):
             with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(records) or 1))) as pool:
                 futures = [pool.submit(self._one, explanation, record) for record in records]
                 predictions = []
+                missing = 0
                 for i, future in enumerate(futures):
                     try:
-                        predictions.append(tuple(future.result()))
+                        reading = future.result()
                     except SimulationFailure as exc:
                         raise SimulationFailure(f"record {i}: {exc}") from None
+                    predictions.append(tuple(reading.predictions))
+                    missing += reading.no_value_count
         except SimulationFailure as exc:
             return SimulationResult.failed(self.name, self.method, str(exc), time.perf_counter() - start)
-        return SimulationResult(self.name, self.method, tuple(predictions), seconds=time.perf_counter() - start)
+        if missing:
+            total = sum(len(p) for p in predictions)
+            log.warning(
+                "%s (%s): %d of %d tokens had no value 0..10 among the top logprobs and were read as 0, as OpenAI's "
+                "simulator does; raise top_logprobs to see more of the distribution",
+                self.name,
+                self.method,
+                missing,
+                total,
+            )
+        return SimulationResult(
+            self.name, self.method, tuple(predictions), seconds=time.perf_counter() - start, no_value_count=missing
+        )
 
     def _request(self, create: Callable[..., Any], **params: Any) -> dict[str, Any]:
         """The first choice of one API call, as a dict, after retries (see the class docstring)."""
         import openai
 
-        from core.llm import RETRYABLE_STATUS, scrub_secrets
+        from core.llm import RETRYABLE_STATUS, api_error, scrub_secrets
 
-        secrets = (self.api_key,)
+        secrets = (self.api_key, self.base_url if "@" in (self.base_url or "") else None)
         for attempt in range(self.retry.max_attempts):
             last = attempt == self.retry.max_attempts - 1
             retry_after = None
@@ -285,10 +346,11 @@ class _EndpointSimulator(ABC):
                 return choices[0]
             except openai.APIStatusError as exc:
                 if (exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500) or last:
-                    detail = scrub_secrets(str(exc.message), secrets)
-                    raise LLMError(
-                        f"simulator {self.name}: HTTP {exc.status_code} after {attempt + 1} attempt(s): {detail}; "
-                        "check the model name, key and base URL, and that the server supports this method"
+                    raise api_error(
+                        f"simulator {self.name}: HTTP {exc.status_code} after {attempt + 1} attempt(s): "
+                        f"{exc.message}; check the model name, key and base URL, and that the server supports this "
+                        "method",
+                        secrets,
                     ) from None
                 header = exc.response.headers.get("retry-after") if exc.response is not None else None
                 retry_after = float(header) if header and header.replace(".", "", 1).isdigit() else None
@@ -300,12 +362,13 @@ class _EndpointSimulator(ABC):
                     ) from None
             except (ValueError, openai.APIResponseValidationError) as exc:
                 if last:
-                    raise SimulationFailure(f"the server's answer is not valid JSON ({exc})") from None
+                    detail = scrub_secrets(str(exc), secrets)
+                    raise SimulationFailure(f"the server's answer is not valid JSON ({detail})") from None
             time.sleep(self.retry.delay(attempt, retry_after))
         raise LLMError(f"simulator {self.name}: gave up after {self.retry.max_attempts} attempts")
 
     @abstractmethod
-    def _one(self, explanation: str, record: ActivationRecord) -> list[float]:
+    def _one(self, explanation: str, record: ActivationRecord) -> Reading:
         """Predictions for one record: one request, parsed; SimulationFailure when the answer is unusable."""
 
 
@@ -319,9 +382,9 @@ class CompletionsEchoSimulator(_EndpointSimulator):
 
     method: str = "completions_echo"
 
-    def _one(self, explanation: str, record: ActivationRecord) -> list[float]:
+    def _one(self, explanation: str, record: ActivationRecord) -> Reading:
         if not record.tokens:
-            return []
+            return Reading([])
         prompt, _offsets = completion_prompt(explanation, record, self.examples)
         choice = self._request(
             self.client.completions.create,
@@ -332,7 +395,9 @@ class CompletionsEchoSimulator(_EndpointSimulator):
             max_tokens=0,
             temperature=0,
         )
-        return predictions_from_echo(choice.get("logprobs") or {}, len(record.tokens), hidden_count(self.examples))
+        return predictions_from_echo(
+            choice.get("logprobs") or {}, len(record.tokens), hidden_count(self.examples), self.on_no_value
+        )
 
 
 @dataclass
@@ -342,9 +407,9 @@ class ChatSimulator(_EndpointSimulator):
 
     method: str = "chat_logprobs"
 
-    def _one(self, explanation: str, record: ActivationRecord) -> list[float]:
+    def _one(self, explanation: str, record: ActivationRecord) -> Reading:
         if not record.tokens:
-            return []
+            return Reading([])
         with_logprobs = self.method == "chat_logprobs"
         extra: dict[str, Any] = {"logprobs": True, "top_logprobs": self.top_logprobs} if with_logprobs else {}
         choice = self._request(
@@ -357,8 +422,8 @@ class ChatSimulator(_EndpointSimulator):
         )
         answer = (choice.get("message") or {}).get("content")
         if not with_logprobs:
-            return [float(line.value) for line in parse_chat_answer(answer, record.tokens)]
+            return Reading([float(line.value) for line in parse_chat_answer(answer, record.tokens)])
         content = (choice.get("logprobs") or {}).get("content")
         if not content:
             raise SimulationFailure("the server returned no logprobs; use the chat_parse method with this server")
-        return predictions_from_chat_logprobs(answer, content, record.tokens)
+        return predictions_from_chat_logprobs(answer, content, record.tokens, self.on_no_value)

@@ -1,6 +1,7 @@
-"""The local all-at-once simulator (SPEC.md §3): a transformers causal LM reads the whole prompt in one forward pass
-per excerpt, batched, with the few-shot prefix's key/value cache reused across neurons and "10" handled for
-tokenizers that write it as "1","0". Built by `core.simulate.get_simulator` for `hf:PATH`.
+"""The local all-at-once simulator (docs/METHOD.md §3): a transformers causal LM reads the whole prompt in one
+forward pass per excerpt, batched, with the few-shot prefix's key/value cache reused across neurons and "10" handled
+for tokenizers that write it as "1","0". Built by `core.simulate.get_simulator` for `hf:PATH`. The logits give every
+value's probability, so no position lacks a value here.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class EncodedExcerpt:
 
 
 class LocalAllAtOnceSimulator:
-    """All-at-once simulation with a local causal LM (SPEC.md §3): one forward pass per excerpt, batched.
+    """All-at-once simulation with a local causal LM (docs/METHOD.md §3): one forward pass per excerpt, batched.
 
     The prompt is built from pieces encoded one by one, so every slot is exactly the last position of a
     `token<TAB>` piece: no re-tokenising and searching. With `reuse_prefix` the key/value cache of system message

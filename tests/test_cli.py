@@ -19,7 +19,7 @@ WORDS = [" the", " cat", " sat", " on", " mat", " river", " red", ",", "."]
 
 
 def _neuron(index: int, seed: int) -> NeuronRecord:
-    """A neuron with SPEC.md §1's 20 top and 15 random records that fires on " cat"."""
+    """A neuron with docs/METHOD.md §1's 20 top and 15 random records that fires on " cat"."""
     rng = random.Random(seed)
 
     def record(peak: float) -> ActivationRecord:

@@ -4,6 +4,7 @@ test_puzzles.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -205,16 +206,35 @@ def test_calibration_is_fitted_on_the_calibration_split_and_applied_to_the_valid
     assert flat == pytest.approx([0.5 * a for r in neuron.split("valid") for a in r.activations])
 
 
-def test_a_negative_calibration_slope_changes_rsquared_but_not_the_correlation(db, stored) -> None:
+def test_a_negative_calibration_slope_flips_the_correlation_as_openai_does(db, stored) -> None:
     neuron = dbmod.get_neuron(db, MODEL, NeuronId(0, 1))
     simulator = SplitAware(neuron.split("calibration"), -1.0)
     valid = neuron.split("valid")
     plain = pipeline.simulate_and_score(simulator, "x", valid)
     calibrated = pipeline.simulate_and_score(simulator, "x", valid, neuron.split("calibration"))
     assert calibrated.calibration[0] == pytest.approx(-1.0)
-    assert calibrated.scores.score == pytest.approx(plain.scores.score) == pytest.approx(1.0)
+    assert plain.scores.score == pytest.approx(1.0)
+    # OpenAI reports the calibrated correlation: −raw under a negative slope; the raw one is kept beside it.
+    assert calibrated.scores.score == pytest.approx(-1.0) and calibrated.scores.raw_score == pytest.approx(1.0)
     assert calibrated.scores.rsquared == pytest.approx(-3.0)  # ŷ = −y: 1 − mean((2y)²)/mean(y²)
-    assert [e["score"] for e in calibrated.scores.per_excerpt] == [e["score"] for e in plain.scores.per_excerpt]
+    assert [e["score"] for e in calibrated.scores.per_excerpt] == [-e["score"] for e in plain.scores.per_excerpt]
+    assert [e["raw_score"] for e in calibrated.scores.per_excerpt] == [e["score"] for e in plain.scores.per_excerpt]
+
+
+def test_the_flipped_score_its_raw_correlation_and_the_no_value_count_are_stored(db, stored) -> None:
+    neuron = dbmod.get_neuron(db, MODEL, NeuronId(0, 1))
+
+    class Flipping(SplitAware):
+        def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
+            result = super().simulate(explanation, records)
+            return dataclasses.replace(result, no_value_count=3)
+
+    simulator = Flipping(neuron.split("calibration"), -1.0)
+    pipeline.score_explanations(
+        db, MODEL, simulator, neurons=[NeuronId(0, 1)], formats=["original"], calibrate=True, reference="none"
+    )
+    rows = db.conn.execute("SELECT score, raw_score, no_value_count FROM scores WHERE calibrated = 1").fetchall()
+    assert rows and all(row[0] == pytest.approx(-1.0) and row[1] == pytest.approx(1.0) and row[2] == 3 for row in rows)
 
 
 def test_short_splits_are_scored_with_a_warning_and_empty_ones_fail(db) -> None:

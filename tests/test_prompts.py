@@ -1,4 +1,5 @@
-"""Prompt formats (SPEC.md §2): golden files, cutoffs, few-shot loading, the paper's bugs, the `prompt` command.
+"""Prompt formats (docs/METHOD.md §2): exact renderings as the paper's code writes them, golden files, cutoffs,
+few-shot loading, the paper's bugs, the `prompt` command.
 
 Regenerate the golden files after an intended change with `UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_prompts.py`
 and review the diff.
@@ -21,8 +22,10 @@ from core.prompts import (
     DEFAULT_CUTOFF,
     FEW_SHOT_CUTOFF,
     FORMATS,
+    TASK_INSTRUCTION,
     Cutoff,
     FewShotExample,
+    FormatOptions,
     build_messages,
     clean_explanation,
     load_few_shot,
@@ -73,6 +76,93 @@ def test_golden_files(format_name: str) -> None:
     assert rendered == path.read_bytes().decode("utf-8")
 
 
+# --- exact renderings, written by hand from the paper's code (docs/METHOD.md §2) ---------------------------------
+
+# " New" " York" are adjacent marked tokens, and both occur twice; " show" is positive but under the cutoff (1.0),
+# " Boston" is under the cutoff but has a 0-10 value of 1 (M = 4.0), so only AVHS marks it.
+SMALL = (
+    ActivationRecord(
+        ("The", " New", " York", " show", " in", " New", " York", "."), (0, 3.0, 4.0, 0.5, -0.1, 2.5, 3.5, 0)
+    ),
+    ActivationRecord((" Boston", "."), (0.5, 0.0)),
+)
+
+
+def small_target(format_name: str, options: FormatOptions = FormatOptions()) -> str:
+    messages = build_messages(format_name, SMALL, few_shot=(), cutoff=Cutoff("absolute", 1.0), options=options)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    return messages[-1]["content"]
+
+
+HEAD = "\n\nNeuron 1\nActivations:"
+TAIL = "\nExplanation of neuron 1 behavior: the main thing this neuron does is find"
+
+
+def test_original_renders_as_the_papers_code() -> None:
+    assert small_target("original") == (
+        HEAD + "\n<start>\nThe\t0\n New\t7\n York\t10\n show\t1\n in\t0\n New\t6\n York\t8\n.\t0"
+        "\n<end>\n<start>\n Boston\t1\n.\t0\n<end>\n" + TAIL
+    )
+
+
+def test_summary_renders_as_the_papers_code() -> None:
+    # Every marked occurrence, in text order, the raw tokens joined by a bare comma; an empty list stays empty.
+    assert small_target("summary") == (
+        HEAD + "\n"
+        "\n Text excerpt - A:\n<start>The New York show in New York.<end> \n\nHighly activating tokens:\n"
+        " New, York, New, York\n"
+        "\n Text excerpt - B:\n<start> Boston.<end> \n\nHighly activating tokens:\n\n" + TAIL
+    )
+
+
+def test_highlight_renders_as_the_papers_code() -> None:
+    # Each marked token in its own brackets, its leading space inside them.
+    assert small_target("highlight") == (
+        HEAD + "\n"
+        "\n Text excerpt - A:\n<start>The[ New][ York] show in[ New][ York].<end> \n"
+        "\n Text excerpt - B:\n<start> Boston.<end> \n" + TAIL
+    )
+
+
+def test_highlight_summary_renders_as_the_papers_code() -> None:
+    assert small_target("highlight_summary") == (
+        HEAD + "\n"
+        "\n Text excerpt - A:\n<start>The[ New][ York] show in[ New][ York].<end> \n\nHighly activating tokens:\n"
+        " New, York, New, York\n"
+        "\n Text excerpt - B:\n<start> Boston.<end> \n\nHighly activating tokens:\n\n" + TAIL
+    )
+
+
+def test_avhs_renders_as_the_papers_code() -> None:
+    # Marked where the 0-10 value is positive; all token<TAB>n items of a record on one line, joined by a comma.
+    assert small_target("avhs") == (
+        HEAD + "\n"
+        "\n Text excerpt - A:\n<start>The[ New][ York][ show] in[ New][ York].<end> \n\nHighly activating tokens:\n"
+        " New\t7, York\t10, show\t1, New\t6, York\t8\n"
+        "\n Text excerpt - B:\n<start>[ Boston].<end> \n\nHighly activating tokens:\n Boston\t1\n" + TAIL
+    )
+
+
+def test_the_project_variants_are_options() -> None:
+    options = FormatOptions(distinct_lists=True, merge_spans=True)
+    assert " [New York] show in [New York].<end> " in small_target("highlight", options)
+    summary = small_target("summary", options)
+    assert "Highly activating tokens:\nNew,York\n" in summary  # each distinct token once, trimmed
+    assert "Highly activating tokens:\nNew\t7,York\t10,show\t1\n" in small_target("avhs", options)
+    # A comma token is quoted in a de-duplicated list, and kept raw by default as the paper does.
+    comma = [ActivationRecord(("a", ",", " b"), (0.0, 2.0, 0.0))]
+    quoted = build_messages("summary", comma, few_shot=(), cutoff=Cutoff("absolute", 1.0), options=options)
+    assert 'Highly activating tokens:\n","\n' in quoted[-1]["content"]
+    raw = build_messages("summary", comma, few_shot=(), cutoff=Cutoff("absolute", 1.0))
+    assert "Highly activating tokens:\n,\n" in raw[-1]["content"]
+
+
+def test_every_format_gives_the_same_task_instruction() -> None:
+    for fmt in FORMATS.values():
+        assert fmt.system_message.startswith(TASK_INSTRUCTION + "\n\n")
+        assert "Don't list examples of words." in fmt.system_message
+
+
 def test_registry_lists_the_five_formats_of_the_spec() -> None:
     assert list(FORMATS) == ["original", "summary", "highlight", "highlight_summary", "avhs"]
     for name, fmt in FORMATS.items():
@@ -115,7 +205,7 @@ def test_original_target_message_character_for_character() -> None:
 
 
 def test_original_writes_one_line_per_token_even_for_tabs_and_newlines() -> None:
-    # SPEC.md §2: `token<TAB>n`, one line per token; a raw "\n" or "\t" token would split or shift its line.
+    # docs/METHOD.md §2: `token<TAB>n`, one line per token; a raw "\n" or "\t" token would split or shift its line.
     tokens = ("\n", "a\tb", "\r\n", " x\x00", "日本", "\\n")
     record = ActivationRecord(tokens, (1.0, 2.0, 0.0, 0.0, 4.0, 0.0))
     content = build_messages("original", [record], few_shot=())[-1]["content"]
@@ -136,24 +226,24 @@ def test_original_repeats_only_under_twenty_percent_non_zero() -> None:
 
 def test_natural_formats_mark_tokens_above_the_threshold() -> None:
     summary = golden_messages("summary")[-1]["content"]
-    assert "Text excerpt - A:\n<start>The list [1] names New York twice. Then<end>\n\n" in summary
-    assert "Highly activating tokens: New, York\n\nText excerpt - B:\n<start>\nA, back\\slash" in summary
-    assert 'Highly activating tokens: ","\n' in summary  # a comma token is quoted in the comma list
+    assert " Text excerpt - A:\n<start>The list [1] names New York twice. Then<end> \n\n" in summary
+    assert "Highly activating tokens:\n New, York\n\n Text excerpt - B:\n<start>\nA, back\\slash" in summary
+    assert "Highly activating tokens:\n,\n" in summary  # a comma token is listed raw, as the paper does
     highlight = golden_messages("highlight")[-1]["content"]
-    assert "<start>The list \\[1\\] names [New York] twice. Then<end>" in highlight
+    assert "<start>The list \\[1\\] names[ New][ York] twice. Then<end>" in highlight
     assert "<start>\nA[,] back\\\\slash and more text here for the test<end>" in highlight
     avhs = golden_messages("avhs")[-1]["content"]
-    assert "Highly activating tokens:\nNew\t8\nYork\t10\n\nText excerpt - B:" in avhs
+    assert "Highly activating tokens:\n New\t8, York\t10\n\n Text excerpt - B:" in avhs
 
 
 def test_highlights_can_be_told_from_literal_brackets() -> None:
     record = ActivationRecord(("x", "[", "[", "y", "]", " z", "]"), (0.0, 0.0, 5.0, 5.0, 0.0, 5.0, 0.0))
     body = FORMATS["highlight"].body([record], [[0, 0, 10, 10, 0, 10, 0]], 1.0)
     text = body.split("<start>")[1].split("<end>")[0]
-    assert text == "x\\[[\\[y]\\] [z]\\]"
-    # Reading back: unescaped brackets delimit exactly the marked spans, and unescaping restores the text.
+    assert text == "x\\[[\\[][y]\\][ z]\\]"
+    # Reading back: unescaped brackets delimit exactly the marked tokens, and unescaping restores the text.
     spans = re.findall(r"(?<!\\)\[((?:\\.|[^\\\]])*)(?<!\\)\]", text)
-    assert spans == ["\\[y", "z"]
+    assert spans == ["\\[", "y", " z"]
     plain = re.sub(r"\\(.)", r"\1", re.sub(r"(?<!\\)[\[\]]", "", text))
     assert plain == "".join(record.tokens)
     assert "\\[" in FORMATS["highlight"].system_message
@@ -194,10 +284,11 @@ def test_all_negative_activations_normalise_to_zeros() -> None:
     assert "\n<start>\n a\t0\n b\t0\n c\t0\n<end>\n" in original
     # No value is non-zero (0% < 20%), so the zero-free repeat is an empty block, as in Bills et al.'s code.
     assert "Same activations, but with all zeros filtered out:\n<start>\n\n<end>\n" in original
+    # Nothing marked: the list line is empty, as in the paper (no placeholder).
     summary = build_messages("summary", [record], few_shot=(), cutoff=Cutoff("relative", 0.5))[-1]["content"]
-    assert "Highly activating tokens: (none)" in summary
+    assert "<start> a b c<end> \n\nHighly activating tokens:\n\n\nExplanation" in summary
     avhs = build_messages("avhs", [record], few_shot=())[-1]["content"]
-    assert "<start> a b c<end>\n\nHighly activating tokens:\n(none)" in avhs
+    assert "<start> a b c<end> \n\nHighly activating tokens:\n\n\nExplanation" in avhs
 
 
 def test_cutoff_modes() -> None:
@@ -214,8 +305,8 @@ def test_cutoff_modes() -> None:
         Cutoff("quantile", 0.95).threshold(TARGET, STATS)
     # The mode decides what is marked: an absolute 3.6 keeps York only.
     summary = build_messages("summary", TARGET, few_shot=(), cutoff=Cutoff("absolute", 3.6))[-1]["content"]
-    assert "Highly activating tokens: York\n" in summary
-    assert "Highly activating tokens: (none)\n" in summary
+    assert "Highly activating tokens:\n York\n" in summary
+    assert "Highly activating tokens:\n\n" in summary
 
 
 def test_cutoff_parse_validates_input() -> None:
@@ -245,10 +336,10 @@ def test_few_shot_examples_use_their_own_cutoff_whatever_the_target_uses() -> No
     assert len(set(few_shot_parts.values())) == 1
     # FEW_SHOT_CUTOFF is relative 0.5: with M = 3.0 the threshold is 1.5, so " fell" (2.0) and " storm" (3.0).
     assert Cutoff("relative", 0.5) == FEW_SHOT_CUTOFF
-    assert "Highly activating tokens: fell\n" in next(iter(few_shot_parts.values()))
+    assert "Highly activating tokens:\n fell\n" in next(iter(few_shot_parts.values()))
     own = (FewShotExample(FEW_SHOT[0].records, "rain", Cutoff("absolute", 0.4)),)
     content = build_messages("summary", TARGET, few_shot=own, stats=STATS)[1]["content"]
-    assert "Highly activating tokens: Rain, fell, night\n" in content
+    assert "Highly activating tokens:\nRain, fell, night\n" in content
 
 
 def test_formats_without_a_cutoff_need_no_stats() -> None:
@@ -261,14 +352,22 @@ def test_formats_without_a_cutoff_need_no_stats() -> None:
         build_messages("summary", [], few_shot=(), stats=STATS)
 
 
-def test_bundled_few_shot_examples() -> None:
+def test_bundled_few_shot_examples_have_the_papers_shape() -> None:
+    # docs/METHOD.md §2: 3 neurons of 2 records, 146 subject tokens as in the paper's set, the paper's few-shot
+    # cutoff (a raw 1.0), original's zero-free repeat for the two sparse neurons only.
     examples = load_few_shot(None)
     assert len(examples) == 3
     for example in examples:
         assert len(example.records) == 2 and example.explanation and not example.explanation.endswith(".")
+        assert example.cutoff == Cutoff("absolute", 1.0)
         for record in example.records:
-            assert 20 <= len(record.tokens) <= 40
+            assert 10 <= len(record.tokens) <= 40
+    assert sum(len(r.tokens) for ex in examples for r in ex.records) == 146
     assert any(a < 0 for ex in examples for r in ex.records for a in r.activations)
+    repeats = [
+        "Same activations" in m["content"] for m in build_messages("original", TARGET)[1:-1] if m["role"] == "user"
+    ]
+    assert repeats == [True, True, False]
     assert load_few_shot("none") == () and load_few_shot("None") == ()
 
 
@@ -366,7 +465,7 @@ def test_cli_prompt_with_stats_and_no_few_shot(tmp_path: Path, capsys: pytest.Ca
     assert main(["prompt", "--format", "highlight", "--records", records, "--stats", stats, "--few-shot", "none"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [m["role"] for m in out["messages"]] == ["system", "user"]
-    assert "[New York]" in out["messages"][1]["content"]
+    assert "[ New][ York]" in out["messages"][1]["content"]
     assert out["cutoff"] == {"mode": "quantile", "value": 0.99, "threshold": 2.0}
 
 

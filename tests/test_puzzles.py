@@ -1,5 +1,5 @@
 """Neuron puzzles: our own file, the reference file by path, malformed files, the two reports, and running them
-(explain, store, score) through the library and the `puzzles` command (SPEC.md §4)."""
+(explain, store, score) through the library and the `puzzles` command (docs/METHOD.md §4)."""
 
 from __future__ import annotations
 

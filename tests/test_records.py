@@ -1,4 +1,4 @@
-"""Domain data (core/records.py, SPEC.md §1): normalisation, the split table, short splits, the top-record order and
+"""Domain data (core/records.py, METHOD.md §1): normalisation, the split table, short splits, the top-record order and
 JSON round trips."""
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_short_splits_hold_only_the_indices_that_exist() -> None:
 
 
 def test_top_records_are_kept_sorted_by_max_activation() -> None:
-    # Splits index into the sorted top list (SPEC.md §1), so an unsorted input must not shift them.
+    # Splits index into the sorted top list (docs/METHOD.md §1), so an unsorted input must not shift them.
     unsorted = (_record(1.0, "low"), _record(9.0, "high"), _record(5.0, "mid"), _record(5.0, "mid2"))
     neuron = NeuronRecord("m", NeuronId(0, 1), unsorted, [_record(0.1)], STATS)
     assert [r.tokens[0].strip() for r in neuron.top] == ["high", "mid", "mid2", "low"]  # stable for ties

@@ -1,4 +1,4 @@
-"""Scoring formulas, calibration and per-format statistics (SPEC.md §3–§4)."""
+"""Scoring formulas, calibration and per-format statistics (docs/METHOD.md §3–§4)."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_calibration_recovers_slope_and_intercept():
     calibrated = scoring.apply_calibration(predictions, a, b)
     assert predictions == original  # not mutated
     before, after = scoring.score_records(noisy, predictions), scoring.score_records(noisy, calibrated)
-    # SPEC.md §3: calibration changes R² but not correlation.
+    # docs/METHOD.md §3: a positive linear calibration changes R² but not correlation.
     assert after.score == pytest.approx(before.score)
     assert after.rsquared > 0.9 > before.rsquared
 
@@ -135,18 +135,32 @@ def test_calibration_of_constant_predictions_is_the_mean():
     assert scoring.fit_calibration([record(1, 3), record(5, 7)], [[2, 2], [2, 2]]) == (0.0, pytest.approx(4.0))
 
 
-@pytest.mark.parametrize(("a", "b"), [(0.5, 1.0), (-2.0, 3.0), (0.0, 1.5)])
-def test_calibrated_scores_keep_the_correlation_of_the_evs(a: float, b: float):
-    # A slope fitted on the calibration split may be ≤ 0 on the valid one: the correlation must not flip or vanish.
+@pytest.mark.parametrize(("a", "b", "sign"), [(0.5, 1.0, 1), (-2.0, 3.0, -1), (0.0, 1.5, 1)])
+def test_calibrated_scores_follow_the_slope_as_openai_does(a: float, b: float, sign: int):
+    # docs/METHOD.md §3: the calibrated score is the correlation of a·EV + b, so a negative slope flips it, as in
+    # OpenAI's code; a zero slope would erase it, and then the raw correlation is kept. The raw one stays beside it.
     records = [record(0, 4, 1, 0), record(2, 0, 0, 6)]
     evs = [[0.5, 3.0, 2.0, 0.0], [1.0, 0.5, 0.0, 5.0]]
     calibrated = scoring.apply_calibration(evs, a, b)
     plain, fitted = scoring.score_records(records, evs), scoring.score_records(records, calibrated)
-    scores = scoring.score_calibrated(records, evs, calibrated)
-    assert scores.score == pytest.approx(plain.score) and plain.score > 0.8
-    assert (scores.rsquared, scores.absdev) == (fitted.rsquared, fitted.absdev)
-    assert [item["score"] for item in scores.per_excerpt] == [item["score"] for item in plain.per_excerpt]
-    assert [item["rsquared"] for item in scores.per_excerpt] == [item["rsquared"] for item in fitted.per_excerpt]
+    for slope in (None, a):  # the slope given, or read back from the two prediction sets
+        scores = scoring.score_calibrated(records, evs, calibrated, slope=slope)
+        assert scores.score == pytest.approx(sign * plain.score) and plain.score > 0.8
+        assert scores.raw_score == plain.score
+        if a != 0:
+            assert scores.score == pytest.approx(fitted.score)  # what OpenAI's calibrated simulator reports
+        assert (scores.rsquared, scores.absdev) == (fitted.rsquared, fitted.absdev)
+        assert [item["score"] for item in scores.per_excerpt] == pytest.approx(
+            [sign * item["score"] for item in plain.per_excerpt]
+        )
+        assert [item["raw_score"] for item in scores.per_excerpt] == [item["score"] for item in plain.per_excerpt]
+        assert [item["rsquared"] for item in scores.per_excerpt] == [i["rsquared"] for i in fitted.per_excerpt]
+    assert scoring.Scores.from_json(scores.to_json()) == scores
+
+
+def test_uncalibrated_scores_have_no_raw_score():
+    scores = scoring.score_records([record(0, 4, 1)], [[0.0, 3.0, 1.0]])
+    assert scores.raw_score is None and scores.to_json()["raw_score"] is None
 
 
 # --- statistics --------------------------------------------------------------------------------------------------

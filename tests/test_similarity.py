@@ -1,14 +1,16 @@
-"""Explanation similarity (core/similarity.py, SPEC.md §4): the real all-MiniLM-L6-v2, the embedder registry and an
+"""Explanation similarity (core/similarity.py, METHOD.md §4): the real all-MiniLM-L6-v2, the embedder registry and an
 OpenAI-compatible embeddings endpoint on the fake server."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 
 from core import similarity
 from core.errors import InputError, LLMError
-from tests.fake_openai import FakeOpenAIServer
+from tests.fake_openai import CUSTOM_SHAPED_KEY, FakeOpenAIServer, everything_shown
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +110,24 @@ def test_openai_embedder_without_key_says_what_to_set(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(LLMError, match="OPENAI_API_KEY is not set"):
         similarity.similarity("a", "b", "openai:text-embedding-3-small")
+
+
+def test_a_key_of_any_shape_quoted_back_is_never_shown_by_the_embedder(monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer(require_key="the-key-the-server-wants") as server:  # answers 401, quoting the key it got
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", CUSTOM_SHAPED_KEY)
+        with pytest.raises(
+            LLMError, match=r"text-embedding-fake failed: .*Incorrect API key provided: \*\*\*"
+        ) as caught:
+            similarity.similarity("cats", "dogs", "openai:text-embedding-fake")
+    logging.getLogger("test").info("shown to the user: %s", caught.value, exc_info=caught.value)  # as the app logs it
+    assert CUSTOM_SHAPED_KEY not in everything_shown(caught.value) + caplog.text
+
+
+def test_a_similarity_is_named_by_its_embedder():
+    # docs/METHOD.md §4: the paper's measure used ada-002; ours is named for the embedder that made it.
+    assert similarity.similarity_label("minilm") == "cos·MiniLM"
+    assert similarity.similarity_label() == "cos·MiniLM"
+    assert similarity.similarity_label("openai:text-embedding-3-small") == "cos·text-embedding-3-small"
+    assert "AdaCS" not in (similarity.__doc__ or "")

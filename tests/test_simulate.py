@@ -9,6 +9,7 @@ import pytest
 
 from core.errors import InputError
 from core.simulate import (
+    IMPORTED_METHOD,
     SIMULATORS,
     UNKNOWN,
     SimulationResult,
@@ -19,6 +20,7 @@ from core.simulate import (
     get_simulator,
     hidden_count,
     load_few_shot,
+    method_note,
     value_probabilities,
 )
 from tests.simulation_records import TRICKY, sample_records
@@ -96,3 +98,13 @@ def test_check_alignment_turns_a_wrong_shape_into_a_failure() -> None:
     assert not failed.ok and "record 1" in failed.error and failed.predictions is None
     nan = check_alignment(SimulationResult("x", "m", ((math.nan,) * 7, (1.0, 2.0))), records)
     assert not nan.ok and "finite" in nan.error
+
+
+def test_every_method_says_whether_it_is_the_papers() -> None:
+    # docs/METHOD.md §3: only the all-at-once prompt (local, or echoed by a /completions server) is the paper's.
+    assert [m for m, kind in SIMULATORS.items() if kind.all_at_once] == ["all_at_once", "completions_echo"]
+    assert method_note("all_at_once") == "all_at_once: the paper's all-at-once method"
+    assert "not the paper's all-at-once method" in method_note("chat_logprobs")
+    assert "not the paper's" in method_note("chat_parse")
+    assert method_note(IMPORTED_METHOD) == "imported: published scores, not computed here"
+    assert SimulationResult("x", "m", ((1.0,),)).no_value_count == 0

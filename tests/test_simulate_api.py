@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +20,14 @@ from core.errors import InputError, LLMError
 from core.llm import RetryPolicy
 from core.records import ActivationRecord
 from core.simulate import UNKNOWN, VALUE_STRINGS, completion_prompt, escape_token, get_simulator, load_few_shot
-from core.simulate_api import ChatSimulator, CompletionsEchoSimulator, parse_chat_answer
-from tests.fake_openai import FakeOpenAIServer, _Handler
+from core.simulate_api import (
+    ChatSimulator,
+    CompletionsEchoSimulator,
+    parse_chat_answer,
+    predictions_from_chat_logprobs,
+    predictions_from_echo,
+)
+from tests.fake_openai import CUSTOM_SHAPED_KEY, FakeOpenAIServer, _Handler, everything_shown
 from tests.simulation_records import sample_records
 
 NO_RETRY_WAIT = RetryPolicy(max_attempts=3, backoff_s=0.0, max_backoff_s=0.0)
@@ -74,6 +84,66 @@ def test_echo_predictions_equal_evs_from_the_returned_logprobs(fake_openai) -> N
             weights = {int(k): math.exp(v) for k, v in top.items() if k in VALUE_STRINGS}
             by_hand.append(sum(v * w for v, w in weights.items()) / sum(weights.values()))
         assert list(predicted) == pytest.approx(by_hand)
+
+
+def _with_last_slots(handler, replacements: list[dict[str, float]]):
+    """`handler`, with the top logprobs of the target's last slots (tab, then "unknown") replaced, in order."""
+
+    def wrapped(request: dict[str, Any]) -> dict[str, Any]:
+        response = handler(request)
+        logprobs = response["choices"][0]["logprobs"]
+        tokens, tops = logprobs["tokens"], logprobs["top_logprobs"]
+        places = [i for i in range(1, len(tokens)) if tokens[i - 1] == "\t" and tokens[i] == UNKNOWN]
+        for index, top in zip(places[-len(replacements) :], replacements, strict=True):
+            tops[index] = top
+        return response
+
+    return wrapped
+
+
+def test_echo_reads_only_bare_digits_and_a_slot_without_any_is_zero_as_openai_does(fake_openai) -> None:
+    # docs/METHOD.md §3: " 7" (a digit after a space) is another token and is ignored, as in OpenAI's simulator; a
+    # slot with no value "0".."10" among its top logprobs is read as EV 0 and counted.
+    spaced = {" 7": math.log(0.8), "3": math.log(0.1), " the": math.log(0.1)}
+    nothing = {" 7": math.log(0.6), UNKNOWN: math.log(0.3), " the": math.log(0.1)}
+    fake_openai.completions_handler = _with_last_slots(_echo_handler({}), [spaced, nothing])
+    record = ActivationRecord((" Monday", ",", " Tuesday"), (3.0, 0.0, 2.0))
+    simulator = get_simulator("openai:served-model", method="completions_echo", base_url=fake_openai.base_url)
+    result = simulator.simulate("days", [record])
+    assert result.ok, result.error
+    assert list(result.predictions[0][1:]) == [3.0, 0.0]
+    assert result.no_value_count == 1 and result.to_json()["no_value_count"] == 1
+    # The failure path stays as an option.
+    strict = CompletionsEchoSimulator("served-model", base_url=fake_openai.base_url, on_no_value="fail")
+    failed = strict.simulate("days", [record])
+    assert not failed.ok and "token 3: no value 0..10 among the top logprobs" in failed.error
+    with pytest.raises(InputError, match="on_no_value 'guess' is unknown"):
+        CompletionsEchoSimulator("served-model", base_url=fake_openai.base_url, on_no_value="guess")
+
+
+def test_echo_reading_counts_missing_values() -> None:
+    tokens = ["a", "\t", UNKNOWN, "\n", "b", "\t", UNKNOWN, "\n"]
+    tops = [None, {"x": -1.0}, {"2": math.log(0.5), "4": math.log(0.5)}, {}, {}, {}, {" 9": -0.1}, {}]
+    reading = predictions_from_echo({"tokens": tokens, "top_logprobs": tops}, n_slots=2, n_hidden=0)
+    assert reading.predictions == [pytest.approx(3.0), 0.0] and reading.no_value_count == 1
+    with pytest.raises(Exception, match="token 2: no value"):
+        predictions_from_echo({"tokens": tokens, "top_logprobs": tops}, 2, 0, on_no_value="fail")
+
+
+def test_chat_logprobs_without_a_value_among_the_alternatives_reads_zero() -> None:
+    answer = "<start>\na\t3\nb\t5\n<end>"
+    content = [
+        {"token": "<start>\na\t", "logprob": 0.0, "top_logprobs": []},
+        {"token": "3", "logprob": 0.0, "top_logprobs": [{"token": "3", "logprob": math.log(0.5)},
+                                                        {"token": "4", "logprob": math.log(0.5)}]},
+        {"token": "\nb\t", "logprob": 0.0, "top_logprobs": []},
+        {"token": "5", "logprob": 0.0, "top_logprobs": [{"token": "x", "logprob": -0.1}]},
+        {"token": "\n<end>", "logprob": 0.0, "top_logprobs": []},
+    ]  # fmt: skip
+    reading = predictions_from_chat_logprobs(answer, content, ["a", "b"])
+    assert reading.predictions == [pytest.approx(3.5), 0.0] and reading.no_value_count == 1
+    with pytest.raises(Exception, match="token 2: no value"):
+        predictions_from_chat_logprobs(answer, content, ["a", "b"], on_no_value="fail")
 
 
 def test_echo_from_a_tokenizer_that_merges_tab_and_word_fails_with_a_reason(fake_openai) -> None:
@@ -273,3 +343,29 @@ def test_endpoint_simulators_are_timed(fake_openai) -> None:
     start = time.perf_counter()
     result = simulator.simulate("cats", sample_records()[1:3])
     assert result.ok and 0 < result.seconds <= time.perf_counter() - start
+
+
+def test_a_key_of_any_shape_quoted_back_is_never_shown_by_the_completions_simulator(
+    fake_openai, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", CUSTOM_SHAPED_KEY)
+    fake_openai.require_key = "the-key-the-server-wants"  # every request is answered 401, quoting the key it got
+    simulator = get_simulator(
+        "openai:served-model", method="completions_echo", base_url=fake_openai.base_url, retry=NO_RETRY_WAIT
+    )
+    with pytest.raises(LLMError, match=r"HTTP 401 .*Incorrect API key provided: \*\*\*") as caught:
+        simulator.simulate("cats", sample_records()[1:2])
+    assert CUSTOM_SHAPED_KEY not in everything_shown(caught.value)
+
+    # The command line, in its own process, with -v: the error line and every debug log and traceback on stderr.
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps({"records": [record.to_json() for record in sample_records()[1:2]]}))
+    argv = ["-v", "simulate", "--explanation", "cats", "--records", str(records), "--simulator", "openai:served",
+            "--method", "completions_echo", "--db", str(tmp_path / "t.db")]  # fmt: skip
+    env = {**os.environ, "OPENAI_API_KEY": CUSTOM_SHAPED_KEY, "OPENAI_BASE_URL": fake_openai.base_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "core", *argv], cwd=Path(__file__).resolve().parent.parent, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "error: simulator openai:served: HTTP 401" in result.stderr
+    assert CUSTOM_SHAPED_KEY not in result.stdout + result.stderr
