@@ -188,3 +188,27 @@ def test_rater_add_asks_twice_on_a_terminal(db_path: Path, capsys, monkeypatch: 
     assert main(["rater", "add", "--name", "gus", "--admin", "--db", str(db_path)]) == 0
     assert json.loads(capsys.readouterr().out)["role"] == "admin"
     assert len(prompts) == 4 and prompts[0] == "access code for gus: " and not answers
+
+
+def test_the_sign_in_form_says_how_long_to_wait_and_a_new_tab_does_not_reset_it(app_db, monkeypatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from core import dashboard
+    from tests.test_app import errors, run, sign_in, write_default_data, write_study
+
+    monkeypatch.setattr(raters, "SCRYPT_PARAMS", {"n": 2**14, "r": 8, "p": 1})  # fast hashes: this is about the form
+    write_default_data(app_db)
+    write_study(app_db)  # the Rate page asks for a sign-in once a study exists
+    raters.add_rater(app_db, "ann", "the-right-code")
+    # Twelve wrong codes over the last few minutes, each after the wait the one before it asked for: the next try
+    # must wait 2^7 = 128 s after the last.
+    moment = datetime.now(UTC) - timedelta(seconds=200)
+    for failures in range(12):
+        with pytest.raises(InputError, match="wrong access code"):
+            raters.authenticate(app_db, "ann", "a-wrong-code", now=moment)
+        moment += timedelta(seconds=raters.wait_after(failures + 1, raters.NAME_FAILURES_ALLOWED) + 0.1)
+    at = sign_in(run("rate"), "ann", "the-right-code")  # even the right code waits
+    assert any("too many failed sign-ins for this name; try again in" in error for error in errors(at))
+    assert dashboard.RATER_KEY not in at.session_state
+    fresh = sign_in(run("rate"), "ann", "the-right-code")  # another tab is a new session, with the same wait
+    assert any("too many failed sign-ins" in error for error in errors(fresh))
