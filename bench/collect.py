@@ -2,18 +2,27 @@
 
     .venv/bin/python bench/collect.py                       # the default MiniLM on CPU, real corpus
     .venv/bin/python bench/collect.py --config gpt2-xl --device cuda --dtype bf16   # random GPT-2 XL, all 307,200
+    .venv/bin/python bench/collect.py --nproc 2             # torchrun: 2 processes against 1, the real CLI
 
 Tokenisation is done once up front and shared, so both sides time only the model and, for collection, the hooks and
 all tracking (top-k with per-token activations, random sample, moments, quantile sample). Repetitions alternate
 bare/collect to spread machine noise evenly; the medians and their ratio are printed.
+
+With --nproc N, the real command `torchrun --nproc-per-node K -m core collect --json` runs for K = 1 and K = N in
+turn (fresh database each time) and the speed-up of N processes over 1 is printed, for the pass alone (tokens/s from
+the report, the slowest rank's pass) and end to end (wall clock, model loading and database writes included).
+One process uses every core (torch's threads); torchrun gives each of N > 1 processes one thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.activations import CollectOptions, stream_pass
 from core.corpus import batched, load_corpus, special_token_layout, token_excerpts
 from core.models import ARCHITECTURES, SubjectModel, load_subject_model, torch_dtype
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def random_gpt2_xl(device: str, dtype: str) -> SubjectModel:
@@ -62,11 +73,7 @@ def tracked_forward(subject: SubjectModel, batches: list[list[list[int]]], optio
         result = stream_pass(subject, list(range(subject.n_layers)), iter(batches), options, Path(spill))
         sync(subject.device)
         seconds = time.perf_counter() - started
-    state_bytes = sum(
-        t.numel() * t.element_size() for tr in result.trackers.values() for t in vars(tr).values()
-        if isinstance(t, torch.Tensor)
-    )  # fmt: skip
-    tracked_forward.state_bytes = state_bytes  # type: ignore[attr-defined]
+    tracked_forward.state_bytes = sum(t.nbytes() for t in result.trackers.values())  # type: ignore[attr-defined]
     return seconds
 
 
@@ -79,7 +86,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--nproc", type=int, default=None, help="compare N processes under torchrun with 1")
     args = parser.parse_args()
+    if args.nproc:
+        compare_processes(args)
+        return
 
     options = CollectOptions(max_tokens=args.tokens, batch_size=args.batch_size)
     if args.config:
@@ -118,6 +129,54 @@ def main() -> None:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     with contextlib.suppress(Exception):
         print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+def torchrun_collect(nproc: int, args: argparse.Namespace, folder: Path, run: int) -> tuple[float, dict]:
+    """One real `torchrun … -m core collect --json` into a fresh database: (wall seconds, its report)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               "-m", "core", "collect", "--db", str(folder / f"{nproc}-{run}.db"), "--model", args.model,
+               "--corpus", "default", "--max-tokens", str(args.tokens), "--batch-size", str(args.batch_size),
+               "--device", args.device, "--json"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"torchrun with {nproc} processes failed:\n{done.stderr[-3000:]}")
+    return seconds, json.loads(done.stdout)
+
+
+def compare_processes(args: argparse.Namespace) -> None:
+    counts = (1, args.nproc)
+    walls: dict[int, list[float]] = {n: [] for n in counts}
+    passes: dict[int, list[float]] = {n: [] for n in counts}
+    reports: dict[int, dict] = {}
+    print(f"model {args.model}, {args.tokens:,} tokens, batch {args.batch_size}, {os.cpu_count()} cores, {args.device}")
+    with tempfile.TemporaryDirectory() as folder:
+        for run in range(args.repeats):
+            for nproc in counts:  # alternate, to spread machine noise over both
+                wall, report = torchrun_collect(nproc, args, Path(folder), run)
+                walls[nproc].append(wall)
+                passes[nproc].append(report["tokens_per_second"])
+                reports[nproc] = report
+    for nproc in counts:
+        report = reports[nproc]
+        per_rank = ", ".join(f"{t:,.0f}" for t in report["tokens_per_second_per_rank"])
+        peaks = ", ".join(f"{b / 2**20:,.0f}" for b in report["peak_memory_bytes_per_rank"])
+        print(
+            f"{nproc} process(es): pass median {statistics.median(passes[nproc]):>8,.0f} tokens/s"
+            f" (per rank {per_rank}), wall median {statistics.median(walls[nproc]):6.1f}s,"
+            f" merge {report['merge_seconds']:.2f}s, tokens per rank {report['tokens_per_rank']}, peak MiB {peaks}"
+        )
+    many, one = args.nproc, 1
+    pass_ratios = [round(m / o, 2) for m, o in zip(passes[many], passes[one], strict=True)]
+    wall_ratios = [round(o / m, 2) for m, o in zip(walls[many], walls[one], strict=True)]
+    pass_speedup = statistics.median(passes[many]) / statistics.median(passes[one])
+    wall_speedup = statistics.median(walls[one]) / statistics.median(walls[many])
+    print(
+        f"speed-up of {many} processes over 1: pass {pass_speedup:.2f}× (each run: {pass_ratios}),"
+        f" end to end {wall_speedup:.2f}× (each run: {wall_ratios})"
+    )
 
 
 if __name__ == "__main__":

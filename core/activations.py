@@ -1,17 +1,23 @@
 """Collection: one streaming pass over the corpus that tracks, for every neuron of the chosen layers at once,
 the top-k excerpts by per-excerpt max, a random sample of excerpts, running mean/variance/max and quantiles.
 
-Design (SPEC.md §1):
+Design (docs/METHOD.md §1):
 - Hooks read the input of each layer's MLP output projection, all neurons of a layer as one [batch, tokens, neurons]
-  tensor, and all tracking is vectorised on the model's device.
+  tensor, and all tracking is vectorised on the device where that layer runs (several devices under --device-map).
 - The per-token activations of the current top-k and random excerpts are kept on the device next to their values,
   so no second forward pass is needed: a batch excerpt that enters a neuron's top-k has its activations copied into
   the slot it frees. The copies cost O(replacements), which after the first batches is a small fraction of neurons.
+  Top-k is by per-excerpt max, ties broken by excerpt index (the earlier excerpt wins), so the result is one
+  well-defined set however the corpus is split.
 - Memory is bounded independently of corpus size: O(neurons × (top_k + random_k) × excerpt_len) for records, plus
-  O(neurons × quantile_sample) for quantiles. Excerpt token ids are spilled to a temporary file, 4 bytes a token.
-- Quantiles of the per-excerpt max are exact while the corpus has at most `quantile_sample` excerpts; beyond that
-  they are computed from a uniform reservoir sample of that many excerpts (Algorithm R), the same excerpts for every
-  neuron. The max, mean and variance are always exact.
+  O(neurons × quantile_sample) for quantiles. Excerpt token ids are spilled to a temporary file, 4 bytes a token,
+  in a folder next to the database that the next run removes if this one is killed.
+- The random records and the quantile sample are bottom-k samples: the excerpts with the smallest hash keys of their
+  index (`core.distributed.KeyedSample`), a uniform sample without replacement, the same excerpts for every neuron.
+  Quantiles of the per-excerpt max are exact while the corpus has at most `quantile_sample` excerpts, and computed
+  from that sample beyond. The max, mean and variance are always exact.
+- Under torchrun each rank forwards its own shard of batches and the states are merged exactly on rank 0
+  (`core.distributed`), which alone writes the database.
 - Layers are written one transaction each, together with their "finished" mark, so a killed run never leaves a
   half-written layer, and a rerun skips finished layers.
 """
@@ -19,7 +25,11 @@ Design (SPEC.md §1):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import glob
 import logging
+import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -35,6 +45,17 @@ import torch
 from core import config
 from core import db as dbmod
 from core.corpus import Corpus, batched, load_corpus, special_token_layout, token_excerpts, token_strings
+from core.distributed import (
+    SINGLE,
+    Group,
+    KeyedSample,
+    LayerState,
+    World,
+    merge_pass,
+    process_group,
+    rank_device,
+    select_top,
+)
 from core.errors import InputError, WorkbenchError
 from core.models import SubjectModel, load_subject_model
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
@@ -43,10 +64,12 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
 
+RANDOM_STREAM, QUANTILE_STREAM = 0, 1  # the two samples' hash streams: independent draws from one seed
+
 
 @dataclass(frozen=True)
 class CollectOptions:
-    """Parameters of one collection run; all but batching and device identify the run for resuming."""
+    """Parameters of one collection run; all but batching and placement identify the run for resuming."""
 
     max_tokens: int = config.DEFAULT_MAX_TOKENS
     excerpt_len: int = config.DEFAULT_EXCERPT_LEN
@@ -57,6 +80,7 @@ class CollectOptions:
     quantile_sample: int = config.DEFAULT_QUANTILE_SAMPLE
     device: str | None = None
     dtype: str | None = None
+    device_map: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "excerpt_len", "top_k", "random_k", "batch_size", "quantile_sample"):
@@ -66,42 +90,19 @@ class CollectOptions:
             raise InputError(f"max-tokens ({self.max_tokens}) is smaller than one excerpt ({self.excerpt_len} tokens)")
 
 
+_PLACEMENT = ("batch_size", "device", "dtype", "device_map")  # options that do not change what is collected
+
+
 class _StopForward(Exception):
     """Raised by the hook of the last layer we need, so that later layers are not computed."""
 
 
-@dataclass
-class _Reservoir:
-    """Algorithm R over excerpt indices: which slot (if any) each new excerpt takes. Shared by all layers."""
-
-    size: int
-    rng: np.random.Generator
-    seen: int = 0
-    members: list[int] = field(default_factory=list)
-
-    def offer(self, count: int) -> list[tuple[int, int]]:
-        """Offer the next `count` excerpts; returns (position in batch, slot) for each one kept."""
-        taken: dict[int, int] = {}
-        for position in range(count):
-            index = self.seen + position
-            if index < self.size:
-                slot = index
-                self.members.append(index)
-            else:
-                slot = int(self.rng.integers(0, index + 1))
-                if slot >= self.size:
-                    continue
-                self.members[slot] = index
-            taken[slot] = position  # a later excerpt in the same batch may take the same slot again
-        self.seen += count
-        return [(position, slot) for slot, position in taken.items()]
-
-
 class _LayerTracker:
-    """Running per-neuron state for one layer, on the model's device."""
+    """Running per-neuron state for one layer, on the device where the layer runs."""
 
     def __init__(self, n_neurons: int, options: CollectOptions, device: torch.device) -> None:
         k, length = options.top_k, options.excerpt_len
+        self.device = torch.device(device)
         self.top_values = torch.full((n_neurons, k), float("-inf"), device=device)
         self.top_excerpts = torch.full((n_neurons, k), -1, dtype=torch.long, device=device)
         self.top_activations = torch.zeros((n_neurons, k, length), device=device)
@@ -112,6 +113,9 @@ class _LayerTracker:
         self.shifted_sum = torch.zeros(n_neurons, dtype=torch.float64, device=device)
         self.shifted_sum_sq = torch.zeros(n_neurons, dtype=torch.float64, device=device)
         self.max = torch.full((n_neurons,), float("-inf"), device=device)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
 
     def update(
         self,
@@ -144,7 +148,8 @@ class _LayerTracker:
     def _update_top(self, activations: torch.Tensor, batch_max: torch.Tensor, excerpt_ids: torch.Tensor) -> None:
         k = self.top_values.shape[1]
         candidates = torch.cat([self.top_values, batch_max], dim=1)  # [neurons, k + batch]
-        chosen = candidates.topk(k, dim=1).indices
+        candidate_excerpts = torch.cat([self.top_excerpts, excerpt_ids.expand(len(candidates), -1)], dim=1)
+        chosen = select_top(candidates, candidate_excerpts, k)
         kept = torch.zeros_like(candidates, dtype=torch.bool).scatter_(1, chosen, True)
         entering = kept[:, k:]
         # Slots freed and excerpts entering are equal in number for each neuron, and nonzero() lists both in
@@ -157,22 +162,38 @@ class _LayerTracker:
         self.top_excerpts[neurons_out, slots] = excerpt_ids[positions]
         self.top_activations[neurons_out, slots] = activations[positions, :, neurons_in]
 
-    def stats(self, quantile_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, variance, max, quantiles [levels, neurons]) as numpy arrays."""
-        sample = self.sample_max[:quantile_rows].double()
-        levels = torch.tensor(config.QUANTILES, dtype=torch.float64, device=sample.device)
-        # numpy's default ("linear") interpolation, so the result matches np.quantile on the same values.
-        quantiles = torch.quantile(sample, levels, dim=0) if quantile_rows else torch.full_like(levels, float("nan"))
-        count = max(self.count, 1)
-        shifted_mean = self.shifted_sum / count
-        variance = (self.shifted_sum_sq / count - shifted_mean.square()).clamp_min(0)
-        shift = self.shift.double() if self.shift is not None else torch.zeros_like(shifted_mean)
-        return (
-            (shifted_mean + shift).cpu().numpy(),
-            variance.cpu().numpy(),
-            self.max.cpu().numpy(),
-            np.atleast_2d(quantiles.cpu().numpy()),
+    def state(self, random_slots: Sequence[int], sample_slots: Sequence[int]) -> LayerState:
+        """This process's state, with the sample rows in `random_slots` and `sample_slots`, in that order."""
+        count = self.count
+        if count:
+            shifted_mean = self.shifted_sum / count
+            shift = self.shift.double() if self.shift is not None else torch.zeros_like(shifted_mean)
+            mean = shifted_mean + shift
+            m2 = (self.shifted_sum_sq - self.shifted_sum * shifted_mean).clamp_min(0)
+        else:
+            mean, m2 = torch.zeros_like(self.shifted_sum), torch.zeros_like(self.shifted_sum)
+        rows = torch.tensor(list(random_slots), dtype=torch.long, device=self.device)
+        sample_rows = torch.tensor(list(sample_slots), dtype=torch.long, device=self.device)
+        return LayerState(
+            count=count,
+            mean=mean,
+            m2=m2,
+            max=self.max,
+            top_values=self.top_values,
+            top_excerpts=self.top_excerpts,
+            top_activations=self.top_activations,
+            random_activations=self.random_activations[rows],
+            sample_max=self.sample_max[sample_rows],
         )
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """Where a layer's tracking state lived, and its size."""
+
+    layer: int
+    device: str
+    state_bytes: int
 
 
 @dataclass(frozen=True)
@@ -184,14 +205,20 @@ class CollectReport:
     n_excerpts: int
     n_tokens: int
     seconds: float
-    tokens_per_second: float
+    tokens_per_second: float  # all ranks together: tokens over the slowest rank's pass
+    world_size: int = 1
+    tokens_per_rank: list[int] = field(default_factory=list)
+    tokens_per_second_per_rank: list[float] = field(default_factory=list)
+    merge_seconds: float = 0.0
+    peak_memory_bytes_per_rank: list[int] = field(default_factory=list)  # GPU allocated on cuda, else process RSS
+    layer_memory: list[LayerMemory] = field(default_factory=list)  # rank 0's tracking state per layer
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def collect(
-    db: sqlite_utils.Database,
+    db: sqlite_utils.Database | None,
     model: str | None = None,
     layers: Sequence[int] | None = None,
     corpus: str | Corpus | None = None,
@@ -204,8 +231,35 @@ def collect(
     Resumes: layers already finished under the same run parameters are skipped. Idempotent: a finished run does
     nothing. Bad input raises before anything is written. A layer that already holds neurons from other settings
     (or imported ones) is an InputError unless `replace`, since its explanations were made from those records.
+
+    Under torchrun (RANK/WORLD_SIZE set) every rank calls this with the same arguments; only rank 0 gets a
+    database (`db` is not used elsewhere) and writes it, after the exact merge of all ranks' states.
     """
-    subject = load_subject_model(model, options.device, options.dtype)
+    world = World.from_env()
+    if world.is_main and db is None:
+        raise ValueError("rank 0 needs the database")
+    if world.distributed and options.device_map:
+        raise InputError(
+            "--device-map spreads one model over several GPUs, torchrun runs one model per GPU: use one or the other"
+        )
+    device = rank_device(world, config.resolve_device(options.device))
+    with process_group(world, device) as group:
+        return _collect(db, model, layers, corpus, options, progress, replace, group, device)
+
+
+def _collect(
+    db: sqlite_utils.Database | None,
+    model: str | None,
+    layers: Sequence[int] | None,
+    corpus: str | Corpus | None,
+    options: CollectOptions,
+    progress: Progress | None,
+    replace: bool,
+    group: Group,
+    device: str,
+) -> CollectReport:
+    world = group.world
+    subject = load_subject_model(model, device, options.dtype, options.device_map)
     layers = sorted(set(range(subject.n_layers) if layers is None else layers))
     subject.check_layers(layers)
     prefix, suffix = special_token_layout(subject.tokenizer)
@@ -220,30 +274,74 @@ def collect(
         "model": subject.name,
         "revision": subject.revision,
         "corpus": corpus.name,
-        **{k: v for k, v in asdict(options).items() if k not in ("batch_size", "device", "dtype")},
+        **{k: v for k, v in asdict(options).items() if k not in _PLACEMENT},
     }
-    run_id = dbmod.find_run(db, params)
-    done = dbmod.finished_layers(db, run_id) if run_id is not None else set()
-    todo = [layer for layer in layers if layer not in done]
+    # Rank 0 alone reads the database; the others learn the plan (or the error) from it.
+    plan: tuple[list[int], list[int]] | str = ([], [])
+    if world.is_main:
+        assert db is not None
+        try:
+            run_id = dbmod.find_run(db, params)
+            done = dbmod.finished_layers(db, run_id) if run_id is not None else set()
+            todo = [layer for layer in layers if layer not in done]
+            if todo and not replace:
+                _refuse_to_replace(dbmod.other_layer_sources(db, subject.name, todo, run_id), subject.name)
+            plan = (todo, sorted(done & set(layers)))
+        except InputError as exc:
+            group.broadcast(str(exc))
+            raise
+    plan = group.broadcast(plan)
+    if isinstance(plan, str):
+        raise InputError(plan)
+    todo, skipped = plan
     if not todo:
-        return CollectReport(subject.name, corpus.name, [], layers, 0, 0, 0.0, 0.0)
-    if not replace:
-        _refuse_to_replace(dbmod.other_layer_sources(db, subject.name, todo, run_id), subject.name)
+        return CollectReport(subject.name, corpus.name, [], skipped, 0, 0, 0.0, 0.0, world_size=world.world_size)
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="collect-") as spill_dir:
+    spill_parent, spill_prefix = _spill_location(db) if db is not None else (Path(tempfile.gettempdir()), "collect-")
+    if world.is_main:
+        _remove_stale_spills(spill_parent, spill_prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{spill_prefix}{os.getpid()}-", dir=spill_parent) as spill_dir:
         excerpts = token_excerpts(corpus, subject.tokenizer, options.excerpt_len, options.max_tokens)
-        result = stream_pass(subject, todo, batched(excerpts, options.batch_size), options, Path(spill_dir), progress)
-        if result.n_excerpts == 0:
+        result = stream_pass(
+            subject, todo, batched(excerpts, options.batch_size), options, Path(spill_dir), progress, world
+        )
+        if result.n_read == 0:  # every rank read the same corpus, so every rank stops here
             raise InputError(
                 f"corpus {corpus.name!r} has no complete excerpt of {options.excerpt_len} tokens; "
                 "give a larger corpus or a smaller --excerpt-len"
             )
+        layer_memory = [
+            LayerMemory(layer, str(tracker.device), tracker.nbytes()) for layer, tracker in result.trackers.items()
+        ]
+        merged = merge_pass(result, todo, options, group)
         pass_seconds = time.perf_counter() - started
+        n_tokens = result.n_read * options.excerpt_len
+        ranks = merged.ranks
+        report = CollectReport(
+            model=subject.name,
+            corpus=corpus.name,
+            layers=todo,
+            skipped_layers=skipped,
+            n_excerpts=result.n_read,
+            n_tokens=n_tokens,
+            seconds=0.0,
+            tokens_per_second=n_tokens / max(r.seconds for r in ranks) if ranks else 0.0,
+            world_size=world.world_size,
+            tokens_per_rank=[r.n_excerpts * options.excerpt_len for r in ranks],
+            tokens_per_second_per_rank=[
+                r.n_excerpts * options.excerpt_len / r.seconds if r.seconds else 0.0 for r in ranks
+            ],
+            merge_seconds=merged.merge_seconds,
+            peak_memory_bytes_per_rank=[r.peak_memory_bytes for r in ranks],
+            layer_memory=layer_memory,
+        )
+        if not world.is_main:
+            return report
+        assert db is not None
         excerpt_ids = np.fromfile(result.token_file, dtype=np.int32).reshape(-1, options.excerpt_len)
-        n_tokens = result.n_excerpts * options.excerpt_len
         for layer in todo:
-            neurons = _layer_records(subject, layer, result, excerpt_ids)
+            neurons = _layer_records(subject, layer, merged.states.pop(layer), merged.random_members, excerpt_ids)
             try:
                 dbmod.write_neurons(
                     db,
@@ -251,7 +349,7 @@ def collect(
                     neurons,
                     source="collected",
                     run=params,
-                    run_totals=(result.n_excerpts, n_tokens),
+                    run_totals=(result.n_read, n_tokens),
                     finished_layer=(layer, pass_seconds),
                 )
             except sqlite3.Error as exc:
@@ -259,17 +357,37 @@ def collect(
                     f"could not write layer {layer} to the database ({exc}); nothing of it was kept. Free space or"
                     " fix the database, then rerun the same command: finished layers are not redone"
                 ) from exc
-    seconds = time.perf_counter() - started
-    return CollectReport(
-        model=subject.name,
-        corpus=corpus.name,
-        layers=todo,
-        skipped_layers=sorted(done & set(layers)),
-        n_excerpts=result.n_excerpts,
-        n_tokens=n_tokens,
-        seconds=seconds,
-        tokens_per_second=n_tokens / pass_seconds if pass_seconds else 0.0,
-    )
+    return dataclasses.replace(report, seconds=time.perf_counter() - started)
+
+
+def _spill_location(db: sqlite_utils.Database) -> tuple[Path, str]:
+    """The folder and name prefix of a run's spill folder: next to the database file, named for it, so that the
+    folders of killed runs are found (their pid is in the name) and removed by the next run."""
+    file = next((row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not file:  # an in-memory database
+        return Path(tempfile.gettempdir()), "neuron-workbench-collect-"
+    return Path(file).parent, f"{Path(file).name}-collect-"
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) is no probe elsewhere: assume it lives
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_stale_spills(parent: Path, prefix: str) -> None:
+    """Remove the spill folders `<prefix><pid>-…` of collections whose process is gone (killed, or lost power)."""
+    for folder in parent.glob(f"{glob.escape(prefix)}*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            log.info("removing %s, left behind by a collection that was killed", folder)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _refuse_to_replace(sources: list[dict[str, Any]], model: str) -> None:
@@ -294,11 +412,15 @@ def _refuse_to_replace(sources: list[dict[str, Any]], model: str) -> None:
 
 @dataclass
 class PassResult:
+    """What one process's pass leaves: its trackers, its samples, and (on rank 0) every excerpt's token ids."""
+
     trackers: dict[int, _LayerTracker]
-    n_excerpts: int
+    n_excerpts: int  # excerpts this process forwarded
+    n_read: int  # excerpts in the corpus, all shards together
     token_file: Path
-    random_members: list[int]
-    sample_rows: int
+    random_sample: KeyedSample
+    quantile_sample: KeyedSample
+    seconds: float
 
 
 def stream_pass(
@@ -308,20 +430,31 @@ def stream_pass(
     options: CollectOptions,
     spill_dir: Path,
     progress: Progress | None = None,
+    world: World = SINGLE,
 ) -> PassResult:
-    """The single forward pass over batches of excerpt token ids; spills the ids to `spill_dir`."""
+    """The single forward pass over this rank's batches (every batch on one process); rank 0 spills the ids of every
+    excerpt read, its shard or not, to `spill_dir`."""
+    started = time.perf_counter()
     prefix, suffix = special_token_layout(subject.tokenizer) if subject.tokenizer is not None else ([], [])
-    device = next(subject.model.parameters()).device
-    trackers = {layer: _LayerTracker(subject.n_neurons, options, device) for layer in layers}
-    random_reservoir = _Reservoir(options.random_k, np.random.default_rng(options.seed))
-    sample_reservoir = _Reservoir(options.quantile_sample, np.random.default_rng([options.seed, 1]))
+    input_device = torch.device(subject.device)
+    trackers = {layer: _LayerTracker(subject.n_neurons, options, subject.layer_device(layer)) for layer in layers}
+    random_sample = KeyedSample(options.random_k, options.seed, RANDOM_STREAM)
+    quantile_sample = KeyedSample(options.quantile_sample, options.seed, QUANTILE_STREAM)
     start, stop = len(prefix), len(prefix) + options.excerpt_len
     state: dict[str, Any] = {}
 
+    def excerpt_ids(device: torch.device) -> torch.Tensor:
+        ids = state["ids"]
+        if device not in ids:
+            ids[device] = ids[input_device].to(device)
+        return ids[device]
+
     def make_hook(layer: int) -> Callable[..., None]:
+        tracker = trackers[layer]
+
         def hook(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
-            activations = inputs[0][:, start:stop].float().contiguous()
-            trackers[layer].update(activations, state["ids"], state["random"], state["sample"])
+            activations = inputs[0][:, start:stop].to(tracker.device, torch.float32).contiguous()
+            tracker.update(activations, excerpt_ids(tracker.device), state["random"], state["sample"])
             if layer == layers[-1]:
                 raise _StopForward
 
@@ -329,44 +462,58 @@ def stream_pass(
 
     handles = [subject.mlp_out(layer).register_forward_pre_hook(make_hook(layer)) for layer in layers]
     token_file = spill_dir / "tokens.int32"
-    n_excerpts = 0
+    n_read = n_excerpts = 0
     try:
         with token_file.open("wb") as spill, torch.inference_mode():
-            for batch in batches:
-                ids = np.asarray(batch, dtype=np.int32)
-                ids.tofile(spill)
-                state["ids"] = torch.arange(n_excerpts, n_excerpts + len(batch), device=device)
-                state["random"] = random_reservoir.offer(len(batch))
-                state["sample"] = sample_reservoir.offer(len(batch))
-                inputs = torch.tensor([prefix + row + suffix for row in batch], device=device)
-                with contextlib.suppress(_StopForward):
-                    subject.model(input_ids=inputs, attention_mask=torch.ones_like(inputs))
-                n_excerpts += len(batch)
+            for number, batch in enumerate(batches):
+                first, n_read = n_read, n_read + len(batch)
+                if world.is_main:
+                    np.asarray(batch, dtype=np.int32).tofile(spill)
+                if world.owns_batch(number):
+                    state["ids"] = {input_device: torch.arange(first, n_read, device=input_device)}
+                    state["random"] = random_sample.offer(first, len(batch))
+                    state["sample"] = quantile_sample.offer(first, len(batch))
+                    inputs = torch.tensor([prefix + row + suffix for row in batch], device=input_device)
+                    with contextlib.suppress(_StopForward):
+                        subject.model(input_ids=inputs, attention_mask=torch.ones_like(inputs))
+                    n_excerpts += len(batch)
                 if progress:
-                    progress(n_excerpts * options.excerpt_len, options.max_tokens)
+                    progress(n_read * options.excerpt_len, options.max_tokens)
     finally:
         for handle in handles:
             handle.remove()
+    for tracker in trackers.values():
+        if tracker.device.type == "cuda":
+            torch.cuda.synchronize(tracker.device)
     return PassResult(
         trackers=trackers,
         n_excerpts=n_excerpts,
+        n_read=n_read,
         token_file=token_file,
-        random_members=list(random_reservoir.members),
-        sample_rows=min(sample_reservoir.seen, options.quantile_sample),
+        random_sample=random_sample,
+        quantile_sample=quantile_sample,
+        seconds=time.perf_counter() - started,
     )
 
 
 def _layer_records(
-    subject: SubjectModel, layer: int, result: PassResult, excerpt_ids: np.ndarray
+    subject: SubjectModel, layer: int, state: LayerState, random_members: list[int], excerpt_ids: np.ndarray
 ) -> list[NeuronRecord]:
-    """Turn a layer's tracker into NeuronRecords, top records sorted by max activation, descending."""
-    tracker, random_members = result.trackers[layer], result.random_members
-    mean, variance, max_values, quantiles = tracker.stats(result.sample_rows)
-    order = tracker.top_values.argsort(dim=1, descending=True)
-    top_values = tracker.top_values.gather(1, order).cpu().numpy()
-    top_excerpts = tracker.top_excerpts.gather(1, order).cpu().numpy()
-    top_acts = tracker.top_activations.gather(1, order[:, :, None].expand_as(tracker.top_activations)).cpu().numpy()
-    random_acts = tracker.random_activations[: len(random_members)].permute(2, 0, 1).cpu().numpy()
+    """Turn a layer's merged state into NeuronRecords; top records come sorted by max activation, descending."""
+    rows = len(state.sample_max)
+    levels = torch.tensor(config.QUANTILES, dtype=torch.float64, device=state.sample_max.device)
+    # numpy's default ("linear") interpolation, so the result matches np.quantile on the same values.
+    if rows:
+        quantiles = torch.quantile(state.sample_max.double(), levels, dim=0).cpu().numpy()
+    else:
+        quantiles = np.full((len(levels), subject.n_neurons), np.nan)
+    mean = state.mean.cpu().numpy()
+    variance = (state.m2 / max(state.count, 1)).cpu().numpy()
+    max_values = state.max.cpu().numpy()
+    top_values = state.top_values.cpu().numpy()
+    top_excerpts = state.top_excerpts.cpu().numpy()
+    top_acts = state.top_activations.cpu().numpy()
+    random_acts = state.random_activations.permute(2, 0, 1).cpu().numpy()
     needed = {int(e) for e in np.unique(top_excerpts) if e >= 0} | set(random_members)
     strings = {e: tuple(token_strings(subject.tokenizer, excerpt_ids[e].tolist())) for e in needed}
     neurons = []

@@ -1,16 +1,20 @@
 """Subject models: loading by hub id or local path, and the table that says where an MLP's neurons are.
 
-A neuron is one input dimension of the MLP output projection (SPEC.md §1): post-nonlinearity for GPT-2/BERT style
+A neuron is one input dimension of the MLP output projection (docs/METHOD.md §1): post-nonlinearity for GPT-2/BERT style
 MLPs, act(gate)·up for gated MLPs. Hooking the *input* of the output projection therefore reads every family the same
 way, and `ARCHITECTURES` only has to say where that projection lives.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,12 +99,29 @@ class SubjectModel:
     n_neurons: int
     max_positions: int | None
     revision: str | None
-    device: str
+    device: str  # where inputs go: the device of the input embeddings
+    device_map: str | None = None  # as given to load_subject_model: the model may span several devices
 
     def mlp_out(self, layer: int) -> Any:
         """The output projection of layer `layer`'s MLP; its input is the neurons' activations."""
         self.check_layers([layer])
         return _attr_path(_attr_path(self.model, self.architecture.layers)[layer], self.architecture.mlp_out)
+
+    def layer_device(self, layer: int) -> Any:
+        """The torch device where layer `layer`'s neurons are computed: under accelerate's offloading hooks (a
+        --device-map that offloads) the hook's execution device, else the device of the projection's weights."""
+        import torch
+
+        projection = self.mlp_out(layer)
+        block = _attr_path(self.model, self.architecture.layers)[layer]
+        for module in (projection, block):
+            execution = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if execution is not None:
+                return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
+        weight = next(projection.parameters(), None)
+        if weight is None or weight.device.type == "meta":
+            return torch.device(self.device)
+        return weight.device
 
     def check_layers(self, layers: list[int]) -> None:
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
@@ -164,28 +185,69 @@ def load_config(name: str | None) -> Any:
         raise ModelError(f"cannot load model {location!r}{hint}: {str(exc).splitlines()[0]}") from exc
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(spec: str) -> str | dict[str, Any]:
+    """A --device-map: one of accelerate's strategies, or a JSON object from module name to device."""
+    if spec in DEVICE_MAP_STRATEGIES:
+        return spec
+    try:
+        mapping = json.loads(spec)
+    except json.JSONDecodeError:
+        mapping = None
+    if not isinstance(mapping, dict) or not mapping:
+        raise InputError(
+            f"--device-map {spec!r} is neither {', '.join(DEVICE_MAP_STRATEGIES)} nor a JSON object from module"
+            ' name to device, e.g. \'{"embeddings": 0, "encoder.layer.0": 1}\''
+        )
+    return mapping
+
+
 @functools.lru_cache(maxsize=2)
-def load_subject_model(name: str | None = None, device: str | None = None, dtype: str | None = None) -> SubjectModel:
-    """Load a Hugging Face model (hub id or local path; `default` = bundled MiniLM) headless, in eval mode."""
+def load_subject_model(
+    name: str | None = None, device: str | None = None, dtype: str | None = None, device_map: str | None = None
+) -> SubjectModel:
+    """Load a Hugging Face model (hub id or local path; `default` = bundled MiniLM) headless, in eval mode.
+
+    With `device_map` (see `parse_device_map`) transformers and accelerate place the model's modules across
+    devices instead of moving it all to `device`; `device` then only decides what `dtype` `auto` means.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     device = config.resolve_device(device)
+    placement: dict[str, Any] = {}
+    if device_map:
+        mapping = parse_device_map(device_map)
+        # Where modules that fit neither GPUs nor CPU memory go ("disk"): a folder of this process, removed at exit.
+        offload = tempfile.mkdtemp(prefix="offload-", dir=config.cache_dir())
+        atexit.register(shutil.rmtree, offload, ignore_errors=True)
+        placement = {"device_map": mapping, "offload_folder": offload}
     model_config = load_config(name)
     arch = architecture_for(model_config.model_type)
     location = model_location(name)
     local_only = local_files_only(location)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-        model = AutoModel.from_pretrained(location, dtype=torch_dtype(dtype, device), local_files_only=local_only)
-    except (OSError, ValueError) as exc:
+        model = AutoModel.from_pretrained(
+            location, dtype=torch_dtype(dtype, device), local_files_only=local_only, **placement
+        )
+    except ImportError as exc:
+        raise ModelError(f"--device-map needs the accelerate package: pip install accelerate ({exc})") from exc
+    except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model {location!r}: {str(exc).splitlines()[0]}") from exc
-    model.to(device).eval()
+    if not device_map:
+        model.to(device)
+    model.eval()
     blocks = _attr_path(model, arch.layers)
     projection = _attr_path(blocks[0], arch.mlp_out)
     n_neurons = getattr(projection, "in_features", None) or getattr(projection, "nx", None)
     if n_neurons is None:
         n_neurons = projection.weight.shape[0]
     max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if device_map:
+        embedding = model.get_input_embeddings().weight
+        device = device if embedding.device.type == "meta" else str(embedding.device)
     return SubjectModel(
         name=resolve_model_name(name),
         model=model,
@@ -196,4 +258,5 @@ def load_subject_model(name: str | None = None, device: str | None = None, dtype
         max_positions=max_positions,
         revision=getattr(model_config, "_commit_hash", None),
         device=device,
+        device_map=device_map,
     )

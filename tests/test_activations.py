@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -17,8 +18,9 @@ import torch
 
 from core import db as dbmod
 from core.__main__ import main
-from core.activations import CollectOptions, _Reservoir, collect
+from core.activations import CollectOptions, collect
 from core.corpus import load_corpus, special_token_layout, token_excerpts, token_strings
+from core.distributed import KeyedSample
 from core.errors import InputError, WorkbenchError
 from core.models import load_subject_model
 from core.records import NeuronId
@@ -195,13 +197,17 @@ def test_killed_process_then_rerun_completes(corpus_file, db_path, tmp_path):
         assert '"skipped_layers": []' not in rerun.stdout
 
 
-def test_reservoir_is_uniform():
+def test_keyed_sample_is_uniform_and_ignores_arrival_order():
     counts = np.zeros(50)
     for seed in range(400):
-        reservoir = _Reservoir(5, np.random.default_rng(seed))
-        for _ in range(10):
-            reservoir.offer(5)
-        counts[reservoir.members] += 1
+        sample = KeyedSample(5, seed, stream=0)
+        for first in range(0, 50, 5):
+            sample.offer(first, 5)
+        counts[sample.members] += 1
+        backwards = KeyedSample(5, seed, stream=0)
+        for first in range(45, -5, -5):
+            backwards.offer(first, 5)
+        assert sorted(backwards.members) == sorted(sample.members)
     # Every excerpt is kept with probability 5/50; 400 trials give 40 each on average.
     assert counts.sum() == 2000
     assert counts.min() > 20 and counts.max() < 62
@@ -219,3 +225,31 @@ def test_quantiles_from_a_sample_when_the_corpus_is_large(corpus_file, db, tmp_p
         spread = excerpt_max[:, index].max() - excerpt_max[:, index].min()
         errors.append(abs(median - np.median(excerpt_max[:, index])) / spread)
     assert np.mean(errors) < 0.1  # 40 of 100 excerpts: close, not exact
+
+
+def test_device_map_collects_the_same_as_one_device(corpus_file, tmp_path):
+    """--device-map's code path on CPU: modules placed by accelerate, one block offloaded to disk so that its
+    weights live on the meta device and accelerate's dispatch hooks run around every module (a map of only "cpu"
+    pieces is loaded without them). The hooks read the same neurons, and state sits on each layer's device."""
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    placed = {"wte": "cpu", "wpe": "cpu", "h.0": "cpu", "h.1": "disk", "h.2": "cpu", "ln_f": "cpu"}
+    plain_db, mapped_db = dbmod.connect(tmp_path / "plain.db"), dbmod.connect(tmp_path / "mapped.db")
+    collect(plain_db, model_path, [0, 1, 2], str(corpus_file), OPTIONS)
+    mapped_options = replace(OPTIONS, device_map=json.dumps(placed))
+    report = collect(mapped_db, model_path, [0, 1, 2], str(corpus_file), mapped_options)
+    subject = load_subject_model(model_path, "cpu", None, json.dumps(placed))
+    assert subject.mlp_out(1).weight.device.type == "meta" and hasattr(subject.mlp_out(1), "_hf_hook")
+    assert [(m.layer, m.device) for m in report.layer_memory] == [(0, "cpu"), (1, "cpu"), (2, "cpu")]
+    assert all(m.state_bytes > 0 for m in report.layer_memory)
+    for layer in (0, 1, 2):
+        for index in range(0, 48, 5):
+            plain = dbmod.get_neuron(plain_db, model_path, NeuronId(layer, index))
+            mapped = dbmod.get_neuron(mapped_db, model_path, NeuronId(layer, index))
+            assert [r.tokens for r in plain.top + plain.random] == [r.tokens for r in mapped.top + mapped.random]
+            np.testing.assert_allclose(
+                [r.activations for r in plain.top + plain.random],
+                [r.activations for r in mapped.top + mapped.random],
+                rtol=1e-5,
+                atol=1e-6,
+            )
+            assert mapped.stats.mean == pytest.approx(plain.stats.mean, rel=1e-5, abs=1e-7)

@@ -8,14 +8,14 @@ import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 from core.errors import InputError, ModelError
-from core.models import ARCHITECTURES, architecture_for, load_subject_model, resolve_model_name
+from core.models import ARCHITECTURES, architecture_for, load_subject_model, parse_device_map, resolve_model_name
 from tests import tiny_models
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "qwen2", "gemma", "bert"]
 
 
 def manual_neurons(family: str, block: torch.nn.Module, config, mlp_input: torch.Tensor) -> torch.Tensor:
-    """SPEC.md §1 written out by hand: post-nonlinearity, or act(gate)·up for gated MLPs."""
+    """docs/METHOD.md §1 written out by hand: post-nonlinearity, or act(gate)·up for gated MLPs."""
     if family == "gpt2":
         mlp = block.mlp
         return ACT2FN[config.activation_function](mlp_input @ mlp.c_fc.weight + mlp.c_fc.bias)
@@ -103,3 +103,13 @@ def test_an_unusable_device_is_an_input_error_not_a_torch_crash(tmp_path):
     path = str(tiny_models.build("gpt2", tmp_path / "m"))
     with pytest.raises(InputError, match="unknown device 'tpu'"):
         load_subject_model(path, device="tpu")
+
+
+def test_device_map_is_a_strategy_or_a_json_object(tmp_path):
+    assert parse_device_map("auto") == "auto" and parse_device_map("balanced_low_0") == "balanced_low_0"
+    assert parse_device_map('{"h.0": 0, "h.1": "cpu"}') == {"h.0": 0, "h.1": "cpu"}
+    for bad in ("everywhere", "[1, 2]", "{}"):
+        with pytest.raises(InputError, match="neither auto, balanced"):
+            parse_device_map(bad)
+    subject = load_subject_model(str(tiny_models.build("gpt2", tmp_path / "m")), device="cpu", device_map="auto")
+    assert subject.device == "cpu" and [subject.layer_device(layer).type for layer in range(3)] == ["cpu"] * 3
