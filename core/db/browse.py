@@ -73,19 +73,21 @@ def neuron_overview(
     """Per stored neuron of a model (optionally one layer): layer, neuron, max activation, number of ok
     explanations, and the best ok valid-split score of its explanations (under `simulator` when given, else any;
     None when unscored). With `hide_blinded`, neurons of open studies show no explanations and no score."""
-    blinded = f" AND NOT {in_open_study('n')}" if hide_blinded else ""
-    score_filter = (" AND s.simulator = ?" if simulator is not None else "") + blinded
+    # The blinded test guards each per-neuron subquery from outside, in a CASE, where SQLite builds the set of
+    # blinded neurons once per query (as a bare column it is rebuilt for every row: 270 ms against 6 ms).
+    hidden = in_open_study("n") if hide_blinded else "0"
+    score_filter = " AND s.simulator = ?" if simulator is not None else ""
     clauses, args = ["n.model = ?"], [model]
     if layer is not None:
         clauses.append("n.layer = ?")
         args.append(layer)
     query = (
         "SELECT n.layer, n.neuron, n.max AS max_activation,"
-        " (SELECT COUNT(*) FROM explanations e WHERE e.model = n.model AND e.layer = n.layer"
-        f"  AND e.neuron = n.neuron AND e.status = 'ok'{blinded}) AS n_explanations,"
-        " (SELECT MAX(s.score) FROM scores s JOIN explanations e ON e.id = s.explanation_id"
-        "  WHERE e.model = n.model AND e.layer = n.layer AND e.neuron = n.neuron AND s.split = 'valid'"
-        f"  AND s.status = 'ok' AND s.score IS NOT NULL{score_filter}) AS best_score"
+        f" CASE WHEN {hidden} THEN 0 ELSE (SELECT COUNT(*) FROM explanations e WHERE e.model = n.model"
+        "  AND e.layer = n.layer AND e.neuron = n.neuron AND e.status = 'ok') END AS n_explanations,"
+        f" CASE WHEN {hidden} THEN NULL ELSE (SELECT MAX(s.score) FROM scores s JOIN explanations e"
+        "  ON e.id = s.explanation_id WHERE e.model = n.model AND e.layer = n.layer AND e.neuron = n.neuron"
+        f"  AND s.split = 'valid' AND s.status = 'ok' AND s.score IS NOT NULL{score_filter}) END AS best_score"
         f" FROM neurons n WHERE {' AND '.join(clauses)} ORDER BY n.layer, n.neuron"
     )
     return _fetch_dicts(db.conn.execute(query, [*([simulator] if simulator is not None else []), *args]))

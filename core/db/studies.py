@@ -329,9 +329,11 @@ STUDY_STATES = ("open", "closed")
 def in_open_study(alias: str) -> str:
     """SQL that is true when the row `alias` (with model, layer and neuron columns) is a neuron of a study that is
     not closed: while a study runs, such a neuron's explanations, formats and scores are for admins only."""
+    # Not correlated with the row, so SQLite builds the set of blinded neurons once per query rather than expanding
+    # every open study's neuron list for each row (2.4 s → 32 ms for a 6,400-neuron layer, bench/scale.py).
     return (
-        "EXISTS (SELECT 1 FROM studies bs, json_each(bs.neurons) bn WHERE bs.state = 'open'"
-        f" AND bs.model = {alias}.model AND bn.value = {alias}.layer || ':' || {alias}.neuron)"
+        f"({alias}.model, {alias}.layer || ':' || {alias}.neuron) IN (SELECT bs.model, bn.value"
+        " FROM studies bs, json_each(bs.neurons) bn WHERE bs.state = 'open')"
     )
 
 
