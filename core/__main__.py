@@ -219,17 +219,37 @@ def _join(values: list[int]) -> str:
 def _add_neuron(commands: argparse._SubParsersAction) -> None:
     parser = _subcommand(commands, "neuron", cmd_neuron, "show one neuron's stats and top and random records")
     parser.add_argument("--model", default=config.DEFAULT_MODEL)
-    parser.add_argument("--layer", type=int, required=True)
-    parser.add_argument("--neuron", type=int, required=True)
+    parser.add_argument("--layer", type=int, default=None, help="the layer (or write --neuron LAYER:INDEX)")
+    parser.add_argument("--neuron", required=True, help="LAYER:INDEX, e.g. 3:17, or INDEX with --layer")
+    parser.add_argument("--width", type=int, default=150, help="wrap excerpts at this many characters (%(default)s)")
     parser.add_argument("--json", action="store_true", help="print {stats, top, random} as JSON")
+
+
+def _neuron_id(layer: int | None, neuron: str) -> Any:
+    """The neuron of `--neuron 3:17`, or of `--layer 3 --neuron 17`."""
+    from core.records import NeuronId
+
+    text = neuron.strip()
+    if ":" in text:
+        found = NeuronId.parse(text)
+        if layer is not None and layer != found.layer:
+            raise InputError(f"--layer {layer} and --neuron {text} name different layers; give one of them")
+        return found
+    if layer is None:
+        raise InputError(f"--neuron {text!r} needs its layer: write --neuron LAYER:INDEX (e.g. 3:{text}) or --layer")
+    try:
+        return NeuronId(layer, int(text))
+    except ValueError:
+        raise InputError(f"--neuron {text!r} is not LAYER:INDEX or a whole number") from None
 
 
 def cmd_neuron(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core.models import resolve_model_name
-    from core.records import NeuronId
+    from core.render import excerpt_lines
 
-    record = dbmod.get_neuron(dbmod.connect(args.db), resolve_model_name(args.model), NeuronId(args.layer, args.neuron))
+    neuron = _neuron_id(args.layer, args.neuron)
+    record = dbmod.get_neuron(dbmod.connect(args.db, create=False), resolve_model_name(args.model), neuron)
     if args.json:
         data = record.to_json()
         _print_json({"stats": data["stats"], "top": data["top"], "random": data["random"]})
@@ -237,9 +257,10 @@ def cmd_neuron(args: argparse.Namespace) -> int:
     stats = record.stats
     print(f"{record.model} {record.neuron}: mean {stats.mean:.4f}  variance {stats.variance:.4f}  max {stats.max:.4f}")
     print("quantiles of per-excerpt max: " + "  ".join(f"{q}: {v:.4f}" for q, v in sorted(stats.quantiles.items())))
+    print("top excerpts, the peak token of each marked ⟦so⟧:")
     for rank, rec in enumerate(record.top[:5]):
-        text = "".join(rec.tokens).replace("\n", "⏎")
-        print(f"  top {rank} (max {rec.max_activation:.3f}): {text[:150]}")
+        print(f"  top {rank} (max {rec.max_activation:.3f}):")
+        print("\n".join(excerpt_lines(rec, args.width)))
     return 0
 
 
@@ -278,8 +299,14 @@ def cmd_import_openai(args: argparse.Namespace) -> int:
     model = resolve_model_name(args.model)
     database = dbmod.connect(args.db)
     if sources:
+        before = sum(count for _, count in dbmod.list_layers(database, model))
         neurons = openai_import.import_neuron_records(database, sources, model)
-        print(f"imported {len(neurons)} neuron record(s) of {model}")
+        added = sum(count for _, count in dbmod.list_layers(database, model)) - before
+        if added == 0:
+            print(f"nothing new: all {len(neurons)} neuron record(s) of {model} were already stored (refreshed)")
+        else:
+            already = f"; {len(neurons) - added} already stored" if len(neurons) > added else ""
+            print(f"imported {added} new neuron record(s) of {model}{already}")
     if explanation_sources:
         report = openai_import.import_explanations(database, explanation_sources, model)
         if report.written == 0:
@@ -342,7 +369,8 @@ def _records(args: argparse.Namespace, split: str) -> tuple[list, Any]:
 
     if args.records:
         return records_from_json(_read_json(args.records, "records")), None
-    record = dbmod.get_neuron(dbmod.connect(args.db), resolve_model_name(args.model), NeuronId.parse(args.neuron))
+    database = dbmod.connect(args.db, create=False)
+    record = dbmod.get_neuron(database, resolve_model_name(args.model), NeuronId.parse(args.neuron))
     return record.split(split), record.stats
 
 
@@ -359,7 +387,7 @@ def cmd_prompt(args: argparse.Namespace) -> None:
     _print_json(
         {
             "messages": messages,
-            "input_tokens": tokens.count_chat_tokens(messages, args.tokenizer),
+            tokens.input_tokens_column(args.tokenizer): tokens.count_chat_tokens(messages, args.tokenizer),
             "tokenizer": args.tokenizer,
             "cutoff": {**cutoff.to_json(), "threshold": threshold},
         }
@@ -452,7 +480,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from core import explain
     from core.models import resolve_model_name
 
-    database = dbmod.connect(args.db)
+    database = dbmod.connect(args.db, create=False)
     bars: list[tqdm] = []  # opened at the first progress call, so an early error prints no empty bar
 
     def progress(done: int, total: int) -> None:
@@ -479,7 +507,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     for error in report.errors[:5]:
         print(f"  failed: {error}", file=sys.stderr)
-    table = explain.cost_table(report.rows(database))
+    table = explain.cost_table(explain.with_cl100k_counts(report.rows(database)))
     print(table.to_string(float_format=lambda value: f"{value:.2f}") if len(table) else "no explanations to cost")
     if report.failed:
         print(f"{report.failed} job(s) failed; rerun the same command to retry them", file=sys.stderr)
@@ -517,6 +545,63 @@ def cmd_import_explanations(args: argparse.Namespace) -> int:
     else:
         already = f"; {report.unchanged} already stored" if report.unchanged else ""
         print(f"imported {report.written} explanation(s) of {model} by {args.explainer} from {args.file}{already}")
+    return 0
+
+
+@command
+def _add_explanations(commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        commands,
+        "explanations",
+        cmd_explanations,
+        "list stored explanations: id, neuron, format, explainer, source, text, tokens and every score; "
+        "`explanations show ID` for one",
+    )
+    parser.add_argument("--model", default=None, help="subject model, or 'default' (MiniLM) (default: all models)")
+    _neuron_flags(parser, required=False)
+    parser.add_argument("--formats", default=None, help="comma-separated formats (default: all)")
+    parser.add_argument("--explainers", default=None, help="comma-separated explainers, exactly as stored")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many explanations")
+    parser.add_argument("--width", type=int, default=100, help="wrap explanation texts at this many characters")
+    parser.add_argument("--json", action="store_true", help="print the explanations as JSON")
+    shows = parser.add_subparsers(dest="explanations_command", metavar="show")
+    show = _subcommand(
+        shows, "show", cmd_explanations_show, "print one explanation, its prompt's token counts and its scores (JSON)"
+    )
+    show.add_argument("id", type=int, help="the explanation's id (the first column of `explanations`)")
+
+
+def cmd_explanations(args: argparse.Namespace) -> int:
+    from core import catalog
+    from core import db as dbmod
+    from core.models import resolve_model_name
+
+    entries = catalog.list_entries(
+        dbmod.connect(args.db, create=False),
+        resolve_model_name(args.model) if args.model else None,
+        _neurons(args),
+        _split_list(args.formats) or None,
+        _split_list(args.explainers) or None,
+        args.limit,
+    )
+    if args.json:
+        _print_json([entry.to_json() for entry in entries])
+        return 0
+    if not entries:
+        print("no explanations match; `python -m core explanations` without filters lists them all")
+        return 0
+    for entry in entries:
+        print("\n".join(catalog.entry_lines(entry, max(20, args.width))))
+    sets = sorted({(entry.format, entry.explainer, entry.source) for entry in entries})
+    print(f"{len(entries)} explanation(s) in {len(sets)} set(s); a study arm names one as FORMAT@EXPLAINER#SOURCE")
+    return 0
+
+
+def cmd_explanations_show(args: argparse.Namespace) -> int:
+    from core import catalog
+    from core import db as dbmod
+
+    _print_json(catalog.show_entry(dbmod.connect(args.db, create=False), args.id))
     return 0
 
 
@@ -628,11 +713,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     records, _ = _records(args, args.split)
     result = pipeline.simulate_text(args.explanation, records, args.simulator, args.method, **_simulator_options(args))
     if args.json:
-        _print_json(result)
+        # R² and absdev compare the simulator's 0–10 predictions with activations as they are: uncalibrated.
+        _print_json({**result, "calibrated": False})
     elif result["status"] == "ok":
         print(
-            f"score {_number(result['score'])}  R² {_number(result['rsquared'])}  absdev {_number(result['absdev'])}"
-            f"  ({result['simulator']}, {result['method']}, {result['seconds']:.2f}s)"
+            f"score {_number(result['score'])}  R² {_number(result['rsquared'])} (uncalibrated)  absdev "
+            f"{_number(result['absdev'])} (uncalibrated)  ({result['simulator']}, {result['method']}, "
+            f"{result['seconds']:.2f}s)"
+        )
+        print(
+            "  uncalibrated: R² and absdev compare 0–10 predictions with raw activations; the score (a correlation)"
+            " does not depend on scale. `score --calibrate` fits a·prediction + b on the calibration split first."
         )
         for record, predicted in zip(records, result["predictions"], strict=True):
             print("  " + " ".join(f"{t!r}:{p:.1f}" for t, p in zip(record.tokens, predicted, strict=True)))
@@ -655,7 +746,43 @@ def _scoring_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference", default="openai", choices=["openai", "none"], help="similarity to the imported reference"
     )
-    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="minilm or openai:EMBEDDING_MODEL")
+    parser.add_argument(
+        "--embedder", default=DEFAULT_EMBEDDER, help="minilm or openai:EMBEDDING_MODEL (similarity; embedding scorer)"
+    )
+
+
+def _scorer_flags(parser: argparse.ArgumentParser) -> None:
+    from core.scorers import DEFAULT_SCORER, SCORERS
+    from core.scorers.base import DEFAULT_ACTIVATING, DEFAULT_EXCERPTS_PER_CALL, DEFAULT_NON_ACTIVATING
+
+    scorers = parser.add_argument_group("scorers (docs/METHOD.md §10)")
+    scorers.add_argument(
+        "--scorer",
+        default=DEFAULT_SCORER,
+        choices=list(SCORERS),
+        help="simulation (default, needs --simulator), detection or fuzzing (an LLM given by --simulator), "
+        "embedding (no LLM; --embedder)",
+    )
+    scorers.add_argument(
+        "--activating-quantile",
+        type=float,
+        default=0.99,
+        help="an excerpt is activating when its max is above this quantile of the neuron's per-excerpt maxima "
+        "(stored: 0.5, 0.9, 0.99, 0.999; default %(default)s)",
+    )
+    scorers.add_argument("--activating-threshold", type=float, default=None, help="… or above this raw value")
+    scorers.add_argument(
+        "--activating", type=int, default=DEFAULT_ACTIVATING, help="activating excerpts per neuron (%(default)s)"
+    )
+    scorers.add_argument(
+        "--non-activating", type=int, default=DEFAULT_NON_ACTIVATING, help="non-activating excerpts (%(default)s)"
+    )
+    scorers.add_argument(
+        "--excerpts-per-call", type=int, default=DEFAULT_EXCERPTS_PER_CALL, help="detection/fuzzing (%(default)s)"
+    )
+    scorers.add_argument("--scorer-seed", type=int, default=0, help="shuffles excerpts into calls (%(default)s)")
+    scorers.add_argument("--scorer-prompt", default=None, help="detection/fuzzing prompt JSON (default: bundled)")
+    scorers.add_argument("--no-cache", action="store_true", help="detection/fuzzing: ask the LLM again")
 
 
 @command
@@ -667,52 +794,81 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     _neuron_flags(parser, required=False)
     parser.add_argument("--formats", default=None, help="comma-separated formats (default: all)")
     parser.add_argument("--explainers", default=None, help="comma-separated explainers, e.g. openai:gpt-4o-mini")
-    _simulator_flags(parser)
+    _simulator_flags(parser, required=False)
     _scoring_flags(parser)
+    _scorer_flags(parser)
     parser.add_argument("--baseline", default="original", help="format the others are compared with (%(default)s)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--json", action="store_true", help="print the report (and every stored row) as JSON")
 
 
-def _score_tables(database: Any, model: str, report: Any, baseline: str, embedder: str | None = None) -> str:
-    """Per explainer, the per-format table and paired differences of the explanations `report` covers, headed by
-    the simulator, its method and the similarity's embedder."""
-    import pandas as pd
-
-    from core import db as dbmod
-    from core import pipeline, prompts
+def _score_tables(tables: list, embedder: str | None = None) -> str:
+    """Per explanation set (explainer and source), the per-format table and paired differences, each headed by
+    its explainer, source, simulator · method and the similarity's embedder."""
+    from core import pipeline
     from core.similarity import DEFAULT_EMBEDDER, similarity_label
     from core.simulate import method_note
 
-    embedder = embedder or DEFAULT_EMBEDDER
-    rows = pd.DataFrame(
-        dbmod.score_rows(
-            database,
-            model,
-            report.simulator,
-            method=report.method,
-            split=report.split,
-            calibrated=report.calibrated,
-            reference_kind="openai",
-            embedder=embedder,
-        )
-    )
-    if rows.empty:
-        return ""
-    rows = rows[rows["explanation_id"].isin(report.explanation_ids)]
     lines = []
-    for explainer, group in rows.groupby("explainer", sort=True):
-        present = set(group["format"])
-        formats = [f for f in prompts.FORMATS if f in present] + sorted(present - set(prompts.FORMATS))
-        summary, differences = pipeline.summarise(group.reset_index(drop=True), report.simulator, formats, baseline)
+    for table in tables:
         lines += [
             "",
-            f"explainer {explainer}; 95% bootstrap CIs over neurons; scores by {report.simulator}, method "
-            f"{method_note(report.method)}; similarity = {similarity_label(embedder)} to the reference",
-            pipeline.format_table(summary),
+            f"explainer {table.explainer}, source {table.source} ({table.origin}); scores by {table.simulator} · "
+            f"{method_note(table.method)}; 95% bootstrap CIs over neurons; similarity = "
+            f"{similarity_label(embedder or DEFAULT_EMBEDDER)} to the reference",
+            pipeline.format_table(table.summary),
         ]
-        if not differences.empty:
-            lines += ["paired difference from the baseline format, same neurons:", pipeline.format_table(differences)]
+        if not table.differences.empty:
+            lines += ["paired difference from the baseline format, same neurons:"]
+            lines.append(pipeline.format_table(table.differences))
     return "\n".join(lines)
+
+
+def _score_with_scorer(args: argparse.Namespace, database: Any, model: str) -> int:
+    """`score --scorer detection|fuzzing|embedding` (core.scorers, docs/METHOD.md §10)."""
+    from core import pipeline
+    from core.errors import InputError
+    from core.scorers import ScorerOptions, get_scorer
+
+    options = ScorerOptions(
+        activating_quantile=args.activating_quantile,
+        activating_threshold=args.activating_threshold,
+        n_activating=args.activating,
+        n_non_activating=args.non_activating,
+        excerpts_per_call=args.excerpts_per_call,
+        seed=args.scorer_seed,
+    )
+    if args.scorer == "embedding":
+        if args.simulator:
+            raise InputError("the embedding scorer uses no LLM: give its embedder with --embedder, not --simulator")
+        scorer = get_scorer("embedding", args.embedder, options=options, prompt=args.scorer_prompt)
+    else:
+        llm_options = {"top_logprobs": args.top_logprobs, "device": args.device, "dtype": args.dtype,
+                       "batch_size": args.sim_batch_size}  # fmt: skip
+        scorer = get_scorer(args.scorer, args.simulator, options=options, db=database, use_cache=not args.no_cache,
+                            prompt=args.scorer_prompt, **llm_options)  # fmt: skip
+    report = pipeline.score_with_scorer(
+        database,
+        model,
+        scorer,
+        neurons=_neurons(args),
+        formats=_split_list(args.formats) or None,
+        explainers=_split_list(args.explainers) or None,
+        progress=True,
+    )
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(
+            f"{report.scorer} by {report.model} ({report.method}): {report.ok} scored, {report.skipped} already "
+            f"scored, {report.replaced} rescored with new settings, {report.failed} failed (of {report.total}); "
+            f"{report.input_tokens} input and {report.output_tokens} output tokens, {report.seconds:.1f}s"
+        )
+        print(pipeline.format_table(pipeline.scorer_summary(report)))
+        for error in report.errors[:5]:
+            print(f"  failed: {error}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -720,8 +876,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     from core import pipeline
     from core.models import resolve_model_name
 
-    database = dbmod.connect(args.db)
+    database = dbmod.connect(args.db, create=False)
     model = resolve_model_name(args.model)
+    if args.scorer != "simulation":
+        return _score_with_scorer(args, database, model)
+    if not args.simulator:
+        from core.errors import InputError
+
+        raise InputError("the simulation scorer needs --simulator hf:PATH or openai:MODEL")
     report = pipeline.score_explanations(
         database,
         model,
@@ -737,20 +899,163 @@ def cmd_score(args: argparse.Namespace) -> int:
         progress=True,
         simulator_options=_simulator_options(args),
     )
+    tables = pipeline.score_tables(database, model, report, args.baseline, args.embedder)
     if args.json:
-        _print_json(report.to_json())
+        from core.db.scores import scorer_score_rows
+
+        rows = scorer_score_rows(database, report.explanation_ids, simulator=report.simulator, method=report.method)
+        rows = [row for row in rows if row["split"] == report.split and row["calibrated"] == report.calibrated]
+        tables_json = [table.to_json() for table in tables]
+        _print_json({**report.to_json(), "tables": tables_json, "scorer": "simulation", "rows": rows})
     else:
         print(
             f"{report.simulator} ({report.method}, {report.split}{', calibrated' if report.calibrated else ''}): "
             f"{report.ok} scored, {report.skipped} already scored, {report.failed} failed (of {report.total}); "
             f"{report.similarities} similarities computed"
         )
-        print(_score_tables(database, model, report, args.baseline, args.embedder))
+        print(_score_tables(tables, args.embedder))
         for error in report.errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
         for warning in report.warnings:
             print(f"  warning: {warning}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+# --- a neuron on your own text, and the offline demo ---------------------------------------------------------------
+
+
+@command
+def _add_activate(commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        commands,
+        "activate",
+        cmd_activate,
+        "run the subject model on your own text and print a neuron's activation on each token (as collection does)",
+    )
+    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="hub id, local path, or 'default' (MiniLM)")
+    parser.add_argument("--layer", type=int, required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--neuron", type=int, help="the neuron's index in the layer")
+    which.add_argument("--top", type=int, metavar="K", help="list the K neurons of the layer that fire most")
+    text = parser.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the text")
+    text.add_argument("--text-file", help="a UTF-8 file holding the text ('-' for stdin)")
+    parser.add_argument("--device", default=None, help="cpu, cuda … (default: cuda when available)")
+    parser.add_argument("--json", action="store_true", help='print {"tokens": [...], "activations": [...]}')
+
+
+def _read_text(path: str) -> str:
+    from pathlib import Path
+
+    from core.errors import InputError
+
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the text file {path}: {exc}") from None
+
+
+def _highlighted(tokens: tuple[str, ...], values: tuple[float, ...]) -> str:
+    """The text with each token's background coloured by its activation (ANSI 256 colours: warm for positive, blue
+    for negative, on the scale of the largest absolute value), control characters shown as escapes."""
+    from core.prompts import escape_token
+
+    scale = max((abs(v) for v in values), default=0.0) or 1.0
+    warm, cold = (231, 230, 229, 222, 215, 208, 202), (231, 195, 153, 117, 75, 33)
+    parts = []
+    for token, value in zip(tokens, values, strict=True):
+        ramp = warm if value >= 0 else cold
+        colour = ramp[min(len(ramp) - 1, int(abs(value) / scale * (len(ramp) - 1) + 0.5))]
+        parts.append(f"\x1b[48;5;{colour}m\x1b[38;5;16m{escape_token(token)}\x1b[0m")
+    return "".join(parts)
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    from core.activations import MAX_TEXT_TOKENS, activate_text
+
+    text = args.text if args.text is not None else _read_text(args.text_file)
+    result = activate_text(args.model, args.layer, text, device=args.device)
+    if result.dropped_tokens:
+        print(
+            f"warning: the text has {len(result.tokens) + result.dropped_tokens} tokens; only the first "
+            f"{len(result.tokens)} were run (the cap is {MAX_TEXT_TOKENS})",
+            file=sys.stderr,
+        )
+    if args.top is not None:
+        top = result.top_neurons(args.top)
+        if args.json:
+            neurons = [{"neuron": i, "max_activation": m, "activations": list(result.record(i).activations)}
+                       for i, m in top]  # fmt: skip
+            _print_json({**result.to_json(), "top": neurons})
+        else:
+            print(f"{result.model} layer {result.layer}: the {len(top)} neurons that fire most on the text")
+            for index, maximum in top:
+                record = result.record(index)
+                peak = max(range(len(record.tokens)), key=record.activations.__getitem__)
+                print(f"  {result.layer}:{index}	max {maximum:.3f}	at {record.tokens[peak]!r}")
+        return 0
+    record = result.record(args.neuron)
+    if args.json:
+        _print_json(result.to_json(args.neuron))
+        return 0
+    print(
+        f"{result.model} neuron {result.layer}:{args.neuron} on {len(record.tokens)} tokens, "
+        f"max {record.max_activation:.3f}"
+    )
+    if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+        print(_highlighted(record.tokens, record.activations))
+    for position, (token, value) in enumerate(zip(record.tokens, record.activations, strict=True)):
+        print(f"{position}\t{value:.4f}\t{token!r}")
+    return 0
+
+
+@command
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    from core import demo
+
+    parser = _subcommand(
+        commands,
+        "demo",
+        cmd_demo,
+        "without any LLM: baseline explanations of 20 neurons, embedding scores and a small study, to click through",
+    )
+    parser.add_argument("--model", default=config.DEFAULT_MODEL, help="a collected model (default: the bundled one)")
+    parser.add_argument("--layer", type=int, default=None, help="default: a collected layer with scoring excerpts")
+    parser.add_argument("--neurons", type=int, default=demo.DEFAULT_NEURONS, help="how many (%(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--remove", action="store_true", help="delete exactly what the demo created")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import demo
+
+    database = dbmod.connect(args.db)
+    if args.remove:
+        removed = demo.remove_demo(database)
+        if args.json:
+            _print_json({"removed": removed})
+        elif not any(removed.values()):
+            print("no demo in this database; nothing removed")
+        else:
+            print("removed the demo: " + ", ".join(f"{count} {kind}" for kind, count in removed.items() if count))
+        return 0
+    report = demo.run_demo(database, args.model, n_neurons=args.neurons, layer=args.layer, seed=args.seed)
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    print(
+        f"demo: {report.explanations} baseline explanations of {len(report.neurons)} neurons of {report.model} "
+        f"layer {report.layer}, {report.scores} embedding scores, study {report.study} with {report.items} items, "
+        f"rater {report.rater} (code {report.rater_code})"
+    )
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print("next:")
+    for number, step in enumerate(report.next_steps, start=1):
+        print(f"  {number}. {step}")
+    return 0
 
 
 @command
@@ -865,9 +1170,12 @@ def _add_study_create(study_commands: argparse._SubParsersAction) -> None:
     parser = _subcommand(study_commands, "create", cmd_study_create, "create a blinded pairwise study and its items")
     parser.add_argument("--name", required=True)
     parser.add_argument(
-        "--arms", required=True, help="two or more arms, FORMAT or FORMAT@EXPLAINER, e.g. summary,original@gpt-4"
+        "--arms",
+        required=True,
+        help="two or more arms, FORMAT[@EXPLAINER][#SOURCE], e.g. summary,original@gpt-4; each must resolve to one "
+        "explainer and one source (an import file or a run), as `python -m core explanations` lists them",
     )
-    parser.add_argument("--neurons", required=True, help="layer:index list, e.g. 0:426,0:722")
+    _neuron_flags(parser, required=True)
     parser.add_argument("--ratings-per-item", type=int, default=3, help="ratings wanted per item (%(default)s)")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED, help="left/right and order seed")
     parser.add_argument("--model", default=None, help="default: the one model that has explanations of the neurons")
@@ -902,7 +1210,7 @@ def cmd_study_create(args: argparse.Namespace) -> int:
         dbmod.connect(args.db),
         name=args.name,
         arms=args.arms,
-        neurons=args.neurons,
+        neurons=_neurons(args),
         ratings_per_item=args.ratings_per_item,
         seed=args.seed,
         model=resolve_model_name(args.model) if args.model else None,
@@ -920,6 +1228,12 @@ def cmd_study_create(args: argparse.Namespace) -> int:
         print(f"warning: skipped {created.n_identical} pairs whose two explanations are identical", file=sys.stderr)
     for tell in created.tells:
         print(f"warning: text tell: {tell.message}", file=sys.stderr)
+    for source in created.arms:
+        print(
+            f"arm {source.arm}: {source.n_explanations} explanation(s) by {source.explainer} from {source.source}"
+            f" ({source.origin})",
+            file=sys.stderr,
+        )
     _print_json(
         {
             "study": created.study.to_json(),
@@ -927,8 +1241,27 @@ def cmd_study_create(args: argparse.Namespace) -> int:
             "n_gold_items": created.n_gold,
             "n_identical_skipped": created.n_identical,
             "text_tells": [tell.message for tell in created.tells],
+            "arm_sources": [source.to_json() for source in created.arms],
         }
     )
+    return 0
+
+
+def _add_study_show(study_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        study_commands,
+        "show",
+        cmd_study_show,
+        "print a study as JSON: settings, counts, and per arm the explainer, source and number of explanations",
+    )
+    parser.add_argument("study")
+
+
+def cmd_study_show(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import human_eval
+
+    _print_json(human_eval.show_study(dbmod.connect(args.db, create=False), args.study))
     return 0
 
 
@@ -946,7 +1279,7 @@ def cmd_study_state(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import human_eval
 
-    study = human_eval.set_state(dbmod.connect(args.db), args.study, args.state)
+    study = human_eval.set_state(dbmod.connect(args.db, create=False), args.study, args.state)
     _print_json({"name": study.name, "state": study.state})
     return 0
 
@@ -993,7 +1326,7 @@ def cmd_study_plan(args: argparse.Namespace) -> int:
     from core import human_eval
     from core.plan import StudyPlan
 
-    database = dbmod.connect(args.db)
+    database = dbmod.connect(args.db, create=False)
     study = human_eval.get_study(database, args.study)
     if args.file is None and args.target_neurons is None:
         stored = human_eval.get_plan(database, study.name)
@@ -1039,7 +1372,7 @@ def cmd_study_set(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import human_eval
 
-    study = human_eval.set_admin_ratings(dbmod.connect(args.db), args.name, args.allow_admin_ratings)
+    study = human_eval.set_admin_ratings(dbmod.connect(args.db, create=False), args.name, args.allow_admin_ratings)
     _print_json({"name": study.name, "allow_admin_ratings": study.allow_admin_ratings})
     return 0
 
@@ -1057,7 +1390,7 @@ def cmd_study_items(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import human_eval
 
-    items = human_eval.study_items(dbmod.connect(args.db), args.study, args.rater)
+    items = human_eval.study_items(dbmod.connect(args.db, create=False), args.study, args.rater)
     if args.json:
         _print_json(items)
         return 0
@@ -1079,7 +1412,7 @@ def cmd_study_status(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import human_eval
 
-    _print_json(human_eval.study_status(dbmod.connect(args.db), args.study))
+    _print_json(human_eval.study_status(dbmod.connect(args.db, create=False), args.study))
     return 0
 
 
@@ -1091,7 +1424,7 @@ def cmd_study_list(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import human_eval
 
-    _print_json(human_eval.list_studies(dbmod.connect(args.db)))
+    _print_json(human_eval.list_studies(dbmod.connect(args.db, create=False)))
     return 0
 
 
@@ -1114,7 +1447,8 @@ def cmd_study_summary(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import export
 
-    _print_json(export.study_summary(dbmod.connect(args.db), args.study, args.simulator, args.min_gold_accuracy))
+    database = dbmod.connect(args.db, create=False)
+    _print_json(export.study_summary(database, args.study, args.simulator, args.min_gold_accuracy))
     return 0
 
 
@@ -1145,7 +1479,7 @@ def cmd_study_power(args: argparse.Namespace) -> int:
         from core import db as dbmod
         from core import export
 
-        data = export.study_data(dbmod.connect(args.db), args.study)
+        data = export.study_data(dbmod.connect(args.db, create=False), args.study)
         arm_a, arm_b = data.study.arms[:2]
         found = power.detectable_from_data(data.ratings, arm_a, arm_b, args.alpha, args.power)
         if args.json:
@@ -1240,7 +1574,7 @@ def cmd_study_purge(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import export, raters
 
-    database = dbmod.connect(args.db)
+    database = dbmod.connect(args.db, create=False)
     admin = raters.authenticate(database, args.admin, _admin_code(args))
     _print_json(export.purge_study_ratings(database, args.study, admin, args.out, args.format))
     return 0
@@ -1252,6 +1586,7 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
     study_commands = parser.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
     for add in (
         _add_study_create,
+        _add_study_show,
         _add_study_list,
         _add_study_items,
         _add_study_status,
@@ -1312,7 +1647,8 @@ def cmd_rater_assign(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import human_eval
 
-    studies = human_eval.assign_studies(dbmod.connect(args.db), args.name, _split_list(args.studies), args.remove)
+    database = dbmod.connect(args.db, create=False)
+    studies = human_eval.assign_studies(database, args.name, _split_list(args.studies), args.remove)
     _print_json({"name": args.name, "studies": studies})
     return 0
 
@@ -1321,12 +1657,51 @@ def cmd_rater_list(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import raters
 
-    database = dbmod.connect(args.db)
+    database = dbmod.connect(args.db, create=False)
     studies = {row["id"]: row["name"] for row in dbmod.list_studies(database)}
     rows = raters.list_raters(database)
     for row in rows:
         row["studies"] = [studies[study_id] for study_id in dbmod.rater_study_ids(database, row["id"])]
     _print_json(rows)
+    return 0
+
+
+def _add_rater_remove(rater_commands: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        rater_commands,
+        "remove",
+        cmd_rater_remove,
+        "remove a rater: no more sign-ins or studies; their past ratings are kept and stay attributed",
+    )
+    parser.add_argument("--name", required=True, help="the rater")
+    parser = _subcommand(
+        rater_commands, "reset-code", cmd_rater_reset_code, "give a rater (also a removed one) a new access code"
+    )
+    parser.add_argument("--name", required=True, help="the rater")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--code-stdin", action="store_true", help="read the new code from the first line of stdin")
+    source.add_argument("--code", default=None, help="the new code; visible to other users in ps, so avoid it")
+
+
+def cmd_rater_remove(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import raters
+
+    _print_json(raters.remove_rater(dbmod.connect(args.db, create=False), args.name))
+    return 0
+
+
+def cmd_rater_reset_code(args: argparse.Namespace) -> int:
+    from core import db as dbmod
+    from core import raters
+
+    database = dbmod.connect(args.db, create=False)
+    raters.list_raters(database)  # a damaged database fails before the code is asked
+    if dbmod.get_rater(database, args.name.strip()) is None:
+        raise NotFoundError(f"no rater named {args.name!r}; `python -m core rater list` shows them")
+    code = _ask_code(f"new access code for {args.name}: ", given=args.code, from_stdin=args.code_stdin, confirm=True)
+    rater = raters.reset_code(database, args.name, code)
+    _print_json({"id": rater.id, "name": rater.name, "role": rater.role, "code_reset": True})
     return 0
 
 
@@ -1336,6 +1711,7 @@ def _add_rater(commands: argparse._SubParsersAction) -> None:
     rater_commands = parser.add_subparsers(dest="rater_command", required=True, metavar="RATER_COMMAND")
     _add_rater_add(rater_commands)
     _add_rater_assign(rater_commands)
+    _add_rater_remove(rater_commands)
     _subcommand(rater_commands, "list", cmd_rater_list, "list raters (names, roles and studies, never codes)")
 
 
@@ -1354,7 +1730,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import export
 
-    files = export.export_study(dbmod.connect(args.db), args.study, args.format, args.simulator, args.min_gold_accuracy)
+    database = dbmod.connect(args.db, create=False)
+    files = export.export_study(database, args.study, args.format, args.simulator, args.min_gold_accuracy)
     paths = export.write_export(files, args.out or f"{export.file_stem(args.study)}-export")
     _print_json({"study": args.study, "format": args.format, "files": [str(path) for path in paths]})
     return 0
@@ -1379,7 +1756,8 @@ def cmd_import_ratings(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import export
 
-    report = export.import_ratings(dbmod.connect(args.db), args.study, args.file, create_raters=args.create_raters)
+    database = dbmod.connect(args.db, create=False)
+    report = export.import_ratings(database, args.study, args.file, create_raters=args.create_raters)
     if args.json:
         _print_json(report.to_json())
     else:
@@ -1405,13 +1783,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_database_note(args: argparse.Namespace, existed: bool | None) -> None:
+    """Say so when a command created the database file (a mistyped --db must not pass unnoticed)."""
+    if existed is False and os.environ.get("RANK", "0") == "0":
+        path = config.db_path(args.db)
+        if path.exists():
+            print(f"created a new database at {path}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        # Loading a model takes a second or two and needs no bar ("Loading weights" on every load); long work
+        # (collection, explaining, scoring) shows its own. Read by huggingface_hub and transformers at import.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    existed = config.db_path(args.db).exists() if hasattr(args, "db") else None
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        _new_database_note(args, existed)
+        return code
     except WorkbenchError as exc:
         log.debug("command failed", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)

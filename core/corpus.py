@@ -13,6 +13,7 @@ import ast
 import io
 import json
 import logging
+import os
 import random
 import sys
 import sysconfig
@@ -170,6 +171,28 @@ def _read_hf_dataset(spec: str) -> Iterator[str]:
             yield text
 
 
+HUB_CHECK_TIMEOUT_S = 3.0
+
+
+def _hub_unreachable(timeout_s: float = HUB_CHECK_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face Hub ($HF_ENDPOINT, else huggingface.co) cannot be reached now, or None when it can:
+    one quick connection, instead of the datasets library's half a minute of retries and repeated warnings."""
+    import socket
+    from urllib.parse import urlsplit
+
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{flag} is set"
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc.strerror or type(exc).__name__})"
+    return None
+
+
 def load_corpus(spec: str | None) -> Corpus:
     """`default`, a .txt/.jsonl file or a folder of them, or `hf:NAME[:CONFIG][:SPLIT]`."""
     if spec in (None, "", config.DEFAULT_CORPUS):
@@ -179,6 +202,13 @@ def load_corpus(spec: str | None) -> Corpus:
             build_default_corpus(path)
         return Corpus(name=f"default:{path.stem}", documents=lambda: _read_jsonl(path))
     if spec.startswith("hf:"):
+        name = spec.removeprefix("hf:").partition(":")[0]
+        reason = None if Path(name).exists() else _hub_unreachable()
+        if reason is not None:
+            raise InputError(
+                f"corpus {spec} streams from the Hugging Face Hub, which is out of reach: {reason}; use `default` or "
+                "a local .txt/.jsonl file or folder offline"
+            )
         return Corpus(name=spec, documents=lambda: _read_hf_dataset(spec))
     path = Path(spec)
     if not path.exists():

@@ -27,7 +27,7 @@ import pandas as pd
 import sqlite_utils
 import streamlit as st
 
-from core import config
+from core import config, provenance
 from core import db as dbmod
 from core.errors import InputError, WorkbenchError
 from core.llm import scrub_secrets
@@ -313,13 +313,14 @@ def explanations(src: Source, model: str, neuron_id: NeuronId) -> list[dict[str,
 @st.cache_data(show_spinner=False, max_entries=32)
 def _explanation_costs(path: str, version: tuple, model: str | None, blind: bool) -> pd.DataFrame:
     with database(path) as db:
-        rows = dbmod.explanation_costs(db, model, hide_blinded=blind)
-    return pd.DataFrame(rows, columns=["model", "format", "explainer", "input_tokens", "output_tokens"])
+        rows = provenance.with_sources(dbmod.explanation_costs(db, model, hide_blinded=blind))
+    columns = ["model", "format", "explainer", "source_key", "origin", "input_tokens", "output_tokens", "tokenizer"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def explanation_costs(src: Source, model: str | None = None) -> pd.DataFrame:
-    """Format, explainer and input/output tokens of every ok explanation (of one model, or all); for a visitor,
-    none of an open study's neurons."""
+    """Format, explainer, source (core.provenance: `source_key`, `origin`) and input/output tokens of every ok
+    explanation (of one model, or all); for a visitor, none of an open study's neurons."""
     return _explanation_costs(src.path, src.version, model, not sees_unblinded())
 
 
@@ -352,13 +353,14 @@ def neuron_similarities(src: Source, model: str, neuron_id: NeuronId) -> list[di
 @st.cache_data(show_spinner=False, max_entries=32)
 def _score_rows(path: str, version: tuple, model: str | None, blind: bool) -> pd.DataFrame:
     with database(path) as db:
-        rows = dbmod.score_rows(db, model, split="valid", calibrated=False, hide_blinded=blind)
-    return pd.DataFrame(rows)
+        rows = provenance.with_sources(dbmod.score_rows(db, model, split="valid", calibrated=False, hide_blinded=blind))
+    return pd.DataFrame(rows).drop(columns=["params"], errors="ignore")
 
 
 def score_rows(src: Source, model: str | None = None) -> pd.DataFrame:
-    """db.score_rows on the valid split without calibration (docs/METHOD.md §4): one row per explanation and score,
-    unscored explanations included once with no simulator. For a visitor, none of an open study's neurons."""
+    """db.score_rows on the valid split without calibration (docs/METHOD.md §4), with each explanation's source
+    (core.provenance: `source_key`, `origin`): one row per explanation and score, unscored explanations included
+    once with no simulator. For a visitor, none of an open study's neurons."""
     return _score_rows(src.path, src.version, model, not sees_unblinded())
 
 
@@ -487,3 +489,46 @@ def progress_text(rated: int, remaining: int) -> tuple[str, float]:
         return "nothing to rate", 1.0
     current = min(rated + 1, total)
     return f"{current} of {total}", rated / total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# "Try your own text" (Neurons page) and the demo (Home page)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=2)
+def subject_model(model: str) -> Any:
+    """The subject model, loaded once per server and shared by every session (st.cache_resource), on the default
+    device ($EVAL_DEVICE, else cuda when available). The one model this module loads: for Try your own text."""
+    from core.models import load_subject_model
+
+    return load_subject_model(model)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _own_text(model: str, layer: int, index: int, text: str) -> tuple[ActivationRecord, int]:
+    from core.activations import activate_text
+
+    result = activate_text(subject_model(model), layer, text)
+    return result.record(index), result.dropped_tokens
+
+
+def own_text(model: str, neuron_id: NeuronId, text: str) -> tuple[ActivationRecord, int]:
+    """A neuron's activations on a text, processed as collection processes an excerpt (core.activations.activate_text),
+    and how many tokens past the cap (512) were left out. Activations only: nothing an open study hides."""
+    return _own_text(model, neuron_id.layer, neuron_id.index, text)
+
+
+def run_demo() -> Any:
+    """The offline demo (core.demo.run_demo) on this app's database; its report."""
+    from core import demo
+
+    with database() as db:
+        return demo.run_demo(db)
+
+
+def offer_demo(db: sqlite_utils.Database) -> bool:
+    """Whether the Home page offers the demo: neurons collected, no explanations yet."""
+    from core import demo
+
+    return demo.offer_demo(db)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from core import db as dbmod
 from core import prompts
+from core import tokens as tokens_mod
 from core.errors import InputError, LLMError, WorkbenchError
 from core.llm import Backend, Completion, Sampling, get_backend, parse_backend_spec
 from core.prompts import DEFAULT_CUTOFF, Cutoff, FewShotExample
@@ -306,9 +307,10 @@ def _explanation_row(
 # Token cost (docs/METHOD.md §4, §5)
 # ---------------------------------------------------------------------------------------------------------------
 
+INPUT_COLUMNS = tuple(f"mean_input_tokens_{unit}" for unit in tokens_mod.TOKEN_UNITS)
 COST_COLUMNS = (
     "n",
-    "mean_input_tokens",
+    *INPUT_COLUMNS,
     "mean_output_tokens",
     "mean_total_tokens",
     "original_over_format_input",
@@ -316,33 +318,65 @@ COST_COLUMNS = (
 )
 
 
-def cost_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Per format (ok explanations only): n, mean input/output/total tokens, and Original ÷ format ratios.
+def with_cl100k_counts(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of explanation rows with `input_tokens_cl100k`: their stored prompt counted offline with cl100k_base
+    (as `prompt` and the Explain page's preview count), beside whatever the API reported."""
+    counted = []
+    for row in rows:
+        prompt = row.get("prompt")
+        if isinstance(prompt, str):
+            prompt = json.loads(prompt)
+        extra = {}
+        if isinstance(prompt, list) and prompt and tokens_mod.token_unit(row.get("tokenizer")) != "cl100k":
+            extra["input_tokens_cl100k"] = _count_locally(
+                "input", lambda prompt=prompt: tokens_mod.count_chat_tokens(prompt, tokens_mod.CL100K)
+            )
+        counted.append({**row, **extra})
+    return counted
 
-    A ratio of 2 means the format's prompts cost half of Original's (docs/METHOD.md §5); NaN without Original rows.
+
+def cost_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Per format (ok explanations only): n, mean input tokens per unit (core.tokens.TOKEN_UNITS: `cl100k` counted
+    offline, `server` reported by the API…), mean output and total tokens, and Original ÷ format ratios.
+
+    A row's `input_tokens` go under the unit of its `tokenizer`; an `input_tokens_cl100k` it carries (see
+    `with_cl100k_counts`) is used as well, so both show when both exist. Units are never averaged together, and
+    input columns no row has are left out. Totals and ratios use cl100k when every row has it, else the first
+    unit with counts (docs/METHOD.md §5); a ratio of 2 means the format's prompts cost half of Original's; NaN
+    without Original rows.
     """
-    frame = pd.DataFrame(
-        [r for r in rows if r.get("status", "ok") == "ok"], columns=["format", "input_tokens", "output_tokens"]
-    )
-    frame[["input_tokens", "output_tokens"]] = frame[["input_tokens", "output_tokens"]].astype(float)
-    frame["total_tokens"] = frame["input_tokens"] + frame["output_tokens"]
+    records = []
+    for row in rows:
+        if row.get("status", "ok") != "ok":
+            continue
+        record = {"format": row["format"], "output_tokens": row.get("output_tokens")}
+        if row.get("input_tokens") is not None:
+            record[tokens_mod.input_tokens_column(row.get("tokenizer"))] = row["input_tokens"]
+        if row.get("input_tokens_cl100k") is not None:
+            record["input_tokens_cl100k"] = row["input_tokens_cl100k"]
+        records.append(record)
+    units = [f"input_tokens_{unit}" for unit in tokens_mod.TOKEN_UNITS]
+    frame = pd.DataFrame(records, columns=["format", *units, "output_tokens"])
+    frame[[*units, "output_tokens"]] = frame[[*units, "output_tokens"]].astype(float)
+    present = [column for column in units if frame[column].notna().any()]
+    complete = [column for column in present if frame[column].notna().all()]
+    basis = (complete or present or ["input_tokens_unknown"])[0]
+    frame["total_tokens"] = frame[basis] + frame["output_tokens"]
     grouped = frame.groupby("format")
-    table = pd.DataFrame(
-        {
-            "n": grouped.size(),
-            "mean_input_tokens": grouped["input_tokens"].mean(),
-            "mean_output_tokens": grouped["output_tokens"].mean(),
-            "mean_total_tokens": grouped["total_tokens"].mean(),
-        }
-    )
+    table = pd.DataFrame({"n": grouped.size()})
+    for column in present:
+        table[f"mean_{column}"] = grouped[column].mean()
+    table["mean_output_tokens"] = grouped["output_tokens"].mean()
+    table["mean_total_tokens"] = grouped["total_tokens"].mean()
     order = [f for f in prompts.FORMATS if f in table.index] + sorted(set(table.index) - set(prompts.FORMATS))
     table = table.reindex(order)
     original = table.loc["original"] if "original" in table.index else None
-    for kind in ("input", "total"):
-        column = f"mean_{kind}_tokens"
-        table[f"original_over_format_{kind}"] = original[column] / table[column] if original is not None else math.nan
+    for kind, column in (("input", f"mean_{basis}"), ("total", "mean_total_tokens")):
+        known = original is not None and column in table
+        table[f"original_over_format_{kind}"] = original[column] / table[column] if known else math.nan
     table.index.name = "format"
-    return table.reindex(columns=list(COST_COLUMNS))
+    shown = [column for column in COST_COLUMNS if column not in INPUT_COLUMNS or column in table.columns]
+    return table.reindex(columns=shown)
 
 
 # ---------------------------------------------------------------------------------------------------------------

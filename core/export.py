@@ -25,7 +25,7 @@ import pandas as pd
 import sqlite_utils
 
 from core import db as dbmod
-from core import human_eval, quality, raters
+from core import human_eval, provenance, quality, raters
 from core.errors import InputError, NotFoundError, WorkbenchError
 from core.plan import StoredPlan, StudyPlan
 from core.stats import automated_column, clean, item_aggregates, summary_from_ratings
@@ -34,19 +34,20 @@ EXPORT_FORMATS = ("csv", "json", "parquet")
 RATING_COLUMNS = (
     "rating_id", "item_id", "position", "model", "neuron", "rater_id", "rater", "choice", "winner_arm", "left_arm",
     "right_arm", "shown_left", "is_gold", "gold_choice", "confidence", "seconds", "comment", "created_at", "updated_at",
-    "revisions", "left_explanation_id", "right_explanation_id", "left_format", "left_explainer", "right_format",
-    "right_explainer", "left_score", "right_score", "left_text", "right_text",
+    "revisions", "left_explanation_id", "right_explanation_id", "left_format", "left_explainer", "left_source",
+    "right_format", "right_explainer", "right_source", "left_score", "right_score", "left_text", "right_text",
 )  # fmt: skip
 ITEM_COLUMNS = (
     "item_id", "position", "model", "neuron", "left_arm", "right_arm", "is_gold", "gold_choice",
-    "left_explanation_id", "right_explanation_id", "left_format", "left_explainer", "right_format", "right_explainer",
-    "left_score", "right_score", "left_text", "right_text",
+    "left_explanation_id", "right_explanation_id", "left_format", "left_explainer", "left_source", "right_format",
+    "right_explainer", "right_source", "left_score", "right_score", "left_text", "right_text",
 )  # fmt: skip
 # Text columns, read back as text: through CSV a rater called "007" would otherwise come back as the number 7.
+# Exports made before `left_source`/`right_source` existed lack those columns and still load.
 _TEXT_COLUMNS = (
     "rater", "choice", "left_arm", "right_arm", "model", "neuron", "winner_arm", "gold_choice", "comment",
-    "left_format", "left_explainer", "right_format", "right_explainer", "left_text", "right_text", "created_at",
-    "updated_at",
+    "left_format", "left_explainer", "left_source", "right_format", "right_explainer", "right_source", "left_text",
+    "right_text", "created_at", "updated_at",
 )  # fmt: skip
 _NEVER_EMPTY = ("rater", "choice", "left_arm", "right_arm", "model", "neuron")
 
@@ -114,6 +115,7 @@ class StudyData:
     items: pd.DataFrame
     simulator: str | None
     plan: StoredPlan | None = None
+    arm_sources: tuple[human_eval.ArmSource, ...] = ()
 
 
 def study_data(db: sqlite_utils.Database, study: str, simulator: str | None = None) -> StudyData:
@@ -125,11 +127,14 @@ def study_data(db: sqlite_utils.Database, study: str, simulator: str | None = No
     item_rows = dbmod.list_items(db, record.id)
     ids = [row[f"{side}_explanation_id"] for row in item_rows for side in ("left", "right")]
     simulator, scores = dbmod.scores_for_explanations(db, ids, simulator)
+    explanations = dbmod.explanations_by_ids(db, ids)
+    sources = {explanation_id: provenance.source_key(row) for explanation_id, row in explanations.items()}
     rating_rows = dbmod.study_ratings(db, record.id)
     for row in (*item_rows, *rating_rows):
         row["neuron"] = f"{row['layer']}:{row['neuron']}"
-        row["left_score"] = scores.get(row["left_explanation_id"])
-        row["right_score"] = scores.get(row["right_explanation_id"])
+        for side in ("left", "right"):
+            row[f"{side}_score"] = scores.get(row[f"{side}_explanation_id"])
+            row[f"{side}_source"] = sources.get(row[f"{side}_explanation_id"])
     for row in item_rows:
         row["item_id"] = row["id"]
     kinds = _add_automated_scores(db, ids, (*item_rows, *rating_rows))
@@ -137,7 +142,9 @@ def study_data(db: sqlite_utils.Database, study: str, simulator: str | None = No
     # Optional 1-5 answers stay integers next to missing ones (a float column would export "3.0").
     ratings["confidence"] = ratings["confidence"].astype("Int64")
     items = pd.DataFrame(item_rows, columns=[*ITEM_COLUMNS, *kinds]).astype({column: float for column in kinds})
-    return StudyData(record, ratings, item_aggregates(items, ratings), simulator, human_eval.get_plan(db, record.name))
+    arm_sources = tuple(human_eval.arm_sources(record.arms, item_rows, explanations))
+    plan = human_eval.get_plan(db, record.name)
+    return StudyData(record, ratings, item_aggregates(items, ratings), simulator, plan, arm_sources)
 
 
 def _add_automated_scores(
@@ -161,7 +168,8 @@ def summary_of(data: StudyData, min_gold_accuracy: float | None = None) -> dict[
     plan = data.plan.to_json() if data.plan is not None else None
     statistics = analyse(data.ratings, data.study.arms, plan, min_gold_accuracy)
     options = {"simulator": data.simulator, "min_gold_accuracy": min_gold_accuracy}
-    return {**statistics, "study": data.study.to_json(), "options": options}
+    arm_sources = [source.to_json() for source in data.arm_sources]
+    return {**statistics, "study": data.study.to_json(), "arm_sources": arm_sources, "options": options}
 
 
 def analyse(

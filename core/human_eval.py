@@ -1,6 +1,7 @@
 """Blinded pairwise human evaluation: studies, items, assignment and ratings (docs/METHOD.md §9).
 
-A study compares two or more arms (sets of explanations: a format, optionally `@explainer`) on the same neurons.
+A study compares two or more arms (sets of explanations: a format, an explainer and a source, `FORMAT[@EXPLAINER]
+[#SOURCE]`, each resolving to exactly one set; core.provenance) on the same neurons.
 Each item shows one neuron with explanations from two arms; which arm is on the left is drawn with the study's seed
 and balanced within each pair of arms. Raters only ever receive `RaterItem`s, which name no arm, format or
 explainer. All SQL is in core.db; raters are in core.raters; the statistics are in core.stats; exports are in
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from core import blinding, quality
+from core import blinding, provenance, quality
 from core import db as dbmod
 from core import plan as plan_module
 from core.db import RATING_CHOICES
@@ -48,30 +49,37 @@ CHOICE_LABELS = {"left": "Explanation 1", "right": "Explanation 2", "tie": "Equa
 
 @dataclass(frozen=True)
 class Arm:
-    """A set of explanations: a format, optionally of one explainer, written `summary` or `summary@gpt-4`."""
+    """A set of explanations: a format, optionally of one explainer (exactly as stored) and one source
+    (core.provenance), written `summary`, `summary@gpt-4` or `summary@gpt-4#file:3fa9c2d1e0b4`. Whatever is left
+    out must still resolve to one explainer and one source for the study's neurons (`resolve_arms`)."""
 
     format: str
     explainer: str | None = None
+    source: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.format}@{self.explainer}" if self.explainer else self.format
+        explainer = f"@{self.explainer}" if self.explainer else ""
+        return f"{self.format}{explainer}" + (f"#{self.source}" if self.source else "")
 
     @classmethod
     def parse(cls, text: str) -> Arm:
-        name, sep, explainer = text.strip().partition("@")
-        if not name.strip() or (sep and not explainer.strip()):
-            raise InputError(f"arm {text!r} is not of the form FORMAT or FORMAT@EXPLAINER, e.g. summary@gpt-4")
-        return cls(name.strip(), explainer.strip() or None)
+        head, hash_sep, source = text.strip().partition("#")
+        name, sep, explainer = head.partition("@")
+        if not name.strip() or (sep and not explainer.strip()) or (hash_sep and not source.strip()):
+            raise InputError(
+                f"arm {text!r} is not of the form FORMAT[@EXPLAINER][#SOURCE], e.g. summary@gpt-4 or "
+                "summary@gpt-4#file:3fa9c2d1e0b4 (`python -m core explanations` lists explainers and sources)"
+            )
+        return cls(name.strip(), explainer.strip() or None, source.strip() or None)
 
     def matches(self, explanation: dict[str, Any]) -> bool:
-        """Whether a stored explanation belongs to this arm. `gpt-4` and `openai:gpt-4` name the same explainer:
-        generated rows carry the backend prefix, imported ones may not."""
+        """Whether a stored explanation belongs to this arm as written. Explainer names are compared as written:
+        `gpt-4` (an import's label) and `openai:gpt-4` (generated here) are different explainers."""
         if explanation["format"] != self.format or not (explanation.get("explanation") or "").strip():
             return False
-        if self.explainer is None:
-            return True
-        stored, wanted = explanation["explainer"], self.explainer
-        return wanted in (stored, stored.partition(":")[2]) or stored == wanted.partition(":")[2]
+        if self.explainer is not None and explanation["explainer"] != self.explainer:
+            return False
+        return self.source is None or provenance.names_source(self.source, explanation)
 
 
 def parse_arms(text: str | Sequence[str]) -> list[Arm]:
@@ -81,6 +89,87 @@ def parse_arms(text: str | Sequence[str]) -> list[Arm]:
     if len(arms) < 2 or len(set(arms)) != len(arms):
         raise InputError(f"a study needs at least two different arms, e.g. --arms summary,original (got {text!r})")
     return arms
+
+
+@dataclass(frozen=True)
+class ArmSource:
+    """One explanation set an arm resolved to: its explainer and source (core.provenance), a person's name for the
+    source, and how many of the study's explanations come from it."""
+
+    arm: str
+    format: str
+    explainer: str
+    source: str
+    origin: str
+    n_explanations: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _set_of(row: dict[str, Any]) -> tuple[str, str]:
+    return row["explainer"], provenance.source_key(row)
+
+
+def resolve_arms(
+    model: str, explanations: dict[NeuronId, list[dict]], arms: Sequence[Arm]
+) -> dict[Arm, tuple[str, str]]:
+    """Each arm's one (explainer, source) among these neurons' explanations. InputError, in one line, when an arm
+    matches nothing, or matches explanations of several explainers or sources: it lists the candidates, each
+    written as an arm that names exactly it."""
+    rows = [row for found in explanations.values() for row in found]
+    resolved = {}
+    for arm in arms:
+        neurons: dict[tuple[str, str], set[tuple[int, int]]] = {}
+        origins: dict[tuple[str, str], str] = {}
+        for row in rows:
+            if arm.matches(row):
+                neurons.setdefault(_set_of(row), set()).add((row["layer"], row["neuron"]))
+                origins.setdefault(_set_of(row), provenance.origin(row))
+        if not neurons:
+            there = sorted({f"{row['format']}@{row['explainer']}#{provenance.source_key(row)}" for row in rows})
+            raise InputError(
+                f"arm {arm} matches no explanation of {model} for these neurons; there are: "
+                f"{', '.join(there) or 'none'}"
+            )
+        if len(neurons) > 1:
+            ordered = sorted(neurons, key=lambda key: (-len(neurons[key]), key))
+            written = [f"{arm.format}@{explainer}#{source}" for explainer, source in ordered]
+            candidates = "; ".join(
+                f"{name} ({origins[key]}, {len(neurons[key])} neurons)"
+                for name, key in zip(written, ordered, strict=True)
+            )
+            raise InputError(
+                f"arm {arm} matches explanations of {len(neurons)} explainers or sources for these neurons, which a "
+                f"study must not mix: {candidates}; name one as FORMAT@EXPLAINER#SOURCE in --arms, e.g. {written[0]}"
+            )
+        resolved[arm] = next(iter(neurons))
+    return resolved
+
+
+def arm_sources(
+    arms: Sequence[str], items: Sequence[dict[str, Any]], explanations: dict[int, dict[str, Any]]
+) -> list[ArmSource]:
+    """Per arm (in `arms` order), the explanation sets its side of the regular items comes from, each with the
+    number of distinct explanations: one per arm for a study created by this version, possibly several for an
+    older study that mixed them. `explanations` maps explanation id → stored row (db.explanations_by_ids)."""
+    found: dict[str, dict[tuple[str, str], set[int]]] = {arm: {} for arm in arms}
+    origins: dict[tuple[str, str], str] = {}
+    for item in items:
+        if item["is_gold"]:
+            continue
+        for side in ("left", "right"):
+            row = explanations.get(item[f"{side}_explanation_id"])
+            if row is None:
+                continue
+            key = _set_of(row)
+            origins.setdefault(key, provenance.origin(row))
+            found.setdefault(item[f"{side}_arm"], {}).setdefault(key, set()).add(row["id"])
+    return [
+        ArmSource(arm, Arm.parse(arm).format, explainer, source, origins[explainer, source], len(ids))
+        for arm, sets in found.items()
+        for (explainer, source), ids in sorted(sets.items(), key=lambda pair: (-len(pair[1]), pair[0]))
+    ]
 
 
 @dataclass(frozen=True)
@@ -135,6 +224,7 @@ class StudyCreated:
     skipped: tuple[str, ...]
     n_identical: int = 0
     tells: tuple[blinding.TextTell, ...] = ()
+    arms: tuple[ArmSource, ...] = ()
 
 
 def get_study(db: sqlite_utils.Database, name: str) -> Study:
@@ -280,15 +370,19 @@ def plan_items(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The items of a study (with positions) and the skipped (neuron, arm)s, from each neuron's explanations.
 
-    Per neuron and arm the newest ok explanation that matches is used (`explanations` lists rows newest first, as
-    `db.list_explanations` does), so a bare format picks deterministically among explainers. Every pair of arms
-    gives one item per neuron that has both; the first arm is on the left in half of each pair's items.
+    Each arm resolves to one explainer and source (`resolve_arms`, which refuses an ambiguous arm); per neuron the
+    newest ok explanation of that set is used (`explanations` lists rows newest first, as `db.list_explanations`
+    does). Every pair of arms gives one item per neuron that has both; the first arm is on the left in half of
+    each pair's items. A pair whose two texts read the same (blinding.same_text) is skipped.
     """
     rng = random.Random(seed)
+    resolved = resolve_arms(model, explanations, arms)
     picked: dict[NeuronId, dict[Arm, dict]] = {}
     skipped = []
     for neuron, rows in explanations.items():
-        found = {arm: next((row for row in rows if arm.matches(row)), None) for arm in arms}
+        found = {
+            arm: next((row for row in rows if arm.matches(row) and _set_of(row) == resolved[arm]), None) for arm in arms
+        }
         skipped += [f"{neuron}: no {arm} explanation" for arm, row in found.items() if row is None]
         picked[neuron] = {arm: row for arm, row in found.items() if row is not None}
     items = []
@@ -344,7 +438,7 @@ def create_study(
         raise InputError("a study needs neurons: pass --neurons as layer:index, comma-separated, e.g. 0:426,0:722")
     model = _study_model(db, ids, model)
     explanations = {neuron: dbmod.list_explanations(db, model, neuron) for neuron in ids}
-    _check_arms_exist(model, explanations, arm_list)
+    resolve_arms(model, explanations, arm_list)  # an arm that matches nothing, or several sets, stops here
     choose_decoy = None
     if gold_share > 0:
         from core import similarity
@@ -373,17 +467,33 @@ def create_study(
     n_gold = sum(item["is_gold"] for item in items)
     n_identical = sum(reason.endswith(IDENTICAL) for reason in skipped)
     tells = tuple(blinding.study_tells(items))
-    return StudyCreated(get_study(db, name), len(items) - n_gold, n_gold, tuple(skipped), n_identical, tells)
+    by_id = {row["id"]: row for rows in explanations.values() for row in rows}
+    sources = tuple(arm_sources(config["arms"], items, by_id))
+    study = get_study(db, name)
+    return StudyCreated(study, len(items) - n_gold, n_gold, tuple(skipped), n_identical, tells, sources)
 
 
-def _check_arms_exist(model: str, explanations: dict[NeuronId, list[dict]], arms: Sequence[Arm]) -> None:
-    rows = [row for found in explanations.values() for row in found]
-    for arm in arms:
-        if not any(arm.matches(row) for row in rows):
-            there = sorted({f"{row['format']}@{row['explainer']}" for row in rows}) or ["none"]
-            raise InputError(
-                f"arm {arm} matches no explanation of {model} for these neurons; there are: {', '.join(there)}"
-            )
+def study_arm_sources(db: sqlite_utils.Database, study: str) -> list[ArmSource]:
+    """Per arm of a stored study, the explainer and source its explanations come from, with their count."""
+    record = get_study(db, study)
+    items = dbmod.list_items(db, record.id)
+    ids = [item[f"{side}_explanation_id"] for item in items for side in ("left", "right")]
+    return arm_sources(record.arms, items, dbmod.explanations_by_ids(db, ids))
+
+
+def show_study(db: sqlite_utils.Database, study: str) -> dict[str, Any]:
+    """A study as JSON: its configuration, state, item and rating counts, and per arm what it resolved to."""
+    record = get_study(db, study)
+    listed = next(row for row in list_studies(db) if row["name"] == record.name)
+    status = study_status(db, record.name)
+    return {
+        **record.to_json(),
+        "raters": listed["raters"],
+        "n_items": status["n_items"],
+        "n_gold_items": status["n_gold_items"],
+        "n_ratings": status["n_ratings"],
+        "arm_sources": [source.to_json() for source in study_arm_sources(db, record.name)],
+    }
 
 
 def study_items(db: sqlite_utils.Database, study: str, rater: str | None = None) -> list[dict[str, Any]]:

@@ -466,6 +466,8 @@ def run_pipeline(
         progress=progress,
     )
     rows = run_rows(db, model, neurons, formats, explainer_name, sim, split=split, calibrated=calibrate)
+    if not rows.empty:  # this run's explanations only: another run of the same explainer is another source
+        rows = rows[rows["explanation_id"].isin({row["id"] for row in explained.rows(db)})].reset_index(drop=True)
     summary, differences = summarise(rows, sim.name, formats, baseline)
     return RunReport(
         model=model,
@@ -531,6 +533,66 @@ def summarise(
     return summary, scoring.paired_format_differences(rows, base, simulator=simulator)
 
 
+@dataclass(frozen=True)
+class SetTable:
+    """The per-format table and paired differences of one explanation set (one explainer, one source; see
+    core.provenance) under one simulator and method: the unit `score` and `run` report, never pooled."""
+
+    explainer: str
+    source: str
+    origin: str
+    simulator: str
+    method: str
+    summary: pd.DataFrame
+    differences: pd.DataFrame
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "explainer": self.explainer,
+            "source": self.source,
+            "origin": self.origin,
+            "simulator": self.simulator,
+            "method": self.method,
+            "summary": frame_rows(self.summary),
+            "differences": frame_rows(self.differences),
+        }
+
+
+def score_tables(
+    db: Any, model: str, report: ScoreReport, baseline: str = "original", embedder: str | None = None
+) -> list[SetTable]:
+    """Per explanation set among the explanations `report` covers, its per-format table and paired differences
+    under the report's simulator, method, split and calibration; similarity to the reference under `embedder`."""
+    from core import prompts, provenance
+    from core.similarity import DEFAULT_EMBEDDER
+
+    rows = pd.DataFrame(
+        provenance.with_sources(
+            dbmod.score_rows(
+                db,
+                model,
+                report.simulator,
+                method=report.method,
+                split=report.split,
+                calibrated=report.calibrated,
+                reference_kind="openai",
+                embedder=embedder or DEFAULT_EMBEDDER,
+            )
+        )
+    )
+    if rows.empty:
+        return []
+    rows = rows[rows["explanation_id"].isin(report.explanation_ids)]
+    tables = []
+    for (explainer, source), group in rows.groupby(["explainer", "source_key"], sort=True):
+        present = set(group["format"])
+        formats = [f for f in prompts.FORMATS if f in present] + sorted(present - set(prompts.FORMATS))
+        summary, differences = summarise(group.reset_index(drop=True), report.simulator, formats, baseline)
+        origin = str(group["origin"].iloc[0])
+        tables.append(SetTable(explainer, source, origin, report.simulator, report.method, summary, differences))
+    return tables
+
+
 def format_table(frame: pd.DataFrame, digits: int = 3) -> str:
     """A frame as aligned plain text for the terminal, numbers rounded, missing values as `-`."""
     if frame is None or frame.empty:
@@ -564,3 +626,198 @@ def format_run_report(report: RunReport) -> str:
         lines += ["", f"{failed} step(s) failed; rerun the same command to retry them. First errors:"]
         lines += [f"  {e}" for e in [*report.explain.get("errors", []), *report.score.get("errors", [])][:5]]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The other scorers: detection, fuzzing, embedding (docs/METHOD.md §10)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScorerReport:
+    """What one `score_with_scorer` call did, and the stored rows of the explanations it covers (`rows`)."""
+
+    scorer: str
+    model: str
+    method: str
+    simulator: str  # as stored: `<scorer>:<model>`
+    total: int
+    ok: int
+    failed: int
+    skipped: int  # already scored with the same settings
+    replaced: int  # scored before with other settings, scored again
+    no_excerpts: tuple[str, ...]  # neurons stored without the scorers' excerpts: not scored by this scorer
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    rows: tuple[dict[str, Any], ...] = field(default=(), repr=False)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "rows"}
+        data["no_excerpts"] = list(self.no_excerpts)
+        data["errors"], data["warnings"] = list(self.errors), list(self.warnings)
+        return {**data, "rows": list(self.rows)}
+
+
+def _settings_text(settings: dict[str, Any] | str | None) -> str:
+    """Settings as canonical JSON, without the notes a result adds to them (they say what happened, not how)."""
+    import json
+
+    if isinstance(settings, str):
+        settings = json.loads(settings)
+    return json.dumps({k: v for k, v in (settings or {}).items() if k != "notes"}, sort_keys=True, ensure_ascii=False)
+
+
+def score_with_scorer(
+    db: Any,
+    model: str,
+    scorer: Any,
+    *,
+    neurons: Sequence[NeuronId] | None = None,
+    formats: Sequence[str] | None = None,
+    explainers: Sequence[str] | None = None,
+    progress: bool | Progress = False,
+) -> ScorerReport:
+    """Score the stored ok explanations of `model` with a scorer other than simulation (core.scorers.get_scorer)
+    that lack an ok score under the same scorer, model, metric and settings; store each with its per-excerpt
+    predictions, tokens and time (failures too, with reasons). Neurons stored without the scorers' excerpts are
+    left out and named in `no_excerpts` and `warnings`: only simulation can score them."""
+    from core.db import neurons as neuron_queries
+    from core.db import scores as score_queries
+    from core.scorers import MissingExcerpts, stored_name
+
+    rows = select_explanations(db, model, neurons=neurons, formats=formats, explainers=explainers)
+    if not rows:
+        raise NotFoundError(
+            f"no ok explanations of model {model!r} match; run `python -m core explain` first or widen the filters"
+        )
+    simulator = stored_name(scorer)
+    settings = scorer.settings()
+    wanted = _settings_text(settings)
+    stored = score_queries.scorer_settings_of(db, simulator, scorer.method)
+    todo, replaced = [], 0
+    for row in rows:
+        status, text = stored.get(row["id"], (None, None))
+        if status == "ok" and text is not None and _settings_text(text) == wanted:
+            continue
+        replaced += status == "ok"
+        todo.append(row)
+    counts = {"ok": 0, "failed": 0}
+    errors: list[str] = []
+    warnings: list[str] = []
+    no_excerpts: list[str] = []
+    tokens = {"input": 0, "output": 0}
+    records_cache: dict[NeuronId, NeuronRecord | str] = {}
+    started = time.perf_counter()
+    bar = progress_bar(len(todo), f"scoring with {scorer.name} ({scorer.model})", progress is True)
+    try:
+        for number, row in enumerate(todo, start=1):
+            neuron = NeuronId(row["layer"], row["neuron"])
+            if neuron not in records_cache:
+                records_cache.clear()  # rows are sorted by neuron: one neuron's records in memory at a time
+                try:
+                    records_cache[neuron] = dbmod.get_neuron(db, model, neuron)
+                except NotFoundError as exc:
+                    records_cache[neuron] = str(exc)
+            record = records_cache[neuron]
+            bar.update(1)
+            if callable(progress):
+                progress(number, len(todo))
+            if isinstance(record, str):
+                result = None
+                error: str | None = f"no activation records for neuron {neuron}: {record}"
+            elif record.scoring is None:
+                if str(neuron) not in no_excerpts:
+                    no_excerpts.append(str(neuron))
+                continue
+            else:
+                try:
+                    result = scorer.score(row["explanation"], record)
+                except MissingExcerpts as exc:  # pragma: no cover - scorers return it as a failed result
+                    result, error = None, str(exc)
+                else:
+                    error = result.error
+            status = "ok" if result is not None and result.ok else "failed"
+            score_queries.save_scorer_score(
+                db,
+                row["id"],
+                scorer=scorer.name,
+                simulator=simulator,
+                method=scorer.method,
+                status=status,
+                score=result.score if result else None,
+                auc=result.auc if result else None,
+                per_excerpt=[p.to_json() for p in result.per_excerpt] if result else None,
+                settings={**settings, "notes": list(result.notes)} if result and result.notes else settings,
+                error=error,
+                seconds=result.seconds if result else None,
+                input_tokens=result.input_tokens if result else None,
+                output_tokens=result.output_tokens if result else None,
+            )
+            if result is not None:
+                tokens["input"] += result.input_tokens or 0
+                tokens["output"] += result.output_tokens or 0
+            counts[status] += 1
+            if error and error not in errors:
+                errors.append(error)
+    finally:
+        bar.close()
+    if no_excerpts:
+        layers = sorted({NeuronId.parse(n).layer for n in no_excerpts})
+        missing_layers = set(neuron_queries.layers_without_scoring_records(db, model))
+        for layer in layers:
+            how = "was collected" if layer in missing_layers else "has neurons stored"
+            warnings.append(
+                f"layer {layer} of {model} {how} without the scorers' excerpts, so the {scorer.name} scorer skipped "
+                f"its {sum(NeuronId.parse(n).layer == layer for n in no_excerpts)} neuron(s); only simulation scores "
+                f"them. Recollect it with `python -m core collect --model {model} --layers {layer} --replace`"
+            )
+    ids = [row["id"] for row in rows]
+    stored_rows = score_queries.scorer_score_rows(db, ids, simulator=simulator, method=scorer.method)
+    return ScorerReport(
+        scorer=scorer.name,
+        model=scorer.model,
+        method=scorer.method,
+        simulator=simulator,
+        total=len(rows),
+        ok=counts["ok"],
+        failed=counts["failed"],
+        skipped=len(rows) - len(todo),
+        replaced=replaced,
+        no_excerpts=tuple(no_excerpts),
+        errors=tuple(errors[:20]),
+        warnings=tuple(warnings),
+        rows=tuple(stored_rows),
+        input_tokens=tokens["input"],
+        output_tokens=tokens["output"],
+        seconds=time.perf_counter() - started,
+    )
+
+
+def scorer_summary(report: ScorerReport) -> pd.DataFrame:
+    """Per explainer and format: neurons scored, mean score with a 95% bootstrap CI over neurons, mean AUC, and the
+    scorer's mean input and output tokens per explanation. One scorer, model and metric: never pooled with another."""
+    frame = pd.DataFrame([row for row in report.rows if row.get("status") == "ok"])
+    if frame.empty:
+        return pd.DataFrame()
+    table = []
+    for (explainer, format_name), group in frame.groupby(["explainer", "format"], sort=True):
+        per_neuron = group.groupby("neuron")[["score", "auc", "scorer_input_tokens", "scorer_output_tokens"]].mean()
+        estimate = scoring.bootstrap_ci(per_neuron["score"].dropna().tolist())
+        aucs = per_neuron["auc"].dropna()
+        table.append(
+            {
+                "explainer": explainer,
+                "format": format_name,
+                "n": estimate.n,
+                "mean_score": estimate.mean,
+                "score_ci_lo": estimate.lo,
+                "score_ci_hi": estimate.hi,
+                "mean_auc": float(aucs.mean()) if len(aucs) else None,
+                "scorer_input_tokens": float(per_neuron["scorer_input_tokens"].mean()),
+                "scorer_output_tokens": float(per_neuron["scorer_output_tokens"].mean()),
+            }
+        )
+    return pd.DataFrame(table)

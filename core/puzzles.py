@@ -27,7 +27,7 @@ from core.simulate import Simulator
 
 PUZZLES_PATH = Path(__file__).resolve().parent / "data" / "puzzles.json"
 PUZZLE_REFERENCE_KIND = "puzzle"
-PUZZLE_SOURCE = "puzzle"
+PUZZLE_SOURCE = dbmod.PUZZLE_SOURCE
 PUZZLE_EXPLAINER_NONE = "none"
 
 

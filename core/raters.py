@@ -106,6 +106,8 @@ def authenticate(
         functools.partial(_refuse_while_waiting, moment),
     )
     row = dbmod.get_rater(db, name)
+    if row is not None and row["code_hash"] == dbmod.REMOVED_CODE_HASH:
+        row = None  # a removed rater is refused like an unknown name, after the same hashing time
     stored = row["code_hash"] if row else _dummy_hash(**SCRYPT_PARAMS)
     _, n, r, p, _ = stored.split("$")
     salt = bytes.fromhex(row["salt"]) if row else _DUMMY_SALT
@@ -160,3 +162,30 @@ def _timestamp(moment: datetime) -> str:
 
 def list_raters(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     return dbmod.list_raters(db)
+
+
+def _existing(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    row = dbmod.get_rater(db, name.strip())
+    if row is None:
+        raise InputError(f"no rater named {name!r}; `python -m core rater list` shows them")
+    return row
+
+
+def remove_rater(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    """Remove a rater: they can no longer sign in or rate, and lose their studies; their past ratings are kept and
+    stay attributed to them. `reset_code` gives them access again."""
+    row = _existing(db, name)
+    lost = dbmod.remove_rater(db, row["id"], row["name"])
+    return {"name": row["name"], "removed": True, "studies_unassigned": lost}
+
+
+def reset_code(db: sqlite_utils.Database, name: str, code: str) -> Rater:
+    """Give a rater a new access code (also a removed one, who can then sign in again, without studies); their
+    failed sign-ins are forgotten."""
+    row = _existing(db, name)
+    if len(code) < MIN_CODE_CHARS:
+        raise InputError(f"the access code must have at least {MIN_CODE_CHARS} characters")
+    salt = secrets.token_bytes(16)
+    dbmod.update_rater_code(db, row["id"], _hash_code(code, salt, **SCRYPT_PARAMS), salt.hex())
+    dbmod.clear_sign_in_failures(db, ("name", row["name"]))
+    return Rater(row["id"], row["name"], row["role"])

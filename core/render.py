@@ -333,3 +333,18 @@ def text_html(text: str) -> str:
 def styled(*parts: str) -> str:
     """The page fragment to hand to st.html: our style sheet followed by the given renderer outputs."""
     return STYLE + "".join(parts)
+
+
+def excerpt_lines(record: ActivationRecord, width: int = 150, indent: str = "    ") -> list[str]:
+    """An excerpt for a terminal: its peak token marked ⟦so⟧, line breaks as ⏎, invisible characters by their code
+    point, wrapped at `width` characters (at least 20) instead of cut."""
+    import textwrap
+
+    activations = record.activations
+    peak = max(range(len(activations)), key=lambda i: activations[i]) if len(activations) else -1
+    shown = "".join(f"⟦{token}⟧" if i == peak else token for i, token in enumerate(record.tokens))
+    shown = mark_invisible(shown.replace("\n", "⏎"))
+    wrapped = textwrap.wrap(
+        shown, width=max(20, width), initial_indent=indent, subsequent_indent=indent, drop_whitespace=False
+    )
+    return wrapped or [indent]

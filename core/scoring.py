@@ -17,6 +17,7 @@ import pandas as pd
 
 from core.errors import InputError
 from core.records import ActivationRecord
+from core.tokens import TOKEN_UNITS, token_unit
 
 # ---------------------------------------------------------------------------------------------------------------
 # Formulas (docs/METHOD.md §4)
@@ -320,7 +321,6 @@ _SUMMARY_COLUMNS = [
     "score_ci_hi",
     "mean_similarity",
     "n_similarity",
-    "mean_input_tokens",
 ]
 
 
@@ -367,7 +367,17 @@ def _score_rows(rows: pd.DataFrame | Sequence[Mapping[str, Any]], simulator: str
         if "model" in rows.columns
         else rows["neuron"].astype(str)
     )
+    # Input tokens under their unit (core.tokens.TOKEN_UNITS): an API's count and an offline count never share a mean.
+    counted_by = rows["tokenizer"] if "tokenizer" in rows.columns else pd.Series(None, index=rows.index, dtype=object)
+    units = counted_by.map(lambda name: token_unit(name if isinstance(name, str) else None))
+    for unit in TOKEN_UNITS:
+        rows[f"input_tokens_{unit}"] = rows["input_tokens"].where(units == unit)
     return rows
+
+
+def _token_columns(rows: pd.DataFrame) -> list[str]:
+    """The `input_tokens_<unit>` columns of `_score_rows` output that hold a count."""
+    return [f"input_tokens_{unit}" for unit in TOKEN_UNITS if rows[f"input_tokens_{unit}"].notna().any()]
 
 
 def _numeric(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -379,7 +389,8 @@ def _numeric(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 def _per_neuron(rows: pd.DataFrame) -> pd.DataFrame:
     # Several samples of one neuron under one format are averaged first, so the bootstrap resamples neurons.
-    return rows.groupby(["format", "_neuron_key"], sort=False)[["score", "similarity", "input_tokens"]].mean()
+    columns = ["score", "similarity", *(f"input_tokens_{unit}" for unit in TOKEN_UNITS)]
+    return rows.groupby(["format", "_neuron_key"], sort=False)[columns].mean()
 
 
 def format_summary(
@@ -390,32 +401,36 @@ def format_summary(
     level: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per-format table: neurons scored (n), mean score with bootstrap CI, mean similarity, mean input tokens.
+    """Per-format table: neurons scored (n), mean score with bootstrap CI, mean similarity, mean input tokens per
+    unit (`mean_input_tokens_cl100k`, `_server`…: core.tokens.TOKEN_UNITS, only the units the rows have).
 
-    Rows need format, neuron ("layer:index"), score, simulator; similarity, input_tokens and model are optional.
-    Formats appear in the order they first occur in `rows`; undefined values in the table are NaN.
+    Rows need format, neuron ("layer:index"), score, simulator; similarity, input_tokens, tokenizer (what counted
+    them; without it the unit is `unknown`) and model are optional. Formats appear in the order they first occur in
+    `rows`; undefined values in the table are NaN.
     """
     rows = _score_rows(rows, simulator)
     per_neuron = _per_neuron(rows)
+    token_columns = _token_columns(rows)
     table = []
     for format_name in rows["format"].drop_duplicates():
         group = per_neuron.loc[format_name]
         estimate = bootstrap_ci(group["score"].tolist(), n_resamples=n_resamples, level=level, seed=seed)
         similarity = group["similarity"].dropna()
-        tokens = group["input_tokens"].dropna()
-        table.append(
-            {
-                "format": format_name,
-                "n": estimate.n,
-                "mean_score": estimate.mean,
-                "score_ci_lo": estimate.lo,
-                "score_ci_hi": estimate.hi,
-                "mean_similarity": float(similarity.mean()) if len(similarity) else None,
-                "n_similarity": len(similarity),
-                "mean_input_tokens": float(tokens.mean()) if len(tokens) else None,
-            }
-        )
-    return _numeric(pd.DataFrame(table, columns=_SUMMARY_COLUMNS), _SUMMARY_COLUMNS[1:])
+        row = {
+            "format": format_name,
+            "n": estimate.n,
+            "mean_score": estimate.mean,
+            "score_ci_lo": estimate.lo,
+            "score_ci_hi": estimate.hi,
+            "mean_similarity": float(similarity.mean()) if len(similarity) else None,
+            "n_similarity": len(similarity),
+        }
+        for column in token_columns:
+            tokens = group[column].dropna()
+            row[f"mean_{column}"] = float(tokens.mean()) if len(tokens) else None
+        table.append(row)
+    columns = [*_SUMMARY_COLUMNS, *(f"mean_{column}" for column in token_columns)]
+    return _numeric(pd.DataFrame(table, columns=columns), columns[1:])
 
 
 def paired_format_differences(

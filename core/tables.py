@@ -21,9 +21,10 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_INPUT_TOKEN_COLUMNS = ["input_tokens_server", "input_tokens_cl100k", "input_tokens_local", "input_tokens_unknown"]
 EXPLANATION_COLUMNS = [
-    "id", "format", "explainer", "explanation", "score", "simulator", "similarity", "reference_score", "input_tokens",
-    "output_tokens", "method", "split", "source",
+    "id", "format", "explainer", "explanation", "score", "simulator", "similarity", "reference_score",
+    *_INPUT_TOKEN_COLUMNS, "output_tokens", "method", "split", "source",
 ]  # fmt: skip
 # Shown whatever they hold; every other column of the explanation table is left out when no row has a value.
 _ALWAYS_SHOWN = ("id", "format", "explainer", "explanation")
@@ -46,6 +47,8 @@ def explanation_table(
         value = _number(row.get("cosine"))
         if value is not None:
             cosines.setdefault(row["explanation_id"], []).append(value)
+    from core.tokens import input_tokens_column
+
     table = []
     for row in rows:
         shared = {
@@ -55,7 +58,7 @@ def explanation_table(
             "source": row.get("source"),
             "similarity": sum(cosines[row["id"]]) / len(cosines[row["id"]]) if row["id"] in cosines else None,
             "reference_score": _number(row.get("reference_score")),
-            "input_tokens": row.get("input_tokens"),
+            input_tokens_column(row.get("tokenizer")): row.get("input_tokens"),
             "output_tokens": row.get("output_tokens"),
             "explanation": row.get("explanation") or "",
         }
@@ -65,7 +68,7 @@ def explanation_table(
             values["score"] = _number(values["score"])
             table.append({**shared, **values})
     frame = pd.DataFrame(table, columns=EXPLANATION_COLUMNS)
-    for column in ("score", "similarity", "reference_score", "input_tokens", "output_tokens"):
+    for column in ("score", "similarity", "reference_score", *_INPUT_TOKEN_COLUMNS, "output_tokens"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return without_empty_columns(frame, [c for c in EXPLANATION_COLUMNS if c not in _ALWAYS_SHOWN])
 
@@ -91,7 +94,11 @@ EXPLANATION_TABLE_CONFIG = {
 }
 JOB_TABLE_CONFIG = {"explanation": st.column_config.TextColumn(width="large")}
 COST_TABLE_CONFIG = {
-    **{f"mean_{kind}_tokens": _number_column("%.0f") for kind in ("input", "output", "total")},
+    **{f"mean_{kind}_tokens": _number_column("%.0f") for kind in ("output", "total")},
+    "mean_input_tokens_cl100k": _number_column("%.0f", "counted offline with cl100k_base, as the preview counts"),
+    "mean_input_tokens_server": _number_column("%.0f", "as the API that answered reported them"),
+    "mean_input_tokens_local": _number_column("%.0f", "counted with the explainer's Hugging Face tokenizer"),
+    "mean_input_tokens_unknown": _number_column("%.0f", "stored without saying what counted them"),
     **{
         f"original_over_format_{kind}": _number_column("%.2f×", f"original's mean {kind} tokens ÷ this format's")
         for kind in ("input", "total")
@@ -102,7 +109,7 @@ FORMAT_SUMMARY_CONFIG = {
     "score_ci_lo": _number_column("%.3f", "95% bootstrap interval over neurons"),
     "score_ci_hi": _number_column("%.3f", "95% bootstrap interval over neurons"),
     "mean_similarity": _number_column("%.3f"),
-    "mean_input_tokens": _number_column("%.0f"),
+    **{f"mean_input_tokens_{unit}": _number_column("%.0f") for unit in ("cl100k", "server", "local", "unknown")},
 }
 DIFFERENCE_TABLE_CONFIG = {
     "mean_diff": _number_column("%+.3f", "mean of (format − baseline) score over the neurons both have"),
@@ -137,6 +144,35 @@ def scorers(rows: pd.DataFrame) -> list[str]:
     return sorted(
         {f"{simulator} · {method}" for simulator, method in zip(scored["simulator"], scored["method"], strict=True)}
     )
+
+
+@dataclass(frozen=True)
+class ExplanationSet:
+    """One explainer's explanations from one source (core.provenance): the unit a format table may average over."""
+
+    explainer: str
+    source: str
+    origin: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.explainer} · {self.source} ({self.origin})"
+
+    def rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of `frame` (with `explainer` and `source_key` columns) that belong to this set."""
+        return frame[(frame["explainer"] == self.explainer) & (frame["source_key"] == self.source)]
+
+
+def explanation_sets(frame: pd.DataFrame) -> list[ExplanationSet]:
+    """The explanation sets among `frame`'s rows (columns explainer, source_key, origin), largest first: tables
+    of formats are made per set, so that no mean, paired difference or token cost pools two explainers or two
+    sources."""
+    if frame.empty or "source_key" not in frame:
+        return []
+    sizes = frame.groupby(["explainer", "source_key"], sort=True).size()
+    origins = frame.drop_duplicates(["explainer", "source_key"]).set_index(["explainer", "source_key"])["origin"]
+    ordered = sorted(sizes.index, key=lambda key: (-sizes[key], key))
+    return [ExplanationSet(explainer, source, str(origins[explainer, source])) for explainer, source in ordered]
 
 
 def rows_of_scorer(rows: pd.DataFrame, scorer: str) -> pd.DataFrame:
@@ -211,26 +247,37 @@ def simulations(scores: Sequence[Mapping[str, Any]]) -> list[Simulation]:
     return found
 
 
-JOB_COLUMNS = ["id", "neuron", "format", "sample", "status", "input_tokens", "output_tokens", "explanation", "error"]
+JOB_COLUMNS = ["id", "neuron", "format", "sample", "status", "input_tokens_server", "input_tokens_cl100k",
+               "output_tokens", "explanation", "error"]  # fmt: skip
 
 
 def job_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Stored explanations (ok or failed) as the Explain page's live table."""
-    table = [
-        {
+    """Stored explanations (ok or failed) as the Explain page's live table; input tokens under their unit
+    (core.tokens.TOKEN_UNITS), a unit no row has left out."""
+    from core.tokens import input_tokens_column
+
+    table = []
+    for row in rows:
+        entry = {
             "id": row["id"],
             "neuron": f"{row['layer']}:{row['neuron']}",
             "format": row["format"],
             "sample": row.get("sample"),
             "status": row["status"],
-            "input_tokens": row.get("input_tokens"),
+            "input_tokens_server": None,
+            "input_tokens_cl100k": None,
             "output_tokens": row.get("output_tokens"),
             "explanation": row.get("explanation") or "",
             "error": row.get("error") or "",
         }
-        for row in rows
-    ]
-    return pd.DataFrame(table, columns=JOB_COLUMNS)
+        if row.get("input_tokens") is not None:
+            entry[input_tokens_column(row.get("tokenizer"))] = row["input_tokens"]
+        table.append(entry)
+    columns = list(JOB_COLUMNS)
+    for extra in ("input_tokens_local", "input_tokens_unknown"):
+        if any(extra in entry for entry in table):
+            columns.insert(columns.index("output_tokens"), extra)
+    return pd.DataFrame(table, columns=columns)
 
 
 @dataclass(frozen=True)
@@ -275,24 +322,29 @@ def prompt_previews(
 def preview_table(previews: Sequence[PromptPreview]) -> pd.DataFrame:
     """The input tokens of each format's prompt side by side, with Original ÷ format (docs/METHOD.md §5), so the cost of
     the formats compares at a glance."""
+    from core.tokens import input_tokens_column
+
     counts = {p.format: p.input_tokens for p in previews}
     original = counts.get("original")
+    # Counted offline: cl100k_base for openai: explainers, the model's own tokenizer for hf: ones.
+    column = input_tokens_column(previews[0].tokenizer) if previews else "input_tokens_cl100k"
     rows = [
         {
             "format": p.format,
-            "input_tokens": p.input_tokens,
+            column: p.input_tokens,
             "original_over_format": original / p.input_tokens if original and p.input_tokens else None,
             "problem": p.error or "",
         }
         for p in previews
     ]
-    frame = pd.DataFrame(rows, columns=["format", "input_tokens", "original_over_format", "problem"])
+    frame = pd.DataFrame(rows, columns=["format", column, "original_over_format", "problem"])
     frame["original_over_format"] = pd.to_numeric(frame["original_over_format"], errors="coerce")
     return frame
 
 
 PREVIEW_TABLE_CONFIG = {
-    "input_tokens": _number_column("%d"),
+    "input_tokens_cl100k": _number_column("%d", "counted offline with cl100k_base, as `python -m core prompt` does"),
+    "input_tokens_local": _number_column("%d", "counted offline with the explainer's Hugging Face tokenizer"),
     "original_over_format": _number_column("%.2f×", "original's input tokens ÷ this format's"),
     "problem": st.column_config.TextColumn(width="large"),
 }

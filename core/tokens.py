@@ -34,6 +34,26 @@ def tokenizer_for(explainer: str) -> str:
     raise InputError(f"explainer {explainer!r} is not of the form openai:MODEL or hf:ID_OR_PATH")
 
 
+# Units of a stored token count (docs/METHOD.md §4): `cl100k` counted offline with cl100k_base (as `prompt` and the
+# Explain page's preview count), `server` reported by the API that answered, `local` counted with a Hugging Face
+# tokenizer, `unknown` when the row does not say. Counts of different units are never averaged together.
+TOKEN_UNITS = ("cl100k", "server", "local", "unknown")
+
+
+def token_unit(counted_by: str | None) -> str:
+    """The unit of a count made by `counted_by` (an explanation's `tokenizer` column): one of TOKEN_UNITS."""
+    if not counted_by:
+        return "unknown"
+    if counted_by.startswith("api:"):
+        return "server"
+    return "cl100k" if counted_by == CL100K else "local"
+
+
+def input_tokens_column(counted_by: str | None) -> str:
+    """`input_tokens_<unit>`: the name input tokens counted by `counted_by` go under."""
+    return f"input_tokens_{token_unit(counted_by)}"
+
+
 @lru_cache(maxsize=4)
 def _tiktoken_encoding(name: str) -> Any:
     import tiktoken

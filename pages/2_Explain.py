@@ -110,7 +110,13 @@ def _run(db, model: str, neurons: list[NeuronId], formats: list[str], explainer:
     rows = report.rows(db)
     live.dataframe(tables.job_table(rows), hide_index=True, width="stretch", column_config=tables.JOB_TABLE_CONFIG)
     st.markdown("**Token cost per format**")
-    st.dataframe(explain.cost_table(rows), width="stretch", column_config=tables.COST_TABLE_CONFIG)
+    st.caption(
+        "Input tokens in their unit: cl100k counted offline (as the preview counts them) and server as the API "
+        "reported them; both show when both exist."
+    )
+    st.dataframe(
+        explain.cost_table(explain.with_cl100k_counts(rows)), width="stretch", column_config=tables.COST_TABLE_CONFIG
+    )
     if scorer is None:
         return
     simulator, method = scorer

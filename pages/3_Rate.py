@@ -45,11 +45,13 @@ def _submit(study: str, rater: str, item_id: int, timer: str, choice: str) -> No
                 comment=st.session_state.get(COMMENT),
                 seconds=round(seconds, 3),
             )
+            remaining = human_eval.rater_progress(db, study, rater).remaining
     except WorkbenchError as exc:
         st.session_state[NOTICE] = ("error", str(exc))
         return
     st.session_state.get(SHOWN_AT, {}).pop(timer, None)
-    st.session_state[NOTICE] = ("success", "Saved. Here is the next item.")
+    message = "Saved. Here is the next item." if remaining else "Saved. That was your last item in this study."
+    st.session_state[NOTICE] = ("success", message)
 
 
 def _notice() -> None:

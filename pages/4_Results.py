@@ -29,6 +29,13 @@ def _formats(src: dashboard.Source) -> None:
     model = st.selectbox("Model", sorted(costs["model"].unique()), key="results_model")
     costs = costs[costs["model"] == model]
     rows = dashboard.score_rows(src, model)
+    sets = tables.explanation_sets(costs)
+    st.caption(
+        dashboard.markdown_escape(
+            f"{len(sets)} explanation set(s): one table per explainer and source, never pooled "
+            "(`python -m core explanations` lists them)."
+        )
+    )
     scorers = tables.scorers(rows)
     st.subheader("Simulation scores")
     if scorers:
@@ -39,16 +46,11 @@ def _formats(src: dashboard.Source) -> None:
         rows = tables.rows_of_scorer(rows, scorer)
         simulator, _, method = scorer.partition(" · ")
         st.caption(
-            dashboard.markdown_escape(f"Scores by {simulator}, method {method_note(method)}.")
-            + " Correlation of simulated and real activations on the valid split (docs/METHOD.md §4); mean over "
+            "Correlation of simulated and real activations on the valid split (docs/METHOD.md §4); mean over "
             "neurons with a 95% bootstrap CI."
         )
-        st.dataframe(
-            tables.format_summary(rows, simulator),
-            hide_index=True,
-            width="stretch",
-            column_config=tables.FORMAT_SUMMARY_CONFIG,
-        )
+        for explanation_set in sets:
+            _scores_of_set(explanation_set, explanation_set.rows(rows), simulator, method)
         if not published.empty and method != IMPORTED_METHOD:
             st.markdown("**Published scores, imported** (not computed here)")
             st.caption(
@@ -57,24 +59,54 @@ def _formats(src: dashboard.Source) -> None:
                 "same neurons, explainer and the paper's all-at-once simulation (docs/METHOD.md §5)."
             )
             st.dataframe(published, hide_index=True, width="stretch", column_config=tables.FORMAT_SUMMARY_CONFIG)
-        scored = rows[(rows["simulator"] == simulator) & rows["score"].notna()]
-        st.plotly_chart(charts.distribution_figure(scored, "score", "score"), width="stretch")
-        if "original" in set(scored["format"]) and scored["format"].nunique() > 1:
-            st.markdown("**Each format against original**, on the neurons both have (paired by neuron)")
-            st.dataframe(
-                tables.in_format_order(scoring.paired_format_differences(rows, "original", simulator=simulator)),
-                hide_index=True,
-                width="stretch",
-                column_config=tables.DIFFERENCE_TABLE_CONFIG,
-            )
     else:
         st.info("No explanation of this model has been scored yet (score them on the Explain page or the CLI).")
     st.subheader("Token cost")
     st.caption("Input and output tokens per explanation, counted separately (docs/METHOD.md §4).")
-    st.dataframe(explain.cost_table(costs.to_dict("records")), width="stretch", column_config=tables.COST_TABLE_CONFIG)
-    left, right = st.columns(2)
-    left.plotly_chart(charts.distribution_figure(costs, "input_tokens", "input tokens"), width="stretch")
-    right.plotly_chart(charts.distribution_figure(costs, "output_tokens", "output tokens"), width="stretch")
+    for index, explanation_set in enumerate(sets):
+        group = explanation_set.rows(costs)
+        st.markdown(f"**{dashboard.markdown_escape(explanation_set.label)}** · token cost")
+        st.dataframe(
+            explain.cost_table(group.to_dict("records")), width="stretch", column_config=tables.COST_TABLE_CONFIG
+        )
+        left, right = st.columns(2)
+        for column, kind in ((left, "input"), (right, "output")):
+            column.plotly_chart(
+                charts.distribution_figure(group, f"{kind}_tokens", f"{kind} tokens"),
+                width="stretch",
+                key=f"results_cost_{kind}_{index}",
+            )
+
+
+def _scores_of_set(explanation_set: tables.ExplanationSet, rows: pd.DataFrame, simulator: str, method: str) -> None:
+    """One explainer's explanations from one source, scored by one simulator and method: the per-format table,
+    their distribution and the paired differences from original."""
+    scored = rows[(rows["simulator"] == simulator) & rows["score"].notna()]
+    scorer = dashboard.markdown_escape(f"scores by {simulator} · {method_note(method)}")
+    st.markdown(f"**{dashboard.markdown_escape(explanation_set.label)}** · {scorer}")
+    if not (rows["simulator"] == simulator).any():
+        st.caption("None of these explanations has a score from this simulator and method.")
+        return
+    st.dataframe(
+        tables.format_summary(rows, simulator),
+        hide_index=True,
+        width="stretch",
+        column_config=tables.FORMAT_SUMMARY_CONFIG,
+    )
+    if not scored.empty:
+        key = f"results_scores_{explanation_set.explainer}_{explanation_set.source}"
+        st.plotly_chart(charts.distribution_figure(scored, "score", "score"), width="stretch", key=key)
+    if "original" in set(scored["format"]) and scored["format"].nunique() > 1:
+        st.markdown(
+            "**Each format against original**, on the neurons both have (paired by neuron) · "
+            + dashboard.markdown_escape(f"{explanation_set.label} · {simulator} · {method}")
+        )
+        st.dataframe(
+            tables.in_format_order(scoring.paired_format_differences(rows, "original", simulator=simulator)),
+            hide_index=True,
+            width="stretch",
+            column_config=tables.DIFFERENCE_TABLE_CONFIG,
+        )
 
 
 def _state(db, study: human_eval.Study) -> None:
@@ -111,6 +143,9 @@ def _study(db, src: dashboard.Source, name: str) -> None:
     summary = dashboard.study_summary(src, name)
     status = dashboard.study_status(src, name)
     _plan(summary)
+    if summary.get("arm_sources"):
+        st.markdown("**Arms**: the one explainer and source each arm resolved to")
+        st.dataframe(pd.DataFrame(summary["arm_sources"]), hide_index=True, width="stretch")
     arm_a, arm_b = summary["primary_pair"]
     bias = summary["position_bias"]
     gold = summary.get("n_gold_ratings") or 0
@@ -172,7 +207,11 @@ def _study(db, src: dashboard.Source, name: str) -> None:
         dashboard.metric_row(
             [("humans chose the higher-scored explanation", tables.rate_text(versus["rate"], versus["ci"]))]
         )
-        st.caption(f"{versus['n']} decisive ratings of items whose explanations both have scores.")
+        ties = versus.get("n_score_ties") or 0
+        st.caption(
+            f"{versus['n']} decisive ratings of items whose explanations both have scores, and they differ"
+            + (f"; {ties} more of items whose two scores are equal: a tie of the scores, left out." if ties else ".")
+        )
     else:
         st.caption("No rated item has scores for both explanations.")
     automated = tables.automated_table(summary.get("automated") or [])

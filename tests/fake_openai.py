@@ -357,3 +357,86 @@ def with_latency(handler: Callable[[dict[str, Any]], Any], seconds: float) -> Ca
         return handler(request)
 
     return slow
+
+
+# --- Appended for the scorers (tests/test_scorers.py): chat answers with logprobs ---------------------------------
+
+_LOGPROB_PIECE = re.compile(r"\d|\D+")
+
+
+def chat_logprobs_content(text: str, confidence: float = 0.9) -> list[dict[str, Any]]:
+    """`choices[0].logprobs.content` for `text`, pieces as a tokenizer might cut it: every digit alone, the runs
+    between digits whole. A "0" or "1" gets top_logprobs for both: the written one with `confidence`, the other with
+    the rest; other pieces have only themselves."""
+    content = []
+    for piece in _LOGPROB_PIECE.findall(text):
+        if piece in ("0", "1"):
+            other = "1" if piece == "0" else "0"
+            top = [
+                {"token": piece, "logprob": math.log(confidence), "bytes": list(piece.encode())},
+                {"token": other, "logprob": math.log(1 - confidence), "bytes": list(other.encode())},
+            ]
+        else:
+            top = [{"token": piece, "logprob": 0.0, "bytes": list(piece.encode())}]
+        item = {"token": piece, "logprob": top[0]["logprob"], "bytes": list(piece.encode()), "top_logprobs": top}
+        content.append(item)
+    return content
+
+
+class LogprobsFakeOpenAIServer(FakeOpenAIServer):
+    """The fake server whose chat answers carry `logprobs.content` when a request asks for logprobs.
+
+    `logprobs_mode`: "full" (every piece with its alternatives, chat_logprobs_content), "none" (no logprobs, as a
+    server that ignores the parameter), or "no_alternatives" (content without top_logprobs). `confidence(request)`
+    gives the probability of each written digit for that request (default 0.9).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.logprobs_mode = "full"
+        self.confidence: Callable[[dict[str, Any]], float] = lambda request: 0.9
+
+    def start(self) -> LogprobsFakeOpenAIServer:
+        server = self
+
+        class Handler(_LogprobsHandler):
+            fake = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+        )
+        self._thread.start()
+        return self
+
+
+class _LogprobsHandler(_Handler):
+    fake: LogprobsFakeOpenAIServer
+
+    def _chat(self, body: dict[str, Any], empty: bool, corrupt: str | None = None) -> None:
+        if corrupt is not None or not body.get("logprobs") or self.fake.logprobs_mode == "none":
+            return super()._chat(body, empty, corrupt)
+        text = self.fake.chat_handler(body)
+        content = chat_logprobs_content(text, self.fake.confidence(body))
+        if self.fake.logprobs_mode == "no_alternatives":
+            content = [{k: v for k, v in item.items() if k != "top_logprobs"} for item in content]
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                  "logprobs": {"content": content}}  # fmt: skip
+        prompt_tokens = fake_prompt_tokens(body.get("messages", []))
+        completion_tokens = fake_completion_tokens(text)
+        self._send_json(
+            200,
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-model"),
+                "choices": [] if empty else [choice],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )

@@ -13,8 +13,9 @@ from core import human_eval
 from core.raters import add_rater
 
 MODEL = "toy-model"
-# Generated explanations carry the backend prefix, imported ones do not: arms must match both.
-EXPLAINERS = {"summary": "gpt-4", "original": "openai:gpt-4", "highlight": "gpt-4", "avhs": "openai:gpt-4"}
+# One imported explainer label for every format: arms name explainers exactly as stored (`gpt-4` is not
+# `openai:gpt-4`), so the studies' `FORMAT@gpt-4` arms resolve to these rows alone.
+EXPLAINERS = {"summary": "gpt-4", "original": "gpt-4", "highlight": "gpt-4", "avhs": "gpt-4"}
 # Words that name arms, formats or explainers; none of them may reach a rater.
 ARM_WORDS = ("summary", "original", "highlight", "avhs", "gpt", "openai", "truth", "decoy", "arm", "format")
 

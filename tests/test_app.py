@@ -97,14 +97,12 @@ def write_scored_explanations(db, neuron: NeuronRecord) -> list[int]:
     return ids
 
 
-def write_study(db, **options) -> human_eval.Study:
+def write_study(db, arms: str = "summary,original", **options) -> human_eval.Study:
     """A study of four neurons, summary against original, with one admin and one rater."""
     neurons = explain_for_study(db, 4, model=MODEL)
     raters.add_rater(db, ADMIN, ADMIN_CODE, admin=True)
     raters.add_rater(db, RATER, RATER_CODE)
-    created = human_eval.create_study(
-        db, STUDY, "summary,original", neurons, ratings_per_item=1, seed=3, model=MODEL, **options
-    )
+    created = human_eval.create_study(db, STUDY, arms, neurons, ratings_per_item=1, seed=3, model=MODEL, **options)
     human_eval.assign_studies(db, RATER, [STUDY])
     return created.study
 
@@ -285,7 +283,7 @@ def test_neurons_explanations_scores_and_simulation(app_db) -> None:
     stored = {row["explanation_id"]: row["score"] for row in dbmod.scores_for_neuron(app_db, MODEL, NeuronId(0, 0))}
     for row in table.itertuples():
         assert row.score == pytest.approx(stored[row.id]) and row.simulator == "hf:tiny"
-    assert set(table["input_tokens"]) == {900, 1400}
+    assert set(table["input_tokens_unknown"]) == {900, 1400}  # stored without saying what counted them
     bodies = html_bodies(at)
     assert "simulated (0–10)" in html.unescape(bodies) and "&#60;script&#62;alert" in bodies
     assert "<script>alert(3)" not in bodies
@@ -400,7 +398,7 @@ def test_explain_preview_shows_exact_prompts_and_token_counts(app_db) -> None:
     assert [c.value for c in at.code] == [prompts.render_messages(m).removesuffix("\n") for m in expected]
     counts = [tokens.count_chat_tokens(m, tokens.CL100K) for m in expected]
     table = at.dataframe[0].value
-    assert list(table["format"]) == list(prompts.FORMATS) and list(table["input_tokens"]) == counts
+    assert list(table["format"]) == list(prompts.FORMATS) and list(table["input_tokens_cl100k"]) == counts
     assert table["original_over_format"].tolist() == pytest.approx([counts[0] / count for count in counts])
     assert dbmod.list_explanations(app_db) == []  # nothing was spent
 
@@ -545,8 +543,11 @@ def test_rate_resumes_where_the_rater_left_off(app_db) -> None:
 
 def test_rate_to_the_end(app_db) -> None:
     at = _rate_page(app_db)
-    for _ in range(4):
+    for _ in range(3):
         at.button(key="rate_tie").click().run()
+        assert [toast.value for toast in at.toast] == ["Saved. Here is the next item."]
+    at.button(key="rate_tie").click().run()
+    assert [toast.value for toast in at.toast] == ["Saved. That was your last item in this study."]
     assert any("rated every item" in text for text in successes(at))
     assert sqlite3.connect(config.db_path()).execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 4
 
@@ -583,6 +584,34 @@ def test_results_per_format_scores_and_costs(app_db) -> None:
     assert list(differences["format"]) == ["summary"] and list(differences["n"]) == [1]
     assert set(costs.index) == {"original", "summary"}
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_results_split_formats_by_explainer_and_source_and_name_the_scorer(app_db) -> None:
+    neurons = write_default_data(app_db)
+    write_scored_explanations(app_db, neurons[0])
+    # The same neuron explained by another explainer, imported from a file: a second set, never pooled.
+    records = neurons[0].split("valid")
+    for format_name, factor in (("summary", 1.0), ("original", 0.5)):
+        explanation_id = dbmod.insert_explanation(
+            app_db, model=MODEL, layer=0, neuron=0, format=format_name, explainer="gpt-4", source="imported",
+            params={"file": "paper.csv", "sha256": "ab" * 32}, explanation=f"imported {format_name}",
+            input_tokens=5000, output_tokens=40,
+        )  # fmt: skip
+        predictions = [[factor * (i % 3) for i, _ in enumerate(record.activations)] for record in records]
+        scores = scoring.score_records(records, predictions)
+        dbmod.save_score(app_db, explanation_id, "hf:tiny", "all_at_once", "valid", False, scores, predictions, "ok")
+    at = run("results")
+    markdown = [shown(element.value) for element in at.markdown]
+    score_headers = [text for text in markdown if "scores by" in text]
+    assert len(score_headers) == 2
+    assert any("gpt-4 · file:abababababab (paper.csv)" in text for text in score_headers)
+    assert any("openai:gpt-4 · generated" in text for text in score_headers)
+    assert all("hf:tiny · all_at_once" in text for text in score_headers)
+    frames = [frame.value for frame in at.dataframe]
+    summaries = [frame for frame in frames if "mean_score" in frame]
+    assert len(summaries) == 2 and all(list(frame["n"]) == [1, 1] for frame in summaries)  # one set each
+    costs = [frame for frame in frames if "mean_input_tokens_unknown" in frame and "mean_score" not in frame]
+    assert sorted(frame.loc["summary", "mean_input_tokens_unknown"] for frame in costs) == [900, 5000]
 
 
 def test_results_keep_two_methods_of_one_simulator_apart(app_db) -> None:
@@ -638,6 +667,10 @@ def test_results_study_statistics_and_downloads(app_db, monkeypatch) -> None:
     assert metrics["summary over original, per neuron"].startswith(f"{primary['estimate']:.0%}")
     assert metrics["per rating (descriptive)"].startswith(f"{summary['win_rate']:.0%}")
     assert metrics["neurons"] == str(primary["n_units"])
+    arms = next(frame.value for frame in at.dataframe if "n_explanations" in frame.value)
+    assert arms[["arm", "explainer", "source", "n_explanations"]].values.tolist() == [
+        ["summary", "gpt-4", "imported", 4], ["original", "gpt-4", "imported", 4]
+    ]  # fmt: skip
     assert [d.proto.label for d in at.get("download_button")] == list(export.EXPORT_FORMATS)
     assert RecordingStorage.served[f"{STUDY}.json"] == export.export_study(app_db, STUDY, "json")[f"{STUDY}.json"]
     for fmt in ("csv", "parquet"):

@@ -220,8 +220,8 @@ def test_neuron_overview_hides_counts_and_scores_of_blinded_neurons(db) -> None:
     from tests.test_app import write_default_data as write_neurons
 
     neurons = write_neurons(db)
-    write_scored_explanations(db, neurons[0])  # 0:0, two formats
-    human_eval.create_study(db, "S", ARMS, "0:0", 1, seed=1)
+    write_scored_explanations(db, neurons[0])  # 0:0, two formats, by openai:gpt-4
+    human_eval.create_study(db, "S", "summary@openai:gpt-4,original@openai:gpt-4", "0:0", 1, seed=1)
     rows = {row["neuron"]: row for row in dbmod.neuron_overview(db, APP_MODEL, 0)}
     assert rows[0]["n_explanations"] == 2 and rows[0]["best_score"] is not None
     hidden = {row["neuron"]: row for row in dbmod.neuron_overview(db, APP_MODEL, 0, hide_blinded=True)}
@@ -232,8 +232,8 @@ def test_neuron_overview_hides_counts_and_scores_of_blinded_neurons(db) -> None:
 def blinded_app(app_db):
     """The app's data, with neuron 0:0 scored and explained, and a study over four neurons including it."""
     neurons = write_default_data(app_db)
-    write_scored_explanations(app_db, neurons[0])
-    study = write_study(app_db)
+    write_scored_explanations(app_db, neurons[0])  # by openai:gpt-4: the study's arms name the imported gpt-4 set
+    study = write_study(app_db, arms="summary@gpt-4,original@gpt-4")
     assert "0:0" in study.neurons
     return app_db
 

@@ -49,7 +49,7 @@ def test_prompt_for_a_stored_neuron_is_exactly_what_explain_sends(neurons_db: st
         code = main(["prompt", "--format", format_name, "--neuron", "0:1", "--model", MODEL, "--db", neurons_db])
         shown = json.loads(capsys.readouterr().out)
         assert code == 0 and shown["messages"] == sent[format_name], format_name
-        assert shown["input_tokens"] > 0
+        assert shown["input_tokens_cl100k"] > 0 and shown["tokenizer"] == "cl100k_base"
     code = main(["prompt", "--format", "summary", "--neuron", "0:9", "--model", MODEL, "--db", neurons_db])
     err = capsys.readouterr().err
     assert (
@@ -80,7 +80,8 @@ def test_score_ends_with_a_per_format_table_per_explainer(neurons_db: str, tiny_
     assert main([*argv, "--reference", "none"]) == 0
     out = capsys.readouterr().out
     assert "4 scored, 0 already scored, 0 failed (of 4)" in out
-    assert "explainer openai:w; 95% bootstrap CIs over neurons" in out
+    assert "explainer openai:w, source generated (generated (settings not recorded)); scores by hf:" in out
+    assert "all_at_once: the paper's all-at-once method; 95% bootstrap CIs over neurons" in out
     table = out.split("explainer openai:w", 1)[1].splitlines()
     assert table[1].split()[:3] == ["format", "n", "mean_score"]
     assert [line.split()[:2] for line in table[2:4]] == [["original", "2"], ["summary", "2"]]
@@ -102,3 +103,92 @@ def test_puzzles_exit_1_when_simulations_fail(db_path: Path, openai_env, tmp_pat
     # The fake server's chat answers are prose, not token<TAB>activation lines: every simulation fails.
     assert main([*argv, "--simulator", "openai:fake", "--method", "chat_parse"]) == 1
     assert "simulations failed in 1 puzzle(s)" in capsys.readouterr().out
+
+
+# --- explanations and the neuron view ----------------------------------------------------------------------------
+
+
+def test_explanations_lists_sources_tokens_and_scores_and_show_prints_one(
+    neurons_db: str, openai_env, tmp_path: Path, capsys
+) -> None:
+    database = dbmod.connect(neurons_db)
+    explain.explain_neurons(database, MODEL, [NeuronId(0, 1)], ["original", "summary"], "openai:gpt-4o-mini")
+    paper = tmp_path / "paper.csv"
+    paper.write_text("layer,neuron,summary\n0,1,words from the paper\n0,2,more paper words\n")
+    explain.import_explanations_csv(database, paper, "gpt-4", MODEL)
+    generated = dbmod.list_explanations(database, MODEL)
+    summary_id = next(r["id"] for r in generated if r["format"] == "summary" and r["explainer"] != "gpt-4")
+    dbmod.save_similarity(database, summary_id, "openai", "reference text", "minilm", 0.5)
+    database["scores"].insert(
+        {"explanation_id": summary_id, "simulator": "hf:tiny", "method": "all_at_once", "split": "valid",
+         "score": 0.25, "status": "ok", "created_at": "x"}
+    )  # fmt: skip
+    database.conn.close()
+    base = ["explanations", "--db", neurons_db, "--model", MODEL]
+    assert main([*base, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == 4
+    assert {e["source"] for e in listed if e["explainer"] == "gpt-4"} == {f"file:{_sha(paper)[:12]}"}
+    assert {e["origin"] for e in listed if e["explainer"] == "gpt-4"} == {"paper.csv"}
+    assert {e["source"][:4] for e in listed if e["explainer"] == "openai:gpt-4o-mini"} == {"run:"}
+    scored = next(e for e in listed if e["id"] == summary_id)
+    assert [(s["label"], s["value"]) for s in scored["scores"]] == [
+        ("hf:tiny·all_at_once (valid)", 0.25), ("similarity·minilm (openai)", 0.5)
+    ]  # fmt: skip
+    assert scored["tokens"]["input_tokens_server"] > 0 and scored["tokens"]["output_tokens"] > 0
+    assert main([*base, "--explainers", "gpt-4", "--neurons", "0:2"]) == 0
+    out = capsys.readouterr().out
+    assert "0:2  summary  gpt-4  file:" in out and "more paper words" in out and "scores: none" in out
+    assert "1 explanation(s) in 1 set(s)" in out
+    assert main(["explanations", "show", str(summary_id), "--db", neurons_db]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["id"] == summary_id and shown["status"] == "ok" and shown["arm"].startswith("summary@openai:")
+    assert shown["tokens"]["input_tokens_cl100k"] > 0 and shown["tokens"]["input_tokens_server"] > 0
+    assert shown["counted_by"].startswith("api:") and len(shown["scores"]) == 2
+    assert main(["explanations", "show", "9999", "--db", neurons_db]) == 2
+    assert capsys.readouterr().err.strip() == "error: no explanation with id 9999"
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_neuron_text_view_marks_the_peak_wraps_and_takes_layer_colon_index(neurons_db: str, capsys) -> None:
+    base = ["neuron", "--db", neurons_db, "--model", MODEL]
+    assert main([*base, "--neuron", "0:1", "--width", "30"]) == 0
+    out = capsys.readouterr().out
+    excerpts = out.split("top 0 (max", 1)[1].split("top 1 (max", 1)[0].splitlines()[1:]
+    assert excerpts and all(len(line) <= 30 for line in excerpts)
+    assert "".join(line.strip() for line in excerpts).count("⟦") == 1 and "⟦ cat⟧" in "".join(excerpts)
+    assert main([*base, "--layer", "0", "--neuron", "1", "--width", "30"]) == 0
+    assert capsys.readouterr().out == out
+    assert main([*base, "--neuron", "1"]) == 2
+    assert "--neuron LAYER:INDEX" in capsys.readouterr().err
+    assert main([*base, "--layer", "1", "--neuron", "0:1"]) == 2
+    assert "different layers" in capsys.readouterr().err
+
+
+def test_a_missing_database_is_refused_by_reading_commands_and_announced_by_creating_ones(
+    tmp_path: Path, capsys
+) -> None:
+    missing = tmp_path / "typo.db"
+    for argv in (
+        ["neuron", "--neuron", "0:1"],
+        ["explanations"],
+        ["study", "list"],
+        ["study", "show", "S"],
+        ["rater", "list"],
+        ["score", "--simulator", "hf:x"],
+    ):
+        assert main([*argv, "--db", str(missing)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"no database at {missing}" in err, argv
+        assert not missing.exists(), argv
+    paper = tmp_path / "paper.csv"
+    paper.write_text("layer,neuron,summary\n0,1,words\n")
+    assert main(["import-explanations", str(paper), "--explainer", "gpt-4", "--db", str(missing)]) == 0
+    assert f"created a new database at {missing}" in capsys.readouterr().err
+    assert main(["import-explanations", str(paper), "--explainer", "gpt-4", "--db", str(missing)]) == 0
+    assert "created" not in capsys.readouterr().err

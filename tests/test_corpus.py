@@ -86,3 +86,24 @@ def test_default_corpus_is_over_a_million_tokens(tmp_path, monkeypatch, minilm):
         len(d) for d in sample
     )
     assert tokens_per_char * sum(len(d) for d in documents) > 1_000_000
+
+
+def test_an_offline_hf_corpus_fails_at_once_in_one_line(monkeypatch) -> None:
+    import socket
+    import time
+
+    with socket.socket() as closed:  # a port nothing listens on: the Hub is out of reach
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    started = time.monotonic()
+    with pytest.raises(InputError) as refused:
+        load_corpus("hf:openwebtext")
+    assert time.monotonic() - started < 5
+    message = str(refused.value)
+    assert "\n" not in message and "out of reach" in message and f"127.0.0.1:{port}" in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="HF_HUB_OFFLINE is set"):
+        load_corpus("hf:openwebtext")

@@ -114,9 +114,11 @@ def test_explanations_after_costs_and_similarities(db) -> None:
     _explain(db, NeuronId(0, 0), "elsewhere", model="other")
     assert [r["status"] for r in dbmod.explanations_after(db, start, MODEL)] == ["ok", "failed"]
     assert [r["id"] for r in dbmod.explanations_after(db, first)] == [first + 1, first + 2]
-    assert dbmod.explanation_costs(db, MODEL) == [
-        {"model": MODEL, "format": "summary", "explainer": "openai:gpt-4", "input_tokens": 100, "output_tokens": 7}
-    ]
+    (cost,) = dbmod.explanation_costs(db, MODEL)
+    assert {key: cost[key] for key in ("model", "format", "explainer", "input_tokens", "output_tokens")} == {
+        "model": MODEL, "format": "summary", "explainer": "openai:gpt-4", "input_tokens": 100, "output_tokens": 7
+    }  # fmt: skip
+    assert {"tokenizer", "source", "sample", "params"} <= set(cost)
     dbmod.save_similarity(db, first, "openai", "reference text", "minilm", 0.75)
     assert dbmod.similarities_for_neuron(db, MODEL, NeuronId(0, 0)) == [
         {"explanation_id": first, "reference_kind": "openai", "embedder": "minilm", "cosine": 0.75}
@@ -166,7 +168,8 @@ def test_explanation_table_keeps_simulators_apart() -> None:
     assert table["similarity"].iloc[0] == pytest.approx(0.7) and math.isnan(table["similarity"].iloc[2])
     assert table["reference_score"].iloc[2] == 0.4
     # Scores sit beside their simulator; a column no row fills (here: source) is left out.
-    assert list(table.columns) == [c for c in tables.EXPLANATION_COLUMNS if c != "source"]
+    unused = ("source", "input_tokens_server", "input_tokens_cl100k", "input_tokens_local")  # no tokenizer stored
+    assert list(table.columns) == [c for c in tables.EXPLANATION_COLUMNS if c not in unused]
     assert list(table.columns[:6]) == ["id", "format", "explainer", "explanation", "score", "simulator"]
     bare = tables.explanation_table([{"id": 3, "format": "summary", "explainer": "e", "explanation": "c"}])
     assert list(bare.columns) == ["id", "format", "explainer", "explanation"]
@@ -196,10 +199,19 @@ def test_rating_excerpts_are_held_out_top_records() -> None:
 
 def test_job_table_and_stats_table() -> None:
     table = tables.job_table([{"id": 4, "layer": 1, "neuron": 2, "format": "summary", "status": "failed"}])
-    assert table.to_dict("records")[0] | {"input_tokens": None} == {
-        "id": 4, "neuron": "1:2", "format": "summary", "sample": None, "status": "failed", "input_tokens": None,
-        "output_tokens": None, "explanation": "", "error": "",
+    assert table.to_dict("records")[0] == {
+        "id": 4, "neuron": "1:2", "format": "summary", "sample": None, "status": "failed", "input_tokens_server": None,
+        "input_tokens_cl100k": None, "output_tokens": None, "explanation": "", "error": "",
     }  # fmt: skip
+    # Input tokens go under their unit: the API's count and an offline count are never one column.
+    counted = tables.job_table([
+        {"id": 5, "layer": 1, "neuron": 2, "format": "summary", "status": "ok", "input_tokens": 713,
+         "tokenizer": "api:gpt-4o-mini"},
+        {"id": 6, "layer": 1, "neuron": 2, "format": "original", "status": "ok", "input_tokens": 943,
+         "tokenizer": "cl100k_base"},
+    ])  # fmt: skip
+    assert list(counted["input_tokens_server"].fillna(-1)) == [713, -1]
+    assert list(counted["input_tokens_cl100k"].fillna(-1)) == [-1, 943]
     stats = dict(tables.stats_table(_neuron(0, 0)).itertuples(index=False))
     assert stats["q0.99 of excerpt max"] == 2.0 and stats["top excerpts"] == 20
 
@@ -228,6 +240,7 @@ def test_preview_table_compares_the_formats() -> None:
     assert list(table["format"]) == ["original", "summary", "highlight"]
     assert table["original_over_format"].tolist()[:2] == [1.0, 3.0] and math.isnan(table["original_over_format"][2])
     assert list(table["problem"]) == ["", "", "no cutoff"]
+    assert list(table["input_tokens_cl100k"][:2]) == [900, 300]  # the unit is in the name
 
 
 def test_score_filter_and_its_message() -> None:

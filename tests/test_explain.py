@@ -275,24 +275,46 @@ def test_tiny_hf_model_explains_end_to_end_on_cpu(tiny_chat_model, neurons_db):
 
 
 def test_cost_table_means_and_ratios():
+    cl100k = {"status": "ok", "tokenizer": "cl100k_base"}
     rows = [
-        {"format": "original", "input_tokens": 2000, "output_tokens": 20, "status": "ok"},
-        {"format": "original", "input_tokens": 3000, "output_tokens": 40, "status": "ok"},
-        {"format": "summary", "input_tokens": 1000, "output_tokens": 10, "status": "ok"},
-        {"format": "summary", "input_tokens": 9999, "output_tokens": 10, "status": "failed"},
-        {"format": "highlight", "input_tokens": None, "output_tokens": None, "status": "ok"},
+        {"format": "original", "input_tokens": 2000, "output_tokens": 20, **cl100k},
+        {"format": "original", "input_tokens": 3000, "output_tokens": 40, **cl100k},
+        {"format": "summary", "input_tokens": 1000, "output_tokens": 10, **cl100k},
+        {"format": "summary", "input_tokens": 9999, "output_tokens": 10, **cl100k, "status": "failed"},
+        {"format": "highlight", "input_tokens": None, "output_tokens": None, **cl100k},
     ]
     table = cost_table(rows)
     assert list(table.index) == ["original", "summary", "highlight"]
+    assert list(table.columns) == ["n", "mean_input_tokens_cl100k", "mean_output_tokens", "mean_total_tokens",
+                                   "original_over_format_input", "original_over_format_total"]  # fmt: skip
     assert table.loc["original", "n"] == 2 and table.loc["summary", "n"] == 1
-    assert table.loc["original", "mean_input_tokens"] == 2500
+    assert table.loc["original", "mean_input_tokens_cl100k"] == 2500
     assert table.loc["original", "mean_output_tokens"] == 30
     assert table.loc["summary", "original_over_format_input"] == 2.5
     assert table.loc["summary", "original_over_format_total"] == pytest.approx(2530 / 1010)
     assert table.loc["original", "original_over_format_input"] == 1.0
-    assert math.isnan(table.loc["highlight", "mean_input_tokens"])
+    assert math.isnan(table.loc["highlight", "mean_input_tokens_cl100k"])
     assert math.isnan(cost_table(rows[2:3]).loc["summary", "original_over_format_input"])
     assert cost_table([]).empty
+
+
+def test_cost_table_keeps_offline_and_server_counts_apart_and_shows_both():
+    # The same prompts: the API reports 713 and 300 tokens, cl100k_base counts 943 and 400 offline.
+    rows = [
+        {"format": "original", "input_tokens": 713, "tokenizer": "api:gpt-4o-mini", "input_tokens_cl100k": 943,
+         "output_tokens": 10},
+        {"format": "summary", "input_tokens": 300, "tokenizer": "api:gpt-4o-mini", "input_tokens_cl100k": 400,
+         "output_tokens": 10},
+    ]  # fmt: skip
+    table = cost_table(rows)
+    assert table.loc["original", "mean_input_tokens_cl100k"] == 943
+    assert table.loc["original", "mean_input_tokens_server"] == 713
+    assert "mean_input_tokens" not in table and "mean_input_tokens_unknown" not in table
+    assert table.loc["summary", "original_over_format_input"] == pytest.approx(943 / 400)  # one unit per ratio
+    # Without the offline counts only the server's unit shows, and the ratio is of server counts.
+    server = cost_table([{k: v for k, v in row.items() if k != "input_tokens_cl100k"} for row in rows])
+    assert "mean_input_tokens_cl100k" not in server
+    assert server.loc["summary", "original_over_format_input"] == pytest.approx(713 / 300)
 
 
 # --- importing published explanations --------------------------------------------------------------------------
@@ -386,8 +408,9 @@ def test_cli_explain_prints_the_cost_table(openai_env, neurons_db, db_path, tmp_
     print(out, err)
     assert "6 explained, 0 already done, 0 failed (of 6)" in err
     lines = out.splitlines()
-    assert lines[0].split() == ["n", "mean_input_tokens", "mean_output_tokens", "mean_total_tokens",
-                                "original_over_format_input", "original_over_format_total"]  # fmt: skip
+    assert lines[0].split() == ["n", "mean_input_tokens_cl100k", "mean_input_tokens_server", "mean_output_tokens",
+                                "mean_total_tokens", "original_over_format_input",
+                                "original_over_format_total"]  # fmt: skip
     assert [line.split()[0] for line in lines[2:]] == ["original", "summary", "highlight"]
 
     assert main([*argv[:5], "--neurons", "0:3,1:7", *argv[7:]]) == 0

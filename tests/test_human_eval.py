@@ -42,22 +42,85 @@ def make_study(db: sqlite_utils.Database, neurons: int = 10, name: str = "S", **
 # --- arms and study creation -------------------------------------------------------------------------------------
 
 
-def test_arm_parsing_and_explainer_matching() -> None:
+def test_arm_parsing_and_exact_explainer_matching() -> None:
     arm = human_eval.Arm.parse(" summary@gpt-4 ")
-    assert (arm.format, arm.explainer, str(arm)) == ("summary", "gpt-4", "summary@gpt-4")
-    row = {"format": "summary", "explainer": "openai:gpt-4", "explanation": "x"}
+    assert (arm.format, arm.explainer, arm.source, str(arm)) == ("summary", "gpt-4", None, "summary@gpt-4")
+    row = {"format": "summary", "explainer": "gpt-4", "explanation": "x", "source": "imported"}
     assert arm.matches(row)
-    assert arm.matches({**row, "explainer": "gpt-4"})
-    assert not arm.matches({**row, "explainer": "openai:gpt-4o"})
+    # Names are kept as written: an import's `gpt-4` and a generated `openai:gpt-4` are different explainers.
+    assert not arm.matches({**row, "explainer": "openai:gpt-4"})
+    assert not human_eval.Arm.parse("summary@openai:gpt-4").matches(row)
     assert not arm.matches({**row, "explanation": "  "})
-    assert human_eval.Arm.parse("summary@openai:gpt-4").matches({**row, "explainer": "gpt-4"})
-    assert not human_eval.Arm.parse("summary@openai:gpt-4").matches({**row, "explainer": "hf:gpt-4"})
     assert human_eval.Arm.parse("summary").matches({**row, "explainer": "anything"})
-    for bad in ("", "@gpt-4", "summary@"):
-        with pytest.raises(InputError, match="FORMAT or FORMAT@EXPLAINER"):
+    sourced = human_eval.Arm.parse("summary@gpt-4#file:0123456789ab")
+    assert (sourced.source, str(sourced)) == ("file:0123456789ab", "summary@gpt-4#file:0123456789ab")
+    in_file = {**row, "params": {"sha256": "0123456789ab" + "f" * 52, "file": "a.csv", "path": "/x/a.csv"}}
+    assert sourced.matches(in_file) and not sourced.matches({**in_file, "params": {"sha256": "f" * 64}})
+    for written in ("file:01234567", "a.csv", "/x/a.csv"):
+        assert human_eval.Arm.parse(f"summary#{written}").matches(in_file), written
+    assert not human_eval.Arm.parse("summary#file:0123").matches(in_file)  # too short a prefix to be sure
+    for bad in ("", "@gpt-4", "summary@", "summary@gpt-4#"):
+        with pytest.raises(InputError, match=r"FORMAT\[@EXPLAINER\]\[#SOURCE\]"):
             human_eval.Arm.parse(bad)
     with pytest.raises(InputError, match="two different arms"):
         human_eval.parse_arms("summary,summary")
+
+
+def _import_csv(db, tmp_path, name: str, texts: dict[int, tuple[str, str]], explainer: str = "gpt-4") -> None:
+    from core.explain import import_explanations_csv
+
+    lines = ["layer,neuron,summary,original"] + [f"0,{n},{a},{b}" for n, (a, b) in texts.items()]
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    import_explanations_csv(db, path, explainer, MODEL)
+
+
+def test_a_bare_arm_over_two_sources_is_refused_with_the_candidates(db, tmp_path) -> None:
+    _import_csv(db, tmp_path, "paper.csv", {n: (f"paper summary {n}", f"paper original {n}") for n in range(4)})
+    # An OpenAI reference for the same neurons, stored as openai:gpt-4, source `reference`.
+    for n in range(4):
+        dbmod.insert_explanation(
+            db, model=MODEL, layer=0, neuron=n, format="original", explainer="openai:gpt-4", source="reference",
+            explanation=f"reference words {n}", job_key=f"ref-{n}",
+        )  # fmt: skip
+    neurons = [f"0:{n}" for n in range(4)]
+    with pytest.raises(InputError) as refused:
+        human_eval.create_study(db, "S", "summary,original", neurons, 1, seed=1)
+    message = str(refused.value)
+    assert "\n" not in message and "arm original matches explanations of 2 explainers or sources" in message
+    assert "original@gpt-4#file:" in message and "original@openai:gpt-4#reference" in message
+    assert "paper.csv, 4 neurons" in message
+    # Named exactly, each arm resolves to one explainer and one source, as `study show` says.
+    created = human_eval.create_study(db, "S", "summary,original@openai:gpt-4", neurons, 1, seed=1)
+    assert created.n_items == 4
+    sources = {source.arm: source for source in created.arms}
+    assert (sources["summary"].explainer, sources["summary"].origin, sources["summary"].n_explanations) == (
+        "gpt-4",
+        "paper.csv",
+        4,
+    )
+    assert sources["summary"].source.startswith("file:")
+    reference = sources["original@openai:gpt-4"]
+    assert (reference.explainer, reference.source, reference.n_explanations) == ("openai:gpt-4", "reference", 4)
+    shown = human_eval.show_study(db, "S")
+    assert shown["arm_sources"] == [source.to_json() for source in created.arms]
+    for item in human_eval.study_items(db, "S"):
+        texts = {item["left_text"], item["right_text"]}
+        assert any(text.startswith("paper summary") for text in texts)
+        assert any(text.startswith("reference words") for text in texts)
+
+
+def test_an_explainer_arm_over_two_files_is_refused_until_the_file_is_named(db, tmp_path) -> None:
+    _import_csv(db, tmp_path, "run_a.csv", {n: (f"a summary {n}", f"a original {n}") for n in range(3)})
+    _import_csv(db, tmp_path, "run_b.csv", {n: (f"b summary {n}", f"b original {n}") for n in range(3)})
+    neurons = [f"0:{n}" for n in range(3)]
+    with pytest.raises(InputError, match=r"arm summary@gpt-4 matches explanations of 2 .*run_a\.csv.*run_b\.csv"):
+        human_eval.create_study(db, "S", "summary@gpt-4,original@gpt-4", neurons, 1, seed=1)
+    created = human_eval.create_study(db, "S", "summary@gpt-4#run_a.csv,original@gpt-4#run_b.csv", neurons, 1, seed=1)
+    assert [(source.origin, source.n_explanations) for source in created.arms] == [("run_a.csv", 3), ("run_b.csv", 3)]
+    for item in human_eval.study_items(db, "S"):
+        texts = sorted((item["left_text"], item["right_text"]))
+        assert texts[0].startswith("a summary") and texts[1].startswith("b original")
 
 
 def test_create_study_makes_one_item_per_neuron_with_balanced_sides(db) -> None:
@@ -102,21 +165,28 @@ def test_missing_explanations_are_skipped_and_reported(db) -> None:
     assert created.skipped == ("1:0: no original@gpt-4 explanation",)  # the CLI and the app print these
 
 
-def test_a_bare_format_picks_the_newest_explanation(db) -> None:
+def test_an_arm_picks_the_newest_explanation_of_its_one_set(db) -> None:
     explain_neurons(db, 1)
     newest = dbmod.insert_explanation(
-        db, model=MODEL, layer=0, neuron=0, format="summary", explainer="openai:gpt-4o", explanation="later words"
-    )
+        db, model=MODEL, layer=0, neuron=0, format="summary", explainer="gpt-4", explanation="later words",
+        source="imported",
+    )  # fmt: skip
     human_eval.create_study(db, "S", "summary,original", "0:0", 1, seed=1)
     (item,) = human_eval.study_items(db, "S")
     side = "left" if item["left_arm"] == "summary" else "right"
     assert item[f"{side}_explanation_id"] == newest
     assert item[f"{side}_text"] == "later words"
+    # Another explainer's summary makes the bare arm ambiguous.
+    dbmod.insert_explanation(
+        db, model=MODEL, layer=0, neuron=0, format="summary", explainer="openai:gpt-4o", explanation="other words"
+    )
+    with pytest.raises(InputError, match=r"summary@gpt-4#imported .*summary@openai:gpt-4o#generated"):
+        human_eval.create_study(db, "T", "summary,original", "0:0", 1, seed=1)
 
 
 def test_study_creation_errors_are_clear(db) -> None:
     neurons = explain_neurons(db, 2)
-    with pytest.raises(InputError, match=r"arm highlight matches no explanation.*summary@gpt-4"):
+    with pytest.raises(InputError, match=r"arm highlight matches no explanation.*summary@gpt-4#imported"):
         human_eval.create_study(db, "S", "summary,highlight", neurons, 2, seed=1)
     explain_neurons(db, 2, model="other-model")
     with pytest.raises(InputError, match=r"several models.*--model"):

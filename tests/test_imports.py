@@ -71,7 +71,7 @@ def test_importing_the_same_file_twice_is_a_no_op_that_says_so(tmp_path, capsys)
                                                    "HighlightSummary": "e"})  # fmt: skip
     args = ["import-explanations", path, "--explainer", "gpt-4", "--db", db_file]
     code, out, err = cli(capsys, *args)
-    assert (code, err) == (0, "") and "imported 25 explanation(s)" in out
+    assert (code, err) == (0, f"created a new database at {db_file}\n") and "imported 25 explanation(s)" in out
     code, out, err = cli(capsys, *args)
     assert (code, err) == (0, "")
     assert out.strip() == f"nothing new: all 25 explanations of {path} are already stored"

@@ -84,9 +84,13 @@ def test_cli_import_then_neuron_json(tmp_path, capsys):
     db_file = tmp_path / "cli.db"
     path = write_neuron_file(tmp_path / "0" / "426.json")
     assert main(["import-openai", str(path), "--db", str(db_file)]) == 0
+    assert capsys.readouterr().out == "imported 1 new neuron record(s) of gpt2-xl\n"
+    # A re-import says what it added, not how many records the file holds.
+    assert main(["import-openai", str(path), "--db", str(db_file)]) == 0
+    assert capsys.readouterr().out.startswith("nothing new: all 1 neuron record(s) of gpt2-xl were already stored")
     args = ["neuron", "--model", "gpt2-xl", "--layer", "0", "--neuron", "426", "--json", "--db", str(db_file)]
     assert main(args) == 0
-    out = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    out = json.loads(capsys.readouterr().out)
     assert set(out) == {"stats", "top", "random"}
     assert set(out["stats"]) == {"mean", "variance", "max", "quantiles"}
     assert [max(r["activations"]) for r in out["top"]] == [3.5, 2.0, 1.0]

@@ -313,7 +313,28 @@ def test_simulate_command_with_a_local_model(tiny_chat_model: Path, tmp_path: Pa
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["status"] == "ok" and out["method"] == "all_at_once"
     assert [len(p) for p in out["predictions"]] == [4] and all(0 <= v <= 10 for v in out["predictions"][0])
-    assert {"score", "rsquared", "absdev"} <= set(out)
+    assert {"score", "rsquared", "absdev"} <= set(out) and out["calibrated"] is False
+    text_args = ["simulate", "--explanation", "cats", "--records", str(path), "--simulator", f"hf:{tiny_chat_model}"]
+    assert main(text_args) == 0
+    text = capsys.readouterr().out
+    assert "R² " in text and text.count("(uncalibrated)") == 2 and "score --calibrate" in text
+
+
+def test_loading_a_model_prints_no_progress_bar(tiny_chat_model: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps({"records": [{"tokens": [" the", " cat"], "activations": [0, 3.5]}]}))
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    argv = [sys.executable, "-m", "core", "simulate", "--explanation", "cats", "--records", str(path),
+            "--simulator", f"hf:{tiny_chat_model}", "--device", "cpu"]  # fmt: skip
+    repo_root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(argv, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "%|" not in done.stderr
+    assert done.stdout.startswith("score ")
 
 
 def test_simulate_command_reports_a_garbled_chat_answer(openai_env, tmp_path: Path, capsys) -> None:
@@ -340,6 +361,11 @@ def test_score_command_with_a_local_simulator(db_path: Path, db, stored, tiny_ch
     assert main([*args, "--formats", "summary", "--reference", "none", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["ok"], report["method"], report["total"]) == (2, "all_at_once", 2)
+    # The per-format table, per explanation set, as `run --json` prints it.
+    (table,) = report["tables"]
+    assert (table["simulator"], table["method"]) == (f"hf:{tiny_chat_model}", "all_at_once")
+    assert {"explainer", "source", "origin", "differences"} <= set(table)
+    assert [(row["format"], row["n"]) for row in table["summary"]] == [("summary", 2)]
     assert main([*args, "--reference", "none"]) == 0
     assert "2 already scored" in capsys.readouterr().out
 
@@ -361,7 +387,7 @@ def test_run_end_to_end_explains_scores_and_summarises(
     assert report["explain"]["ok"] == 6 and report["score"]["ok"] == 6 and report["collected_layers"] == []
     summary = {row["format"]: row for row in report["summary"]}
     assert list(summary) == ["original", "summary"] and summary["original"]["n"] == 3
-    assert summary["original"]["mean_input_tokens"] > summary["summary"]["mean_input_tokens"]
+    assert summary["original"]["mean_input_tokens_server"] > summary["summary"]["mean_input_tokens_server"]
     assert summary["original"]["n_similarity"] == 1  # only neuron 0:1 has a reference explanation
     assert report["differences"][0]["format"] == "summary" and report["differences"][0]["baseline"] == "original"
     assert report["differences"][0]["n"] == 3
@@ -399,3 +425,25 @@ def test_run_collects_missing_layers_of_a_subject_model(db, tmp_path: Path, open
             db, str(subject), [NeuronId(1, 10_000)], ["original"], "openai:gpt-4o-mini", Oracle(),
             corpus=str(corpus), collect_options=options, reference="none",
         )  # fmt: skip
+
+
+# --- the other scorers next to simulation (core/scorers, docs/METHOD.md §10) ---------------------------------------
+
+
+def test_neurons_without_the_scorers_excerpts_are_scored_by_simulation_only(db_path: Path, db, stored, capsys) -> None:
+    from core.db.scores import scorer_score_rows
+    from core.scorers import get_scorer
+
+    report = pipeline.score_explanations(db, MODEL, Oracle(), reference="none")
+    assert report.ok == 5  # the reference explanation too
+    rows = scorer_score_rows(db, report.explanation_ids)
+    assert {(row["scorer"], row["model"], row["method"]) for row in rows} == {("simulation", "test:oracle", "oracle")}
+    embedding = pipeline.score_with_scorer(db, MODEL, get_scorer("embedding"))
+    assert (embedding.ok, embedding.failed, embedding.no_excerpts) == (0, 0, ("0:1", "0:2"))
+    (warning,) = embedding.warnings
+    assert "layer 0 of tiny-subject was collected without the scorers' excerpts" in warning and "--replace" in warning
+    assert main(["score", "--db", str(db_path), "--model", MODEL, "--scorer", "embedding", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["no_excerpts"] == ["0:1", "0:2"] and "only simulation" in captured.err
+    assert main(["score", "--db", str(db_path), "--model", MODEL]) == 2
+    assert "needs --simulator" in capsys.readouterr().err

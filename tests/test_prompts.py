@@ -454,7 +454,7 @@ def test_cli_prompt_prints_messages_tokens_and_cutoff(tmp_path: Path, capsys: py
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["messages"] == build_messages("summary", TARGET, cutoff=Cutoff("relative", 0.5))
-    assert out["input_tokens"] == tokens.count_chat_tokens(out["messages"], "cl100k_base") > 100
+    assert out["input_tokens_cl100k"] == tokens.count_chat_tokens(out["messages"], "cl100k_base") > 100
     assert out["tokenizer"] == "cl100k_base"
     assert out["cutoff"] == {"mode": "relative", "value": 0.5, "threshold": 2.0}
 

@@ -233,6 +233,12 @@ def test_puzzles_report_similarity_per_format_and_simulator_sanity(db, openai_en
     assert ((table["mean_similarity"] > -1) & (table["mean_similarity"] <= 1)).all()
     stored = dbmod.list_explanations(db, puzzle_model_name(None))
     assert len(stored) == 2 * len(puzzles) and {r["source"] for r in stored} == {"puzzle"}
+    # The puzzles are not a model: not in the Home counts, the model pickers or the search.
+    assert dbmod.list_models(db) == [] and dbmod.list_models(db, include_puzzles=True) == ["puzzles:bundled"]
+    summary = dbmod.summary(db)
+    assert summary["models"] == {} and summary["counts"]["neurons"] == summary["counts"]["explanations"] == 0
+    assert dbmod.search_explanations(db, stored[0]["explanation"][:6]) == []
+    assert dbmod.explanation_costs(db) == []
     requests = len(openai_env.requests)
     again = run_puzzles(db, "openai:gpt-4o-mini", ["summary", "highlight"], None, embedder=FAKE_EMBEDDER)
     assert len(openai_env.requests) == requests and not again.sanity  # resumed: no new explanations or embeddings

@@ -147,7 +147,8 @@ def test_rater_add_reads_the_code_from_stdin_with_code_stdin(db_path: Path) -> N
 
     added = add("dave", "dave-access-code\nthe rest is ignored\n")
     assert added.returncode == 0, added.stderr
-    assert json.loads(added.stdout) == {"id": 1, "name": "dave", "role": "rater"} and added.stderr == ""
+    assert json.loads(added.stdout) == {"id": 1, "name": "dave", "role": "rater"}
+    assert added.stderr == f"created a new database at {db_path}\n"  # a mistyped --db does not pass unnoticed
     database = dbmod.connect(db_path)
     assert raters.authenticate(database, "dave", "dave-access-code").name == "dave"
     short = add("erin", "short\n")
@@ -161,7 +162,8 @@ def test_rater_add_warns_that_code_is_visible_to_others(db_path: Path, capsys) -
     out, err = capsys.readouterr()
     assert json.loads(out)["name"] == "fay"
     assert err.startswith("warning: --code puts the access code where other users of this machine can see it")
-    assert err.count("\n") == 1 and "fay-access-code" not in err
+    assert err.count("\n") == 2 and "fay-access-code" not in err
+    assert err.endswith(f"created a new database at {db_path}\n")
 
 
 class _Terminal(io.StringIO):

@@ -262,7 +262,7 @@ def test_format_summary_table():
     assert original["n"] == 8
     assert original["mean_score"] == pytest.approx(np.mean([0.1 + 0.01 * i for i in range(8)]))
     assert original["score_ci_lo"] < original["mean_score"] < original["score_ci_hi"]
-    assert original["mean_input_tokens"] == 2000
+    assert original["mean_input_tokens_unknown"] == 2000  # rows that do not say what counted their tokens
     summary = table.set_index("format").loc["summary"]
     assert summary["mean_similarity"] == pytest.approx(0.9)
     assert summary["n_similarity"] == 7
@@ -280,7 +280,12 @@ def test_format_summary_averages_samples_per_neuron_and_keeps_unscored_explanati
     row = scoring.format_summary(rows).iloc[0]
     assert row["n"] == 2  # neurons with a score
     assert row["mean_score"] == pytest.approx((0.3 + 0.9) / 2)
-    assert row["mean_input_tokens"] == pytest.approx(200)
+    assert row["mean_input_tokens_unknown"] == pytest.approx(200)
+    # With the tokenizer named, each unit keeps its own mean: the API's count is never averaged with cl100k's.
+    counted = rows.assign(tokenizer=["api:m", "api:m", "cl100k_base", "cl100k_base"])
+    row = scoring.format_summary(counted).iloc[0]
+    assert row["mean_input_tokens_server"] == pytest.approx(200) and row["mean_input_tokens_cl100k"] == 200
+    assert "mean_input_tokens_unknown" not in row
     assert math.isnan(row["mean_similarity"])
 
 

@@ -491,9 +491,12 @@ def test_human_vs_automated_counts_agreement_with_the_higher_score() -> None:
         ]
     )
     result = stats.human_vs_automated(rows)
-    assert (result["successes"], result["n"]) == (2, 3)
+    assert (result["successes"], result["n"], result["n_score_ties"]) == (2, 3, 1)
     assert result["ci"] == pytest.approx(list(proportion_confint(2, 3, method="wilson")))
     assert stats.human_vs_automated(small_study()) is None
+    # Equal scores are a tie of the scores, not "no scores".
+    tied = stats.human_vs_automated(frame([rating(1, "ann", "left", left_score=0.2, right_score=0.2)]))
+    assert (tied["n"], tied["n_score_ties"], tied["rate"]) == (0, 1, None)
 
 
 SIM = "score:hf:my-model·all_at_once"
@@ -871,3 +874,12 @@ def test_study_data_carries_every_score_kind_apart(db) -> None:
         ("score", "hf:tiny·chat_parse"),
         ("similarity", "mini"),
     ]
+
+
+def test_bounds_that_are_zero_or_one_are_exactly_that() -> None:
+    from core.stats.proportions import percentile_interval, wilson_interval
+
+    for n in (1, 3, 7, 10, 49, 100):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+    shares = np.array([[0.1 + 0.2 - 0.3], [0.7 - 0.7], [0.1 + 0.2 - 0.3]])  # rounding noise around 0
+    assert percentile_interval(shares)[0].tolist() == [0.0, 0.0]

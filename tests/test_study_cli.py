@@ -42,6 +42,41 @@ def create(capsys, db: str, *extra: str) -> dict:
     return {"result": json.loads(out), "stderr": err}
 
 
+def test_study_create_refuses_an_ambiguous_arm_and_study_show_names_each_arms_source(capsys, explained, tmp_path):
+    database = dbmod.connect(explained)
+    for n in range(6):  # a second explainer's summaries of the same neurons
+        dbmod.insert_explanation(
+            database, model=MODEL, layer=0, neuron=n, format="summary", explainer="openai:gpt-4o-mini",
+            explanation=f"generated words {n}",
+        )  # fmt: skip
+    database.conn.close()
+    code, out, err = run(
+        capsys, "study", "create", "--db", explained, "--name", "S", "--arms", "summary,original",
+        "--neurons", "0:0,0:1",
+    )  # fmt: skip
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "summary@gpt-4#imported" in err and "summary@openai:gpt-4o-mini#generated" in err and "--arms" in err
+    neuron_file = tmp_path / "neurons.csv"
+    neuron_file.write_text("layer,neuron\n0,0\n0,1\n0,2\n")
+    code, out, err = run(
+        capsys, "study", "create", "--db", explained, "--name", "S", "--arms", "summary@openai:gpt-4o-mini,original",
+        "--neuron-file", str(neuron_file), "--seed", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["n_items"] == 3 and created["study"]["neurons"] == ["0:0", "0:1", "0:2"]
+    assert "arm summary@openai:gpt-4o-mini: 3 explanation(s) by openai:gpt-4o-mini from generated" in err
+    code, out, _ = run(capsys, "study", "show", "S", "--db", explained)
+    shown = json.loads(out)
+    assert code == 0 and shown["name"] == "S" and shown["n_items"] == 3
+    assert shown["arm_sources"] == created["arm_sources"]
+    assert [(a["arm"], a["explainer"], a["source"], a["n_explanations"]) for a in shown["arm_sources"]] == [
+        ("summary@openai:gpt-4o-mini", "openai:gpt-4o-mini", "generated", 3),
+        ("original", "gpt-4", "imported", 3),
+    ]
+
+
 def test_study_create_items_and_status(capsys, explained) -> None:
     created = create(capsys, explained)
     assert created["result"]["n_items"] == 6
@@ -171,3 +206,31 @@ def test_an_access_code_without_a_terminal_is_read_from_stdin_or_is_one_clear_er
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.startswith("error: no access code given")
     assert "Traceback" not in result.stderr
+
+
+def test_rater_remove_keeps_past_ratings_attributed_and_reset_code_gives_access_again(capsys, explained) -> None:
+    from core import raters
+    from core.errors import InputError
+
+    create(capsys, explained)
+    database = dbmod.connect(explained)
+    raters.add_rater(database, "ann", "ann-access-code")
+    human_eval.assign_studies(database, "ann", ["S"])
+    item = human_eval.next_item(database, "S", "ann")
+    human_eval.submit_rating(database, "S", "ann", item.item_id, "left")
+    code, out, _ = run(capsys, "rater", "remove", "--name", "ann", "--db", explained)
+    assert code == 0 and json.loads(out) == {"name": "ann", "removed": True, "studies_unassigned": 1}
+    with pytest.raises(InputError, match="unknown rater name or wrong access code"):
+        raters.authenticate(database, "ann", "ann-access-code")
+    assert human_eval.studies_for_rater(database, "ann") == []
+    ratings = export.study_data(database, "S").ratings
+    assert list(ratings["rater"]) == ["ann"] and list(ratings["choice"]) == ["left"]  # kept, and still theirs
+    code, out, _ = run(capsys, "rater", "list", "--db", explained)
+    assert [(row["name"], row["removed"]) for row in json.loads(out)] == [("ann", True)]
+    code, out, err = run(capsys, "rater", "reset-code", "--name", "ann", "--code", "new-access-code", "--db", explained)
+    assert code == 0 and json.loads(out)["code_reset"] is True and "--code puts the access code" in err
+    assert raters.authenticate(database, "ann", "new-access-code").name == "ann"
+    with pytest.raises(InputError):
+        raters.authenticate(database, "ann", "ann-access-code")
+    code, _, err = run(capsys, "rater", "remove", "--name", "nobody", "--db", explained)
+    assert code == 2 and "no rater named 'nobody'" in err

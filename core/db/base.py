@@ -14,20 +14,29 @@ from typing import Any
 import sqlite_utils
 
 from core import config
-from core.errors import InputError, WorkbenchError
+from core.errors import InputError, NotFoundError, WorkbenchError
 
 BUSY_TIMEOUT_MS = 30_000
+# The `source` of the neurons and explanations of core.puzzles: synthetic neurons with a known truth, which are not
+# a model's data and stay out of model listings, counts and search.
+PUZZLE_SOURCE = "puzzle"
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def connect(path: str | Path | None = None) -> sqlite_utils.Database:
-    """Open (and create or migrate) the database at `path`, $EVAL_DB or evaluations.db."""
+def connect(path: str | Path | None = None, create: bool = True) -> sqlite_utils.Database:
+    """Open (and create or migrate) the database at `path`, $EVAL_DB or evaluations.db. With `create=False` a
+    missing file is a NotFoundError instead of a new empty database (for commands that only read)."""
     path = config.db_path(path)
     if path.exists() and path.is_dir():
         raise InputError(f"database path {path} is a directory; pass a file path with --db or EVAL_DB")
+    if not create and not path.exists():
+        raise NotFoundError(
+            f"no database at {path}; check --db (or ${config.ENV_DB}). Commands that only read never create one: "
+            "`python -m core collect` or an import does"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -334,6 +343,11 @@ def _migration_2(conn: sqlite3.Connection) -> None:
 # - A study's analysis plan is stored once, before its first rating, and never changes (study_plans).
 # - A score names where it came from when it was not computed here (`source`: the file of imported published
 #   scores, method 'imported').
+# - A score names its scorer (simulation, detection, fuzzing, embedding: docs/METHOD.md §10) with its settings, the
+#   scorer's input and output tokens and, for the classifiers, the AUC; the scorers' excerpts per neuron are in
+#   scoring_records (a neuron collected before them has none).
+# - What `demo` created is listed in demo_rows, so that `demo --remove` deletes exactly that; an ok explanation by a
+#   `baseline:` explainer may be deleted when no study item or score outside the demo points at it.
 # Raters who existed before v3 keep every study they could rate.
 _SCHEMA_V3_TRUST = """
 ALTER TABLE studies ADD COLUMN state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'closed'));
@@ -389,6 +403,43 @@ END;
 CREATE TRIGGER study_plans_kept BEFORE DELETE ON study_plans
 BEGIN
     SELECT RAISE(ABORT, 'a study plan is frozen once stored');
+END;
+ALTER TABLE scores ADD COLUMN scorer TEXT NOT NULL DEFAULT 'simulation';
+ALTER TABLE scores ADD COLUMN settings TEXT;
+ALTER TABLE scores ADD COLUMN input_tokens INTEGER;
+ALTER TABLE scores ADD COLUMN output_tokens INTEGER;
+ALTER TABLE scores ADD COLUMN auc REAL;
+CREATE TABLE scoring_records (
+    neuron_id INTEGER NOT NULL REFERENCES neurons(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('quantile', 'non_activating', 'bottom')),
+    rank INTEGER NOT NULL,
+    excerpt_id INTEGER NOT NULL REFERENCES excerpts(id),
+    max_activation REAL NOT NULL,
+    level REAL,
+    activations BLOB NOT NULL,
+    PRIMARY KEY (neuron_id, kind, rank)
+) WITHOUT ROWID;
+CREATE TABLE demo_rows (
+    kind TEXT NOT NULL CHECK (kind IN ('explanation', 'score', 'study', 'rater')),
+    row_id INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (kind, row_id)
+) WITHOUT ROWID;
+DROP TRIGGER explanations_undeletable;
+CREATE TRIGGER explanations_undeletable BEFORE DELETE ON explanations
+WHEN OLD.status = 'ok' AND NOT (
+    substr(OLD.explainer, 1, 9) = 'baseline:'
+    AND NOT EXISTS (
+        SELECT 1 FROM items i WHERE (i.left_explanation_id = OLD.id OR i.right_explanation_id = OLD.id)
+        AND i.study_id NOT IN (SELECT row_id FROM demo_rows WHERE kind = 'study')
+    )
+    AND NOT EXISTS (
+        SELECT 1 FROM scores s WHERE s.explanation_id = OLD.id
+        AND s.id NOT IN (SELECT row_id FROM demo_rows WHERE kind = 'score')
+    )
+)
+BEGIN
+    SELECT RAISE(ABORT, 'explanation rows are immutable once written');
 END;
 """
 

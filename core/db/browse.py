@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlite_utils
 
-from core.db.base import _fetch_dicts
+from core.db.base import PUZZLE_SOURCE, _fetch_dicts
 from core.db.studies import in_open_study
 from core.records import NeuronId
 
@@ -109,7 +109,7 @@ def search_explanations(
     """Ok explanations containing `text` (case-insensitive for ASCII, `%` and `_` taken literally), newest first:
     id, model, layer, neuron, format, explainer, explanation. With `hide_blinded`, none of a neuron in an open
     study."""
-    clauses = ["status = 'ok'", "explanation LIKE ? ESCAPE '\\'"]
+    clauses = ["status = 'ok'", f"source != '{PUZZLE_SOURCE}'", "explanation LIKE ? ESCAPE '\\'"]
     if hide_blinded:
         clauses.append(f"NOT {in_open_study('explanations')}")
     args: list[Any] = [_like_pattern(text.strip())]
@@ -135,7 +135,8 @@ def explanations_after(db: sqlite_utils.Database, after_id: int, model: str | No
         clauses.append("model = ?")
         args.append(model)
     columns = (
-        "id, model, layer, neuron, format, explainer, sample, status, input_tokens, output_tokens, explanation, error"
+        "id, model, layer, neuron, format, explainer, sample, status, input_tokens, output_tokens, tokenizer,"
+        " explanation, error"
     )
     query = f"SELECT {columns} FROM explanations WHERE {' AND '.join(clauses)} ORDER BY id"
     return _fetch_dicts(db.conn.execute(query, args))
@@ -144,11 +145,14 @@ def explanations_after(db: sqlite_utils.Database, after_id: int, model: str | No
 def explanation_costs(
     db: sqlite_utils.Database, model: str | None = None, *, hide_blinded: bool = False
 ) -> list[dict[str, Any]]:
-    """Model, format, explainer and input/output tokens of every ok explanation (docs/METHOD.md §4, token cost); with
+    """Model, format, explainer, input/output tokens and what counted them (`tokenizer`), and source, sample and
+    params (JSON text, for core.provenance) of every ok explanation (docs/METHOD.md §4, token cost); with
     `hide_blinded`, none of a neuron in an open study."""
     where, args = ("WHERE status = 'ok' AND model = ?", [model]) if model is not None else ("WHERE status = 'ok'", [])
+    where += f" AND source != '{PUZZLE_SOURCE}'"  # puzzles are not a model (core.puzzles)
     where += f" AND NOT {in_open_study('explanations')}" if hide_blinded else ""
-    query = f"SELECT model, format, explainer, input_tokens, output_tokens FROM explanations {where} ORDER BY id"
+    columns = "model, format, explainer, input_tokens, output_tokens, tokenizer, source, sample, params"
+    query = f"SELECT {columns} FROM explanations {where} ORDER BY id"
     return _fetch_dicts(db.conn.execute(query, args))
 
 

@@ -133,6 +133,93 @@ def list_explanations(
     return [_decode_explanation(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
 
 
+def explanations_by_ids(db: sqlite_utils.Database, explanation_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """id → the stored explanation (params decoded; without prompt and completion), for the ids that exist."""
+    found: dict[int, dict[str, Any]] = {}
+    ids = sorted({int(i) for i in explanation_ids if i is not None})
+    columns = ", ".join(c for c in ("id", *EXPLANATION_FIELDS, "created_at") if c not in ("prompt", "completion"))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        cursor = db.conn.execute(
+            f"SELECT {columns} FROM explanations WHERE id IN ({','.join('?' * len(chunk))})", chunk
+        )
+        names = [d[0] for d in cursor.description]
+        for row in cursor.fetchall():
+            decoded = _decode_explanation(dict(zip(names, row, strict=True)))
+            found[decoded["id"]] = decoded
+    return found
+
+
+def find_explanations(
+    db: sqlite_utils.Database,
+    model: str | None = None,
+    neurons: Sequence[NeuronId] | None = None,
+    formats: Sequence[str] | None = None,
+    explainers: Sequence[str] | None = None,
+    status: str | None = "ok",
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Explanations matching every filter given (explainers exactly as stored), by model, neuron, format and id;
+    params decoded, without prompt and completion."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for column, values in (("model", [model] if model is not None else None), ("format", formats),
+                           ("explainer", explainers)):  # fmt: skip
+        if values:
+            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+            args += list(values)
+    if neurons:
+        clauses.append("(" + " OR ".join("(layer = ? AND neuron = ?)" for _ in neurons) + ")")
+        args += [value for neuron in neurons for value in (neuron.layer, neuron.index)]
+    if status is not None:
+        clauses.append("status = ?")
+        args.append(status)
+    columns = ", ".join(c for c in ("id", *EXPLANATION_FIELDS, "created_at") if c not in ("prompt", "completion"))
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    tail = f" LIMIT {int(limit)}" if limit is not None else ""
+    cursor = db.conn.execute(
+        f"SELECT {columns} FROM explanations {where} ORDER BY model, layer, neuron, format, id{tail}", args
+    )
+    names = [d[0] for d in cursor.description]
+    return [_decode_explanation(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+
+
+def scores_of_explanations(
+    db: sqlite_utils.Database, explanation_ids: Sequence[int]
+) -> dict[int, list[dict[str, Any]]]:
+    """id → every stored score of that explanation (simulator, method, split, calibrated, score, rsquared, absdev,
+    status, source), and every similarity as simulator None with `embedder` and `cosine`."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    ids = sorted({int(i) for i in explanation_ids if i is not None})
+    has_source = "source" in {row[1] for row in db.conn.execute("PRAGMA table_info(scores)")}
+    source = "source" if has_source else "NULL AS source"
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        cursor = db.conn.execute(
+            f"SELECT explanation_id, simulator, method, split, calibrated, score, rsquared, absdev, status, {source}"
+            f" FROM scores WHERE explanation_id IN ({marks}) ORDER BY explanation_id, simulator, method, split,"
+            " calibrated",
+            chunk,
+        )
+        names = [d[0] for d in cursor.description]
+        for row in cursor.fetchall():
+            score = dict(zip(names, row, strict=True))
+            score["calibrated"] = bool(score["calibrated"])
+            found.setdefault(score["explanation_id"], []).append(score)
+        cursor = db.conn.execute(
+            "SELECT explanation_id, reference_kind, embedder, cosine FROM similarities"
+            f" WHERE explanation_id IN ({marks}) ORDER BY explanation_id, embedder, reference_kind",
+            chunk,
+        )
+        for explanation_id, reference_kind, embedder, cosine in cursor.fetchall():
+            found.setdefault(explanation_id, []).append(
+                {"explanation_id": explanation_id, "similarity_to": reference_kind, "embedder": embedder,
+                 "cosine": cosine}
+            )  # fmt: skip
+    return found
+
+
 def explanation_statuses(db: sqlite_utils.Database, job_keys: Sequence[str]) -> dict[str, str]:
     """job_key → status of the stored explanation, for the keys that have one (resuming a job list)."""
     statuses: dict[str, str] = {}

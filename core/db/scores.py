@@ -189,7 +189,8 @@ def score_rows(
     hide_blinded: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (ok explanation, score), ready for a DataFrame: model, neuron ("layer:index"), layer, index,
-    format, explainer, source, sample, explanation, input/output tokens, simulator, method, split, calibrated,
+    format, explainer, source, sample, params (JSON text, for core.provenance), explanation, input/output tokens and
+    what counted them (`tokenizer`), simulator, method, split, calibrated,
     score, rsquared, absdev, status, error, seconds, and similarity (mean cosine to the references of
     `reference_kind` under `embedder`; None when there is none).
 
@@ -222,8 +223,8 @@ def score_rows(
         where.append(f"NOT {in_open_study('e')}")
     cursor = db.conn.execute(
         "SELECT e.id AS explanation_id, e.model, e.layer || ':' || e.neuron AS neuron, e.layer, e.neuron AS 'index',"
-        " e.format, e.explainer, e.source, e.sample, e.explanation, e.input_tokens, e.output_tokens,"
-        " s.simulator, s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.status, s.error,"
+        " e.format, e.explainer, e.source, e.sample, e.params, e.explanation, e.input_tokens, e.output_tokens,"
+        " e.tokenizer, s.simulator, s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.status, s.error,"
         " s.seconds,"
         f" (SELECT AVG(m.cosine) FROM similarities m WHERE m.explanation_id = e.id{similar}) AS similarity"
         f" FROM explanations e LEFT JOIN scores s ON s.explanation_id = e.id{join}"
@@ -326,3 +327,145 @@ def save_imported_score(
             " RETURNING id",
             [explanation_id, simulator, split, _finite(score), source, now()],
         ).fetchone()[0]
+
+
+# --- Scores of the other scorers: detection, fuzzing, embedding (docs/METHOD.md §10) -----------------------------
+
+
+def _scorer_columns(db: sqlite_utils.Database) -> bool:
+    return "scorer" in {row[1] for row in db.conn.execute("PRAGMA table_info(scores)")}
+
+
+def _require_scorer_columns(db: sqlite_utils.Database) -> None:
+    if not _scorer_columns(db):
+        from core.errors import WorkbenchError
+
+        raise WorkbenchError(
+            "this database's scores table predates the detection, fuzzing and embedding scorers (a development "
+            "build of schema v3); score into a new database file with --db"
+        )
+
+
+def save_scorer_score(
+    db: sqlite_utils.Database,
+    explanation_id: int,
+    *,
+    scorer: str,
+    simulator: str,
+    method: str,
+    status: str,
+    score: float | None = None,
+    auc: float | None = None,
+    per_excerpt: Sequence[dict[str, Any]] | None = None,
+    settings: dict[str, Any] | None = None,
+    error: str | None = None,
+    seconds: float | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    split: str = "valid",
+) -> int:
+    """Store (or replace) one explanation's score under a scorer other than simulation: `simulator` is
+    `<scorer>:<model>` and `method` the scorer's metric (core.scorers), so its scores never share a mean with
+    another scorer's; per-excerpt predictions go to `per_excerpt`, never to `predictions` (which holds simulated
+    activations)."""
+    if status not in SCORE_STATUSES:
+        raise ValueError(f"score status {status!r} is not one of {SCORE_STATUSES}")
+    _require_scorer_columns(db)
+    row = [
+        explanation_id, simulator, method, split, _finite(score),
+        None if per_excerpt is None else _json(_clean_json([dict(item) for item in per_excerpt])),
+        status, error, seconds, now(), scorer, None if settings is None else _json(_clean_json(settings)),
+        input_tokens, output_tokens, _finite(auc),
+    ]  # fmt: skip
+    with transaction(db) as conn:
+        return conn.execute(
+            "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, per_excerpt, status,"
+            " error, seconds, created_at, scorer, settings, input_tokens, output_tokens, auc)"
+            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (explanation_id, simulator, method, split, calibrated) DO UPDATE SET"
+            " score = excluded.score, per_excerpt = excluded.per_excerpt, predictions = NULL, status = excluded.status,"
+            " error = excluded.error, seconds = excluded.seconds, created_at = excluded.created_at,"
+            " scorer = excluded.scorer, settings = excluded.settings, input_tokens = excluded.input_tokens,"
+            " output_tokens = excluded.output_tokens, auc = excluded.auc, rsquared = NULL, absdev = NULL"
+            " RETURNING id",
+            row,
+        ).fetchone()[0]
+
+
+def scorer_settings_of(
+    db: sqlite_utils.Database, simulator: str, method: str, split: str = "valid"
+) -> dict[int, tuple[str, str | None]]:
+    """explanation id → (status, settings JSON text) of its stored score under this scorer·model and method."""
+    _require_scorer_columns(db)
+    return {
+        explanation_id: (status, settings)
+        for explanation_id, status, settings in db.conn.execute(
+            "SELECT explanation_id, status, settings FROM scores WHERE simulator = ? AND method = ? AND split = ?"
+            " AND calibrated = 0",
+            [simulator, method, split],
+        )
+    }
+
+
+def scorer_score_rows(
+    db: sqlite_utils.Database,
+    explanation_ids: Iterable[int],
+    *,
+    scorer: str | None = None,
+    simulator: str | None = None,
+    method: str | None = None,
+) -> list[dict[str, Any]]:
+    """The stored scores of these explanations, one row each: explanation_id, neuron ("layer:index"), format,
+    explainer, scorer, model (the scorer's model: the simulator for simulation), method, split, calibrated, score,
+    auc, status, error, settings and per_excerpt (decoded), input/output tokens of the scorer, seconds. With
+    `scorer`/`simulator`/`method`, only those."""
+    ids = sorted({int(i) for i in explanation_ids if i is not None})
+    has_scorer = _scorer_columns(db)
+    extra = "s.scorer, s.settings, s.input_tokens AS scorer_input_tokens, s.output_tokens AS scorer_output_tokens," \
+        " s.auc" if has_scorer else "'simulation' AS scorer, NULL AS settings, NULL AS scorer_input_tokens," \
+        " NULL AS scorer_output_tokens, NULL AS auc"  # fmt: skip
+    filters, args = "", []
+    for column, value in (("scorer", scorer), ("simulator", simulator), ("method", method)):
+        if value is not None:
+            if column == "scorer" and not has_scorer:
+                if value != "simulation":
+                    return []
+                continue
+            filters += f" AND s.{column} = ?"
+            args.append(value)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        cursor = db.conn.execute(
+            "SELECT s.explanation_id, e.model AS subject_model, e.layer || ':' || e.neuron AS neuron, e.format,"
+            " e.explainer, s.simulator, s.method, s.split, s.calibrated, s.score, s.status, s.error, s.seconds,"
+            f" {extra},"
+            " s.per_excerpt, s.created_at FROM scores s JOIN explanations e ON e.id = s.explanation_id"
+            f" WHERE s.explanation_id IN ({', '.join('?' * len(chunk))}){filters}"
+            " ORDER BY e.layer, e.neuron, e.format, s.explanation_id, s.simulator, s.method",
+            [*chunk, *args],
+        )
+        rows += _fetch_dicts(cursor)
+    for row in rows:
+        row["calibrated"] = bool(row["calibrated"])
+        prefix = f"{row['scorer']}:"
+        simulator_name = str(row["simulator"])
+        row["model"] = simulator_name[len(prefix) :] if simulator_name.startswith(prefix) else simulator_name
+        for key in ("settings", "per_excerpt"):
+            if row.get(key):
+                row[key] = json.loads(row[key])
+    return rows
+
+
+def score_id(db: sqlite_utils.Database, explanation_id: int, simulator: str, method: str, split: str = "valid") -> int:
+    """The id of the uncalibrated score of an explanation under one simulator (or scorer·model) and method."""
+    row = db.conn.execute(
+        "SELECT id FROM scores WHERE explanation_id = ? AND simulator = ? AND method = ? AND split = ?"
+        " AND calibrated = 0",
+        [explanation_id, simulator, method, split],
+    ).fetchone()
+    if row is None:
+        from core.errors import NotFoundError
+
+        raise NotFoundError(f"explanation {explanation_id} has no {simulator} · {method} score")
+    return int(row[0])

@@ -134,9 +134,31 @@ def get_rater(db: sqlite_utils.Database, name: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+# The stored code hash of a removed rater: no code matches it (core.raters). The row stays, so that the rater's past
+# ratings keep their name.
+REMOVED_CODE_HASH = "removed"
+
+
 def list_raters(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Every rater's id, name, role and creation time (no secrets)."""
-    return _fetch_dicts(db.conn.execute("SELECT id, name, role, created_at FROM raters ORDER BY id"))
+    """Every rater's id, name, role, creation time and whether they were removed (no secrets)."""
+    rows = _fetch_dicts(
+        db.conn.execute(
+            "SELECT id, name, role, created_at, code_hash = ? AS removed FROM raters ORDER BY id", [REMOVED_CODE_HASH]
+        )
+    )
+    for row in rows:
+        row["removed"] = bool(row["removed"])
+    return rows
+
+
+def remove_rater(db: sqlite_utils.Database, rater_id: int, name: str) -> int:
+    """Take a rater's access away in one transaction: no code signs them in, no study is assigned to them, their
+    failed sign-ins are forgotten. Their ratings stay, attributed to them. Returns how many studies they lost."""
+    with transaction(db) as conn:
+        conn.execute("UPDATE raters SET code_hash = ?, salt = '' WHERE id = ?", [REMOVED_CODE_HASH, rater_id])
+        lost = conn.execute("DELETE FROM study_raters WHERE rater_id = ?", [rater_id]).rowcount
+        conn.execute("DELETE FROM sign_in_failures WHERE scope = 'name' AND key = ?", [name])
+        return lost
 
 
 def assignment_state(

@@ -61,19 +61,22 @@ def automated_kinds(columns: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def human_vs_automated(ratings: pd.DataFrame) -> dict[str, Any] | None:
-    """Descriptive: on decisive non-gold ratings of items whose two explanations both have (different) simulation
-    scores (`left_score`/`right_score`), how often the human chose the higher-scored one, with a Wilson CI. Not
-    chance-corrected: when humans and the simulator each favour the same arm it is above 1/2 without any agreement
-    on items (see `automated_comparisons`). None when no column or no such rating."""
+    """Descriptive: on decisive non-gold ratings of items whose two explanations both have different simulation
+    scores (`left_score`/`right_score`), how often the human chose the higher-scored one, with a Wilson CI; ratings
+    of items whose two scores are equal are a tie of the scores, counted as `n_score_ties` and left out of the rate.
+    Not chance-corrected: when humans and the simulator each favour the same arm it is above 1/2 without any
+    agreement on items (see `automated_comparisons`). None when no column, or no decisive rating has both scores."""
     if not {"left_score", "right_score"} <= set(ratings.columns):
         return None
     rated = arm_ratings(ratings)
     left, right = pd.to_numeric(rated["left_score"]), pd.to_numeric(rated["right_score"])
-    usable = rated["choice"].isin(DECISIVE) & left.notna() & right.notna() & (left != right)
-    if not usable.any():
+    scored = rated["choice"].isin(DECISIVE) & left.notna() & right.notna()
+    if not scored.any():
         return None
+    usable = scored & (left != right)
     agrees = (rated["choice"] == "left") == (left > right)
-    return proportion(int((agrees & usable).sum()), int(usable.sum()))
+    ties = int((scored & (left == right)).sum())
+    return {**proportion(int((agrees & usable).sum()), int(usable.sum())), "n_score_ties": ties}
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,9 @@ def z_value(confidence: float = CONFIDENCE) -> float:
 def percentile_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray:
     """Percentile bootstrap interval over the first axis (the resamples): shape values.shape[1:] + (2,)."""
     tail = (1 - confidence) / 2
-    return np.moveaxis(np.quantile(values, [tail, 1 - tail], axis=0), 0, -1)
+    bounds = np.moveaxis(np.quantile(values, [tail, 1 - tail], axis=0), 0, -1)
+    # Sums of shares that cancel leave rounding noise such as 5.55e-17 where the bound is 0.
+    return np.where(np.abs(bounds) < 1e-12, 0.0, bounds)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -54,7 +56,10 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
     denominator = 1 + z * z / n
     centre = (rate + z * z / (2 * n)) / denominator
     half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes a bound is exactly 0 or 1; rounding would otherwise leave 5.55e-17 there.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def sign_test(successes: int, n: int) -> float:
