@@ -349,6 +349,7 @@ def _add_prompt(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--stats", default=None, help="neuron stats JSON with quantiles (default with --neuron: the stored stats)"
     )
+    _format_variant_flags(parser)
 
 
 def _records_flags(parser: argparse.ArgumentParser, neuron_help: str) -> None:
@@ -382,7 +383,9 @@ def cmd_prompt(args: argparse.Namespace) -> None:
     few_shot = prompts.load_few_shot(args.few_shot)
     cutoff = prompts.Cutoff.parse(args.cutoff_mode, args.cutoff)
     stats = prompts.stats_from_json(_read_json(args.stats, "stats")) if args.stats else stored_stats
-    messages = prompts.build_messages(args.format, records, few_shot=few_shot, cutoff=cutoff, stats=stats)
+    messages = prompts.build_messages(
+        args.format, records, few_shot=few_shot, cutoff=cutoff, stats=stats, options=_format_options(args)
+    )
     threshold = prompts.resolve_threshold(args.format, records, cutoff, stats)
     _print_json(
         {
@@ -424,6 +427,7 @@ def _explainer_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cutoff", default=None, help="quantile level, fraction of the max, or raw value")
     parser.add_argument("--few-shot", default=None, help="few-shot JSON file, or `none` (default: bundled examples)")
+    _format_variant_flags(parser)
     parser.add_argument(
         "--no-cache",
         action="store_true",
@@ -440,6 +444,22 @@ def _explainer_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _format_variant_flags(parser: argparse.ArgumentParser) -> None:
+    """The project's rendering variants of the natural formats; the defaults are the paper's (docs/METHOD.md §8)."""
+    parser.add_argument(
+        "--distinct-lists", action="store_true", help="summary/highlight_summary/avhs lists: each token once"
+    )
+    parser.add_argument(
+        "--merge-spans", action="store_true", help="highlight: one pair of brackets per run of marked tokens"
+    )
+
+
+def _format_options(args: argparse.Namespace) -> Any:
+    from core import prompts
+
+    return prompts.FormatOptions(distinct_lists=args.distinct_lists, merge_spans=args.merge_spans)
+
+
 def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of explain.explain_neurons that `_explainer_flags` sets."""
     from core import llm, prompts
@@ -449,6 +469,7 @@ def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
         "samples": args.samples,
         "cutoff": prompts.Cutoff.parse(args.cutoff_mode, args.cutoff),
         "few_shot": args.few_shot,
+        "format_options": _format_options(args),
         "use_cache": not args.no_cache,
         "backend_options": {
             "concurrency": args.concurrency,

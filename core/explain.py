@@ -8,6 +8,7 @@ Token costs (docs/METHOD.md §4) are stored per explanation, input and output se
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -121,8 +122,10 @@ def plan_jobs(
     cutoff: Cutoff = DEFAULT_CUTOFF,
     few_shot: Sequence[FewShotExample] = (),
     few_shot_label: str = "bundled",
+    format_options: prompts.FormatOptions = prompts.PAPER_OPTIONS,
 ) -> list[ExplainJob]:
-    """All jobs, neuron by neuron, format by format, sample by sample, with prompts built (pure)."""
+    """All jobs, neuron by neuron, format by format, sample by sample, with prompts built (pure). A rendering
+    variant (`format_options`) other than the paper's is part of the job's identity."""
     few_shot_id = {"source": few_shot_label, "sha256": _digest(_few_shot_json(few_shot))[:16]}
     jobs = []
     for record in neuron_records:
@@ -136,10 +139,12 @@ def plan_jobs(
                 "cutoff": cutoff.to_json() if fmt.uses_cutoff else None,
                 "records": PROMPT_SPLIT,
             }
+            if format_options != prompts.PAPER_OPTIONS:  # the paper's rendering keeps the keys it always had
+                params["format_options"] = dataclasses.asdict(format_options)
             messages, threshold, error = None, None, None
             try:
                 messages = prompts.build_messages(
-                    format_name, records, few_shot=few_shot, cutoff=cutoff, stats=record.stats
+                    format_name, records, few_shot=few_shot, cutoff=cutoff, stats=record.stats, options=format_options
                 )
                 threshold = prompts.resolve_threshold(format_name, records, cutoff, record.stats)
             except InputError as exc:
@@ -161,6 +166,7 @@ def explain_neurons(
     samples: int = 1,
     cutoff: Cutoff = DEFAULT_CUTOFF,
     few_shot: str | Path | Sequence[FewShotExample] | None = None,
+    format_options: prompts.FormatOptions = prompts.PAPER_OPTIONS,
     use_cache: bool = True,
     progress: Progress | None = None,
     backend_options: dict[str, Any] | None = None,
@@ -204,6 +210,7 @@ def explain_neurons(
         cutoff=cutoff,
         few_shot=examples,
         few_shot_label=few_shot_label,
+        format_options=format_options,
     )
     statuses = dbmod.explanation_statuses(db, [job.job_key for job in jobs])
     todo = [job for job in jobs if statuses.get(job.job_key) != "ok"]

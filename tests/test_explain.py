@@ -446,3 +446,28 @@ def test_job_keys_are_deterministic():
     assert key == explain.job_key(MODEL, NEURONS[0], "original", "openai:m", dict(params), 0)
     assert key != explain.job_key(MODEL, NEURONS[0], "original", "openai:m", params, 1)
     assert key != explain.job_key(MODEL, NEURONS[1], "original", "openai:m", params, 0)
+
+
+def test_a_rendering_variant_is_a_named_option_with_its_own_jobs(openai_env, neurons_db, db_path, capsys):
+    records = [neuron_record(NEURONS[0], " cat")]
+    paper = explain.plan_jobs(MODEL, records, ["highlight", "summary"], "openai:m")
+    again = explain.plan_jobs(
+        MODEL, records, ["highlight", "summary"], "openai:m", format_options=prompts.PAPER_OPTIONS
+    )
+    variant = prompts.FormatOptions(distinct_lists=True, merge_spans=True)
+    merged = explain.plan_jobs(MODEL, records, ["highlight", "summary"], "openai:m", format_options=variant)
+    assert [job.job_key for job in paper] == [job.job_key for job in again]  # the paper's rendering: keys unchanged
+    assert all(a.job_key != b.job_key for a, b in zip(paper, merged, strict=True))
+    assert merged[0].params["format_options"] == {"distinct_lists": True, "merge_spans": True}
+    assert all(a.messages != b.messages for a, b in zip(paper, merged, strict=True))
+    # The same variants on the command line, for `prompt` and `explain`.
+    argv = ["prompt", "--format", "highlight", "--model", MODEL, "--neuron", "0:3", "--db", str(db_path)]
+    assert main(argv) == 0
+    default_text = capsys.readouterr().out
+    assert main([*argv, "--merge-spans"]) == 0
+    assert capsys.readouterr().out != default_text
+    explain_argv = ["explain", "--model", MODEL, "--neurons", "0:3", "--formats", "summary", "--explainer", "openai:m"]
+    assert main([*explain_argv, "--db", str(db_path)]) == 0
+    assert main([*explain_argv, "--distinct-lists", "--db", str(db_path)]) == 0
+    stored = [row for row in dbmod.list_explanations(neurons_db, MODEL, NEURONS[0]) if row["format"] == "summary"]
+    assert len(stored) == 2 and {bool(row["params"].get("format_options")) for row in stored} == {False, True}
