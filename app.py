@@ -61,6 +61,25 @@ with dashboard.errors_shown(), dashboard.database() as db:
     st.table(settings, hide_index=True)
 
     st.subheader("Getting started")
+    # The offline demo: on a database with neurons and no explanation yet, one click shows the whole loop.
+    if dashboard.offer_demo(db) and st.button(
+        "Run the offline demo (no LLM needed)",
+        help="Baseline explanations of 20 neurons, embedding scores and a small blinded study with a demo rater; "
+        "`python -m core demo --remove` deletes exactly what it made",
+    ):
+        with st.spinner("Making baseline explanations, scoring them and creating a study (under a minute)…"):
+            st.session_state["demo_report"] = dashboard.run_demo().to_json()
+    if "demo_report" in st.session_state:
+        report = st.session_state["demo_report"]
+        st.success(
+            dashboard.markdown_escape(
+                f"Demo ready: {report['explanations']} baseline explanations of {len(report['neurons'])} neurons, "
+                f"{report['scores']} embedding scores, study {report['study']} with {report['items']} items."
+            )
+        )
+        st.markdown(
+            "\n".join(f"{n}. {dashboard.markdown_escape(step)}" for n, step in enumerate(report["next_steps"], 1))
+        )
     st.markdown("**1. Collect activations** of the bundled model (a few minutes on a laptop CPU):")
     st.code(".venv/bin/python -m core collect", language="bash", wrap_lines=True)
     st.markdown("**2. Explain neurons** on the *Explain* page (sign in as an admin rater), or from the command line:")

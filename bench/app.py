@@ -361,6 +361,30 @@ def report(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+# Try your own text (Neurons page): the bundled model on CPU, about 100 tokens a run (docs/METHOD.md §10).
+TARGETS_MS["own text"] = 1000.0
+
+
+def measure_own_text(runs: int, warmup: int) -> list[Figure]:
+    """core.activations.activate_text with the bundled model on CPU, loaded once as the server's st.cache_resource
+    keeps it (not timed), on a different text of about 100 tokens each run: the work behind Try your own text."""
+    from core.activations import activate_text
+    from core.corpus import load_corpus
+    from core.models import load_subject_model
+
+    subject = load_subject_model("default", "cpu")
+    texts, ids = [], []
+    for document in load_corpus("default").documents():
+        ids += subject.tokenizer(document, add_special_tokens=False)["input_ids"]
+        while len(ids) >= 100 and len(texts) < runs + warmup:
+            texts.append(subject.tokenizer.decode(ids[:100]))
+            del ids[:100]
+        if len(texts) == runs + warmup:
+            break
+    times = timed(lambda i: activate_text(subject, 3, texts[i]), runs, warmup)
+    return [Figure("own text: default model on CPU, ~100 tokens, layer 3", times, "own text")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=7)
@@ -377,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         db_path = Path(folder) / "bench.db"
         shutil.copyfile(cached, db_path)
         figures = measure(db_path, args.runs, args.warmup, args.seed)
+    figures += measure_own_text(args.runs, args.warmup)
     print(f"{args.runs} runs each after {args.warmup} warm-up runs; pages run with AppTest in this process")
     print(report(figures))
     return 0

@@ -54,17 +54,29 @@ from core.distributed import (
     merge_pass,
     process_group,
     rank_device,
+    sample_keys,
     select_top,
 )
 from core.errors import InputError, WorkbenchError
 from core.models import SubjectModel, load_subject_model
-from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core.records import MAX_TEXT_TOKENS, ActivationRecord, NeuronId, NeuronRecord, NeuronStats, ScoringRecords
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
 
 RANDOM_STREAM, QUANTILE_STREAM = 0, 1  # the two samples' hash streams: independent draws from one seed
+QUIET_STREAM = 2  # the non-activating candidates' sample (docs/METHOD.md §10)
+LEVEL_STREAM = 3  # level j's subsample uses stream LEVEL_STREAM + j
+
+# The scorers' excerpts (docs/METHOD.md §10): levels of the quantile sampler, excerpts kept per level, non-activating
+# and bottom excerpts per neuron. Three times as many non-activating candidates are sampled as are kept, so that
+# nearly always enough of them fall below the neuron's median.
+DEFAULT_QUANTILE_LEVELS = 12
+DEFAULT_QUANTILE_K = 2
+DEFAULT_NONACTIVATING_K = 10
+DEFAULT_BOTTOM_K = 5
+QUIET_OVERSAMPLE = 3
 
 
 @dataclass(frozen=True)
@@ -81,13 +93,50 @@ class CollectOptions:
     device: str | None = None
     dtype: str | None = None
     device_map: str | None = None
+    # The scorers' excerpts (docs/METHOD.md §10); 0 leaves a kind out.
+    quantile_levels: int = DEFAULT_QUANTILE_LEVELS
+    quantile_k: int = DEFAULT_QUANTILE_K
+    nonactivating_k: int = DEFAULT_NONACTIVATING_K
+    bottom_k: int = DEFAULT_BOTTOM_K
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "excerpt_len", "top_k", "random_k", "batch_size", "quantile_sample"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("quantile_levels", "quantile_k", "nonactivating_k", "bottom_k"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
         if self.max_tokens < self.excerpt_len:
             raise InputError(f"max-tokens ({self.max_tokens}) is smaller than one excerpt ({self.excerpt_len} tokens)")
+
+    @property
+    def scoring_excerpts(self) -> bool:
+        """Whether this run keeps the scorers' excerpts at all."""
+        return bool(self.quantile_levels and self.quantile_k) or bool(self.nonactivating_k) or bool(self.bottom_k)
+
+
+def level_rates(options: CollectOptions) -> list[float]:
+    """The sampling rate of each level's subsample (docs/METHOD.md §10): geometric from 1/2 down to the rate whose
+    top `quantile_k` sit near the median of the run's excerpts (at most max_tokens / excerpt_len of them)."""
+    levels, k = options.quantile_levels, options.quantile_k
+    if not levels or not k:
+        return []
+    excerpts = max(1, options.max_tokens // options.excerpt_len)
+    last = min(0.5, 2 * k / excerpts)
+    if levels == 1:
+        return [0.5]
+    return [0.5 * (last / 0.5) ** (j / (levels - 1)) for j in range(levels)]
+
+
+def level_members(first: int, count: int, seed: int, rates: Sequence[float]) -> list[list[int]]:
+    """Per level, the positions in a batch of excerpts first … first+count-1 that belong to its subsample: those
+    whose level key is below rate × 2⁶³. A function of the excerpt index alone, so any split of the corpus agrees."""
+    indices = np.arange(first, first + count)
+    members = []
+    for level, rate in enumerate(rates):
+        keys = sample_keys(indices, seed, LEVEL_STREAM + level)
+        members.append(np.nonzero(keys < np.int64(min(rate, 0.999999) * 2**63))[0].tolist())
+    return members
 
 
 _PLACEMENT = ("batch_size", "device", "dtype", "device_map")  # options that do not change what is collected
@@ -113,6 +162,24 @@ class _LayerTracker:
         self.shifted_sum = torch.zeros(n_neurons, dtype=torch.float64, device=device)
         self.shifted_sum_sq = torch.zeros(n_neurons, dtype=torch.float64, device=device)
         self.max = torch.full((n_neurons,), float("-inf"), device=device)
+        # The scorers' excerpts (docs/METHOD.md §10), each kind None when the run keeps none of it.
+        self.level_values = self.level_excerpts = self.level_activations = None
+        levels = len(level_rates(options))
+        if levels:
+            lk = options.quantile_k
+            self.level_values = torch.full((levels, n_neurons, lk), float("-inf"), device=device)
+            self.level_excerpts = torch.full((levels, n_neurons, lk), -1, dtype=torch.long, device=device)
+            self.level_activations = torch.zeros((levels, n_neurons, lk, length), device=device)
+        self.bottom_values = self.bottom_excerpts = self.bottom_activations = None
+        if options.bottom_k:
+            bk = options.bottom_k
+            self.bottom_values = torch.full((n_neurons, bk), float("-inf"), device=device)
+            self.bottom_excerpts = torch.full((n_neurons, bk), -1, dtype=torch.long, device=device)
+            self.bottom_activations = torch.zeros((n_neurons, bk, length), device=device)
+        self.quiet_activations = None
+        if options.nonactivating_k:
+            rows = options.nonactivating_k * QUIET_OVERSAMPLE
+            self.quiet_activations = torch.zeros((rows, length, n_neurons), device=device)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
@@ -123,8 +190,11 @@ class _LayerTracker:
         excerpt_ids: torch.Tensor,
         random_slots: list[tuple[int, int]],
         sample_slots: list[tuple[int, int]],
+        quiet_slots: Sequence[tuple[int, int]] = (),
+        level_positions: Sequence[torch.Tensor] = (),
     ) -> None:
-        """Fold in one batch: activations [batch, tokens, neurons], contiguous float32."""
+        """Fold in one batch: activations [batch, tokens, neurons], contiguous float32. `level_positions[j]`: the
+        batch positions in level j's subsample, on this tracker's device."""
         batch, length, _ = activations.shape
         flat = activations.view(batch * length, -1)
         # Moments from sums of values shifted by the first batch's mean: one cheap pass each (torch.var_mean is
@@ -144,26 +214,35 @@ class _LayerTracker:
         if sample_slots:
             positions, slots = zip(*sample_slots, strict=True)
             self.sample_max[list(slots)] = excerpt_max[list(positions)]
+        if self.level_values is not None:
+            for level, members in enumerate(level_positions):
+                if members.numel():
+                    _fold_top(
+                        self.level_values[level],
+                        self.level_excerpts[level],  # type: ignore[index]
+                        self.level_activations[level],  # type: ignore[index]
+                        activations[members],
+                        excerpt_max.T[:, members],
+                        excerpt_ids[members],
+                    )
+        if self.bottom_values is not None:
+            minus_min = -activations.amin(dim=1).T  # the most negative excerpt is the "top" of minus its min
+            assert self.bottom_excerpts is not None and self.bottom_activations is not None
+            _fold_top(
+                self.bottom_values, self.bottom_excerpts, self.bottom_activations, activations, minus_min, excerpt_ids
+            )
+        if self.quiet_activations is not None:
+            for position, slot in quiet_slots:
+                self.quiet_activations[slot] = activations[position]
 
     def _update_top(self, activations: torch.Tensor, batch_max: torch.Tensor, excerpt_ids: torch.Tensor) -> None:
-        k = self.top_values.shape[1]
-        candidates = torch.cat([self.top_values, batch_max], dim=1)  # [neurons, k + batch]
-        candidate_excerpts = torch.cat([self.top_excerpts, excerpt_ids.expand(len(candidates), -1)], dim=1)
-        chosen = select_top(candidates, candidate_excerpts, k)
-        kept = torch.zeros_like(candidates, dtype=torch.bool).scatter_(1, chosen, True)
-        entering = kept[:, k:]
-        # Slots freed and excerpts entering are equal in number for each neuron, and nonzero() lists both in
-        # neuron-major order, so the two lists pair up element by element.
-        neurons_in, positions = entering.nonzero(as_tuple=True)
-        if neurons_in.numel() == 0:
-            return
-        neurons_out, slots = (~kept[:, :k]).nonzero(as_tuple=True)
-        self.top_values[neurons_out, slots] = batch_max[neurons_in, positions]
-        self.top_excerpts[neurons_out, slots] = excerpt_ids[positions]
-        self.top_activations[neurons_out, slots] = activations[positions, :, neurons_in]
+        _fold_top(self.top_values, self.top_excerpts, self.top_activations, activations, batch_max, excerpt_ids)
 
-    def state(self, random_slots: Sequence[int], sample_slots: Sequence[int]) -> LayerState:
-        """This process's state, with the sample rows in `random_slots` and `sample_slots`, in that order."""
+    def state(
+        self, random_slots: Sequence[int], sample_slots: Sequence[int], quiet_slots: Sequence[int] = ()
+    ) -> LayerState:
+        """This process's state, with the sample rows in `random_slots`, `sample_slots` and `quiet_slots`, in that
+        order."""
         count = self.count
         if count:
             shifted_mean = self.shifted_sum / count
@@ -174,6 +253,7 @@ class _LayerTracker:
             mean, m2 = torch.zeros_like(self.shifted_sum), torch.zeros_like(self.shifted_sum)
         rows = torch.tensor(list(random_slots), dtype=torch.long, device=self.device)
         sample_rows = torch.tensor(list(sample_slots), dtype=torch.long, device=self.device)
+        quiet_rows = torch.tensor(list(quiet_slots), dtype=torch.long, device=self.device)
         return LayerState(
             count=count,
             mean=mean,
@@ -184,7 +264,42 @@ class _LayerTracker:
             top_activations=self.top_activations,
             random_activations=self.random_activations[rows],
             sample_max=self.sample_max[sample_rows],
+            level_values=self.level_values,
+            level_excerpts=self.level_excerpts,
+            level_activations=self.level_activations,
+            bottom_values=self.bottom_values,
+            bottom_excerpts=self.bottom_excerpts,
+            bottom_activations=self.bottom_activations,
+            quiet_activations=self.quiet_activations[quiet_rows] if self.quiet_activations is not None else None,
         )
+
+
+def _fold_top(
+    values: torch.Tensor,
+    excerpts: torch.Tensor,
+    stored: torch.Tensor,
+    activations: torch.Tensor,
+    batch_values: torch.Tensor,
+    batch_excerpts: torch.Tensor,
+) -> None:
+    """Fold a batch into a running top-k in place: `values`/`excerpts` [neurons, k], `stored` [neurons, k, tokens];
+    the batch's `activations` [batch, tokens, neurons], `batch_values` [neurons, batch], `batch_excerpts` [batch].
+    Ties go to the earlier excerpt (select_top), so the result does not depend on how the corpus was split."""
+    k = values.shape[1]
+    candidates = torch.cat([values, batch_values], dim=1)  # [neurons, k + batch]
+    candidate_excerpts = torch.cat([excerpts, batch_excerpts.expand(len(candidates), -1)], dim=1)
+    chosen = select_top(candidates, candidate_excerpts, k)
+    kept = torch.zeros_like(candidates, dtype=torch.bool).scatter_(1, chosen, True)
+    entering = kept[:, k:]
+    # Slots freed and excerpts entering are equal in number for each neuron, and nonzero() lists both in
+    # neuron-major order, so the two lists pair up element by element.
+    neurons_in, positions = entering.nonzero(as_tuple=True)
+    if neurons_in.numel() == 0:
+        return
+    neurons_out, slots = (~kept[:, :k]).nonzero(as_tuple=True)
+    values[neurons_out, slots] = batch_values[neurons_in, positions]
+    excerpts[neurons_out, slots] = batch_excerpts[positions]
+    stored[neurons_out, slots] = activations[positions, :, neurons_in]
 
 
 @dataclass(frozen=True)
@@ -341,7 +456,15 @@ def _collect(
         assert db is not None
         excerpt_ids = np.fromfile(result.token_file, dtype=np.int32).reshape(-1, options.excerpt_len)
         for layer in todo:
-            neurons = _layer_records(subject, layer, merged.states.pop(layer), merged.random_members, excerpt_ids)
+            neurons = _layer_records(
+                subject,
+                layer,
+                merged.states.pop(layer),
+                merged.random_members,
+                excerpt_ids,
+                merged.quiet_members,
+                options.nonactivating_k,
+            )
             try:
                 dbmod.write_neurons(
                     db,
@@ -421,6 +544,7 @@ class PassResult:
     random_sample: KeyedSample
     quantile_sample: KeyedSample
     seconds: float
+    quiet_sample: KeyedSample | None = None  # the non-activating candidates (docs/METHOD.md §10)
 
 
 def stream_pass(
@@ -440,6 +564,12 @@ def stream_pass(
     trackers = {layer: _LayerTracker(subject.n_neurons, options, subject.layer_device(layer)) for layer in layers}
     random_sample = KeyedSample(options.random_k, options.seed, RANDOM_STREAM)
     quantile_sample = KeyedSample(options.quantile_sample, options.seed, QUANTILE_STREAM)
+    quiet_sample = (
+        KeyedSample(options.nonactivating_k * QUIET_OVERSAMPLE, options.seed, QUIET_STREAM)
+        if options.nonactivating_k
+        else None
+    )
+    rates = level_rates(options)
     start, stop = len(prefix), len(prefix) + options.excerpt_len
     state: dict[str, Any] = {}
 
@@ -449,12 +579,25 @@ def stream_pass(
             ids[device] = ids[input_device].to(device)
         return ids[device]
 
+    def level_positions(device: torch.device) -> list[torch.Tensor]:
+        levels = state["levels"]
+        if device not in levels:
+            levels[device] = [positions.to(device) for positions in levels[input_device]]
+        return levels[device]
+
     def make_hook(layer: int) -> Callable[..., None]:
         tracker = trackers[layer]
 
         def hook(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
             activations = inputs[0][:, start:stop].to(tracker.device, torch.float32).contiguous()
-            tracker.update(activations, excerpt_ids(tracker.device), state["random"], state["sample"])
+            tracker.update(
+                activations,
+                excerpt_ids(tracker.device),
+                state["random"],
+                state["sample"],
+                state["quiet"],
+                level_positions(tracker.device),
+            )
             if layer == layers[-1]:
                 raise _StopForward
 
@@ -473,6 +616,13 @@ def stream_pass(
                     state["ids"] = {input_device: torch.arange(first, n_read, device=input_device)}
                     state["random"] = random_sample.offer(first, len(batch))
                     state["sample"] = quantile_sample.offer(first, len(batch))
+                    state["quiet"] = quiet_sample.offer(first, len(batch)) if quiet_sample is not None else []
+                    state["levels"] = {
+                        input_device: [
+                            torch.tensor(members, dtype=torch.long, device=input_device)
+                            for members in level_members(first, len(batch), options.seed, rates)
+                        ]
+                    }
                     inputs = torch.tensor([prefix + row + suffix for row in batch], device=input_device)
                     with contextlib.suppress(_StopForward):
                         subject.model(input_ids=inputs, attention_mask=torch.ones_like(inputs))
@@ -493,11 +643,18 @@ def stream_pass(
         random_sample=random_sample,
         quantile_sample=quantile_sample,
         seconds=time.perf_counter() - started,
+        quiet_sample=quiet_sample,
     )
 
 
 def _layer_records(
-    subject: SubjectModel, layer: int, state: LayerState, random_members: list[int], excerpt_ids: np.ndarray
+    subject: SubjectModel,
+    layer: int,
+    state: LayerState,
+    random_members: list[int],
+    excerpt_ids: np.ndarray,
+    quiet_members: Sequence[int] = (),
+    nonactivating_k: int = 0,
 ) -> list[NeuronRecord]:
     """Turn a layer's merged state into NeuronRecords; top records come sorted by max activation, descending."""
     rows = len(state.sample_max)
@@ -514,7 +671,8 @@ def _layer_records(
     top_excerpts = state.top_excerpts.cpu().numpy()
     top_acts = state.top_activations.cpu().numpy()
     random_acts = state.random_activations.permute(2, 0, 1).cpu().numpy()
-    needed = {int(e) for e in np.unique(top_excerpts) if e >= 0} | set(random_members)
+    scoring = _ScoringState.of(state, quantiles[0] if rows else None, list(quiet_members), nonactivating_k)
+    needed = {int(e) for e in np.unique(top_excerpts) if e >= 0} | set(random_members) | scoring.excerpts()
     strings = {e: tuple(token_strings(subject.tokenizer, excerpt_ids[e].tolist())) for e in needed}
     neurons = []
     for index in range(subject.n_neurons):
@@ -533,5 +691,196 @@ def _layer_records(
             max=float(max_values[index]),
             quantiles={q: float(quantiles[i, index]) for i, q in enumerate(config.QUANTILES)},
         )
-        neurons.append(NeuronRecord(subject.name, NeuronId(layer, index), top, random, stats))
+        neurons.append(
+            NeuronRecord(subject.name, NeuronId(layer, index), top, random, stats, scoring.records(index, strings))
+        )
     return neurons
+
+
+@dataclass
+class _ScoringState:
+    """A merged layer's scorers' excerpts as numpy arrays, turned into each neuron's ScoringRecords
+    (docs/METHOD.md §10). `present` is False for a run that kept none."""
+
+    present: bool
+    level_values: np.ndarray  # [neurons, candidates]: every level's slots side by side
+    level_excerpts: np.ndarray
+    level_activations: np.ndarray  # [neurons, candidates, tokens]
+    levels: np.ndarray  # [neurons, candidates]: the share of sampled excerpt maxima at most each value
+    bottom_excerpts: np.ndarray  # [neurons, k]
+    bottom_activations: np.ndarray
+    bottom_values: np.ndarray
+    quiet_members: list[int]
+    quiet_activations: np.ndarray  # [neurons, rows, tokens]
+    quiet_below: np.ndarray  # [neurons, rows]: whether the candidate's max is below the neuron's median
+    nonactivating_k: int
+
+    @classmethod
+    def of(
+        cls, state: LayerState, median: np.ndarray | None, quiet_members: list[int], nonactivating_k: int
+    ) -> _ScoringState:
+        empty = np.zeros((0, 0))
+        present = any(t is not None for t in (state.level_values, state.bottom_values, state.quiet_activations))
+        level_values = level_excerpts = level_activations = levels = empty
+        if state.level_values is not None:
+            n_levels, n_neurons, k = state.level_values.shape
+            level_values = state.level_values.permute(1, 0, 2).reshape(n_neurons, n_levels * k)
+            level_excerpts = state.level_excerpts.permute(1, 0, 2).reshape(n_neurons, n_levels * k)  # type: ignore[union-attr]
+            level_activations = state.level_activations.permute(1, 0, 2, 3).reshape(  # type: ignore[union-attr]
+                n_neurons, n_levels * k, -1
+            )
+            # A value's level: the share of the quantile sample's maxima at or below it (the sample is exact while
+            # the corpus has at most --quantile-sample excerpts).
+            rows = len(state.sample_max)
+            if rows:
+                ordered = state.sample_max.T.contiguous().sort(dim=1).values
+                finite = torch.where(torch.isfinite(level_values), level_values, torch.zeros_like(level_values))
+                levels = (torch.searchsorted(ordered, finite.contiguous(), right=True).double() / rows).cpu().numpy()
+            else:
+                levels = np.full(tuple(level_values.shape), np.nan)
+            level_values = level_values.cpu().numpy()
+            level_excerpts = level_excerpts.cpu().numpy()
+            level_activations = level_activations.cpu().numpy()
+        bottom_values = bottom_excerpts = bottom_activations = empty
+        if state.bottom_values is not None:
+            bottom_values = state.bottom_values.cpu().numpy()
+            bottom_excerpts = state.bottom_excerpts.cpu().numpy()  # type: ignore[union-attr]
+            bottom_activations = state.bottom_activations.cpu().numpy()  # type: ignore[union-attr]
+        quiet_activations = quiet_below = empty
+        if state.quiet_activations is not None:
+            quiet_activations = state.quiet_activations.permute(2, 0, 1).cpu().numpy()  # [neurons, rows, tokens]
+            quiet_max = quiet_activations.max(axis=2)  # [neurons, rows]
+            quiet_below = (
+                quiet_max < np.asarray(median)[:, None] if median is not None else np.zeros_like(quiet_max, bool)
+            )
+        return cls(
+            present, level_values, level_excerpts, level_activations, levels, bottom_excerpts, bottom_activations,
+            bottom_values, quiet_members, quiet_activations, quiet_below, nonactivating_k,
+        )  # fmt: skip
+
+    def excerpts(self) -> set[int]:
+        """Every excerpt index some neuron keeps."""
+        found = {int(e) for e in np.unique(self.level_excerpts) if e >= 0}
+        found |= {int(e) for e in np.unique(self.bottom_excerpts) if e >= 0}
+        if self.quiet_below.size:
+            found |= {self.quiet_members[row] for row in np.nonzero(self.quiet_below.any(axis=0))[0]}
+        return found
+
+    def records(self, index: int, strings: dict[int, tuple[str, ...]]) -> ScoringRecords | None:
+        if not self.present:
+            return None
+        quantile, levels, seen = [], [], set()
+        if self.level_values.size:
+            for slot in np.argsort(-self.level_values[index], kind="stable"):
+                excerpt, value = int(self.level_excerpts[index, slot]), self.level_values[index, slot]
+                if excerpt < 0 or not np.isfinite(value) or excerpt in seen:
+                    continue  # an excerpt in several levels' subsamples is kept once
+                seen.add(excerpt)
+                quantile.append(ActivationRecord(strings[excerpt], tuple(self.level_activations[index, slot].tolist())))
+                levels.append(float(self.levels[index, slot]))
+        bottom = []
+        if self.bottom_values.size:
+            for slot in np.argsort(-self.bottom_values[index], kind="stable"):
+                excerpt = int(self.bottom_excerpts[index, slot])
+                if excerpt >= 0 and np.isfinite(self.bottom_values[index, slot]):
+                    values = tuple(self.bottom_activations[index, slot].tolist())
+                    bottom.append(ActivationRecord(strings[excerpt], values))
+        quiet = []
+        if self.quiet_below.size:
+            for row in np.nonzero(self.quiet_below[index])[0][: self.nonactivating_k]:
+                excerpt = self.quiet_members[row]
+                quiet.append(ActivationRecord(strings[excerpt], tuple(self.quiet_activations[index, row].tolist())))
+        return ScoringRecords(tuple(quantile), tuple(levels), tuple(quiet), tuple(bottom))
+
+
+# --- A neuron on any text: `activate` and the Neurons page's "Try your own text" ------------------------------------
+
+
+@dataclass(frozen=True)
+class TextActivations:
+    """Every neuron of one layer on one text, processed as collection processes an excerpt: the text tokenised
+    without special tokens, wrapped in the model's own (BERT's [CLS] … [SEP], Llama's BOS), run once, and the input
+    of the layer's MLP output projection read at the text's tokens. `activations` is [tokens, neurons], float32.
+    `dropped_tokens` counts the tokens past the cap that were not run."""
+
+    model: str
+    layer: int
+    tokens: tuple[str, ...]
+    activations: np.ndarray
+    dropped_tokens: int = 0
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.activations.shape[1])
+
+    def record(self, neuron: int) -> ActivationRecord:
+        """The text as an activation record of one neuron."""
+        if not 0 <= neuron < self.n_neurons:
+            raise InputError(
+                f"neuron {neuron} out of range: layer {self.layer} of {self.model} has 0..{self.n_neurons - 1}"
+            )
+        return ActivationRecord(self.tokens, tuple(self.activations[:, neuron].tolist()))
+
+    def top_neurons(self, count: int) -> list[tuple[int, float]]:
+        """The `count` neurons with the highest max activation on the text, highest first: (index, max)."""
+        if count < 1:
+            raise InputError(f"--top must be at least 1, got {count}")
+        if not len(self.tokens):
+            return []
+        maxima = self.activations.max(axis=0)
+        order = np.argsort(-maxima, kind="stable")[:count]
+        return [(int(i), float(maxima[i])) for i in order]
+
+    def to_json(self, neuron: int | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {"model": self.model, "layer": self.layer, "tokens": list(self.tokens)}
+        if neuron is not None:
+            data |= {"neuron": neuron, "activations": list(self.record(neuron).activations)}
+        if self.dropped_tokens:
+            data["dropped_tokens"] = self.dropped_tokens
+        return data
+
+
+def text_token_ids(subject: SubjectModel, text: str, max_tokens: int = MAX_TEXT_TOKENS) -> tuple[list[int], int]:
+    """The token ids collection would give `text` (no special tokens), cut at `max_tokens` and at what the model's
+    context holds with its special tokens; (ids, tokens dropped)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("give some text to run the model on")
+    ids = subject.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    prefix, suffix = special_token_layout(subject.tokenizer)
+    limit = max_tokens
+    if subject.max_positions:
+        limit = min(limit, subject.max_positions - len(prefix) - len(suffix))
+    return ids[:limit], max(0, len(ids) - limit)
+
+
+def activate_text(
+    model: str | SubjectModel | None,
+    layer: int,
+    text: str,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_tokens: int = MAX_TEXT_TOKENS,
+) -> TextActivations:
+    """Run the subject model on `text` and read every neuron of `layer` (TextActivations). Text past `max_tokens`
+    (512 by default) is not run and is counted in `dropped_tokens`. The model is loaded once per process."""
+    subject = model if isinstance(model, SubjectModel) else load_subject_model(model, device, dtype)
+    subject.check_layers([layer])
+    ids, dropped = text_token_ids(subject, text, max_tokens)
+    prefix, suffix = special_token_layout(subject.tokenizer)
+    start, stop = len(prefix), len(prefix) + len(ids)
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured.append(inputs[0][0, start:stop].to("cpu", torch.float32))
+        raise _StopForward
+
+    handle = subject.mlp_out(layer).register_forward_pre_hook(hook)
+    try:
+        inputs = torch.tensor([prefix + ids + suffix], device=subject.device)
+        with torch.inference_mode(), contextlib.suppress(_StopForward):
+            subject.model(input_ids=inputs, attention_mask=torch.ones_like(inputs))
+    finally:
+        handle.remove()
+    tokens = tuple(token_strings(subject.tokenizer, ids))
+    return TextActivations(subject.name, layer, tokens, captured[0].numpy(), dropped)

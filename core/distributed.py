@@ -303,6 +303,14 @@ class LayerState:
     top_activations: torch.Tensor  # [neurons, k, excerpt_len]
     random_activations: torch.Tensor  # [rows, excerpt_len, neurons]
     sample_max: torch.Tensor  # [rows, neurons]
+    # The scorers' excerpts (docs/METHOD.md §10); None in a state made without them.
+    level_values: torch.Tensor | None = None  # [levels, neurons, k]: top-k per level subsample, -inf unused
+    level_excerpts: torch.Tensor | None = None  # [levels, neurons, k] int64, -1 unused
+    level_activations: torch.Tensor | None = None  # [levels, neurons, k, excerpt_len]
+    bottom_values: torch.Tensor | None = None  # [neurons, k]: minus the per-excerpt min, -inf unused
+    bottom_excerpts: torch.Tensor | None = None  # [neurons, k] int64, -1 unused
+    bottom_activations: torch.Tensor | None = None  # [neurons, k, excerpt_len]
+    quiet_activations: torch.Tensor | None = None  # [rows, excerpt_len, neurons]: the non-activating candidates
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
@@ -366,15 +374,16 @@ def merge_layer(
     random_selection: Sequence[tuple[int, int]],
     sample_selection: Sequence[tuple[int, int]],
     top_k: int,
+    quiet_selection: Sequence[tuple[int, int]] = (),
 ) -> LayerState:
     """What one process would hold after the whole corpus: states by shard, each with its `local_rows` of the
-    merged samples (`random_selection`, `sample_selection` from `select_sample`)."""
+    merged samples (`random_selection`, `sample_selection`, `quiet_selection` from `select_sample`)."""
     count, mean, m2 = chan_merge([s.count for s in states], [s.mean for s in states], [s.m2 for s in states])
     device = states[0].max.device
     top_values, top_excerpts, top_activations = merge_top(
         [s.top_values for s in states], [s.top_excerpts for s in states], [s.top_activations for s in states], top_k
     )
-    return LayerState(
+    merged = LayerState(
         count=count,
         mean=mean,
         m2=m2,
@@ -384,6 +393,40 @@ def merge_layer(
         top_activations=top_activations,
         random_activations=interleave(random_selection, [s.random_activations for s in states]),
         sample_max=interleave(sample_selection, [s.sample_max for s in states]),
+    )
+    first = states[0]
+    if first.level_values is not None:
+        merged.level_values, merged.level_excerpts, merged.level_activations = _merge_levels(states)
+    if first.bottom_values is not None:
+        merged.bottom_values, merged.bottom_excerpts, merged.bottom_activations = merge_top(
+            [s.bottom_values for s in states],  # type: ignore[misc]
+            [s.bottom_excerpts for s in states],  # type: ignore[misc]
+            [s.bottom_activations for s in states],  # type: ignore[misc]
+            first.bottom_values.shape[1],
+        )
+    if first.quiet_activations is not None:
+        merged.quiet_activations = (
+            interleave(quiet_selection, [s.quiet_activations for s in states])  # type: ignore[misc]
+            if quiet_selection
+            else first.quiet_activations[:0]
+        )
+    return merged
+
+
+def _merge_levels(states: Sequence[LayerState]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each level's top-k merged like the top records: a level is a top-k over one subsample of the excerpts."""
+    levels, neurons, k = states[0].level_values.shape  # type: ignore[union-attr]
+    length = states[0].level_activations.shape[-1]  # type: ignore[union-attr]
+    values, excerpts, activations = merge_top(
+        [s.level_values.reshape(levels * neurons, k) for s in states],  # type: ignore[union-attr]
+        [s.level_excerpts.reshape(levels * neurons, k) for s in states],  # type: ignore[union-attr]
+        [s.level_activations.reshape(levels * neurons, k, length) for s in states],  # type: ignore[union-attr]
+        k,
+    )
+    return (
+        values.reshape(levels, neurons, k),
+        excerpts.reshape(levels, neurons, k),
+        activations.reshape(levels, neurons, k, length),
     )
 
 
@@ -406,6 +449,7 @@ class MergedPass:
     random_members: list[int]  # excerpt indices of the random records, in sample order
     ranks: list[RankSummary]
     merge_seconds: float
+    quiet_members: list[int] = field(default_factory=list)  # excerpt indices of the non-activating candidates
 
 
 def peak_memory_bytes(devices: Iterable[torch.device]) -> int:
@@ -429,21 +473,28 @@ def merge_pass(result: PassResult, layers: list[int], options: CollectOptions, g
         result.random_sample.members,
         result.quantile_sample.keys,
         result.quantile_sample.members,
+        result.quiet_sample.keys if result.quiet_sample is not None else [],
+        result.quiet_sample.members if result.quiet_sample is not None else [],
     )
     everyone = group.all_gather(mine)
     random_selection = select_sample([e[2] for e in everyone], [e[3] for e in everyone], options.random_k)
     sample_selection = select_sample([e[4] for e in everyone], [e[5] for e in everyone], options.quantile_sample)
+    quiet_size = result.quiet_sample.size if result.quiet_sample is not None else 0
+    quiet_selection = select_sample([e[6] for e in everyone], [e[7] for e in everyone], quiet_size)
     random_rows, sample_rows = local_rows(random_selection, world.rank), local_rows(sample_selection, world.rank)
+    quiet_rows = local_rows(quiet_selection, world.rank)
     most_random = max(len(local_rows(random_selection, r)) for r in range(world.world_size))
     most_sample = max(len(local_rows(sample_selection, r)) for r in range(world.world_size))
+    most_quiet = max(len(local_rows(quiet_selection, r)) for r in range(world.world_size))
     devices = [tracker.device for tracker in result.trackers.values()]
     states: dict[int, LayerState] = {}
     for layer in layers:
-        local = result.trackers.pop(layer).state(random_rows, sample_rows)
-        parts = _gather_state(group, local, [e[0] * options.excerpt_len for e in everyone], most_random, most_sample)
+        local = result.trackers.pop(layer).state(random_rows, sample_rows, quiet_rows)
+        counts = [e[0] * options.excerpt_len for e in everyone]
+        parts = _gather_state(group, local, counts, most_random, most_sample, most_quiet)
         del local
         if parts is not None:
-            states[layer] = merge_layer(parts, random_selection, sample_selection, options.top_k)
+            states[layer] = merge_layer(parts, random_selection, sample_selection, options.top_k, quiet_selection)
     merge_seconds = time.perf_counter() - started
     summaries = group.all_gather((world.rank, peak_memory_bytes(devices)))
     ranks = [
@@ -451,11 +502,12 @@ def merge_pass(result: PassResult, layers: list[int], options: CollectOptions, g
         for (rank, peak), (n_excerpts, seconds, *_) in zip(summaries, everyone, strict=True)
     ]
     members = [everyone[shard][3][slot] for shard, slot in random_selection]
-    return MergedPass(states, members, ranks, merge_seconds)
+    quiet_members = [everyone[shard][7][slot] for shard, slot in quiet_selection]
+    return MergedPass(states, members, ranks, merge_seconds, quiet_members)
 
 
 def _gather_state(
-    group: Group, state: LayerState, counts: list[int], random_rows: int, sample_rows: int
+    group: Group, state: LayerState, counts: list[int], random_rows: int, sample_rows: int, quiet_rows: int = 0
 ) -> list[LayerState] | None:
     """Every rank's layer state on rank 0 (None elsewhere); one process: its own state."""
     if not group.world.distributed:
@@ -469,6 +521,14 @@ def _gather_state(
         "random_activations": group.gather(state.random_activations, rows=random_rows),
         "sample_max": group.gather(state.sample_max, rows=sample_rows),
     }
+    # The scorers' excerpts: every rank made its state with the same options, so all have them or none do.
+    for name in ("level_values", "level_excerpts", "level_activations", "bottom_values", "bottom_excerpts",
+                 "bottom_activations"):  # fmt: skip
+        tensor = getattr(state, name)
+        if tensor is not None:
+            gathered[name] = group.gather(tensor)
+    if state.quiet_activations is not None:
+        gathered["quiet_activations"] = group.gather(state.quiet_activations, rows=quiet_rows)
     if not group.world.is_main:
         return None
     parts = []

@@ -66,7 +66,7 @@ class ActivationRecord:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", tuple(self.tokens))
-        object.__setattr__(self, "activations", tuple(float(a) for a in self.activations))
+        object.__setattr__(self, "activations", tuple(map(float, self.activations)))  # map: 3× a generator
         if len(self.tokens) != len(self.activations):
             raise InputError(
                 f"record has {len(self.tokens)} tokens but {len(self.activations)} activations: they must match"
@@ -138,6 +138,10 @@ class NeuronStats:
         )
 
 
+# The longest text `activate` and the Neurons page's "Try your own text" run as one excerpt (docs/METHOD.md §10).
+MAX_TEXT_TOKENS = 512
+
+
 # docs/METHOD.md §1: splits by index into the sorted top list and into the random list.
 SPLITS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "train": ((0, 4, 8, 12, 16), ()),
@@ -153,8 +157,60 @@ MIN_RANDOM_RECORDS = 1 + max(i for _, random in SPLITS.values() for i in random)
 
 
 @dataclass(frozen=True)
+class ScoringRecords:
+    """Excerpts kept for the scorers (docs/METHOD.md §10), besides the top and random records:
+
+    - `quantile`: excerpts spread over the quantiles of the per-excerpt max from the median up, highest first, each
+      with `levels[i]`, the share of the corpus's excerpts whose max is at most its own (from the quantile sample);
+    - `non_activating`: excerpts whose max is below the neuron's median, in a random order;
+    - `bottom`: the excerpts with the most negative activations, most negative first.
+    """
+
+    quantile: tuple[ActivationRecord, ...] = ()
+    levels: tuple[float, ...] = ()
+    non_activating: tuple[ActivationRecord, ...] = ()
+    bottom: tuple[ActivationRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        order = sorted(range(len(self.quantile)), key=lambda i: self.quantile[i].max_activation, reverse=True)
+        levels = tuple(float(v) for v in self.levels)
+        if len(levels) != len(self.quantile):
+            raise InputError(f"{len(self.quantile)} quantile records but {len(levels)} levels: they must match")
+        object.__setattr__(self, "quantile", tuple(self.quantile[i] for i in order))
+        object.__setattr__(self, "levels", tuple(levels[i] for i in order))
+        object.__setattr__(self, "non_activating", tuple(self.non_activating))
+        object.__setattr__(self, "bottom", tuple(self.bottom))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "quantile": [{**r.to_json(), "level": level} for r, level in zip(self.quantile, self.levels, strict=True)],
+            "non_activating": [r.to_json() for r in self.non_activating],
+            "bottom": [r.to_json() for r in self.bottom],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> ScoringRecords:
+        if not isinstance(data, dict):
+            raise InputError("scoring: expected an object with quantile, non_activating and bottom records")
+        quantile = data.get("quantile", [])
+        levels = []
+        for i, item in enumerate(quantile):
+            level = item.get("level") if isinstance(item, dict) else None
+            if isinstance(level, bool) or not isinstance(level, int | float):
+                raise InputError(f"scoring.quantile[{i}].level: expected a number between 0 and 1")
+            levels.append(float(level))
+        return cls(
+            quantile=tuple(records_from_json(quantile, "scoring.quantile")),
+            levels=tuple(levels),
+            non_activating=tuple(records_from_json(data.get("non_activating", []), "scoring.non_activating")),
+            bottom=tuple(records_from_json(data.get("bottom", []), "scoring.bottom")),
+        )
+
+
+@dataclass(frozen=True)
 class NeuronRecord:
-    """Everything collected for one neuron: top records (descending by max), random records, stats.
+    """Everything collected for one neuron: top records (descending by max), random records, stats, and the scorers'
+    excerpts (`scoring`; None for a neuron collected before they existed, or imported).
 
     `top` is kept sorted by max activation, highest first (a stable sort), because the splits index into it.
     """
@@ -164,6 +220,7 @@ class NeuronRecord:
     top: tuple[ActivationRecord, ...]
     random: tuple[ActivationRecord, ...]
     stats: NeuronStats
+    scoring: ScoringRecords | None = None
 
     def __post_init__(self) -> None:
         top = tuple(sorted(self.top, key=lambda r: r.max_activation, reverse=True))
@@ -192,13 +249,16 @@ class NeuronRecord:
         return sum(i >= len(self.top) for i in top_idx), sum(i >= len(self.random) for i in random_idx)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "model": self.model,
             "neuron": str(self.neuron),
             "stats": self.stats.to_json(),
             "top": [r.to_json() for r in self.top],
             "random": [r.to_json() for r in self.random],
         }
+        if self.scoring is not None:
+            data["scoring"] = self.scoring.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NeuronRecord:
@@ -208,6 +268,7 @@ class NeuronRecord:
             top=tuple(records_from_json(data["top"], "top")),
             random=tuple(records_from_json(data["random"], "random")),
             stats=NeuronStats.from_json(data["stats"]),
+            scoring=ScoringRecords.from_json(data["scoring"]) if data.get("scoring") is not None else None,
         )
 
 

@@ -173,8 +173,8 @@ def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None
     )
     scale = render.default_scale(record.top)
     tidy = render.spacing_lost(record.top + record.random)
-    top, random, distribution, explanations = st.tabs(
-        ["Top excerpts", "Random excerpts", "Activations", "Explanations"]
+    top, random, distribution, explanations, own = st.tabs(
+        ["Top excerpts", "Random excerpts", "Activations", "Explanations", "Try your own text"]
     )
     with top:
         st.caption(LEGEND)
@@ -195,6 +195,43 @@ def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None
         st.dataframe(tables.stats_table(record), hide_index=True, width="content")
     with explanations:
         _explanations(src, model, neuron_id, record)
+    with own:
+        _own_text(model, neuron_id, record, scale, tidy)
+
+
+def _own_text(model: str, neuron_id: NeuronId, record, scale: float, tidy: bool) -> None:
+    """Try your own text: the neuron's activations on any text, coloured on the scale of its stored excerpts."""
+    from core.records import MAX_TEXT_TOKENS  # not core.activations: browsing loads no model library
+
+    st.caption(
+        f"The model runs on your text exactly as on a collected excerpt (up to {MAX_TEXT_TOKENS} tokens). " + LEGEND
+    )
+    with st.form("own_text"):
+        text = st.text_area("Text", key="neurons_own_text", height=120, placeholder="Type or paste any text")
+        submitted = st.form_submit_button("Run the model")
+    if not submitted or not text.strip():
+        return
+    with st.spinner("Running the model…"):
+        result, dropped = dashboard.own_text(model, neuron_id, text)
+    if dropped:
+        st.warning(
+            f"Your text is {len(result.tokens) + dropped} tokens long; only the first {len(result.tokens)} were "
+            f"run (the cap is {MAX_TEXT_TOKENS} tokens)."
+        )
+    label = f"your text · max {render.exact_value(result.max_activation)}"
+    st.html(render.styled(render.records_html([result], scale, [label], tidy)))
+    stats = record.stats
+    cutoff = stats.quantiles.get(0.99)
+    where = "" if cutoff is None else (
+        " — above this neuron's 0.99 quantile, so it counts as activating"
+        if result.max_activation > cutoff
+        else " — below this neuron's 0.99 quantile"
+    )  # fmt: skip
+    st.caption(
+        f"For reference, over the corpus: max {render.exact_value(stats.max)}, 0.99 quantile of the per-excerpt max "
+        f"{'–' if cutoff is None else render.exact_value(cutoff)}. Your text's max: "
+        f"{render.exact_value(result.max_activation)}{where}. Colours use the scale of the stored top excerpts."
+    )
 
 
 with dashboard.errors_shown(), dashboard.database() as db:

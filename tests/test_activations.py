@@ -253,3 +253,116 @@ def test_device_map_collects_the_same_as_one_device(corpus_file, tmp_path):
                 atol=1e-6,
             )
             assert mapped.stats.mean == pytest.approx(plain.stats.mean, rel=1e-5, abs=1e-7)
+
+
+# --- The scorers' excerpts (docs/METHOD.md §10): quantile samples, non-activating, bottom -----------------------------
+
+
+def _brute_top(values: np.ndarray, candidates: list[int], k: int) -> list[int]:
+    """The k best candidates by value, ties to the earlier excerpt (collection's order)."""
+    return sorted(candidates, key=lambda e: (-values[e], e))[:k]
+
+
+def test_scoring_excerpts_match_brute_force(corpus_file, db, tmp_path):
+    from core.activations import QUIET_OVERSAMPLE, QUIET_STREAM, level_members, level_rates
+    from core.distributed import sample_keys
+
+    model_path = tiny_models.build("gpt2", tmp_path / "gpt2")
+    collect(db, str(model_path), [2], str(corpus_file), OPTIONS)
+    _, excerpts, acts = all_activations(model_path, corpus_file, OPTIONS, layer=2)
+    n = len(excerpts)
+    excerpt_max, excerpt_min = acts.max(axis=1), acts.min(axis=1)  # [excerpts, neurons]
+    levels = level_members(0, n, OPTIONS.seed, level_rates(OPTIONS))
+    assert len(levels) == OPTIONS.quantile_levels and len(levels[0]) > len(levels[-1]) > 0
+    keys = sample_keys(np.arange(n), OPTIONS.seed, QUIET_STREAM)
+    quiet = sorted(range(n), key=lambda e: (keys[e], e))[: OPTIONS.nonactivating_k * QUIET_OVERSAMPLE]
+    for index in range(0, tiny_models.INTERMEDIATE, 3):
+        record = dbmod.get_neuron(db, str(model_path), NeuronId(2, index))
+        scoring = record.scoring
+        values = excerpt_max[:, index]
+        # Quantile samples: each level's top-k within its subsample, an excerpt kept once, highest first.
+        kept = sorted({e for members in levels for e in _brute_top(values, members, OPTIONS.quantile_k)},
+                      key=lambda e: -values[e])  # fmt: skip
+        np.testing.assert_allclose([r.max_activation for r in scoring.quantile], values[kept], rtol=1e-5, atol=1e-6)
+        # Their level: the share of the corpus's excerpts whose max is at most theirs (exact: the sample is all).
+        expected_levels = [(values <= values[e] + 1e-7).mean() for e in kept]
+        np.testing.assert_allclose(scoring.levels, expected_levels, atol=1.5 / n)
+        # Bottom: the most negative excerpts by their min.
+        bottom = _brute_top(-excerpt_min[:, index], list(range(n)), OPTIONS.bottom_k)
+        np.testing.assert_allclose([min(r.activations) for r in scoring.bottom], excerpt_min[bottom, index], atol=1e-6)
+        # Non-activating: the sampled candidates below the median, in key order, the first k of them.
+        median = record.stats.quantiles[0.5]
+        below = [e for e in quiet if values[e] < median][: OPTIONS.nonactivating_k]
+        np.testing.assert_allclose([r.max_activation for r in scoring.non_activating], values[below], atol=1e-6)
+        assert all(r.max_activation < median for r in scoring.non_activating)
+
+
+def test_scoring_excerpts_merge_exactly_across_shards(corpus_file, tmp_path):
+    from core.activations import stream_pass
+    from core.corpus import batched
+    from core.distributed import World, local_rows, merge_layer, select_sample
+
+    model_path = tiny_models.build("gpt2", tmp_path / "gpt2")
+    subject = load_subject_model(str(model_path), device="cpu")
+    excerpts = token_excerpts(load_corpus(str(corpus_file)), subject.tokenizer, 16, OPTIONS.max_tokens)
+    batches = list(batched(excerpts, OPTIONS.batch_size))
+
+    def merged(some: list, world_size: int):
+        results = [stream_pass(subject, [2], iter(some), OPTIONS, tmp_path, world=World(rank, world_size))
+                   for rank in range(world_size)]  # fmt: skip
+        pick = {}
+        for name in ("random_sample", "quantile_sample", "quiet_sample"):
+            samples = [getattr(r, name) for r in results]
+            pick[name] = select_sample([s.keys for s in samples], [s.members for s in samples], samples[0].size)
+        states = [
+            r.trackers[2].state(*(local_rows(pick[name], rank) for name in pick)) for rank, r in enumerate(results)
+        ]
+        state = merge_layer(states, pick["random_sample"], pick["quantile_sample"], OPTIONS.top_k, pick["quiet_sample"])
+        members = [results[shard].quiet_sample.members[slot] for shard, slot in pick["quiet_sample"]]
+        return state, members
+
+    for some, world_size in ((batches, 2), (batches[:3], 5)):
+        (one, one_quiet), (many, many_quiet) = merged(some, 1), merged(some, world_size)
+        assert one_quiet == many_quiet
+        assert torch.equal(one.level_excerpts, many.level_excerpts)
+        assert torch.equal(one.bottom_excerpts, many.bottom_excerpts)
+        for name in ("level_values", "level_activations", "bottom_values", "bottom_activations", "quiet_activations"):
+            torch.testing.assert_close(getattr(one, name), getattr(many, name), rtol=1e-5, atol=1e-6)
+
+
+def test_torchrun_two_processes_keep_the_same_scoring_excerpts(corpus_file, tmp_path):
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    single = dbmod.connect(tmp_path / "single.db")
+    collect(single, model_path, [2], str(corpus_file), OPTIONS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "core",
+               "collect", "--db", str(tmp_path / "two.db"), "--model", model_path, "--corpus", str(corpus_file),
+               "--layers", "2", "--max-tokens", "1600", "--excerpt-len", "16", "--top-k", "6", "--random-k", "5",
+               "--batch-size", "7", "--seed", "3", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = dbmod.connect(tmp_path / "two.db")
+    for index in range(tiny_models.INTERMEDIATE):
+        a = dbmod.get_neuron(single, model_path, NeuronId(2, index)).scoring
+        b = dbmod.get_neuron(two, model_path, NeuronId(2, index)).scoring
+        for kind in ("quantile", "non_activating", "bottom"):
+            assert [r.tokens for r in getattr(a, kind)] == [r.tokens for r in getattr(b, kind)], (index, kind)
+            np.testing.assert_allclose([r.activations for r in getattr(a, kind)],
+                                       [r.activations for r in getattr(b, kind)], rtol=1e-5, atol=1e-6)  # fmt: skip
+        assert a.levels == pytest.approx(b.levels)
+
+
+def test_a_run_without_scoring_excerpts_stores_none(corpus_file, db, tmp_path):
+    model_path = str(tiny_models.build("gpt2", tmp_path / "gpt2"))
+    bare = replace(OPTIONS, quantile_levels=0, nonactivating_k=0, bottom_k=0)
+    without = collect(db, model_path, [0], str(corpus_file), bare)
+    assert dbmod.get_neuron(db, model_path, NeuronId(0, 1)).scoring is None
+    with_them = collect(dbmod.connect(tmp_path / "other.db"), model_path, [0], str(corpus_file), OPTIONS)
+    extra = with_them.layer_memory[0].state_bytes - without.layer_memory[0].state_bytes
+    # Bounded by the settings alone: levels × k + bottom k per neuron, plus 3 × k non-activating candidates.
+    per_neuron = (OPTIONS.quantile_levels * OPTIONS.quantile_k + OPTIONS.bottom_k) * (16 * 4 + 12)
+    per_neuron += OPTIONS.nonactivating_k * 3 * 16 * 4
+    assert extra == per_neuron * tiny_models.INTERMEDIATE
+    from core.db.neurons import layers_without_scoring_records
+
+    assert layers_without_scoring_records(db, model_path) == [0]

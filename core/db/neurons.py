@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import sqlite_utils
 
 from core import config
-from core.db.base import _json, now, transaction
+from core.db.base import PUZZLE_SOURCE, _json, now, transaction
 from core.db.browse import database_file
 from core.errors import NotFoundError
-from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats, ScoringRecords
+
+log = logging.getLogger(__name__)
 
 _RUN_KEYS = ("model", "corpus", "excerpt_len", "max_tokens", "top_k", "random_k", "seed")
 
@@ -108,15 +111,33 @@ def write_neurons(
         run_id = _run_id(conn, run) if run is not None else None
         if run_id is not None and run_totals is not None:
             conn.execute("UPDATE runs SET n_excerpts = ?, n_tokens = ? WHERE id = ?", [*run_totals, run_id])
-        excerpt_tokens = [r.tokens for n in neurons for r in (*n.top, *n.random)]
+        scoring_table = has_scoring_records(conn)
+        if not scoring_table and any(record.scoring is not None for record in neurons):
+            log.warning(
+                "this database was made by a development build of schema v3 and has no scoring_records table: the "
+                "scorers' excerpts are not stored; use a new --db to keep them"
+            )
+        # Every excerpt of the batch in one upsert, in the order the rows below take their ids.
+        excerpt_tokens = [
+            r.tokens
+            for n in neurons
+            for r in (*n.top, *n.random, *(_scoring_groups_records(n.scoring) if scoring_table else ()))
+        ]
         excerpt_ids = iter(_upsert_excerpts(conn, excerpt_tokens))
         record_rows = []
+        scoring_rows: list[tuple[Any, ...]] = []
         for record in neurons:
             conn.execute(
                 "DELETE FROM records WHERE neuron_id IN"
                 " (SELECT id FROM neurons WHERE model = ? AND layer = ? AND neuron = ?)",
                 [model, record.neuron.layer, record.neuron.index],
             )
+            if scoring_table:
+                conn.execute(
+                    "DELETE FROM scoring_records WHERE neuron_id IN"
+                    " (SELECT id FROM neurons WHERE model = ? AND layer = ? AND neuron = ?)",
+                    [model, record.neuron.layer, record.neuron.index],
+                )
             neuron_id = conn.execute(
                 "INSERT INTO neurons (model, layer, neuron, run_id, source, mean, variance, max, q50, q90, q99, q999)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -141,11 +162,19 @@ def write_neurons(
                     record_rows.append(
                         (neuron_id, kind, rank, next(excerpt_ids), rec.max_activation, _blob(rec.activations))
                     )
+            if scoring_table:
+                scoring_rows += _scoring_rows(neuron_id, record.scoring, excerpt_ids)
         conn.executemany(
             "INSERT INTO records (neuron_id, kind, rank, excerpt_id, max_activation, activations)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             record_rows,
         )
+        if scoring_rows:
+            conn.executemany(
+                "INSERT INTO scoring_records (neuron_id, kind, rank, excerpt_id, max_activation, level, activations)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                scoring_rows,
+            )
         if finished_layer is not None:
             if run_id is None:
                 raise ValueError("finished_layer needs run")
@@ -192,11 +221,15 @@ def get_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> Neuro
         max=max_value,
         quantiles={q: v for q, v in zip(config.QUANTILES, quantiles, strict=True) if v is not None},
     )
-    return NeuronRecord(model=model, neuron=neuron, top=tuple(top), random=tuple(random), stats=stats)
+    scoring = _read_scoring_records(db.conn, neuron_id)
+    return NeuronRecord(model=model, neuron=neuron, top=tuple(top), random=tuple(random), stats=stats, scoring=scoring)
 
 
-def list_models(db: sqlite_utils.Database) -> list[str]:
-    return [row[0] for row in db.conn.execute("SELECT DISTINCT model FROM neurons ORDER BY model")]
+def list_models(db: sqlite_utils.Database, include_puzzles: bool = False) -> list[str]:
+    """The subject models with stored neurons; the neuron puzzles (core.puzzles) are not a model and are left out
+    unless asked for."""
+    where = "" if include_puzzles else f" WHERE source != '{PUZZLE_SOURCE}'"
+    return [row[0] for row in db.conn.execute(f"SELECT DISTINCT model FROM neurons{where} ORDER BY model")]
 
 
 def list_layers(db: sqlite_utils.Database, model: str) -> list[tuple[int, int]]:
@@ -218,6 +251,86 @@ def summary(db: sqlite_utils.Database) -> dict[str, Any]:
     }
     counts = {
         table: db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        for table in ("neurons", "explanations", "scores", "studies", "ratings", "raters")
+        for table in ("scores", "studies", "ratings", "raters")
     }
+    # Puzzle neurons and their explanations are a check of explainers and simulators, not data of a model.
+    for table in ("neurons", "explanations"):
+        query = f"SELECT COUNT(*) FROM {table} WHERE source != '{PUZZLE_SOURCE}'"
+        counts[table] = db.conn.execute(query).fetchone()[0]
+    counts = {table: counts[table] for table in ("neurons", "explanations", "scores", "studies", "ratings", "raters")}
     return {"models": models, "counts": counts}
+
+
+# --- The scorers' excerpts (docs/METHOD.md §10) ---------------------------------------------------------------------
+
+SCORING_KINDS = ("quantile", "non_activating", "bottom")
+
+
+def has_scoring_records(conn: sqlite3.Connection) -> bool:
+    """Whether this database can hold the scorers' excerpts (a database made by a development build of schema v3
+    before they existed cannot; its neurons are then stored without them)."""
+    return (
+        conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scoring_records'").fetchone()
+        is not None
+    )
+
+
+def _scoring_groups(scoring: ScoringRecords | None) -> list[tuple[str, Sequence[ActivationRecord], Sequence[Any]]]:
+    if scoring is None:
+        return []
+    return [
+        ("quantile", scoring.quantile, scoring.levels),
+        ("non_activating", scoring.non_activating, (None,) * len(scoring.non_activating)),
+        ("bottom", scoring.bottom, (None,) * len(scoring.bottom)),
+    ]
+
+
+def _scoring_groups_records(scoring: ScoringRecords | None) -> list[ActivationRecord]:
+    return [rec for _, records, _ in _scoring_groups(scoring) for rec in records]
+
+
+def _scoring_rows(neuron_id: int, scoring: ScoringRecords | None, excerpt_ids: Iterator[int]) -> list[tuple[Any, ...]]:
+    """The scoring_records rows of one neuron, taking excerpt ids from `excerpt_ids` in `_scoring_groups` order. An
+    empty or absent ScoringRecords leaves no row and reads back as None, like a neuron collected before they
+    existed."""
+    return [
+        (neuron_id, kind, rank, next(excerpt_ids), rec.max_activation, level, _blob(rec.activations))
+        for kind, records, levels in _scoring_groups(scoring)
+        for rank, (rec, level) in enumerate(zip(records, levels, strict=True))
+    ]
+
+
+def _read_scoring_records(conn: sqlite3.Connection, neuron_id: int) -> ScoringRecords | None:
+    """The neuron's scorers' excerpts; None when it has none (collected before they existed, or imported)."""
+    if not has_scoring_records(conn):
+        return None
+    found: dict[str, list[tuple[ActivationRecord, float | None]]] = {kind: [] for kind in SCORING_KINDS}
+    for kind, tokens, level, blob in conn.execute(
+        "SELECT s.kind, e.tokens, s.level, s.activations FROM scoring_records s JOIN excerpts e ON e.id = s.excerpt_id"
+        " WHERE s.neuron_id = ? ORDER BY s.kind, s.rank",
+        [neuron_id],
+    ):
+        found[kind].append((ActivationRecord(tuple(json.loads(tokens)), _unblob(blob)), level))
+    if not any(found.values()):
+        return None
+    return ScoringRecords(
+        quantile=tuple(rec for rec, _ in found["quantile"]),
+        levels=tuple(float(level) if level is not None else float("nan") for _, level in found["quantile"]),
+        non_activating=tuple(rec for rec, _ in found["non_activating"]),
+        bottom=tuple(rec for rec, _ in found["bottom"]),
+    )
+
+
+def layers_without_scoring_records(db: sqlite_utils.Database, model: str) -> list[int]:
+    """The layers of `model` whose neurons were stored without the scorers' excerpts (collected before they existed,
+    or imported)."""
+    if not has_scoring_records(db.conn):
+        return [layer for layer, _ in list_layers(db, model)]
+    return [
+        row[0]
+        for row in db.conn.execute(
+            "SELECT n.layer FROM neurons n WHERE n.model = ? GROUP BY n.layer HAVING SUM(EXISTS (SELECT 1 FROM"
+            " scoring_records s WHERE s.neuron_id = n.id)) = 0 ORDER BY n.layer",
+            [model],
+        )
+    ]
