@@ -193,14 +193,19 @@ def _hub_unreachable(timeout_s: float = HUB_CHECK_TIMEOUT_S) -> str | None:
     return None
 
 
+def _read_default(path: Path) -> Iterator[str]:
+    if not path.exists():
+        log.warning("building the default corpus from Python's own documentation (once, ~30 s)")
+        build_default_corpus(path)
+    return _read_jsonl(path)
+
+
 def load_corpus(spec: str | None) -> Corpus:
     """`default`, a .txt/.jsonl file or a folder of them, or `hf:NAME[:CONFIG][:SPLIT]`."""
     if spec in (None, "", config.DEFAULT_CORPUS):
+        # Built when first read, not here: a collection that finds nothing left to do never pays for it.
         path = default_corpus_path()
-        if not path.exists():
-            log.warning("building the default corpus from Python's own documentation (once, ~30 s)")
-            build_default_corpus(path)
-        return Corpus(name=f"default:{path.stem}", documents=lambda: _read_jsonl(path))
+        return Corpus(name=f"default:{path.stem}", documents=lambda: _read_default(path))
     if spec.startswith("hf:"):
         name = spec.removeprefix("hf:").partition(":")[0]
         reason = None if Path(name).exists() else _hub_unreachable()

@@ -77,8 +77,10 @@ def test_wordpiece_strings(minilm):
 @pytest.mark.slow
 def test_default_corpus_is_over_a_million_tokens(tmp_path, monkeypatch, minilm):
     monkeypatch.setenv("EVAL_CACHE_DIR", str(tmp_path))
-    path = corpusmod.build_default_corpus()
-    documents = list(load_corpus("default").documents())
+    corpus = load_corpus("default")
+    path = corpusmod.default_corpus_path()
+    assert corpus.name == f"default:{path.stem}" and not path.exists()  # named at once, built only when read
+    documents = list(corpus.documents())
     assert path.exists() and len(documents) > 30_000
     assert len(set(documents)) == len(documents)  # repeated docstrings would give neurons copies of one excerpt
     sample = documents[:2000]
