@@ -532,3 +532,12 @@ def offer_demo(db: sqlite_utils.Database) -> bool:
     from core import demo
 
     return demo.offer_demo(db)
+
+
+@st.cache_resource
+def job_registry() -> Any:
+    """The background jobs of this server process (a core.jobs.JobRegistry), shared by every session and rerun, so
+    that a job outlives the page run that started it."""
+    from core import jobs
+
+    return jobs.JobRegistry()

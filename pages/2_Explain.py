@@ -9,7 +9,7 @@ import time
 
 import streamlit as st
 
-from core import dashboard, explain, llm, pipeline, prompts, render, simulate, tables
+from core import dashboard, explain, jobs, llm, pipeline, prompts, render, simulate, tables
 from core import db as dbmod
 from core.records import NeuronId
 
@@ -17,7 +17,8 @@ st.set_page_config(page_title="Explain", page_icon="🔬", layout="wide")
 st.title("Explain neurons")
 
 DEFAULT_EXPLAINER = "openai:gpt-4o-mini"
-LIVE_TABLE_EVERY_S = 0.5
+POLL_EVERY_S = 1.0
+JOB_KEY = "explain_job"  # the id of the job this session started or opened
 PREVIEW_HEIGHT_PX = 420
 ONE, LIST, FILE = "one neuron", "a list", "a file"
 
@@ -87,28 +88,65 @@ def _preview(src: dashboard.Source, model: str, neuron_id: NeuronId, formats: li
                 st.code(preview.text, language=None, wrap_lines=True, height=PREVIEW_HEIGHT_PX)
 
 
-def _run(db, model: str, neurons: list[NeuronId], formats: list[str], explainer: str, settings, scorer) -> None:
-    start = dbmod.last_explanation_id(db)  # the live table shows what this run stores after it
-    bar = st.progress(0.0, text="Explaining…")
-    live = st.empty()
-    shown_at = [0.0]
+def _start(db, model: str, neurons: list[NeuronId], formats: list[str], explainer: str, settings, scorer) -> None:
+    """Start the job in the background and remember its id in the session and the URL, so that a refresh or
+    coming back to this page finds it."""
+    simulator, method = scorer if scorer is not None else (None, None)
+    job = jobs.ExplainJob(
+        dbmod.database_file(db),
+        model,
+        tuple(neurons),
+        tuple(formats),
+        explainer,
+        sampling=settings["sampling"],
+        samples=settings["samples"],
+        cutoff=settings["cutoff"],
+        few_shot=settings["few_shot"],
+        use_cache=settings["use_cache"],
+        simulator=simulator,
+        method=method,
+    )
+    job_id = dashboard.job_registry().start(job)
+    st.session_state[JOB_KEY] = job_id
+    st.query_params["job"] = job_id
 
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / total if total else 1.0, text=f"Explained {done} of {total}")
-        # Redraw the table at most every half second: a long job reports thousands of times.
-        if done == total or time.monotonic() - shown_at[0] > LIVE_TABLE_EVERY_S:
-            shown_at[0] = time.monotonic()
-            rows = dbmod.explanations_after(db, start, model)
-            live.dataframe(
-                tables.job_table(rows), hide_index=True, width="stretch", column_config=tables.JOB_TABLE_CONFIG
-            )
 
-    report = explain.explain_neurons(db, model, neurons, formats, explainer, progress=progress, **settings)
+def _job_id() -> str | None:
+    """This session's job, or the one named in the URL (`?job=ID`) after a refresh or a visit elsewhere."""
+    job_id = st.query_params.get("job") or st.session_state.get(JOB_KEY)
+    if job_id:
+        st.session_state[JOB_KEY] = job_id
+        st.query_params["job"] = job_id
+    return job_id
+
+
+def _forget_job() -> None:
+    st.session_state.pop(JOB_KEY, None)
+    st.query_params.pop("job", None)
+
+
+def _show(db, snapshot: jobs.JobSnapshot) -> None:
+    """A job's progress and live table while it runs; its reports, table and costs once it ends."""
+    job = snapshot.job
+    st.subheader(f"Job {snapshot.job_id}")
+    if snapshot.phase == jobs.EXPLAINING:
+        fraction = snapshot.done / snapshot.total if snapshot.total else 0.0
+        st.progress(fraction, text=f"Explained {snapshot.done} of {snapshot.total}")
+    elif snapshot.phase == jobs.SCORING:
+        fraction = snapshot.done / snapshot.total if snapshot.total else 0.0
+        st.progress(fraction, text=f"Scored {snapshot.done} of {snapshot.total}")
+    if snapshot.error:
+        st.error(dashboard.one_line(f"the job stopped: {snapshot.error}"))
+    report = snapshot.explained
+    if report is None:
+        rows = dbmod.explanations_after(db, snapshot.start_id, job.model)
+        st.dataframe(tables.job_table(rows), hide_index=True, width="stretch", column_config=tables.JOB_TABLE_CONFIG)
+        return
     st.success(f"{report.ok} explained, {report.skipped} already done, {report.failed} failed (of {report.total})")
     for error in report.errors[:5]:
         st.error(dashboard.one_line(error))
     rows = report.rows(db)
-    live.dataframe(tables.job_table(rows), hide_index=True, width="stretch", column_config=tables.JOB_TABLE_CONFIG)
+    st.dataframe(tables.job_table(rows), hide_index=True, width="stretch", column_config=tables.JOB_TABLE_CONFIG)
     st.markdown("**Token cost per format**")
     st.caption(
         "Input tokens in their unit: cl100k counted offline (as the preview counts them) and server as the API "
@@ -117,21 +155,9 @@ def _run(db, model: str, neurons: list[NeuronId], formats: list[str], explainer:
     st.dataframe(
         explain.cost_table(explain.with_cl100k_counts(rows)), width="stretch", column_config=tables.COST_TABLE_CONFIG
     )
-    if scorer is None:
+    scored = snapshot.scored
+    if scored is None:
         return
-    simulator, method = scorer
-    score_bar = st.progress(0.0, text="Scoring…")
-    scored = pipeline.score_explanations(
-        db,
-        model,
-        simulator,
-        method=method,
-        neurons=neurons,
-        formats=formats,
-        explainers=[_explainer_name(explainer)],
-        progress=lambda done, total: score_bar.progress(done / total if total else 1.0, f"Scored {done} of {total}"),
-    )
-    score_bar.progress(1.0, text="Scored")
     st.success(
         dashboard.markdown_escape(
             f"Scored with {scored.simulator} ({scored.method}): {scored.ok} ok, {scored.failed} failed, "
@@ -142,10 +168,28 @@ def _run(db, model: str, neurons: list[NeuronId], formats: list[str], explainer:
         st.error(dashboard.one_line(error))
 
 
-def _explainer_name(spec: str) -> str:
-    """The explainer name explanations are stored under (`openai:MODEL`, `hf:PATH`)."""
-    kind, name = llm.parse_backend_spec(spec)
-    return f"{kind}:{name}"
+def _job_list(snapshots: list[jobs.JobSnapshot]) -> None:
+    """The jobs of this server on this database, newest first: open one with its link."""
+    with st.expander(f"Jobs of this server ({len(snapshots)})"):
+        st.dataframe(
+            [
+                {
+                    "job": f"?job={s.job_id}",
+                    "phase": s.phase,
+                    "progress": f"{s.done} of {s.total}",
+                    "model": s.job.model,
+                    "neurons": len(s.job.neurons),
+                    "formats": ", ".join(s.job.formats),
+                    "explainer": s.job.explainer,
+                    "simulator": s.job.simulator or "",
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at)),
+                }
+                for s in snapshots
+            ],
+            hide_index=True,
+            width="stretch",
+            column_config={"job": st.column_config.LinkColumn("job", display_text=r"\?job=(.*)")},
+        )
 
 
 def _simulator() -> tuple[str, str | None] | None:
@@ -189,18 +233,8 @@ def _try_explanation(src: dashboard.Source, model: str, neuron_id: NeuronId) -> 
         st.html(render.styled(*parts))
 
 
-with dashboard.errors_shown(), dashboard.database() as db:
-    src = dashboard.source(db)
-    models = list(dashboard.summary(src)["models"])
-    if not models:  # said before signing in: there is nothing to explain either way
-        st.info("No neurons in the database yet. Collect some with `python -m core collect` (see the home page).")
-        st.stop()
-    rater = dashboard.sign_in(db, "Explaining spends API credit or compute: sign in as an admin.")
-    if rater is None:
-        st.stop()
-    if not rater.is_admin:
-        st.error(f"{dashboard.markdown_escape(rater.name)} is a rater, not an admin: only admins may explain neurons.")
-        st.stop()
+def _form(db, src: dashboard.Source, models: list[str]) -> None:
+    """Choose what to explain, preview it, and start a job."""
     model = st.selectbox("Model", models, key="explain_model")
     neurons = _neurons(src, model)
     formats = st.multiselect(
@@ -216,16 +250,54 @@ with dashboard.errors_shown(), dashboard.database() as db:
     scorer = _simulator()
     if not neurons or not formats:
         st.info("Choose at least one neuron and one format.")
-        st.stop()
+        return
     llm.parse_backend_spec(explainer)
     total = len(neurons) * len(formats) * settings["samples"]
     st.caption(
         f"{len(neurons)} neuron(s) × {len(formats)} format(s) × {settings['samples']} sample(s) = {total:,} "
-        "explanation(s); those already stored are skipped."
+        "explanation(s); those already stored are skipped. The job runs on the server: you may leave this page "
+        "and come back (or keep its link) to follow it."
     )
     if st.toggle("Preview the prompts", key="explain_preview"):
         with dashboard.errors_shown():
             _preview(src, model, neurons[0], formats, explainer, settings)
     if st.button("Run", type="primary", key="explain_run"):
-        _run(db, model, neurons, formats, explainer, settings, scorer)
+        with dashboard.errors_shown():
+            _start(db, model, neurons, formats, explainer, settings, scorer)
+            st.rerun()
     _try_explanation(src, model, neurons[0])
+
+
+with dashboard.errors_shown(), dashboard.database() as db:
+    src = dashboard.source(db)
+    models = list(dashboard.summary(src)["models"])
+    if not models:  # said before signing in: there is nothing to explain either way
+        st.info("No neurons in the database yet. Collect some with `python -m core collect` (see the home page).")
+        st.stop()
+    rater = dashboard.sign_in(db, "Explaining spends API credit or compute: sign in as an admin.")
+    if rater is None:
+        st.stop()
+    if not rater.is_admin:
+        st.error(f"{dashboard.markdown_escape(rater.name)} is a rater, not an admin: only admins may explain neurons.")
+        st.stop()
+    registry = dashboard.job_registry()
+    job_id = _job_id()
+    snapshot = registry.get(job_id) if job_id else None
+    if job_id and snapshot is None:
+        st.info(f"Job {dashboard.markdown_escape(job_id)} is unknown to this server (it may have restarted).")
+        _forget_job()
+    if snapshot is not None:
+        with dashboard.errors_shown():
+            _show(db, snapshot)
+        if not snapshot.running and st.button("Dismiss this job", key="explain_dismiss"):
+            _forget_job()
+            st.rerun()
+    listed = registry.jobs(dbmod.database_file(db))
+    if listed:
+        _job_list(listed)
+    with dashboard.errors_shown():
+        _form(db, src, models)
+    if snapshot is not None and snapshot.running:
+        # Poll: the job runs in its own thread and only the snapshot tells how far it has come.
+        time.sleep(POLL_EVERY_S)
+        st.rerun()

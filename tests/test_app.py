@@ -701,3 +701,27 @@ def test_results_bradley_terry_for_three_arms(app_db) -> None:
     assert len(charts) == 4
     assert "over" in charts[2].proto.spec and "log-strength" in charts[3].proto.spec
     assert all(arm in charts[3].proto.spec for arm in ("summary", "original", "highlight"))
+
+
+def test_explain_job_survives_a_refresh_and_is_found_by_its_link(app_db, openai_env) -> None:
+    write_default_data(app_db)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    at = sign_in(run("explain"), ADMIN, ADMIN_CODE)
+    at.multiselect(key="explain_formats").set_value(["original", "summary"]).run()
+    at.text_input(key="explain_explainer").input("openai:fake-model").run()
+    at.button(key="explain_run").click().run()
+    assert_no_crash(at)
+    job_id = at.session_state["explain_job"]
+    assert at.query_params["job"] == job_id
+    # A new browser session, as after a refresh or coming back from another page: the link finds the job.
+    again = sign_in(run("explain", {"job": job_id}), ADMIN, ADMIN_CODE)
+    assert not errors(again)
+    assert f"Job {job_id}" in [header.value for header in again.subheader]
+    assert "2 explained, 0 already done, 0 failed (of 2)" in successes(again)
+    stored = dbmod.list_explanations(app_db, MODEL, NeuronId(0, 0))
+    assert sorted(again.dataframe[0].value["id"]) == sorted(row["id"] for row in stored)
+    assert f"?job={job_id}" in page_text(again)  # listed among the server's jobs
+    # A rater with the same link sees no job.
+    raters.add_rater(app_db, RATER, RATER_CODE)
+    rater = sign_in(run("explain", {"job": job_id}), RATER, RATER_CODE)
+    assert f"Job {job_id}" not in page_text(rater)
