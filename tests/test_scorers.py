@@ -276,6 +276,19 @@ def test_detection_fails_cleanly_when_nothing_is_readable(scored_db, logprob_ser
     assert row["status"] == "failed" and row["score"] is None
 
 
+def test_a_server_answering_garbage_fails_the_call_with_one_line(scored_db, logprob_server) -> None:
+    model, _, database = scored_db
+    from core.llm import RetryPolicy
+
+    logprob_server.inject(*["malformed_json"] * 40)
+    retry = RetryPolicy(max_attempts=2, backoff_s=0.0)
+    scorer = get_scorer("detection", "openai:fake-model", options=SCORING, db=database, use_cache=False, retry=retry)
+    report = pipeline.score_with_scorer(database, model, scorer, neurons=[NEURONS[0]])
+    # An answer that arrives but cannot be read fails its calls and its rows, recorded; the run itself goes on.
+    assert report.ok == 0 and report.failed >= 1
+    assert any("not valid JSON" in error for error in report.errors), report.errors
+
+
 def test_fuzzing_end_to_end(scored_db, logprob_server) -> None:
     model, _, database = scored_db
     records = [dbmod.get_neuron(database, model, n) for n in NEURONS]

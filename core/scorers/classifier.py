@@ -352,6 +352,7 @@ class OpenAIClassifierLLM:
                     ) from None
             except (ValueError, openai.APIResponseValidationError) as exc:
                 if last:
+                    # An answer that arrived but cannot be read fails this call only (a note), not the run.
                     return api_error(f"scorer {self.name}: the server's answer is not valid JSON ({exc})", secrets)
             time.sleep(self.retry.delay(attempt, retry_after))
         raise LLMError(f"scorer {self.name}: gave up after {self.retry.max_attempts} attempts")
