@@ -19,7 +19,7 @@ from core import explain, llm, pipeline
 from core.errors import InputError, WorkbenchError
 from core.explain import ExplainReport
 from core.llm import Sampling
-from core.pipeline import ScoreReport
+from core.pipeline import ScoreReport, ScorerReport
 from core.prompts import DEFAULT_CUTOFF, Cutoff
 from core.records import NeuronId
 
@@ -32,7 +32,9 @@ UNEXPECTED_ERROR = "Something went wrong; the details are in the server log."
 @dataclass(frozen=True)
 class ExplainJob:
     """What to run: explain `neurons` × `formats` with `explainer` into the database at `db_path`, then score
-    them with `simulator` (and `method`) when one is given. Two equal jobs are the same job."""
+    them with `simulator` (and `method`) when one is given, under `scorer` (core.scorers.SCORERS: simulation by
+    default; for detection and fuzzing `simulator` is the chat LLM, for embedding the embedder). Two equal jobs are
+    the same job."""
 
     db_path: str
     model: str
@@ -46,6 +48,7 @@ class ExplainJob:
     use_cache: bool = True
     simulator: str | None = None
     method: str | None = None
+    scorer: str = "simulation"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class JobSnapshot:
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     explained: ExplainReport | None = None
-    scored: ScoreReport | None = None
+    scored: ScoreReport | ScorerReport | None = None
     error: str | None = None
 
     @property
@@ -144,22 +147,35 @@ class JobRegistry:
             if job.simulator is not None:
                 kind, name = llm.parse_backend_spec(job.explainer)
                 self._update(job_id, phase=SCORING, done=0, total=0)
-                scored = pipeline.score_explanations(
-                    db,
-                    job.model,
-                    job.simulator,
-                    method=job.method,
-                    neurons=job.neurons,
-                    formats=job.formats,
-                    explainers=[f"{kind}:{name}"],
-                    progress=self._progress(job_id, SCORING),
-                )
+                scored = self._score(db, job, [f"{kind}:{name}"], self._progress(job_id, SCORING))
                 self._update(job_id, scored=scored)
             self._update(job_id, phase=DONE, finished_at=time.time())
         except Exception as exc:  # recorded in the snapshot for the page to show
             self._fail(job_id, exc)
         finally:
             db.conn.close()
+
+    @staticmethod
+    def _score(db, job: ExplainJob, explainers: list[str], progress: Callable[[int, int], None]):
+        """Score the job's explanations with its scorer: simulation through core.pipeline.score_explanations, the
+        others through core.pipeline.score_with_scorer (docs/METHOD.md §10)."""
+        if job.scorer == "simulation":
+            return pipeline.score_explanations(
+                db,
+                job.model,
+                job.simulator,
+                method=job.method,
+                neurons=job.neurons,
+                formats=job.formats,
+                explainers=explainers,
+                progress=progress,
+            )
+        from core.scorers import get_scorer
+
+        scorer = get_scorer(job.scorer, job.simulator or None, db=db, use_cache=job.use_cache)
+        return pipeline.score_with_scorer(
+            db, job.model, scorer, neurons=job.neurons, formats=job.formats, explainers=explainers, progress=progress
+        )
 
     def _fail(self, job_id: str, exc: Exception) -> None:
         if isinstance(exc, WorkbenchError):

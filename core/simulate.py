@@ -335,12 +335,19 @@ SIMULATORS: dict[str, SimulatorKind] = {
 DEFAULT_METHODS = {"hf": "all_at_once", "openai": "chat_logprobs"}
 # Scores imported from a published file (`python -m core import-scores`), not computed here.
 IMPORTED_METHOD = "imported"
+# The metrics of the scorers other than simulation (core.scorers; docs/METHOD.md §10), as score headers name them.
+SCORER_METRICS = {
+    "balanced_accuracy": "a detection or fuzzing scorer's balanced accuracy (0.5 = chance), not a correlation",
+    "auroc": "an embedding scorer's AUROC of explanation–excerpt cosines (0.5 = chance), not a correlation",
+}
 
 
 def method_note(method: str | None) -> str:
     """The method as every score table header names it, saying whether it is the paper's (docs/METHOD.md §3)."""
     if method == IMPORTED_METHOD:
         return "imported: published scores, not computed here"
+    if str(method) in SCORER_METRICS:
+        return f"{method}: {SCORER_METRICS[str(method)]}"
     kind = SIMULATORS.get(str(method))
     if kind is None:
         return f"{method}: unknown method"

@@ -23,11 +23,23 @@ def _number(value: Any) -> float | None:
 
 _INPUT_TOKEN_COLUMNS = ["input_tokens_server", "input_tokens_cl100k", "input_tokens_local", "input_tokens_unknown"]
 EXPLANATION_COLUMNS = [
-    "id", "format", "explainer", "explanation", "score", "simulator", "similarity", "reference_score",
-    *_INPUT_TOKEN_COLUMNS, "output_tokens", "method", "split", "source",
+    "id", "format", "explainer", "explanation", "similarity", "reference_score",
+    *_INPUT_TOKEN_COLUMNS, "output_tokens", "source",
 ]  # fmt: skip
 # Shown whatever they hold; every other column of the explanation table is left out when no row has a value.
 _ALWAYS_SHOWN = ("id", "format", "explainer", "explanation")
+
+
+def score_column(score: Mapping[str, Any]) -> str:
+    """The explanation table's column for a score: its simulator (`<scorer>:<model>` for scorers other than
+    simulation) and method, with the split and calibration when they are not the default (valid, raw). Scores of
+    two scorers, simulators or methods never share a column (docs/METHOD.md §10)."""
+    label = f"{score.get('simulator')} · {score.get('method')}"
+    if score.get("split") not in (None, "valid"):
+        label += f" · {score['split']}"
+    if score.get("calibrated"):
+        label += " · calibrated"
+    return label
 
 
 def explanation_table(
@@ -35,13 +47,18 @@ def explanation_table(
     scores: Sequence[Mapping[str, Any]] = (),
     similarities: Sequence[Mapping[str, Any]] = (),
 ) -> pd.DataFrame:
-    """One row per explanation and ok score (an unscored explanation gets one row without a score): format,
-    explainer, score with its simulator, method and split, mean similarity to its references, the imported
-    reference score, tokens in and out, and the text. Scores of different simulators stay on separate rows."""
-    by_explanation: dict[int, list[Mapping[str, Any]]] = {}
+    """One row per explanation: format, explainer, text, then one column per scorer·method (see `score_column`)
+    holding every ok score of that explanation, then mean similarity to its references, the imported reference
+    score, tokens in and out. Scores of different scorers, simulators or methods stay in separate columns."""
+    by_explanation: dict[int, dict[str, float | None]] = {}
+    score_columns: list[str] = []
     for score in scores:
-        if score.get("status") == "ok":
-            by_explanation.setdefault(score["explanation_id"], []).append(score)
+        if score.get("status") != "ok":
+            continue
+        column = score_column(score)
+        if column not in score_columns:
+            score_columns.append(column)
+        by_explanation.setdefault(score["explanation_id"], {})[column] = _number(score.get("score"))
     cosines: dict[int, list[float]] = {}
     for row in similarities:
         value = _number(row.get("cosine"))
@@ -51,26 +68,38 @@ def explanation_table(
 
     table = []
     for row in rows:
-        shared = {
-            "id": row["id"],
-            "format": row["format"],
-            "explainer": row["explainer"],
-            "source": row.get("source"),
-            "similarity": sum(cosines[row["id"]]) / len(cosines[row["id"]]) if row["id"] in cosines else None,
-            "reference_score": _number(row.get("reference_score")),
-            input_tokens_column(row.get("tokenizer")): row.get("input_tokens"),
-            "output_tokens": row.get("output_tokens"),
-            "explanation": row.get("explanation") or "",
-        }
-        for score in by_explanation.get(row["id"], [None]):
-            fields = ("score", "simulator", "method", "split")
-            values = {key: None for key in fields} if score is None else {key: score.get(key) for key in fields}
-            values["score"] = _number(values["score"])
-            table.append({**shared, **values})
-    frame = pd.DataFrame(table, columns=EXPLANATION_COLUMNS)
-    for column in ("score", "similarity", "reference_score", *_INPUT_TOKEN_COLUMNS, "output_tokens"):
+        found = by_explanation.get(row["id"], {})
+        table.append(
+            {
+                "id": row["id"],
+                "format": row["format"],
+                "explainer": row["explainer"],
+                "explanation": row.get("explanation") or "",
+                **{column: found.get(column) for column in score_columns},
+                "source": row.get("source"),
+                "similarity": sum(cosines[row["id"]]) / len(cosines[row["id"]]) if row["id"] in cosines else None,
+                "reference_score": _number(row.get("reference_score")),
+                input_tokens_column(row.get("tokenizer")): row.get("input_tokens"),
+                "output_tokens": row.get("output_tokens"),
+            }
+        )
+    columns = [*_ALWAYS_SHOWN, *score_columns, *[c for c in EXPLANATION_COLUMNS if c not in _ALWAYS_SHOWN]]
+    frame = pd.DataFrame(table, columns=columns)
+    for column in (*score_columns, "similarity", "reference_score", *_INPUT_TOKEN_COLUMNS, "output_tokens"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return without_empty_columns(frame, [c for c in EXPLANATION_COLUMNS if c not in _ALWAYS_SHOWN])
+
+
+def explanation_table_config(table: pd.DataFrame) -> dict[str, Any]:
+    """EXPLANATION_TABLE_CONFIG plus a 3-decimal format for each score column of `table`."""
+    from core.simulate import method_note
+
+    extra = {
+        column: _number_column("%.3f", method_note(column.split(" · ")[1]))
+        for column in table.columns
+        if " · " in str(column)
+    }
+    return {**EXPLANATION_TABLE_CONFIG, **extra}
 
 
 def without_empty_columns(frame: pd.DataFrame, optional: Sequence[str]) -> pd.DataFrame:
@@ -144,6 +173,21 @@ def scorers(rows: pd.DataFrame) -> list[str]:
     return sorted(
         {f"{simulator} · {method}" for simulator, method in zip(scored["simulator"], scored["method"], strict=True)}
     )
+
+
+def scorer_kind(simulator: str) -> str:
+    """The scorer that stored a score under `simulator`: its prefix for detection, fuzzing and embedding
+    (`<scorer>:<model>`, core.scorers.stored_name), else simulation (which keeps its simulator names)."""
+    from core.scorers import SCORERS
+
+    prefix = str(simulator).partition(":")[0]
+    return prefix if prefix in SCORERS and prefix != "simulation" else "simulation"
+
+
+def scorer_label(entry: str) -> str:
+    """A `scorers` entry as the pickers show it, naming its scorer: `hf:tiny · all_at_once (simulation)`."""
+    simulator = entry.partition(" · ")[0]
+    return f"{entry} ({scorer_kind(simulator)})"
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record
         st.info("No explanations yet: explain this neuron on the Explain page or with `python -m core explain`.")
         return
     table = tables.explanation_table(rows, scores, dashboard.neuron_similarities(src, model, neuron_id))
-    st.dataframe(table, hide_index=True, width="stretch", column_config=tables.EXPLANATION_TABLE_CONFIG)
+    st.dataframe(table, hide_index=True, width="stretch", column_config=tables.explanation_table_config(table))
     simulated = tables.simulations(scores)
     if not simulated:
         st.caption("No explanation of this neuron has a stored simulation yet.")

@@ -12,6 +12,7 @@ import streamlit as st
 from core import dashboard, explain, jobs, llm, pipeline, prompts, render, simulate, tables
 from core import db as dbmod
 from core.records import NeuronId
+from core.scorers import SCORERS
 
 st.set_page_config(page_title="Explain", page_icon="🔬", layout="wide")
 st.title("Explain neurons")
@@ -91,7 +92,7 @@ def _preview(src: dashboard.Source, model: str, neuron_id: NeuronId, formats: li
 def _start(db, model: str, neurons: list[NeuronId], formats: list[str], explainer: str, settings, scorer) -> None:
     """Start the job in the background and remember its id in the session and the URL, so that a refresh or
     coming back to this page finds it."""
-    simulator, method = scorer if scorer is not None else (None, None)
+    name, simulator, method = scorer if scorer is not None else ("simulation", None, None)
     job = jobs.ExplainJob(
         dbmod.database_file(db),
         model,
@@ -105,6 +106,7 @@ def _start(db, model: str, neurons: list[NeuronId], formats: list[str], explaine
         use_cache=settings["use_cache"],
         simulator=simulator,
         method=method,
+        scorer=name,
     )
     job_id = dashboard.job_registry().start(job)
     st.session_state[JOB_KEY] = job_id
@@ -161,7 +163,7 @@ def _show(db, snapshot: jobs.JobSnapshot) -> None:
     st.success(
         dashboard.markdown_escape(
             f"Scored with {scored.simulator} ({scored.method}): {scored.ok} ok, {scored.failed} failed, "
-            f"{scored.skipped} already scored. Open a neuron on the Neurons page to see its simulation."
+            f"{scored.skipped} already scored. Open a neuron on the Neurons page to see its scores."
         )
     )
     for error in scored.errors[:5]:
@@ -181,7 +183,7 @@ def _job_list(snapshots: list[jobs.JobSnapshot]) -> None:
                     "neurons": len(s.job.neurons),
                     "formats": ", ".join(s.job.formats),
                     "explainer": s.job.explainer,
-                    "simulator": s.job.simulator or "",
+                    "scorer": f"{s.job.scorer}: {s.job.simulator}" if s.job.simulator else "",
                     "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started_at)),
                 }
                 for s in snapshots
@@ -192,19 +194,32 @@ def _job_list(snapshots: list[jobs.JobSnapshot]) -> None:
         )
 
 
-def _simulator() -> tuple[str, str | None] | None:
-    left, right = st.columns([2, 1])
-    spec = left.text_input(
-        "Simulator (optional: score the explanations after explaining)",
+def _scorer() -> tuple[str, str, str | None] | None:
+    """(scorer, its model spec, simulation method) to score the explanations with after explaining, or None."""
+    left, middle, right = st.columns([1, 2, 1])
+    scorer = left.selectbox(
+        "Scorer",
+        list(SCORERS),
+        key="explain_scorer",
+        format_func=lambda name: f"{name}: {SCORERS[name].description}",
+        help="Each scorer's scores are stored and shown apart (docs/METHOD.md §10)",
+    )
+    placeholders = {"simulator": "hf:PATH_OR_ID or openai:MODEL", "chat LLM": "openai:MODEL or hf:ID_OR_PATH"}
+    spec = middle.text_input(
+        f"{SCORERS[scorer].model_kind.capitalize()} (optional: score the explanations after explaining)",
         key="explain_simulator",
-        placeholder="hf:PATH_OR_ID or openai:MODEL",
+        placeholder=placeholders.get(SCORERS[scorer].model_kind, "minilm or openai:MODEL"),
     ).strip()
-    methods = ["default", *simulate.SIMULATORS]
-    method = right.selectbox("Simulation method", methods, key="explain_method")
+    method = None
+    if scorer == "simulation":
+        method = right.selectbox("Simulation method", ["default", *simulate.SIMULATORS], key="explain_method")
+    else:
+        right.caption(dashboard.markdown_escape(simulate.method_note(SCORERS[scorer].metric)))
     if not spec:
         return None
-    simulate.parse_simulator_spec(spec)
-    return spec, None if method == "default" else method
+    if scorer == "simulation":
+        simulate.parse_simulator_spec(spec)
+    return scorer, spec, None if method in (None, "default") else method
 
 
 def _try_explanation(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None:
@@ -247,7 +262,7 @@ def _form(db, src: dashboard.Source, models: list[str]) -> None:
         help=" or ".join(backend.spec for backend in llm.BACKENDS.values()),
     ).strip()
     settings = _settings()
-    scorer = _simulator()
+    scorer = _scorer()
     if not neurons or not formats:
         st.info("Choose at least one neuron and one format.")
         return

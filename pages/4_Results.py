@@ -37,18 +37,23 @@ def _formats(src: dashboard.Source) -> None:
         )
     )
     scorers = tables.scorers(rows)
-    st.subheader("Simulation scores")
+    st.subheader("Automated scores")
     if scorers:
         scorer = st.selectbox(
-            "Simulator", scorers, key="results_simulator", help="Scores of different simulators or methods never mix"
+            "Scorer · method",
+            scorers,
+            key="results_simulator",
+            format_func=tables.scorer_label,
+            help="Scores of different scorers, simulators or methods never mix (docs/METHOD.md §10)",
         )
         published = score_import.published_means(rows)
         rows = tables.rows_of_scorer(rows, scorer)
         simulator, _, method = scorer.partition(" · ")
-        st.caption(
-            "Correlation of simulated and real activations on the valid split (docs/METHOD.md §4); mean over "
-            "neurons with a 95% bootstrap CI."
-        )
+        if tables.scorer_kind(simulator) == "simulation":
+            what = "Correlation of simulated and real activations on the valid split (docs/METHOD.md §4)"
+        else:
+            what = dashboard.markdown_escape(f"{method_note(method)}, on the valid split (docs/METHOD.md §10)")
+        st.caption(f"{what}; mean over neurons with a 95% bootstrap CI.")
         for explanation_set in sets:
             _scores_of_set(explanation_set, explanation_set.rows(rows), simulator, method)
         if not published.empty and method != IMPORTED_METHOD:

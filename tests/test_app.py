@@ -281,12 +281,37 @@ def test_neurons_explanations_scores_and_simulation(app_db) -> None:
     table = at.dataframe[-1].value
     assert sorted(table["id"]) == sorted(ids)
     stored = {row["explanation_id"]: row["score"] for row in dbmod.scores_for_neuron(app_db, MODEL, NeuronId(0, 0))}
-    for row in table.itertuples():
-        assert row.score == pytest.approx(stored[row.id]) and row.simulator == "hf:tiny"
+    for explanation_id, score in zip(table["id"], table["hf:tiny · all_at_once"], strict=True):
+        assert score == pytest.approx(stored[explanation_id])
     assert set(table["input_tokens_unknown"]) == {900, 1400}  # stored without saying what counted them
     bodies = html_bodies(at)
     assert "simulated (0–10)" in html.unescape(bodies) and "&#60;script&#62;alert" in bodies
     assert "<script>alert(3)" not in bodies
+
+
+def test_neurons_show_every_scorer_in_its_own_column(app_db) -> None:
+    from core.db import scores as score_queries
+
+    neurons = write_default_data(app_db)
+    ids = write_scored_explanations(app_db, neurons[0])
+    score_queries.save_scorer_score(
+        app_db, ids[0], scorer="embedding", simulator="embedding:minilm", method="auroc", status="ok", score=0.875
+    )
+    score_queries.save_scorer_score(
+        app_db, ids[1], scorer="detection", simulator="detection:openai:gpt-4o-mini", method="balanced_accuracy",
+        status="ok", score=0.625, input_tokens=300, output_tokens=20,
+    )  # fmt: skip
+    at = run("neurons", {"model": MODEL, "layer": "0", "neuron": "0"})
+    table = at.dataframe[-1].value.set_index("id")
+    assert {
+        "hf:tiny · all_at_once",
+        "embedding:minilm · auroc",
+        "detection:openai:gpt-4o-mini · balanced_accuracy",
+    } <= set(table.columns)
+    assert table.loc[ids[0], "embedding:minilm · auroc"] == pytest.approx(0.875)
+    assert pd.isna(table.loc[ids[1], "embedding:minilm · auroc"])
+    assert table.loc[ids[1], "detection:openai:gpt-4o-mini · balanced_accuracy"] == pytest.approx(0.625)
+    assert table["hf:tiny · all_at_once"].notna().all()
 
 
 def test_neurons_filter_by_score(app_db) -> None:
@@ -450,6 +475,23 @@ def test_explain_run_stores_explanations_and_scores(app_db, openai_env) -> None:
     assert {row["explanation_id"] for row in scores} == {row["id"] for row in stored}
     assert all(row["status"] == "ok" and row["predictions"] for row in scores), [row["error"] for row in scores]
     assert any("Scored with openai:fake-model (chat_parse): 2 ok" in text for text in successes(at))
+
+
+def test_explain_run_scores_with_the_chosen_scorer(app_db, openai_env) -> None:
+    write_default_data(app_db)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    at = sign_in(run("explain"), ADMIN, ADMIN_CODE)
+    at.multiselect(key="explain_formats").set_value(["summary"]).run()
+    at.text_input(key="explain_explainer").input("openai:fake-model").run()
+    at.selectbox(key="explain_scorer").set_value("detection").run()
+    assert_no_crash(at)
+    assert not at.get("selectbox") or "explain_method" not in [w.key for w in at.selectbox]  # simulation only
+    captions = " ".join(c.value for c in at.caption)
+    assert "scorer's balanced accuracy" in captions and "unknown method" not in captions
+    at.text_input(key="explain_simulator").input("openai:fake-model").run()
+    at.button(key="explain_run").click().run()
+    assert_no_crash(at)
+    assert any("Scored with detection:openai:fake-model (balanced_accuracy): 0 ok" in t for t in successes(at))
 
 
 def test_explain_simulates_a_hand_written_explanation(app_db, openai_env) -> None:
@@ -624,10 +666,34 @@ def test_results_keep_two_methods_of_one_simulator_apart(app_db) -> None:
         dbmod.save_score(app_db, explanation_id, "hf:tiny", "chat_parse", "valid", False, scores, constant, "ok")
     at = run("results")
     assert not at.exception and not errors(at)
-    assert at.selectbox(key="results_simulator").options == ["hf:tiny · all_at_once", "hf:tiny · chat_parse"]
+    assert at.selectbox(key="results_simulator").options == [
+        "hf:tiny · all_at_once (simulation)", "hf:tiny · chat_parse (simulation)"
+    ]  # fmt: skip
     assert list(at.dataframe[0].value["n"]) == [1, 1]  # one method's scores, not two mixed
     at.selectbox(key="results_simulator").select("hf:tiny · chat_parse").run()
     assert at.dataframe[0].value["mean_score"].isna().all()  # constant predictions: undefined, never 0
+
+
+def test_results_offer_every_scorer_with_its_metric(app_db) -> None:
+    from core.db import scores as score_queries
+
+    neurons = write_default_data(app_db)
+    ids = write_scored_explanations(app_db, neurons[0])
+    for explanation_id, value in zip(ids, (0.75, 0.5), strict=True):
+        score_queries.save_scorer_score(
+            app_db, explanation_id, scorer="embedding", simulator="embedding:minilm", method="auroc", status="ok",
+            score=value,
+        )  # fmt: skip
+    at = run("results")
+    picker = at.selectbox(key="results_simulator")
+    assert picker.options == ["embedding:minilm · auroc (embedding)", "hf:tiny · all_at_once (simulation)"]
+    picker.select("embedding:minilm · auroc").run()
+    assert_no_crash(at)
+    text = page_text(at)
+    assert "unknown method" not in text and "AUROC" in text
+    summary = at.dataframe[0].value
+    assert list(summary["n"]) == [1, 1]
+    assert sorted(summary["mean_score"]) == pytest.approx([0.5, 0.75])  # the embedding scores alone
 
 
 def test_results_study_needs_an_admin(app_db) -> None:

@@ -158,21 +158,39 @@ def test_explanation_table_keeps_simulators_apart() -> None:
     scores = [
         {"explanation_id": 1, "status": "ok", "score": 0.5, "simulator": "s1", "method": "m", "split": "valid"},
         {"explanation_id": 1, "status": "ok", "score": None, "simulator": "s2", "method": "m", "split": "valid"},
+        {"explanation_id": 1, "status": "ok", "score": 0.9, "simulator": "embedding:minilm", "method": "auroc",
+         "split": "valid"},
+        {"explanation_id": 1, "status": "ok", "score": 0.3, "simulator": "s1", "method": "m", "split": "valid",
+         "calibrated": 1},
         {"explanation_id": 2, "status": "failed", "score": None, "simulator": "s1", "method": "m", "split": "valid"},
-    ]
+    ]  # fmt: skip
     similarities = [{"explanation_id": 1, "cosine": 0.8}, {"explanation_id": 1, "cosine": 0.6}]
     table = tables.explanation_table(rows, scores, similarities)
-    assert list(table["id"]) == [1, 1, 2]
-    assert list(table["simulator"][:2]) == ["s1", "s2"] and table["simulator"].isna().iloc[2]
-    assert table["score"].iloc[0] == 0.5 and math.isnan(table["score"].iloc[1]) and math.isnan(table["score"].iloc[2])
-    assert table["similarity"].iloc[0] == pytest.approx(0.7) and math.isnan(table["similarity"].iloc[2])
-    assert table["reference_score"].iloc[2] == 0.4
-    # Scores sit beside their simulator; a column no row fills (here: source) is left out.
-    unused = ("source", "input_tokens_server", "input_tokens_cl100k", "input_tokens_local")  # no tokenizer stored
-    assert list(table.columns) == [c for c in tables.EXPLANATION_COLUMNS if c not in unused]
-    assert list(table.columns[:6]) == ["id", "format", "explainer", "explanation", "score", "simulator"]
+    assert list(table["id"]) == [1, 2]  # one row per explanation, one column per scorer·method
+    assert table["s1 · m"].iloc[0] == 0.5 and math.isnan(table["s1 · m"].iloc[1])
+    assert table["s2 · m"].isna().all()
+    assert table["embedding:minilm · auroc"].iloc[0] == 0.9
+    assert table["s1 · m · calibrated"].iloc[0] == 0.3
+    assert table["similarity"].iloc[0] == pytest.approx(0.7) and math.isnan(table["similarity"].iloc[1])
+    assert table["reference_score"].iloc[1] == 0.4
+    # Scores sit right after the text; a column no row fills (here: source) is left out.
+    assert list(table.columns) == [
+        "id", "format", "explainer", "explanation",
+        "s1 · m", "s2 · m", "embedding:minilm · auroc", "s1 · m · calibrated",
+        "similarity", "reference_score", "input_tokens_unknown", "output_tokens",
+    ]  # fmt: skip
+    config = tables.explanation_table_config(table)
+    assert "embedding:minilm · auroc" in config and "s1 · m" in config
     bare = tables.explanation_table([{"id": 3, "format": "summary", "explainer": "e", "explanation": "c"}])
     assert list(bare.columns) == ["id", "format", "explainer", "explanation"]
+
+
+def test_method_note_labels_scorer_metrics() -> None:
+    from core.simulate import method_note
+
+    assert "unknown" not in method_note("auroc") and "embedding" in method_note("auroc")
+    assert "unknown" not in method_note("balanced_accuracy") and "chance" in method_note("balanced_accuracy")
+    assert "unknown method" in method_note("nonsense")
 
 
 def test_simulations_are_the_ok_scores_with_predictions() -> None:

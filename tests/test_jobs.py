@@ -51,3 +51,19 @@ def test_an_identical_job_is_refused_while_one_runs_and_a_failure_is_recorded(ap
     failed = registry.start(_job(app_db, formats=("no-such-format",)))
     snapshot = registry.wait(failed, timeout=60)
     assert snapshot.phase == jobs.FAILED and "no-such-format" in snapshot.error
+
+
+def test_a_job_scores_with_the_scorer_it_names(app_db, openai_env) -> None:
+    from dataclasses import replace
+
+    from core.pipeline import ScorerReport
+
+    write_default_data(app_db)
+    registry = jobs.JobRegistry()
+    job = replace(_job(app_db, formats=("summary",)), simulator="openai:fake-model", scorer="detection")
+    snapshot = registry.wait(registry.start(job), timeout=60)
+    assert snapshot is not None and snapshot.phase == jobs.DONE, snapshot
+    # Routed to core.pipeline.score_with_scorer: the test neurons lack the scorers' excerpts, so none is scored.
+    assert isinstance(snapshot.scored, ScorerReport)
+    assert snapshot.scored.simulator == "detection:openai:fake-model" and snapshot.scored.method == "balanced_accuracy"
+    assert snapshot.scored.ok == 0 and set(snapshot.scored.no_excerpts) == {"0:0", "1:2"}
