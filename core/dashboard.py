@@ -2,7 +2,7 @@
 
 The tables the pages show live in core/tables.py and their figures in core/charts.py.
 
-Pages stay thin (STYLE.md habit 5): they read widgets, call these functions and core, and render. Queries are
+Pages stay thin: they read widgets, call these functions and core, and render. Queries are
 cached with st.cache_data keyed by the database path and `db.data_version` (neuron records: `db.records_version`),
 so a write by the CLI or by another session shows on the next rerun. No SQL here (it is all in core.db) and
 nothing that loads a model.

@@ -1,4 +1,4 @@
-"""The project's exception types. Messages say what was wrong and how to fix it (STYLE.md habit 10)."""
+"""The project's exception types. Messages say what was wrong and how to fix it."""
 
 
 class WorkbenchError(Exception):

@@ -1,4 +1,4 @@
-"""LLM backends behind one interface (STYLE.md habit 3): OpenAI-compatible servers here, local transformers models in
+"""LLM backends behind one interface: OpenAI-compatible servers here, local transformers models in
 core/llm_hf.py, both listed in the `BACKENDS` registry below.
 
 A backend is named `openai:MODEL` or `hf:ID_OR_PATH` and turns a batch of chat requests into one result per request:

@@ -1,4 +1,4 @@
-"""The one renderer of token text and explanations as HTML, used by every page (STYLE.md layout: render.py).
+"""The one renderer of token text and explanations as HTML, used by every page.
 
 Token text and explanations are untrusted: corpora hold `<script>`, HTML entities, markdown and `$…$` LaTeX. Every
 string that reaches the page passes through `escape_text`, which HTML-escapes it and turns every character that

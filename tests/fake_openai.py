@@ -1,4 +1,4 @@
-"""A real HTTP server on localhost that speaks the OpenAI protocol, for tests (STYLE.md habit 6).
+"""A real HTTP server on localhost that speaks the OpenAI protocol, for tests.
 
 Tests drive it with the real `openai` client. It answers /v1/chat/completions, /v1/completions (with `echo` and
 `logprobs`) and /v1/embeddings, records every request, and can inject faults one request at a time:

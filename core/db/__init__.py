@@ -1,4 +1,4 @@
-"""The only home of SQL: schema, versioned migrations and queries (STYLE.md habit 4).
+"""The only home of SQL: schema, versioned migrations and queries.
 
 Every connection runs in WAL mode with a busy timeout, so that many readers and concurrent raters can share one
 file. Writes that must be all-or-nothing run inside `transaction(db)`. Callers use `from core import db` and

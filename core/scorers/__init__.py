@@ -1,4 +1,4 @@
-"""Scorers behind one interface (STYLE.md habit 3; docs/METHOD.md §10): each scores one explanation of one neuron
+"""Scorers behind one interface (docs/METHOD.md §10): each scores one explanation of one neuron
 against that neuron's stored excerpts and returns a `ScorerResult`.
 
 - `simulation` (a simulator, `hf:` or `openai:`): correlation of simulated and true activations (§3–§4); needs the
