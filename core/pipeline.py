@@ -195,6 +195,23 @@ def progress_bar(total: int, description: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=description, unit="expl", disable=not enabled, leave=False)
 
 
+class _NeuronRecords:
+    """A neuron's stored records for the rows being scored, read once: rows come sorted by neuron, so only the
+    current neuron is kept in memory. A neuron without records gives the reason as a string."""
+
+    def __init__(self, db: Any, model: str) -> None:
+        self.db, self.model = db, model
+        self._current: tuple[NeuronId, NeuronRecord | str] | None = None
+
+    def get(self, neuron: NeuronId) -> NeuronRecord | str:
+        if self._current is None or self._current[0] != neuron:
+            try:
+                self._current = (neuron, dbmod.get_neuron(self.db, self.model, neuron))
+            except NotFoundError as exc:
+                self._current = (neuron, str(exc))
+        return self._current[1]
+
+
 def score_explanations(
     db: Any,
     model: str,
@@ -234,18 +251,12 @@ def score_explanations(
     counts = {"ok": 0, "failed": 0}
     errors: list[str] = []
     warnings: list[str] = []
-    records_cache: dict[NeuronId, NeuronRecord | str] = {}
+    stored = _NeuronRecords(db, model)
     bar = progress_bar(len(todo), f"scoring with {sim.name}", progress is True)
     try:
         for number, row in enumerate(todo, start=1):
             neuron = NeuronId(row["layer"], row["neuron"])
-            if neuron not in records_cache:
-                records_cache.clear()  # rows are sorted by neuron: one neuron's records in memory at a time
-                try:
-                    records_cache[neuron] = dbmod.get_neuron(db, model, neuron)
-                except NotFoundError as exc:
-                    records_cache[neuron] = str(exc)
-            record = records_cache[neuron]
+            record = stored.get(neuron)
             started = time.perf_counter()
             if isinstance(record, str):
                 outcome = None
@@ -709,19 +720,13 @@ def score_with_scorer(
     warnings: list[str] = []
     no_excerpts: list[str] = []
     tokens = {"input": 0, "output": 0}
-    records_cache: dict[NeuronId, NeuronRecord | str] = {}
+    stored = _NeuronRecords(db, model)
     started = time.perf_counter()
     bar = progress_bar(len(todo), f"scoring with {scorer.name} ({scorer.model})", progress is True)
     try:
         for number, row in enumerate(todo, start=1):
             neuron = NeuronId(row["layer"], row["neuron"])
-            if neuron not in records_cache:
-                records_cache.clear()  # rows are sorted by neuron: one neuron's records in memory at a time
-                try:
-                    records_cache[neuron] = dbmod.get_neuron(db, model, neuron)
-                except NotFoundError as exc:
-                    records_cache[neuron] = str(exc)
-            record = records_cache[neuron]
+            record = stored.get(neuron)
             bar.update(1)
             if callable(progress):
                 progress(number, len(todo))
