@@ -133,6 +133,50 @@ def api_error(message: str, secrets: Sequence[str | None] = ()) -> LLMError:
     return LLMError(scrub_secrets(message, secrets))
 
 
+class UnreadableAnswer(Exception):
+    """The server answered, after every attempt, with something that is not valid JSON (its detail scrubbed)."""
+
+
+def call_with_retries(
+    who: str, call: Callable[[], Any], retry: RetryPolicy, secrets: Sequence[str | None] = (), hint: str = ""
+) -> Any:
+    """`call()` (one OpenAI-client request) under the project's retry rules, for every endpoint backend.
+
+    Transport errors and HTTP statuses that may pass (RETRYABLE_STATUS, 5xx) are retried with backoff, honouring
+    Retry-After. A refused request (a bad key, an unknown model) raises LLMError at once, keys scrubbed; so do
+    errors that persist through the last attempt. An answer that is not valid JSON through the last attempt raises
+    UnreadableAnswer, which callers turn into a failed result rather than a stopped run. `who` starts each message
+    ("scorer NAME"); `hint` ends the HTTP one.
+    """
+    import openai
+
+    for attempt in range(retry.max_attempts):
+        last = attempt == retry.max_attempts - 1
+        retry_after = None
+        try:
+            return call()
+        except openai.APIStatusError as exc:
+            if (exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500) or last:
+                raise api_error(
+                    f"{who}: HTTP {exc.status_code} after {attempt + 1} attempt(s): {exc.message}; "
+                    f"check the model name, key and base URL{hint}",
+                    secrets,
+                ) from None
+            header = exc.response.headers.get("retry-after") if exc.response is not None else None
+            retry_after = float(header) if header and header.replace(".", "", 1).isdigit() else None
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            if last:
+                raise LLMError(
+                    f"{who}: cannot reach the server after {attempt + 1} attempts ({type(exc).__name__}); "
+                    "check the base URL and that the server is up"
+                ) from None
+        except (ValueError, openai.APIResponseValidationError) as exc:
+            if last:
+                raise UnreadableAnswer(scrub_secrets(str(exc), secrets)) from None
+        time.sleep(retry.delay(attempt, retry_after))
+    raise LLMError(f"{who}: gave up after {retry.max_attempts} attempts")
+
+
 def _public_url(url: str | None) -> str | None:
     """A base URL without user:password, safe to store in the cache and show in messages."""
     if not url:

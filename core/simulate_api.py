@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import InputError, LLMError
+from core.errors import InputError
 from core.records import ActivationRecord
 from core.simulate import (
     DEFAULT_NO_VALUE,
@@ -329,43 +329,24 @@ class _EndpointSimulator(ABC):
 
     def _request(self, create: Callable[..., Any], **params: Any) -> dict[str, Any]:
         """The first choice of one API call, as a dict, after retries (see the class docstring)."""
-        import openai
-
-        from core.llm import RETRYABLE_STATUS, api_error, scrub_secrets
+        from core.llm import UnreadableAnswer, call_with_retries
 
         secrets = (self.api_key, self.base_url if "@" in (self.base_url or "") else None)
-        for attempt in range(self.retry.max_attempts):
-            last = attempt == self.retry.max_attempts - 1
-            retry_after = None
-            try:
-                response = create(**params)
-                data = response.model_dump() if hasattr(response, "model_dump") else dict(response)
-                choices = data.get("choices") or []
-                if not choices:
-                    raise SimulationFailure("the server returned no choices")
-                return choices[0]
-            except openai.APIStatusError as exc:
-                if (exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500) or last:
-                    raise api_error(
-                        f"simulator {self.name}: HTTP {exc.status_code} after {attempt + 1} attempt(s): "
-                        f"{exc.message}; check the model name, key and base URL, and that the server supports this "
-                        "method",
-                        secrets,
-                    ) from None
-                header = exc.response.headers.get("retry-after") if exc.response is not None else None
-                retry_after = float(header) if header and header.replace(".", "", 1).isdigit() else None
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                if last:
-                    raise LLMError(
-                        f"simulator {self.name}: cannot reach the server after {attempt + 1} attempts "
-                        f"({type(exc).__name__}); check the base URL and that the server is up"
-                    ) from None
-            except (ValueError, openai.APIResponseValidationError) as exc:
-                if last:
-                    detail = scrub_secrets(str(exc), secrets)
-                    raise SimulationFailure(f"the server's answer is not valid JSON ({detail})") from None
-            time.sleep(self.retry.delay(attempt, retry_after))
-        raise LLMError(f"simulator {self.name}: gave up after {self.retry.max_attempts} attempts")
+
+        def request() -> dict[str, Any]:
+            response = create(**params)
+            return response.model_dump() if hasattr(response, "model_dump") else dict(response)
+
+        try:
+            data = call_with_retries(
+                f"simulator {self.name}", request, self.retry, secrets, ", and that the server supports this method"
+            )
+        except UnreadableAnswer as exc:
+            raise SimulationFailure(f"the server's answer is not valid JSON ({exc})") from None
+        choices = data.get("choices") or []
+        if not choices:
+            raise SimulationFailure("the server returned no choices")
+        return choices[0]
 
     @abstractmethod
     def _one(self, explanation: str, record: ActivationRecord) -> Reading:

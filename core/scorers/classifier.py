@@ -313,49 +313,31 @@ class OpenAIClassifierLLM:
         return [r if r is not None else LLMError("no answer was produced") for r in results]
 
     def _call(self, messages: Messages, max_tokens: int) -> Reply | LLMError:
-        import openai
-
-        from core.llm import RETRYABLE_STATUS, api_error
+        from core.llm import UnreadableAnswer, call_with_retries
 
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
         if self.top_logprobs > 0:
             params.update(logprobs=True, top_logprobs=self.top_logprobs)
         secrets = (self.api_key, self.base_url if "@" in (self.base_url or "") else None)
-        for attempt in range(self.retry.max_attempts):
-            last = attempt == self.retry.max_attempts - 1
-            retry_after = None
-            try:
-                data = self.client.chat.completions.create(**params).model_dump()
-                choice = (data.get("choices") or [None])[0]
-                if not choice:
-                    return LLMError(f"scorer {self.name}: the server returned no choices")
-                text = (choice.get("message") or {}).get("content")
-                if not isinstance(text, str):
-                    return LLMError(f"scorer {self.name}: the answer has no text")
-                usage = data.get("usage") or {}
-                content = (choice.get("logprobs") or {}).get("content")
-                return Reply(text, content or None, usage.get("prompt_tokens"), usage.get("completion_tokens"))
-            except openai.APIStatusError as exc:
-                if (exc.status_code not in RETRYABLE_STATUS and exc.status_code < 500) or last:
-                    raise api_error(
-                        f"scorer {self.name}: HTTP {exc.status_code} after {attempt + 1} attempt(s): {exc.message}; "
-                        "check the model name, key and base URL",
-                        secrets,
-                    ) from None
-                header = exc.response.headers.get("retry-after") if exc.response is not None else None
-                retry_after = float(header) if header and header.replace(".", "", 1).isdigit() else None
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                if last:
-                    raise LLMError(
-                        f"scorer {self.name}: cannot reach the server after {attempt + 1} attempts "
-                        f"({type(exc).__name__}); check the base URL and that the server is up"
-                    ) from None
-            except (ValueError, openai.APIResponseValidationError) as exc:
-                if last:
-                    # An answer that arrived but cannot be read fails this call only (a note), not the run.
-                    return api_error(f"scorer {self.name}: the server's answer is not valid JSON ({exc})", secrets)
-            time.sleep(self.retry.delay(attempt, retry_after))
-        raise LLMError(f"scorer {self.name}: gave up after {self.retry.max_attempts} attempts")
+        try:
+            data = call_with_retries(
+                f"scorer {self.name}",
+                lambda: self.client.chat.completions.create(**params).model_dump(),
+                self.retry,
+                secrets,
+            )
+        except UnreadableAnswer as exc:
+            # An answer that arrived but cannot be read fails this call only (a note), not the run.
+            return LLMError(f"scorer {self.name}: the server's answer is not valid JSON ({exc})")
+        choice = (data.get("choices") or [None])[0]
+        if not choice:
+            return LLMError(f"scorer {self.name}: the server returned no choices")
+        text = (choice.get("message") or {}).get("content")
+        if not isinstance(text, str):
+            return LLMError(f"scorer {self.name}: the answer has no text")
+        usage = data.get("usage") or {}
+        content = (choice.get("logprobs") or {}).get("content")
+        return Reply(text, content or None, usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
 
 @dataclass
