@@ -231,10 +231,13 @@ def run_demo(
     warnings += [f"{row['neuron']}: {row['error']}" for row in score_rows if row["status"] != "ok"]
     steps = (
         "make run (or .venv/bin/streamlit run app.py), then open http://localhost:8501",
-        f"Neurons: pick {model}, layer {layer}, neuron {neurons[0].index}; the Explanations tab shows both baselines "
-        "with their embedding scores (scorer embedding, method auroc)",
-        f"Rate: sign in as {RATER} with the code {code} and compare the two baselines, blind",
-        f"Results: the {STUDY} study, and per format the embedding scores (embedding:{scorer.model} · auroc)",
+        f"Rate: sign in as {RATER} with the code {code} and compare the two baselines, blind; while the study is "
+        "open, the Neurons page hides its neurons' explanations from everyone but admins",
+        f"python -m core study close {STUDY}, then Neurons: pick {model}, layer {layer}, neuron "
+        f"{neurons[0].index}; the Explanations tab shows both baselines with their embedding scores "
+        f"(embedding:{scorer.model} · auroc)",
+        f"Results: per format, the embedding scores; the {STUDY} study's statistics need an admin "
+        "(python -m core rater add --name admin --admin)",
         "python -m core demo --remove deletes exactly what the demo made",
     )
     return DemoReport(
