@@ -81,12 +81,6 @@ def model_location(name: str | None) -> str:
     return str(name)
 
 
-def _attr_path(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 @dataclass(frozen=True)
 class SubjectModel:
     """A loaded subject model with what collection needs to know about it."""
@@ -104,8 +98,12 @@ class SubjectModel:
 
     def mlp_out(self, layer: int) -> Any:
         """The output projection of layer `layer`'s MLP; its input is the neurons' activations."""
+        return self.block(layer).get_submodule(self.architecture.mlp_out)
+
+    def block(self, layer: int) -> Any:
+        """Transformer block `layer` (torch's `get_submodule` walks the architecture's dotted path)."""
         self.check_layers([layer])
-        return _attr_path(_attr_path(self.model, self.architecture.layers)[layer], self.architecture.mlp_out)
+        return self.model.get_submodule(f"{self.architecture.layers}.{layer}")
 
     def layer_device(self, layer: int) -> Any:
         """The torch device where layer `layer`'s neurons are computed: under accelerate's offloading hooks (a
@@ -113,8 +111,7 @@ class SubjectModel:
         import torch
 
         projection = self.mlp_out(layer)
-        block = _attr_path(self.model, self.architecture.layers)[layer]
-        for module in (projection, block):
+        for module in (projection, self.block(layer)):
             execution = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
             if execution is not None:
                 return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
@@ -239,8 +236,8 @@ def load_subject_model(
     if not device_map:
         model.to(device)
     model.eval()
-    blocks = _attr_path(model, arch.layers)
-    projection = _attr_path(blocks[0], arch.mlp_out)
+    blocks = model.get_submodule(arch.layers)
+    projection = blocks[0].get_submodule(arch.mlp_out)
     n_neurons = getattr(projection, "in_features", None) or getattr(projection, "nx", None)
     if n_neurons is None:
         n_neurons = projection.weight.shape[0]
