@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# In a checkout the database and cache sit beside app.py; an installed package (pip install neuron-workbench) keeps
+# them in the working directory and the user's cache folder instead of inside site-packages.
+IN_CHECKOUT = (REPO_ROOT / "app.py").is_file()
 
 # Names of environment variables, in one place so the app, CLI and README agree.
 ENV_DB = "EVAL_DB"
@@ -14,6 +17,7 @@ ENV_CACHE_DIR = "EVAL_CACHE_DIR"
 ENV_API_BASE = "OPENAI_BASE_URL"
 ENV_API_KEY = "OPENAI_API_KEY"
 ENV_DEVICE = "EVAL_DEVICE"
+ENV_PRICES = "EVAL_PRICES"
 
 DEFAULT_MODEL = "default"
 DEFAULT_CORPUS = "default"
@@ -31,17 +35,29 @@ QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
 def db_path(explicit: str | os.PathLike | None = None) -> Path:
-    """The SQLite file: an explicit path, else $EVAL_DB, else evaluations.db at the repo root."""
+    """The SQLite file: an explicit path, else $EVAL_DB, else evaluations.db at the repo root (installed: the working
+    directory)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get(ENV_DB)
-    return Path(env) if env else REPO_ROOT / "evaluations.db"
+    return Path(env) if env else (REPO_ROOT if IN_CHECKOUT else Path.cwd()) / "evaluations.db"
+
+
+def prices_path() -> Path:
+    """The optional per-model price list: $EVAL_PRICES, else prices.toml at the repo root (installed: the working
+    directory). Costs are reported only for models it lists (core/pricing.py)."""
+    env = os.environ.get(ENV_PRICES)
+    return Path(env) if env else (REPO_ROOT if IN_CHECKOUT else Path.cwd()) / "prices.toml"
 
 
 def cache_dir() -> Path:
-    """Where derived files (the built default corpus) live: $EVAL_CACHE_DIR or .cache/ at the repo root."""
+    """Where derived files (the built default corpus) live: $EVAL_CACHE_DIR, else .cache/ at the repo root (installed:
+    ~/.cache/neuron-workbench)."""
     env = os.environ.get(ENV_CACHE_DIR)
-    path = Path(env) if env else REPO_ROOT / ".cache"
+    if env:
+        path = Path(env)
+    else:
+        path = REPO_ROOT / ".cache" if IN_CHECKOUT else Path.home() / ".cache" / "neuron-workbench"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
