@@ -11,9 +11,10 @@ and the CI coverage (how often the 95% CI holds the truth, 1/2). Neuron variatio
 latent share p_n ~ Beta(2, 2) that A beats B, mean 1/2; without it every rating is a fair coin. Studies come from
 tests/simulated_study.py: one item per neuron, A on the left for half of them, each neuron rated by distinct raters.
 
-Then two short checks: the power that simulated studies of core.power's computed size reach (target 80%), and rater
+Then three short checks: the power that simulated studies of core.power's computed size reach (target 80%), rater
 agreement at chance with three arms, coded by the arm chosen (the old coding) and relative to the item's pair
-(`core.stats.agreement`, the coding the summary uses).
+(`core.stats.agreement`, the coding the summary uses), and the Bradley–Terry bootstrap's refits: choix one resample
+at a time against core.stats.mm_strengths on all resamples at once (why the bootstrap keeps its own MM fit).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import math
 import random
 
+import choix
 import numpy as np
 import pandas as pd
 
@@ -45,8 +47,10 @@ SETTINGS = [
 ]
 
 
-def covers(interval: Sequence[float] | None) -> bool:
-    return interval is not None and interval[0] <= TRUTH <= interval[1]
+def covers(interval: Sequence[float | None] | None) -> bool:
+    if interval is None or interval[0] is None or interval[1] is None:
+        return False
+    return interval[0] <= TRUTH <= interval[1]
 
 
 def calibrate(
@@ -66,8 +70,8 @@ def calibrate(
         ratings = study_frame(simulated, study)
         rating_level = stats.win_rate(ratings, *SIMULATED_ARMS)
         neuron_level = stats.neuron_level(ratings, *SIMULATED_ARMS, seed=study)
-        counts["rating_fp"] += rating_level["binomial_p"] < NOMINAL
-        counts["rating_cover"] += covers(rating_level["wilson_ci"])
+        counts["rating_fp"] += rating_level.binomial_p is not None and rating_level.binomial_p < NOMINAL
+        counts["rating_cover"] += covers(rating_level.wilson_ci)
         counts["neuron_fp"] += neuron_level.p_value is not None and neuron_level.p_value < NOMINAL
         counts["neuron_cover"] += covers(neuron_level.ci)
     return {key: value / studies for key, value in counts.items()}
@@ -82,6 +86,7 @@ def simulated_power(
 ) -> tuple[int, float]:
     """core.power's neurons needed, and how often the sign test over that many simulated neurons rejects at 5%."""
     n_neurons = power.neurons_needed(win_rate, icc, ratings, ties).n_neurons
+    assert n_neurons is not None, "every power design here is reachable"
     simulated = simulate_outcomes(
         studies,
         neurons=n_neurons,
@@ -121,7 +126,22 @@ def chance_agreement(items: int, seed: int) -> tuple[float, float]:
     by_arm = pd.DataFrame(
         {"unit": ratings["item_id"], "rater": ratings["rater"], "label": stats.outcome_labels(ratings)}
     )
-    return stats.krippendorff_alpha(by_arm), stats.agreement(ratings, arms, resamples=200)["krippendorff_alpha"]
+    relative = stats.agreement(ratings, arms, resamples=200).krippendorff_alpha
+    return stats.krippendorff_alpha(by_arm), math.nan if relative is None else relative
+
+
+def bootstrap_refits(arms: int, resamples: int, seed: int) -> tuple[float, float, float]:
+    """Seconds to refit `resamples` Bradley–Terry win matrices of `arms` arms with choix (one call each) and with
+    core.stats.mm_strengths (one call for all), and the largest difference between their strengths."""
+    rng = np.random.default_rng(seed)
+    wins = rng.integers(0, 40, size=(resamples, arms, arms)) + stats.BT_PRIOR
+    wins *= 1 - np.eye(arms)
+    started = time.perf_counter()
+    by_choix = np.array([choix.ilsr_pairwise_dense(matrix, tol=1e-9, max_iter=10_000) for matrix in wins])
+    choix_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    by_mm = stats.mm_strengths(wins, tolerance=1e-9)
+    return choix_seconds, time.perf_counter() - started, float(np.max(np.abs(by_choix - by_mm)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f'{win_rate} · {icc} · {ratings} · {ties:.0%}':<34}{n_neurons:>9}{reached:>9.1%}")
     by_arm, relative = chance_agreement(600, args.seed)
     print(f"\nα of raters at chance, 3 arms, 600 items: by arm {by_arm:.3f}, relative to the pair {relative:.3f}")
+    resamples = stats.BOOTSTRAP_RESAMPLES
+    print(f"\nBradley–Terry refits of {resamples} bootstrap resamples (the summary's bootstrap)")
+    print(f"{'arms':<34}{'choix':>9}{'MM':>9}{'÷':>7}{'max diff':>10}")
+    for arms in (3, 5, 8):
+        by_choix, by_mm, difference = bootstrap_refits(arms, resamples, args.seed)
+        print(f"{arms:<34}{by_choix:>8.2f}s{by_mm:>8.2f}s{by_choix / by_mm:>6.0f}×{difference:>10.1e}")
     return 0
 
 

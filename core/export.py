@@ -23,12 +23,15 @@ from typing import Any
 
 import pandas as pd
 import sqlite_utils
+from pydantic import ConfigDict
 
 from core import db as dbmod
 from core import human_eval, provenance, quality, raters
+from core.datafiles import DataModel, parse
 from core.errors import InputError, NotFoundError, WorkbenchError
-from core.plan import StoredPlan, StudyPlan
-from core.stats import automated_column, clean, item_aggregates, summary_from_ratings
+from core.plan import StoredPlan
+from core.stats import StudyStatistics, automated_column, item_aggregates, summary_from_ratings
+from core.values import to_jsonable
 
 EXPORT_FORMATS = ("csv", "json", "parquet")
 RATING_COLUMNS = (
@@ -161,64 +164,118 @@ def _add_automated_scores(
     return columns
 
 
-def summary_of(data: StudyData, min_gold_accuracy: float | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class QualityReport:
+    """The rater quality part of a summary: each rater's flags, what the plan's rules excluded, arm A's win rate by
+    confidence, and the median seconds per rating (core.quality)."""
+
+    raters: tuple[quality.RaterFlags, ...]
+    exclusions: quality.Exclusions
+    by_confidence: tuple[quality.ConfidenceWinRate, ...]
+    median_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Interim:
+    """Where a study stands against its plan's target: `display` is final once reached, else the plan's `interim`
+    (banner, or hide: the tests' p-values and CIs withheld)."""
+
+    reached: bool
+    n_neurons: int
+    target: int
+    display: str
+
+
+@dataclass(frozen=True)
+class StudyAnalysis:
+    """Every statistic of a study as its plan says (`analyse`), with the plan, the rater quality and the interim
+    status."""
+
+    statistics: StudyStatistics
+    plan: StoredPlan | None
+    quality: QualityReport
+    interim: Interim | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.statistics.to_json(),
+            "plan": to_jsonable(self.plan),
+            "quality": to_jsonable(self.quality),
+            "interim": to_jsonable(self.interim),
+        }
+
+
+@dataclass(frozen=True)
+class SummaryOptions:
+    """The options a summary was made with, so that `reproduce_summary` makes it again."""
+
+    simulator: str | None
+    min_gold_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """The study summary (`summary_of`): the analysis, the study's configuration, what each arm resolved to, and the
+    options. `to_json()` is what `study summary` prints, exports carry and the Results page reads."""
+
+    analysis: StudyAnalysis
+    study: human_eval.Study
+    arm_sources: tuple[human_eval.ArmSource, ...]
+    options: SummaryOptions
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.analysis.to_json(),
+            "study": self.study.to_json(),
+            "arm_sources": [source.to_json() for source in self.arm_sources],
+            "options": to_jsonable(self.options),
+        }
+
+
+def summary_of(data: StudyData, min_gold_accuracy: float | None = None) -> StudySummary:
     """The study summary: every statistic of core.stats after the plan's exclusions, the plan itself, the rater
     quality flags, plus the study's configuration (seed included) and the options used, so that `analyse` on the
     exported ratings reproduces it."""
-    plan = data.plan.to_json() if data.plan is not None else None
-    statistics = analyse(data.ratings, data.study.arms, plan, min_gold_accuracy)
-    options = {"simulator": data.simulator, "min_gold_accuracy": min_gold_accuracy}
-    arm_sources = [source.to_json() for source in data.arm_sources]
-    return {**statistics, "study": data.study.to_json(), "arm_sources": arm_sources, "options": options}
+    analysis = analyse(data.ratings, data.study.arms, data.plan, min_gold_accuracy)
+    options = SummaryOptions(data.simulator, min_gold_accuracy)
+    return StudySummary(analysis, data.study, data.arm_sources, options)
 
 
 def analyse(
-    ratings: pd.DataFrame, arms: Sequence[str], plan: dict[str, Any] | None, min_gold_accuracy: float | None = None
-) -> dict[str, Any]:
-    """Every statistic of a study as its plan (a StoredPlan's JSON, or None) says: the plan's exclusions first, its
-    primary pair as the primary comparison, its gold threshold unless `min_gold_accuracy` is given, and, before its
-    target is reached, the primary test marked interim (or its p-value and CI hidden, if the plan says so)."""
-    study_plan = StudyPlan.from_json(plan["plan"]) if plan else None
+    ratings: pd.DataFrame, arms: Sequence[str], plan: StoredPlan | None, min_gold_accuracy: float | None = None
+) -> StudyAnalysis:
+    """Every statistic of a study as its plan (or None) says: the plan's exclusions first, its primary pair as the
+    primary comparison, its gold threshold unless `min_gold_accuracy` is given, and, before its target is reached,
+    the primary test marked interim (or every p-value and CI of the tests hidden, if the plan says so)."""
+    study_plan = plan.plan if plan is not None else None
     kept, exclusions = quality.apply_plan(ratings, study_plan)
     if study_plan is not None:
         arms = [*study_plan.primary_pair, *(arm for arm in arms if arm not in study_plan.primary_pair)]
         if min_gold_accuracy is None:
             min_gold_accuracy = study_plan.min_gold_accuracy
     statistics = summary_from_ratings(kept, arms, min_gold_accuracy)
-    statistics["plan"] = plan
-    statistics["quality"] = {
-        "raters": quality.rater_flags(ratings, study_plan),
-        "exclusions": exclusions.to_json(),
-        "by_confidence": quality.by_confidence(kept, arms[0], arms[1]),
-        "median_seconds": quality.median_seconds(kept),
-    }
-    statistics["interim"] = _interim(statistics, study_plan)
-    return clean(statistics)
-
-
-def _interim(statistics: dict[str, Any], plan: StudyPlan | None) -> dict[str, Any] | None:
-    """Where the study stands against its plan's target; before the target, the primary test is interim, and with
-    `interim: hide` every p-value and CI of the summary is withheld until then."""
-    if plan is None:
-        return None
-    reached = statistics["primary"]["n_units"] >= plan.target_neurons
-    status = {"reached": reached, "n_neurons": statistics["primary"]["n_units"], "target": plan.target_neurons}
-    if reached:
-        return {**status, "display": "final"}
-    if plan.interim == "hide":
-        for pair in (statistics["primary"], *statistics["neuron_pairs"]):
-            pair.update(p_value=None, ci=None, p_value_holm=None)
-        for pair in (statistics, *statistics["pairs"]):
-            pair.update(wilson_ci=None, binomial_p=None)
-        if statistics.get("secondary"):
-            statistics["secondary"].update(win_probability_ci=None, position_log_odds_ci=None)
-    return {**status, "display": plan.interim}
+    interim = None
+    if study_plan is not None:
+        n_neurons = statistics.primary.n_units
+        reached = n_neurons >= study_plan.target_neurons
+        interim = Interim(reached, n_neurons, study_plan.target_neurons, "final" if reached else study_plan.interim)
+        if interim.display == "hide":
+            statistics = statistics.without_tests()
+    report = QualityReport(
+        raters=tuple(quality.rater_flags(ratings, study_plan)),
+        exclusions=exclusions,
+        by_confidence=tuple(quality.by_confidence(kept, arms[0], arms[1])),
+        median_seconds=quality.median_seconds(kept),
+    )
+    return StudyAnalysis(statistics, plan, report, interim)
 
 
 def study_summary(
     db: sqlite_utils.Database, study: str, simulator: str | None = None, min_gold_accuracy: float | None = None
 ) -> dict[str, Any]:
-    return summary_of(study_data(db, study, simulator), min_gold_accuracy)
+    """The study summary's JSON (`summary_of(...).to_json()`): what `study summary` prints and the Results page
+    reads."""
+    return summary_of(study_data(db, study, simulator), min_gold_accuracy).to_json()
 
 
 def file_stem(name: str) -> str:
@@ -227,11 +284,11 @@ def file_stem(name: str) -> str:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return clean(frame.astype(object).to_dict(orient="records"))
+    return to_jsonable(frame.astype(object).to_dict(orient="records"))
 
 
 def _json_bytes(value: Any) -> bytes:
-    return json.dumps(clean(value), ensure_ascii=False, indent=2, allow_nan=False).encode()
+    return json.dumps(to_jsonable(value), ensure_ascii=False, indent=2, allow_nan=False).encode()
 
 
 def export_study(
@@ -369,10 +426,29 @@ def load_export(source: str | Path | Mapping[str, bytes]) -> LoadedExport:
     return LoadedExport(_restore_types(ratings), _restore_types(items), summary)
 
 
-def reproduce_summary(export: LoadedExport) -> dict[str, Any]:
+class _ExportedOptions(DataModel):
+    model_config = ConfigDict(extra="ignore")
+
+    min_gold_accuracy: float | None = None
+
+
+class ExportedSummary(DataModel):
+    """What `reproduce_summary` reads of an export's summary file: the arms, the plan and the options it was made
+    with (exports from before plans or options lack them). The rest of the summary is not read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    arms: list[str]
+    plan: dict[str, Any] | None = None
+    options: _ExportedOptions = _ExportedOptions()
+
+
+def reproduce_summary(export: LoadedExport) -> StudyAnalysis:
     """The statistics recomputed from an export's ratings with the options it was made with."""
-    options = export.summary.get("options", {})
-    return analyse(export.ratings, export.summary["arms"], export.summary.get("plan"), options.get("min_gold_accuracy"))
+    where = "the export's summary"
+    summary = parse(ExportedSummary, export.summary, where)
+    plan = StoredPlan.from_json(summary.plan, f"{where}: plan") if summary.plan is not None else None
+    return analyse(export.ratings, summary.arms, plan, summary.options.min_gold_accuracy)
 
 
 def purge_study_ratings(
@@ -562,12 +638,19 @@ def import_ratings(
     if errors:
         raise ImportRatingsError(path, len(rows), errors)
     created = [raters.add_rater(db, name, secrets.token_urlsafe(24)).name for name in to_create]
-    ids = {name: dbmod.get_rater(db, name)["id"] for name in {name for _, name, _ in checked}}
+    ids = {name: _rater_id(db, name) for name in {name for _, name, _ in checked}}
     counts = dbmod.write_ratings(db, record.id, [(item_id, ids[name], values) for item_id, name, values in checked])
     written = counts["new"] + counts["replaced"]
     return ImportReport(
         len(rows), written, counts["replaced"], counts["unchanged"], tuple(created), default_layout=not has_layout
     )
+
+
+def _rater_id(db: sqlite_utils.Database, name: str) -> int:
+    row = dbmod.get_rater(db, name)
+    if row is None:  # checked by _check_row or created just before
+        raise NotFoundError(f"no rater named {name!r}")
+    return row["id"]
 
 
 def _check_row(

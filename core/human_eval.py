@@ -261,9 +261,10 @@ def get_plan(db: sqlite_utils.Database, study: str) -> StoredPlan | None:
     row = dbmod.get_plan(db, get_study(db, study).id)
     if row is None:
         return None
-    plan = StudyPlan.from_json(json.loads(row["plan"]))
-    if plan.sha256() != row["sha256"]:
+    # The hash is of the text as stored (StudyPlan.canonical when it was fixed), so it is checked on that text.
+    if hashlib.sha256(row["plan"].encode()).hexdigest() != row["sha256"]:
         raise InputError(f"the stored plan of study {study!r} does not match its hash; the database was altered")
+    plan = StudyPlan.from_json(json.loads(row["plan"]), f"the stored plan of study {study!r}")
     return StoredPlan(plan, row["sha256"], row["created_at"])
 
 
@@ -468,7 +469,7 @@ def create_study(
     n_identical = sum(reason.endswith(IDENTICAL) for reason in skipped)
     tells = tuple(blinding.study_tells(items))
     by_id = {row["id"]: row for rows in explanations.values() for row in rows}
-    sources = tuple(arm_sources(config["arms"], items, by_id))
+    sources = tuple(arm_sources([str(arm) for arm in arm_list], items, by_id))
     study = get_study(db, name)
     return StudyCreated(study, len(items) - n_gold, n_gold, tuple(skipped), n_identical, tells, sources)
 

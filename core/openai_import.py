@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import sqlite_utils
+from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints
 
 from core import config
 from core import db as dbmod
+from core.datafiles import DataModel, parse
 from core.db.explanations import InsertReport
 from core.errors import InputError
 from core.records import NeuronId, NeuronRecord, NeuronStats, records_from_json
@@ -73,23 +74,48 @@ def _quantiles(boundaries: Any) -> dict[float, float]:
     return dict(zip(config.QUANTILES, values, strict=True))
 
 
-def _neuron_id(value: Any, where: str) -> NeuronId | None:
-    """OpenAI's `{"layer_index": L, "neuron_index": N}`, or None when absent; non-integers name the field."""
+# OpenAI's files carry more than we read (dataclass_name, skewness, random_sample_by_quantile, other scores): their
+# models ignore unknown keys, as the hand-written reader before them did.
+_OPENAI_FILE = ConfigDict(extra="ignore")
+Index = Annotated[int, Field(strict=True, ge=0)]  # no booleans, no 3.0
+Statistic = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # a finite number, not a numeric string
+
+
+class OpenAINeuronId(DataModel):
+    """OpenAI's `{"layer_index": L, "neuron_index": N}`."""
+
+    model_config = _OPENAI_FILE
+
+    layer_index: Index
+    neuron_index: Index
+
+
+def _partial_neuron_id(value: Any) -> Any:
+    # A neuron_id that is not an object with both indices is absent: the neuron is then read from the path.
     if not isinstance(value, dict) or not {"layer_index", "neuron_index"} <= value.keys():
         return None
-    parts = [value["layer_index"], value["neuron_index"]]
-    if not all(isinstance(part, int) and not isinstance(part, bool) and part >= 0 for part in parts):
-        raise InputError(f"{where}: neuron_id {value} must hold non-negative integers layer_index and neuron_index")
-    return NeuronId(*parts)
+    return value
 
 
-def _number(value: Any, where: str) -> float:
-    """An optional statistic: missing is 0.0, anything else must be a finite number."""
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(f"{where}: expected a number, got {value!r}")
-    return float(value)
+MaybeNeuronId = Annotated[OpenAINeuronId | None, BeforeValidator(_partial_neuron_id)]
+
+
+class OpenAINeuronRecord(DataModel):
+    """One NeuronRecord JSON document of OpenAI's collated activations (docs/METHOD.md §6); the records themselves
+    are read by core.records."""
+
+    model_config = _OPENAI_FILE
+
+    neuron_id: MaybeNeuronId = None
+    most_positive_activation_records: Any
+    random_sample: Any = None
+    mean: Statistic | None = None
+    variance: Statistic | None = None
+    quantile_boundaries: Any = None
+
+
+def _neuron(neuron_id: OpenAINeuronId | None) -> NeuronId | None:
+    return NeuronId(neuron_id.layer_index, neuron_id.neuron_index) if neuron_id is not None else None
 
 
 def parse_neuron_record(text: str, source: str, model: str = OPENAI_MODEL) -> NeuronRecord:
@@ -100,21 +126,20 @@ def parse_neuron_record(text: str, source: str, model: str = OPENAI_MODEL) -> Ne
         raise InputError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file complete?") from exc
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a NeuronRecord object")
-    neuron = _neuron_id(data.get("neuron_id"), source) or _neuron_from_path(source)
+    document = parse(OpenAINeuronRecord, data, source)
+    neuron = _neuron(document.neuron_id) or _neuron_from_path(source)
     if neuron is None:
         raise InputError(f"{source}: missing neuron_id.layer_index / neuron_index")
-    if "most_positive_activation_records" not in data:
-        raise InputError(f"{source}: missing most_positive_activation_records")
-    top = records_from_json(data["most_positive_activation_records"], f"{source}: most_positive_activation_records")
-    random = records_from_json(data.get("random_sample") or [], f"{source}: random_sample")
+    top = records_from_json(document.most_positive_activation_records, f"{source}: most_positive_activation_records")
+    random = records_from_json(document.random_sample or [], f"{source}: random_sample")
     if not top:
         raise InputError(f"{source}: most_positive_activation_records is empty")
     top.sort(key=lambda r: r.max_activation, reverse=True)
     stats = NeuronStats(
-        mean=_number(data.get("mean"), f"{source}: mean"),
-        variance=_number(data.get("variance"), f"{source}: variance"),
+        mean=document.mean or 0.0,
+        variance=document.variance or 0.0,
         max=max(r.max_activation for r in top),
-        quantiles=_quantiles(data.get("quantile_boundaries")),
+        quantiles=_quantiles(document.quantile_boundaries),
     )
     return NeuronRecord(model=model, neuron=neuron, top=tuple(top), random=tuple(random), stats=stats)
 
@@ -142,6 +167,30 @@ def _expand(sources: Iterable[str | Path], suffix: str) -> Iterator[str | Path]:
             yield source
 
 
+class OpenAIScoredExplanation(DataModel):
+    """One scored explanation of OpenAI's explanation files: its text and, when scored, its simulation's
+    correlation score."""
+
+    model_config = _OPENAI_FILE
+
+    explanation: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    scored_simulation: Any = None
+
+    @property
+    def score(self) -> Any:
+        simulation = self.scored_simulation
+        return simulation.get("ev_correlation_score") if isinstance(simulation, dict) else None
+
+
+class OpenAIExplanations(DataModel):
+    """One line of OpenAI's explanation JSONL: a neuron (else read from the path) and its scored explanations."""
+
+    model_config = _OPENAI_FILE
+
+    neuron_id: MaybeNeuronId = None
+    scored_explanations: list[OpenAIScoredExplanation]
+
+
 def parse_explanations(text: str, source: str) -> list[dict[str, Any]]:
     """OpenAI explanation JSONL (or a `layer,neuron,score,explanation` CSV) → rows for `insert_explanations`."""
     if source.endswith(".csv"):
@@ -156,20 +205,11 @@ def parse_explanations(text: str, source: str) -> list[dict[str, Any]]:
             raise InputError(f"{source}:{number}: not valid JSON ({exc.msg})") from exc
         if not isinstance(data, dict):
             raise InputError(f"{source}:{number}: expected an object with neuron_id and scored_explanations")
-        neuron_id = data.get("neuron_id")
-        neuron = _neuron_id(neuron_id, f"{source}:{number}") or _neuron_from_path(source)
+        entry = parse(OpenAIExplanations, data, f"{source}:{number}")
+        neuron = _neuron(entry.neuron_id) or _neuron_from_path(source)
         if neuron is None:
             raise InputError(f"{source}:{number}: no neuron_id, and the path is not <layer>/<neuron>.jsonl")
-        scored = data.get("scored_explanations")
-        if not isinstance(scored, list):
-            raise InputError(f"{source}:{number}: missing scored_explanations list")
-        for item in scored:
-            explanation = item.get("explanation") if isinstance(item, dict) else None
-            if not isinstance(explanation, str) or not explanation.strip():
-                raise InputError(f"{source}:{number}: a scored explanation has no explanation text")
-            simulation = item.get("scored_simulation") or {}
-            score = simulation.get("ev_correlation_score") if isinstance(simulation, dict) else None
-            rows.append(_reference_row(neuron, explanation, score))
+        rows += [_reference_row(neuron, scored.explanation, scored.score) for scored in entry.scored_explanations]
     return rows
 
 

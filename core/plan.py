@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from core.datafiles import DataModel, parse
 from core.errors import InputError
 
 PRIMARY_TEST = "neuron-level exact sign test, cluster-bootstrap CI over neurons"
@@ -73,15 +74,17 @@ class StudyPlan:
         return {**asdict(self), "primary_pair": list(self.primary_pair)}
 
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> StudyPlan:
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise InputError(f"unknown plan field(s): {', '.join(unknown)}; a plan has {', '.join(sorted(known))}")
-        try:
-            return cls(**{**value, "primary_pair": tuple(value.get("primary_pair") or ())})
-        except TypeError as exc:
-            raise InputError(f"the plan is incomplete or malformed: {exc}") from None
+    def from_json(cls, value: Any, where: str = "the plan") -> StudyPlan:
+        """A plan from its JSON (a plan file, or as stored); InputError naming `where` and the field otherwise."""
+        if isinstance(value, dict):
+            known = {field.name for field in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise InputError(
+                    f"{where}: unknown plan field(s): {', '.join(unknown)}; a plan has {', '.join(sorted(known))}"
+                )
+        checked = parse(PlanFile, value, where)
+        return cls(**{name: getattr(checked, name) for name in PlanFile.model_fields})
 
     def canonical(self) -> str:
         """The plan as the exact text that is hashed: sorted keys, no spaces."""
@@ -114,3 +117,40 @@ class StoredPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {"plan": self.plan.to_json(), "sha256": self.sha256, "created_at": self.created_at}
+
+    @classmethod
+    def from_json(cls, value: Any, where: str = "the stored plan") -> StoredPlan:
+        """A stored plan from its JSON (`to_json`), e.g. in an export's summary."""
+        checked = parse(StoredPlanFile, value, where)
+        return cls(StudyPlan.from_json(checked.plan, f"{where}: plan"), checked.sha256, checked.created_at)
+
+
+# A plan's numbers are hashed as written (StudyPlan.canonical): an int stays an int and a float a float, so that a
+# plan read back hashes as it did when it was fixed.
+Number = int | float
+
+
+class PlanFile(DataModel):
+    """A plan's JSON, as a file or the database holds it: StudyPlan's fields and defaults; StudyPlan.__post_init__
+    then checks their values (the primary pair is read as a list so that it says what a pair needs)."""
+
+    primary_pair: tuple[str, ...]
+    target_neurons: int
+    ratings_per_item: int
+    alpha: Number = StudyPlan.alpha
+    test: str = StudyPlan.test
+    min_gold_accuracy: Number | None = StudyPlan.min_gold_accuracy
+    qualification_items: int = StudyPlan.qualification_items
+    min_seconds: Number | None = StudyPlan.min_seconds
+    exclude_straight_lining: bool = StudyPlan.exclude_straight_lining
+    rater_cap: int | None = StudyPlan.rater_cap
+    stopping_rule: str = StudyPlan.stopping_rule
+    interim: str = StudyPlan.interim
+
+
+class StoredPlanFile(DataModel):
+    """A StoredPlan's JSON (as an export's summary carries it); its plan is read by StudyPlan.from_json."""
+
+    plan: dict[str, Any]
+    sha256: str
+    created_at: str

@@ -13,19 +13,24 @@ discrete test is a sawtooth in n, so a slightly larger n can fall just short).
 For comparison each result also carries the textbook design-effect figure: the normal-approximation sample size for
 one proportion against 1/2, times 1 + (m − 1)·ICC, divided by m = ratings_per_item·(1 − tie_share) decisive ratings
 per neuron. It describes a test of the mean share, not the sign test the study runs, and can be far off it.
+
+The binomial and beta-binomial probabilities are scipy's; the exact power and its search are ours, because
+statsmodels' power classes are normal approximations and its `binom_test_reject_interval` takes one n at a time.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
 from core.errors import InputError
-from core.stats import DECISIVE, arm_ratings, clean, cluster_keys, pair_mask
+from core.stats import DECISIVE, arm_ratings, cluster_keys, pair_mask
+from core.values import to_jsonable
 
 # Above this many neurons the search bisects instead of stepping: the sawtooth is then far smaller than a neuron.
 _EXACT_SCAN_LIMIT = 3000
@@ -86,8 +91,8 @@ class SampleSize:
     method: str = METHOD
     note: str | None = None
 
-    def to_json(self) -> dict:
-        return clean({**asdict(self), "design_effect": self.design.design_effect})
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable({**asdict(self), "design_effect": self.design.design_effect})
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,8 @@ class DetectableEffect:
     method: str = METHOD
     note: str | None = None
 
-    def to_json(self) -> dict:
-        return clean({**asdict(self), "design_effect": self.design.design_effect})
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable({**asdict(self), "design_effect": self.design.design_effect})
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,8 @@ class DataDesign:
     effect: DetectableEffect | None
     note: str | None = None
 
-    def to_json(self) -> dict:
-        return clean({**asdict(self), "effect": self.effect.to_json() if self.effect else None})
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable({**asdict(self), "effect": self.effect.to_json() if self.effect else None})
 
 
 def leaning_probabilities(win_rate: float, design: Design) -> tuple[float, float]:
@@ -276,7 +281,8 @@ ICC_METHOD = (
 
 def anova_icc(outcomes: pd.Series, groups: pd.Series) -> float | None:
     """The one-way ANOVA estimate of the intra-class correlation of `outcomes` within `groups`; None with fewer than
-    two groups or no replication within groups."""
+    two groups or no replication within groups. (scipy's f_oneway gives only F, and needs guards where all groups
+    are unanimous; no dependency estimates ICC(1) with unequal group sizes.)"""
     frame = pd.DataFrame({"y": outcomes.astype(float).to_numpy(), "g": groups.to_numpy()})
     sizes = frame.groupby("g")["y"].size()
     k, total = len(sizes), len(frame)

@@ -3,13 +3,14 @@ as a study's plan (core.plan) says, before and during rating and again in the an
 
 Nothing here deletes a rating: a paused rater gets no more items, and the analysis leaves flagged ratings out and
 counts them. Pure functions over rating rows (dicts or a DataFrame), as core.db.study_ratings and core.export
-produce them: rater, is_gold, choice, gold_choice, seconds, confidence, winner_arm, left_arm, right_arm.
+produce them: rater, is_gold, choice, gold_choice, seconds, confidence, winner_arm, left_arm, right_arm. Results are
+frozen dataclasses; core.values.to_jsonable turns them into JSON.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,8 @@ def standing(rows: Sequence[dict[str, Any]], plan: StudyPlan | None) -> Standing
             "did not match ours closely enough, so we will not ask you for more ratings in this study.",
         )
     threshold = plan.min_gold_accuracy
-    checked = threshold is not None and len(gold) >= max(k, MIN_GOLD_FOR_PAUSE)
-    if checked and sum(map(_gold_correct, gold)) < threshold * len(gold):
+    checked = len(gold) >= max(k, MIN_GOLD_FOR_PAUSE)
+    if threshold is not None and checked and sum(map(_gold_correct, gold)) < threshold * len(gold):
         return Standing(
             paused=True,
             message="Thank you for your ratings. Your answers on our check items have drifted from what we "
@@ -69,7 +70,24 @@ def _straight_lining(regular: pd.DataFrame) -> bool:
     return bool(sides.value_counts().iloc[0] >= STRAIGHT_LINE_SHARE * len(sides))
 
 
-def rater_flags(ratings: pd.DataFrame, plan: StudyPlan | None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RaterFlags:
+    """One rater's quality signals: regular and gold ratings, gold accuracy, median seconds, ratings faster than the
+    plan's minimum, the share of left choices, straight-lining, ratings beyond the cap, and whether they are paused."""
+
+    rater: str
+    n_ratings: int
+    n_gold: int
+    gold_accuracy: float | None
+    median_seconds: float | None
+    n_fast: int
+    left_share: float | None
+    straight_lining: bool
+    n_over_cap: int
+    paused: bool
+
+
+def rater_flags(ratings: pd.DataFrame, plan: StudyPlan | None) -> list[RaterFlags]:
     """Per rater: regular and gold ratings, gold accuracy, median seconds, how many ratings were faster than the
     plan's minimum, the share of left choices, whether they straight-lined, how many ratings lie beyond the cap,
     and whether they are paused."""
@@ -81,18 +99,18 @@ def rater_flags(ratings: pd.DataFrame, plan: StudyPlan | None) -> list[dict[str,
         seconds = pd.to_numeric(regular["seconds"], errors="coerce")
         sides = regular["choice"].isin(("left", "right"))
         rows.append(
-            {
-                "rater": rater,
-                "n_ratings": len(regular),
-                "n_gold": len(gold),
-                "gold_accuracy": float((gold["choice"] == gold["gold_choice"]).mean()) if len(gold) else None,
-                "median_seconds": float(seconds.median()) if seconds.notna().any() else None,
-                "n_fast": int((seconds < plan.min_seconds).sum()) if plan and plan.min_seconds is not None else 0,
-                "left_share": float((regular["choice"][sides] == "left").mean()) if sides.any() else None,
-                "straight_lining": _straight_lining(regular),
-                "n_over_cap": max(0, len(regular) - plan.rater_cap) if plan and plan.rater_cap else 0,
-                "paused": standing(theirs.to_dict("records"), plan).paused,
-            }
+            RaterFlags(
+                rater=rater,
+                n_ratings=len(regular),
+                n_gold=len(gold),
+                gold_accuracy=float((gold["choice"] == gold["gold_choice"]).mean()) if len(gold) else None,
+                median_seconds=float(seconds.median()) if seconds.notna().any() else None,
+                n_fast=int((seconds < plan.min_seconds).sum()) if plan and plan.min_seconds is not None else 0,
+                left_share=float((regular["choice"][sides] == "left").mean()) if sides.any() else None,
+                straight_lining=_straight_lining(regular),
+                n_over_cap=max(0, len(regular) - plan.rater_cap) if plan and plan.rater_cap else 0,
+                paused=standing(theirs.to_dict("records"), plan).paused,
+            )
         )
     return rows
 
@@ -109,21 +127,14 @@ class Exclusions:
     n_fast: int = 0
     n_over_cap: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "paused_raters": list(self.paused_raters),
-            "straight_lining_raters": list(self.straight_lining_raters),
-        }
-
 
 def apply_plan(ratings: pd.DataFrame, plan: StudyPlan | None) -> tuple[pd.DataFrame, Exclusions]:
     """The ratings the plan keeps, and what it left out. Without a plan, everything is kept."""
     if plan is None or ratings.empty:
         return ratings, Exclusions()
-    flags = {row["rater"]: row for row in rater_flags(ratings, plan)}
-    paused = sorted(rater for rater, row in flags.items() if row["paused"])
-    lining = sorted(rater for rater, row in flags.items() if row["straight_lining"] and not row["paused"])
+    flags = {row.rater: row for row in rater_flags(ratings, plan)}
+    paused = sorted(rater for rater, row in flags.items() if row.paused)
+    lining = sorted(rater for rater, row in flags.items() if row.straight_lining and not row.paused)
     regular = ratings["is_gold"] == 0
     drop_rater = ratings["rater"].isin(paused + lining if plan.exclude_straight_lining else paused)
     seconds = pd.to_numeric(ratings["seconds"], errors="coerce")
@@ -145,7 +156,17 @@ def apply_plan(ratings: pd.DataFrame, plan: StudyPlan | None) -> tuple[pd.DataFr
     )
 
 
-def by_confidence(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ConfidenceWinRate:
+    """Arm A's share of the decisive ratings of a pair given at one confidence level ('none' when not given)."""
+
+    confidence: str
+    n: int
+    wins_a: int
+    win_rate: float
+
+
+def by_confidence(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> list[ConfidenceWinRate]:
     """Arm A's share of decisive ratings of the pair at each confidence level (1–5; 'none' when not given)."""
     pair = ratings[
         (ratings["is_gold"] == 0)
@@ -159,7 +180,7 @@ def by_confidence(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> list[dict[st
     rows = []
     for level, group in pair.groupby(levels, sort=True):
         wins = int((group["winner_arm"] == arm_a).sum())
-        rows.append({"confidence": level, "n": len(group), "wins_a": wins, "win_rate": wins / len(group)})
+        rows.append(ConfidenceWinRate(str(level), len(group), wins, wins / len(group)))
     return rows
 
 

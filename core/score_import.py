@@ -24,6 +24,7 @@ from core import db as dbmod
 from core.errors import InputError, NotFoundError
 from core.explain import IMPORT_COLUMNS
 from core.simulate import IMPORTED_METHOD
+from core.values import finite_or_none
 
 EXPECTED_COLUMNS = "layer, neuron and one or more of Original, Summary, Highlight, HighlightSummary, AVHS"
 
@@ -118,8 +119,9 @@ def format_means(scores: Sequence[float | None], formats: Sequence[str]) -> dict
     """Mean score and count per format, in the order formats first appear; undefined scores left out."""
     grouped: dict[str, list[float]] = {}
     for format_name, score in zip(formats, scores, strict=True):
-        if score is not None and math.isfinite(score):
-            grouped.setdefault(format_name, []).append(float(score))
+        value = finite_or_none(score)
+        if value is not None:
+            grouped.setdefault(format_name, []).append(value)
     return {name: (sum(values) / len(values), len(values)) for name, values in grouped.items()}
 
 

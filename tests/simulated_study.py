@@ -70,8 +70,9 @@ def run_raters(db: sqlite_utils.Database, study: str, raters: dict[str, Chooser]
             if item is None:
                 active.remove(name)
                 continue
-            rater_id = dbmod.get_rater(db, name)["id"]
-            seen = human_eval.as_seen(admin_view[item.item_id], dbmod.shown_layout(db, item.item_id, rater_id)[0])
+            rater = dbmod.get_rater(db, name)
+            assert rater is not None, f"{name} was added by add_raters"
+            seen = human_eval.as_seen(admin_view[item.item_id], dbmod.shown_layout(db, item.item_id, rater["id"])[0])
             human_eval.submit_rating(db, study, name, item.item_id, raters[name](seen))
             written += 1
     return written

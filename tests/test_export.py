@@ -54,7 +54,7 @@ def test_an_export_reproduces_the_statistics_on_reimport(rated, fmt) -> None:
     }
     assert set(files) == expected_names[fmt]
     loaded = export.load_export(files)
-    recomputed = export.reproduce_summary(loaded)
+    recomputed = export.reproduce_summary(loaded).to_json()
     assert recomputed == {key: loaded.summary[key] for key in recomputed}
     assert len(loaded.ratings) == count_ratings(rated)
     assert len(loaded.items) == len(human_eval.study_items(rated, "Pilot study"))
@@ -127,7 +127,7 @@ def test_every_exported_row_names_its_explanations_source_and_older_exports_stil
             summary.pop("arm_sources")
             older[name] = json.dumps(summary).encode()
     again = export.load_export(older)
-    recomputed = export.reproduce_summary(again)
+    recomputed = export.reproduce_summary(again).to_json()
     assert recomputed == {key: loaded.summary[key] for key in recomputed}
 
 
@@ -158,6 +158,19 @@ def test_write_export_to_a_folder_a_zip_or_a_json_file(rated, tmp_path: Path) ->
         export.export_study(rated, "Pilot study", "xml")
 
 
+def test_a_summary_without_its_arms_is_refused_by_name(rated) -> None:
+    files = export.export_study(rated, "Pilot study", "csv")
+    summary = json.loads(files["Pilot_study_summary.json"])
+    summary.pop("arms")
+    damaged = export.load_export({**files, "Pilot_study_summary.json": json.dumps(summary).encode()})
+    with pytest.raises(InputError, match=r"^the export's summary: arms: Field required"):
+        export.reproduce_summary(damaged)
+    summary = {**json.loads(files["Pilot_study_summary.json"]), "plan": {"plan": {}, "sha256": "x"}}
+    damaged = export.load_export({**files, "Pilot_study_summary.json": json.dumps(summary).encode()})
+    with pytest.raises(InputError, match=r"^the export's summary: plan: created_at: Field required"):
+        export.reproduce_summary(damaged)
+
+
 def test_a_csv_roundtrip_keeps_numeric_looking_rater_names(db) -> None:
     neurons = explain_neurons(db, 4)
     human_eval.create_study(db, "S", f"{A},{B}", neurons, 1, seed=1, overlap_share=0.0)
@@ -165,7 +178,7 @@ def test_a_csv_roundtrip_keeps_numeric_looking_rater_names(db) -> None:
     run_raters(db, "S", {"007": prefers(A, 1.0, random.Random(0))})
     loaded = export.load_export(export.export_study(db, "S", "csv"))
     assert list(loaded.ratings["rater"].unique()) == ["007"]
-    assert export.reproduce_summary(loaded)["per_rater"][0]["rater"] == "007"
+    assert export.reproduce_summary(loaded).statistics.per_rater[0].rater == "007"
 
 
 def test_purge_exports_first_and_needs_an_admin(rated, tmp_path: Path) -> None:

@@ -101,9 +101,16 @@ def test_cli_import_then_neuron_json(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("mean", "high", r"7.json: mean: expected a number, got 'high'"),
-        ("variance", [1], r"7.json: variance: expected a number"),
-        ("neuron_id", {"layer_index": "x", "neuron_index": 7}, r"7.json: neuron_id .* non-negative integers"),
+        ("mean", "high", r"7\.json: mean: Input should be a valid number"),
+        ("variance", [1], r"7\.json: variance: Input should be a valid number"),
+        ("mean", True, r"7\.json: mean: Input should be a valid number"),
+        ("neuron_id", {"layer_index": "x", "neuron_index": 7}, r"7\.json: neuron_id\.layer_index: .* valid integer"),
+        (
+            "neuron_id",
+            {"layer_index": 0, "neuron_index": -1},
+            r"7\.json: neuron_id\.neuron_index: .* greater than or equal to 0",
+        ),
+        ("most_positive_activation_records", None, r"7\.json: most_positive_activation_records: expected a list"),
     ],
 )
 def test_bad_fields_are_one_error_naming_the_field(db, tmp_path, field, value, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 
@@ -12,7 +13,7 @@ from core import db as dbmod
 from core import export, human_eval, quality
 from core.__main__ import main
 from core.errors import InputError
-from core.plan import StudyPlan
+from core.plan import PlanFile, StoredPlan, StudyPlan
 from tests.simulated_study import add_raters, explain_neurons
 from tests.test_human_eval import ARMS, A, B, make_study
 
@@ -85,6 +86,32 @@ def test_a_plan_must_fit_its_study(db) -> None:
         StudyPlan.from_json({**plan().to_json(), "peeking": True})
     created = human_eval.create_study(db, "S", ARMS, "0:0,0:1", 2, seed=1, plan=plan())
     assert human_eval.get_plan(db, created.study.name).plan == plan()
+
+
+def test_a_plan_file_is_read_field_by_field_and_keeps_its_numbers_as_written(db, tmp_path) -> None:
+    assert list(PlanFile.model_fields) == [field.name for field in dataclasses.fields(StudyPlan)]
+    written = {"primary_pair": [A, B], "target_neurons": 10, "ratings_per_item": 2, "min_seconds": 2}
+    read = StudyPlan.from_json(written)
+    assert read == plan(min_seconds=2) and read.to_json()["min_seconds"] == 2  # an int stays an int: same hash
+    assert read.sha256() == plan(min_seconds=2).sha256() != plan(min_seconds=2.0).sha256()
+    for bad, message in (
+        ({"target_neurons": "ten"}, r"^plan\.json: target_neurons: Input should be a valid integer"),
+        ({"primary_pair": [A, A]}, "needs two different arms"),
+        ({"primary_pair": [A, B, "avhs"]}, "needs two different arms"),
+        ({"interim": "peek"}, "interim must be one of banner, hide"),
+        ({"exclude_straight_lining": "maybe"}, r"exclude_straight_lining: Input should be a valid boolean"),
+    ):
+        with pytest.raises(InputError, match=message):
+            StudyPlan.from_json({**written, **bad}, "plan.json")
+    with pytest.raises(InputError, match=r"^plan\.json: ratings_per_item: Field required"):
+        StudyPlan.from_json({key: value for key, value in written.items() if key != "ratings_per_item"}, "plan.json")
+    with pytest.raises(InputError, match=r"^plan\.json: Input should be a valid dictionary"):
+        StudyPlan.from_json([A, B], "plan.json")
+    # Fixed from a file with an int, it reads back from the database under the same hash.
+    make_study(db, neurons=2)
+    stored = human_eval.set_plan(db, "S", read)
+    assert human_eval.get_plan(db, "S") == stored and stored.plan.min_seconds == 2
+    assert StoredPlan.from_json(stored.to_json()) == stored
 
 
 def test_a_tampered_plan_is_refused(db) -> None:
@@ -211,13 +238,13 @@ def test_win_rate_by_confidence_and_median_seconds() -> None:
             {"rater": "b", "choice": "left", "confidence": None, "seconds": 2.0},
         ]
     )
-    levels = {row["confidence"]: row for row in quality.by_confidence(ratings, A, B)}
-    assert (levels["5"]["n"], levels["5"]["win_rate"]) == (2, 0.5)
-    assert (levels["1"]["n"], levels["1"]["win_rate"]) == (1, 1.0)  # the tie is not decisive
-    assert levels["none"]["n"] == 1
+    levels = {row.confidence: row for row in quality.by_confidence(ratings, A, B)}
+    assert (levels["5"].n, levels["5"].win_rate) == (2, 0.5)
+    assert (levels["1"].n, levels["1"].win_rate) == (1, 1.0)  # the tie is not decisive
+    assert levels["none"].n == 1
     assert quality.median_seconds(ratings) == 6.0
-    flags = {row["rater"]: row for row in quality.rater_flags(ratings, None)}
-    assert flags["b"]["median_seconds"] == 8.0 and flags["a"]["left_share"] == 0.5
+    flags = {row.rater: row for row in quality.rater_flags(ratings, None)}
+    assert flags["b"].median_seconds == 8.0 and flags["a"].left_share == 0.5
 
 
 # --- interim results -----------------------------------------------------------------------------------------------
@@ -243,7 +270,7 @@ def test_before_the_target_the_primary_test_is_interim_or_hidden(db, interim) ->
     # The plan travels with the export and the export reproduces the summary.
     loaded = export.load_export(export.export_study(db, "S", "json"))
     assert loaded.summary["plan"]["sha256"] == human_eval.get_plan(db, "S").sha256
-    assert export.reproduce_summary(loaded)["primary"] == loaded.summary["primary"]
+    assert export.reproduce_summary(loaded).to_json()["primary"] == loaded.summary["primary"]
 
 
 # --- gold decoys -----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import math
 import random
 import time
 
+import choix
 import krippendorff
 import numpy as np
 import pandas as pd
@@ -77,7 +78,14 @@ def test_sign_test_by_hand_and_against_scipy() -> None:
 
 
 def test_proportion_is_json_safe_when_empty() -> None:
-    assert stats.proportion(0, 0) == {"successes": 0, "n": 0, "rate": None, "ci": [None, None], "p_value": None}
+    assert stats.proportion(0, 0) == stats.Proportion(successes=0, n=0, rate=None, ci=(None, None), p_value=None)
+    assert stats.proportion(0, 0).to_json() == {
+        "successes": 0,
+        "n": 0,
+        "rate": None,
+        "ci": [None, None],
+        "p_value": None,
+    }
 
 
 # --- win rate, position, per rater -------------------------------------------------------------------------------
@@ -100,28 +108,29 @@ def small_study() -> pd.DataFrame:
 
 def test_win_rate_counts_ties_and_both_bad_apart_and_ignores_gold() -> None:
     result = stats.win_rate(small_study(), A, B)
-    assert (result["wins_a"], result["wins_b"], result["ties"], result["both_bad"]) == (4, 1, 1, 1)
-    assert result["n_ratings"] == 7
-    assert result["decisive"] == 5
-    assert result["win_rate"] == pytest.approx(0.8)
-    assert result["wilson_ci"] == pytest.approx(list(proportion_confint(4, 5, method="wilson")))
-    assert result["binomial_p"] == pytest.approx(scipy_stats.binomtest(4, 5).pvalue)
-    assert result["tie_share"] == pytest.approx(1 / 7)
-    assert stats.win_rate(small_study(), B, A)["win_rate"] == pytest.approx(0.2)
+    assert (result.wins_a, result.wins_b, result.ties, result.both_bad) == (4, 1, 1, 1)
+    assert result.n_ratings == 7
+    assert result.decisive == 5
+    assert result.win_rate == pytest.approx(0.8)
+    assert result.wilson_ci == pytest.approx(proportion_confint(4, 5, method="wilson"))
+    assert result.binomial_p == pytest.approx(scipy_stats.binomtest(4, 5).pvalue)
+    assert result.tie_share == pytest.approx(1 / 7)
+    assert stats.win_rate(small_study(), B, A).win_rate == pytest.approx(0.2)
 
 
 def test_position_bias_counts_left_wins_among_decisive_ratings() -> None:
     result = stats.position_bias(small_study())
     # Decisive non-gold ratings: left, right, left, left, right → 3 of 5 went left.
-    assert (result["successes"], result["n"]) == (3, 5)
-    assert result["p_value"] == pytest.approx(1.0)
+    assert (result.successes, result.n) == (3, 5)
+    assert result.p_value == pytest.approx(1.0)
 
 
 def test_per_rater_win_rates() -> None:
-    rows = {row["rater"]: row for row in stats.per_rater(small_study(), [A, B])}
-    assert (rows["ann"]["wins_a"], rows["ann"]["wins_b"], rows["ann"]["ties"]) == (2, 1, 1)
-    assert (rows["bob"]["wins_a"], rows["bob"]["both_bad"]) == (2, 1)
-    assert rows["bob"]["win_rate"] == 1.0
+    rows = {row.rater: row.pair for row in stats.per_rater(small_study(), [A, B])}
+    assert (rows["ann"].wins_a, rows["ann"].wins_b, rows["ann"].ties) == (2, 1, 1)
+    assert (rows["bob"].wins_a, rows["bob"].both_bad) == (2, 1)
+    assert rows["bob"].win_rate == 1.0
+    assert list(stats.per_rater(small_study(), [A, B])[0].to_json())[:3] == ["rater", "arm_a", "arm_b"]
 
 
 # --- agreement ---------------------------------------------------------------------------------------------------
@@ -181,11 +190,11 @@ def test_agreement_of_two_raters_uses_cohen_and_matches_hand_values() -> None:
         rows += [rating(item, "ann", ann), rating(item, "bob", bob)]
     rows.append(rating(99, "ann", "left"))  # rated once: not part of agreement
     result = stats.agreement(frame(rows))
-    assert (result["n_items"], result["n_raters"]) == (4, 2)
-    assert result["percent_agreement"] == pytest.approx(0.75)
+    assert (result.n_items, result.n_raters) == (4, 2)
+    assert result.percent_agreement == pytest.approx(0.75)
     # Labels (A, A), (B, B), (A, B), (tie, tie): p_o = 3/4; p_e = (2·1 + 1·2 + 1·1)/16 = 5/16; κ = 7/11.
-    assert result["cohen_kappa"] == pytest.approx((0.75 - 5 / 16) / (1 - 5 / 16))
-    assert result["fleiss_items"] == 4
+    assert result.cohen_kappa == pytest.approx((0.75 - 5 / 16) / (1 - 5 / 16))
+    assert result.fleiss_items == 4
 
 
 def test_agreement_is_one_for_identical_raters_and_near_zero_for_random_ones() -> None:
@@ -197,13 +206,13 @@ def test_agreement_is_one_for_identical_raters_and_near_zero_for_random_ones() -
             identical.append(rating(item, rater, shared))
             noisy.append(rating(item, rater, rng.choice(["left", "right", "tie", "both_bad"])))
     same = stats.agreement(frame(identical))
-    assert same["fleiss_kappa"] == pytest.approx(1.0)
-    assert same["krippendorff_alpha"] == pytest.approx(1.0)
-    assert same["percent_agreement"] == 1.0
-    assert same["cohen_kappa"] is None  # three raters: Cohen's κ does not apply
+    assert same.fleiss_kappa == pytest.approx(1.0)
+    assert same.krippendorff_alpha == pytest.approx(1.0)
+    assert same.percent_agreement == 1.0
+    assert same.cohen_kappa is None  # three raters: Cohen's κ does not apply
     chance = stats.agreement(frame(noisy))
-    assert abs(chance["fleiss_kappa"]) < 0.08
-    assert abs(chance["krippendorff_alpha"]) < 0.08
+    assert abs(chance.fleiss_kappa) < 0.08
+    assert abs(chance.krippendorff_alpha) < 0.08
 
 
 # Items of a three-arm study coded relative to their pair (order A, B, C): A better +1, neither 0, B better −1.
@@ -231,17 +240,19 @@ def test_relative_outcomes_code_each_rating_against_its_pair() -> None:
 
 def test_ordinal_alpha_and_fleiss_kappa_of_the_relative_coding_by_hand() -> None:
     result = stats.agreement(frame(RELATIVE_HAND_CASE), [A, B, C])
+    assert result.krippendorff_alpha is not None and result.fleiss_kappa is not None
     # Coincidences o(+1,+1) = 2, o(−1,−1) = 2, o(+1,0) = o(0,+1) = o(−1,0) = o(0,−1) = 1; totals n₋ = 3, n₀ = 2,
     # n₊ = 3, n = 8. Ordinal δ²: (−1,0) and (0,+1): (3 + 2 − 5/2)² = 6.25; (−1,+1): (8 − 3)² = 25.
     # D_o = 4·6.25 / 8; D_e = 2·(6·6.25 + 6·6.25 + 9·25) / (8·7); α = 1 − D_o/D_e = 1 − 7/24.
-    assert result["krippendorff_alpha"] == pytest.approx(17 / 24)
+    assert result.krippendorff_alpha == pytest.approx(17 / 24)
     # Fleiss: P_i = 1, 0, 0, 1 → P̄ = 1/2; p = 3/8, 2/8, 3/8 → P_e = 22/64; κ = (1/2 − 22/64)/(1 − 22/64) = 5/21.
-    assert result["fleiss_kappa"] == pytest.approx(5 / 21)
-    assert result["percent_agreement"] == pytest.approx(0.5)
-    assert result["cohen_kappa"] == pytest.approx(stats.cohen_kappa([1, 1, -1, -1], [1, 0, 0, -1]))
+    assert result.fleiss_kappa == pytest.approx(5 / 21)
+    assert result.percent_agreement == pytest.approx(0.5)
+    assert result.cohen_kappa == pytest.approx(stats.cohen_kappa([1, 1, -1, -1], [1, 0, 0, -1]))
     labels = stats.relative_outcomes(frame(RELATIVE_HAND_CASE), [A, B, C]).rename(columns={"item_id": "unit"})
     assert stats.krippendorff_alpha(labels.assign(label=labels["code"]), level="ordinal") == pytest.approx(17 / 24)
-    assert result["krippendorff_alpha_ci_low"] <= result["krippendorff_alpha"] <= result["krippendorff_alpha_ci_high"]
+    assert result.krippendorff_alpha_ci_low is not None and result.krippendorff_alpha_ci_high is not None
+    assert result.krippendorff_alpha_ci_low <= result.krippendorff_alpha <= result.krippendorff_alpha_ci_high
 
 
 def test_batched_alpha_and_kappa_match_the_libraries() -> None:
@@ -279,7 +290,7 @@ def chance_ratings(arms: list[str], items: int, raters: int, seed: int, identica
 def test_raters_at_chance_agree_at_zero_with_three_arms_where_arm_labels_made_them_agree() -> None:
     arms = [A, B, C]
     ratings = chance_ratings(arms, 600, 3, seed=1)
-    result = stats.agreement(ratings, arms)
+    result = stats.agreement(ratings, arms).to_json()
     assert abs(result["krippendorff_alpha"]) < 0.1
     assert abs(result["fleiss_kappa"]) < 0.1
     assert result["krippendorff_alpha_ci_low"] < 0 < result["krippendorff_alpha_ci_high"]
@@ -292,19 +303,19 @@ def test_raters_at_chance_agree_at_zero_with_three_arms_where_arm_labels_made_th
     )
     assert stats.krippendorff_alpha(by_arm) > 0.07
     same = stats.agreement(chance_ratings(arms, 200, 3, seed=2, identical=True), arms)
-    assert same["krippendorff_alpha"] == pytest.approx(1.0)
-    assert same["fleiss_kappa"] == pytest.approx(1.0)
-    assert same["krippendorff_alpha_ci_low"] == pytest.approx(1.0)
+    assert same.krippendorff_alpha == pytest.approx(1.0)
+    assert same.fleiss_kappa == pytest.approx(1.0)
+    assert same.krippendorff_alpha_ci_low == pytest.approx(1.0)
 
 
 def test_agreement_cis_are_seeded_and_every_value_is_a_number_or_none() -> None:
     ratings = chance_ratings([A, B, C], 60, 3, seed=3)
     first, again = stats.agreement(ratings, [A, B, C], seed=4), stats.agreement(ratings, [A, B, C], seed=4)
     assert first == again
-    assert stats.agreement(ratings, [A, B, C], seed=5)["fleiss_kappa_ci_low"] != first["fleiss_kappa_ci_low"]
-    assert all(value is None or isinstance(value, int | float) for value in first.values())
+    assert stats.agreement(ratings, [A, B, C], seed=5).fleiss_kappa_ci_low != first.fleiss_kappa_ci_low
+    assert all(value is None or type(value) in (int, float) for value in first.to_json().values())
     empty = stats.agreement(ratings.iloc[0:0], [A, B, C])
-    assert (empty["n_items"], empty["krippendorff_alpha"], empty["krippendorff_alpha_ci_low"]) == (0, None, None)
+    assert (empty.n_items, empty.krippendorff_alpha, empty.krippendorff_alpha_ci_low) == (0, None, None)
     assert "relative to its item's pair" in stats.agreement_method()
 
 
@@ -365,9 +376,34 @@ def test_bradley_terry_recovers_known_strengths() -> None:
         ]
     )
     result = stats.bradley_terry(rows, [A, B, C])
-    for row in result["arms"]:
-        assert row["ci"][0] < truth[row["arm"]] < row["ci"][1]
-        assert row["strength"] == pytest.approx(truth[row["arm"]], abs=0.15)
+    for row in result.arms:
+        assert row.ci[0] < truth[row.arm] < row.ci[1]
+        assert row.strength == pytest.approx(truth[row.arm], abs=0.15)
+
+
+def test_strong_connectivity_of_many_win_matrices_matches_reachability() -> None:
+    rng = np.random.default_rng(3)
+    for size in (2, 3, 5):
+        wins = (rng.random((300, size, size)) < 0.35) * (1 - np.eye(size))
+        # Brute force: i reaches j within size − 1 steps of "beat".
+        reach = np.eye(size, dtype=bool) | (wins > 0)
+        for _ in range(size):
+            reach = reach | ((reach.astype(int) @ (wins > 0).astype(int)) > 0)
+        expected = reach.all(axis=(1, 2))
+        assert 0 < expected.sum() < len(wins)
+        assert list(stats.strongly_connected(wins)) == list(expected)
+        assert [bool(stats.strongly_connected(matrix)) for matrix in wins[:20]] == list(expected[:20])
+
+
+def test_the_batched_mm_fit_of_the_bootstrap_matches_choix() -> None:
+    rng = np.random.default_rng(4)
+    batch = rng.integers(0, 30, size=(50, 4, 4)) + stats.BT_PRIOR * (1 - np.eye(4))
+    batch *= 1 - np.eye(4)
+    expected = np.array([choix.ilsr_pairwise_dense(matrix, tol=1e-13, max_iter=10_000) for matrix in batch])
+    assert stats.mm_strengths(batch) == pytest.approx(expected, abs=1e-9)
+    winners, losers = simulate_comparisons({A: 0.6, B: 0.0, C: -0.3}, 300, seed=2)
+    fit = stats.bradley_terry_fit(winners, losers, [A, B, C])
+    assert fit.strengths == pytest.approx(stats.mm_strengths(fit.wins), abs=1e-9)
 
 
 def test_bradley_terry_uses_a_prior_when_an_arm_never_loses() -> None:
@@ -401,14 +437,14 @@ def unanimous_three_arm_study(seed: int, neurons: int = 60, raters: int = 10) ->
 def test_bradley_terry_bootstrap_resamples_neurons_not_ratings() -> None:
     ratings = unanimous_three_arm_study(seed=3)
     result = stats.bradley_terry(ratings, [A, B, C])
-    assert result["unit"] == "neuron" and "bootstrap over 60 neurons" in result["ci_method"]
-    for row in result["arms"]:
-        bootstrap, fisher = row["ci"][1] - row["ci"][0], row["fisher_ci"][1] - row["fisher_ci"][0]
+    assert result.unit == "neuron" and "bootstrap over 60 neurons" in result.ci_method
+    for row in result.arms:
+        bootstrap, fisher = row.ci[1] - row.ci[0], row.fisher_ci[1] - row.fisher_ci[0]
         # 600 ratings but 60 independent verdicts: the honest interval is about sqrt(10) ≈ 3 times wider.
         assert bootstrap > 2 * fisher
     assert result == stats.bradley_terry(ratings, [A, B, C])  # seeded
-    assert result["arms"][0]["ci"] != stats.bradley_terry(ratings, [A, B, C], seed=1)["arms"][0]["ci"]
-    json.dumps(result)
+    assert result.arms[0].ci != stats.bradley_terry(ratings, [A, B, C], seed=1).arms[0].ci
+    json.dumps(result.to_json(), allow_nan=False)
 
 
 def test_bradley_terry_differences_ranks_and_ties_per_pair() -> None:
@@ -417,37 +453,37 @@ def test_bradley_terry_differences_ranks_and_ties_per_pair() -> None:
     rows = comparison_ratings(winners, losers)
     rows += [rating(5000, "sim", "tie", left=A, right=C), rating(5001, "sim", "both_bad", left=C, right=A)]
     result = stats.bradley_terry(frame(rows), [A, B, C])
-    strengths = {row["arm"]: row["strength"] for row in result["arms"]}
-    assert [row["rank"] for row in result["arms"]] == [1, 2, 3]
-    differences = {(row["arm_a"], row["arm_b"]): row for row in result["differences"]}
+    strengths = {row.arm: row.strength for row in result.arms}
+    assert [row.rank for row in result.arms] == [1, 2, 3]
+    differences = {(row.arm_a, row.arm_b): row for row in result.differences}
     assert list(differences) == [(A, B), (A, C), (B, C)]
-    assert differences[A, C]["difference"] == pytest.approx(strengths[A] - strengths[C])
-    assert differences[A, C]["ci"][0] < 3.0 < differences[A, C]["ci"][1]
-    assert (differences[A, C]["ties"], differences[A, C]["both_bad"], differences[A, B]["ties"]) == (1, 1, 0)
-    assert "not modelled" in result["ties"] and result["warning"] is None
+    assert differences[A, C].difference == pytest.approx(strengths[A] - strengths[C])
+    assert differences[A, C].ci[0] < 3.0 < differences[A, C].ci[1]
+    assert (differences[A, C].ties, differences[A, C].both_bad, differences[A, B].ties) == (1, 1, 0)
+    assert "not modelled" in result.ties and result.warning is None
     # Two equal arms overlap and share a rank; a weaker one whose interval lies below both ranks third.
     winners, losers = simulate_comparisons({A: 0.0, B: 0.0, C: -2.0}, 1500, seed=6)
     rows = comparison_ratings(winners, losers)
-    ranked = {row["arm"]: row for row in stats.bradley_terry(frame(rows), [A, B, C])["arms"]}
-    assert (ranked[A]["rank"], ranked[B]["rank"], ranked[C]["rank"]) == (1, 1, 3)
+    ranked = {row.arm: row for row in stats.bradley_terry(frame(rows), [A, B, C]).arms}
+    assert (ranked[A].rank, ranked[B].rank, ranked[C].rank) == (1, 1, 3)
 
 
 def test_bradley_terry_ranks_differ_wherever_intervals_do_not_overlap() -> None:
     for seed in range(5):
         result = stats.bradley_terry(unanimous_three_arm_study(seed, neurons=40, raters=3), [A, B, C])
-        for first, second in itertools.combinations(result["arms"], 2):
-            apart = first["ci"][1] < second["ci"][0] or second["ci"][1] < first["ci"][0]
-            assert not apart or first["rank"] != second["rank"]
+        for first, second in itertools.combinations(result.arms, 2):
+            apart = first.ci[1] < second.ci[0] or second.ci[1] < first.ci[0]
+            assert not apart or first.rank != second.rank
 
 
 def test_bradley_terry_warns_when_the_strengths_come_from_the_prior() -> None:
     rows = [rating(1, "ann", "left", left=A, right=B), rating(2, "ann", "left", left=B, right=C)]
     result = stats.bradley_terry(frame(rows), [A, B, C])
-    assert result["prior"] == stats.BT_PRIOR
-    assert "not strongly connected" in result["warning"] and "prior" in result["warning"]
-    assert "Fisher" in result["ci_method"] or "bootstrap" in result["ci_method"]
+    assert result.prior == stats.BT_PRIOR
+    assert result.warning is not None and "not strongly connected" in result.warning and "prior" in result.warning
+    assert "Fisher" in result.ci_method or "bootstrap" in result.ci_method
     empty = stats.bradley_terry(frame(rows).iloc[0:0], [A, B, C])
-    assert "Fisher" in empty["ci_method"] and all(row["ci"] is not None for row in empty["arms"])
+    assert "Fisher" in empty.ci_method and all(row.ci is not None for row in empty.arms)
     fits = stats.strongly_connected(np.array([[[0, 1], [1, 0]], [[0, 1], [0, 0]]]))
     assert list(fits) == [True, False]
 
@@ -467,16 +503,16 @@ def gold_rows() -> list[dict]:
 
 def test_gold_accuracy_and_excluding_raters_below_a_threshold() -> None:
     rows = frame([*gold_rows(), rating(1, "ann", "left"), rating(1, "bob", "right"), rating(1, "cyd", "right")])
-    accuracy = {row["rater"]: row for row in stats.gold_accuracy(rows)}
-    assert accuracy["ann"] == {"rater": "ann", "n_gold": 2, "correct": 2, "accuracy": 1.0}
-    assert accuracy["bob"]["accuracy"] == 0.0
+    accuracy = {row.rater: row for row in stats.gold_accuracy(rows)}
+    assert accuracy["ann"] == stats.GoldAccuracy(rater="ann", n_gold=2, correct=2, accuracy=1.0)
+    assert accuracy["bob"].accuracy == 0.0
     assert "cyd" not in accuracy
     kept, excluded = stats.exclude_low_gold_raters(rows, 0.5)
     assert excluded == ["bob"]
     assert sorted(kept["rater"].unique()) == ["ann", "cyd"]  # no gold answers: no evidence, kept
     summary = stats.summary_from_ratings(rows, [A, B], min_gold_accuracy=0.5)
-    assert summary["gold"]["excluded_raters"] == ["bob"]
-    assert summary["wins"] == {A: 1, B: 1}
+    assert summary.gold.excluded_raters == ("bob",)
+    assert summary.wins == {A: 1, B: 1}
 
 
 def test_human_vs_automated_counts_agreement_with_the_higher_score() -> None:
@@ -491,12 +527,13 @@ def test_human_vs_automated_counts_agreement_with_the_higher_score() -> None:
         ]
     )
     result = stats.human_vs_automated(rows)
-    assert (result["successes"], result["n"], result["n_score_ties"]) == (2, 3, 1)
-    assert result["ci"] == pytest.approx(list(proportion_confint(2, 3, method="wilson")))
+    assert result is not None
+    assert (result.successes, result.n, result.n_score_ties) == (2, 3, 1)
+    assert result.ci == pytest.approx(proportion_confint(2, 3, method="wilson"))
     assert stats.human_vs_automated(small_study()) is None
     # Equal scores are a tie of the scores, not "no scores".
     tied = stats.human_vs_automated(frame([rating(1, "ann", "left", left_score=0.2, right_score=0.2)]))
-    assert (tied["n"], tied["n_score_ties"], tied["rate"]) == (0, 1, None)
+    assert tied is not None and (tied.n, tied.n_score_ties, tied.rate) == (0, 1, None)
 
 
 SIM = "score:hf:my-model·all_at_once"
@@ -569,8 +606,8 @@ def test_humans_and_scores_favouring_the_same_arm_independently_do_not_agree() -
     ratings = independent_preferences(400, seed=8)
     old = stats.human_vs_automated(ratings)
     # 0.7·0.7 + 0.3·0.3 = 0.58 "agreement", and a test against 1/2 that calls it significant.
-    assert old["rate"] == pytest.approx(0.58, abs=0.03)
-    assert old["p_value"] < 0.01
+    assert old is not None and old.rate == pytest.approx(0.58, abs=0.03)
+    assert old.p_value is not None and old.p_value < 0.01
     (comparison,) = stats.automated_comparisons(ratings, [A, B])
     assert abs(comparison.kappa.kappa) < 0.1
     assert comparison.kappa.ci[0] < 0 < comparison.kappa.ci[1]
@@ -618,7 +655,7 @@ def test_rank_correlation_of_strengths_and_mean_scores_needs_three_arms() -> Non
     strengths = {A: 1.0, B: 0.2, C: -0.9, "avhs": -0.3}
     correlation = stats.automated_comparisons(frame(rows), arms, strengths)[0].rank_correlation
     assert (correlation.n_arms, correlation.tau) == (4, pytest.approx(1.0))
-    assert {row["arm"]: row["mean_score"] for row in correlation.arms} == pytest.approx(value)
+    assert {row.arm: row.mean_score for row in correlation.arms} == pytest.approx(value)
     flipped = stats.automated_comparisons(frame(rows), arms, {arm: -s for arm, s in strengths.items()})
     assert flipped[0].rank_correlation.tau == pytest.approx(-1.0)
 
@@ -641,14 +678,21 @@ def test_summary_has_the_documented_keys_and_pairs_for_three_arms() -> None:
         ]
     )
     summary = stats.summary_from_ratings(rows, [A, B, C])
+    as_json = summary.to_json()
     required = {"arms", "n_ratings", "wins", "ties", "both_bad", "win_rate", "wilson_ci", "binomial_p"}
-    assert required | {"left_win_rate", "agreement"} <= set(summary)
-    assert [(pair["arm_a"], pair["arm_b"]) for pair in summary["pairs"]] == [(A, B), (A, C), (B, C)]
-    assert {row["arm"] for row in summary["bradley_terry"]["arms"]} == {A, B, C}
-    assert summary["wins"] == {A: 2, B: 1, C: 1}
-    assert summary["primary_pair"] == [A, B]
+    assert required | {"left_win_rate", "agreement", "primary", "neuron_pairs", "multiple_pairs"} <= set(as_json)
+    assert [(pair.arm_a, pair.arm_b) for pair in summary.pairs] == [(A, B), (A, C), (B, C)]
+    assert [(pair["arm_a"], pair["unit"]) for pair in as_json["pairs"]] == [(A, stats.RATING_UNIT_NOTE)] * 2 + [
+        (B, stats.RATING_UNIT_NOTE)
+    ]
+    assert summary.bradley_terry is not None and {row.arm for row in summary.bradley_terry.arms} == {A, B, C}
+    assert summary.wins == {A: 2, B: 1, C: 1}
+    assert summary.primary_pair == (A, B) and as_json["primary_pair"] == [A, B]
+    assert as_json["primary"] == as_json["neuron_pairs"][0] and summary.primary is summary.neuron_pairs[0]
+    assert (summary.win_rate, summary.wilson_ci) == (summary.pairs[0].win_rate, summary.pairs[0].wilson_ci)
     empty = stats.summary_from_ratings(rows.iloc[0:0], [A, B])
-    assert (empty["n_ratings"], empty["win_rate"], empty["bradley_terry"]) == (0, None, None)
+    assert (empty.n_ratings, empty.win_rate, empty.bradley_terry) == (0, None, None)
+    assert empty.to_json()["win_rate"] is None
 
 
 # --- the neuron as the unit: primary and secondary analyses ------------------------------------------------------
@@ -685,9 +729,9 @@ def test_neuron_level_counts_neurons_where_the_rating_level_test_counts_ratings(
     assert 0.35 < low < 0.5 < high < 0.85
     # The same ratings as 200 independent trials: 120 of 200, p = 0.0057…, and a Wilson CI that excludes 1/2.
     rating_level = stats.win_rate(ratings, A, B)
-    assert rating_level["binomial_p"] == pytest.approx(scipy_stats.binomtest(120, 200).pvalue, abs=1e-12)
-    assert rating_level["binomial_p"] == pytest.approx(0.005685, abs=1e-6)
-    assert rating_level["wilson_ci"][0] > 0.5
+    assert rating_level.binomial_p == pytest.approx(scipy_stats.binomtest(120, 200).pvalue, abs=1e-12)
+    assert rating_level.binomial_p == pytest.approx(0.005685, abs=1e-6)
+    assert rating_level.wilson_ci is not None and rating_level.wilson_ci[0] > 0.5
 
 
 def test_neuron_level_weighs_every_neuron_once_and_drops_what_carries_no_preference() -> None:
@@ -734,6 +778,14 @@ def test_sign_tests_of_many_counts_match_scipy() -> None:
     successes, n = np.array([0, 3, 12, 10, 31, 0, 7]), np.array([5, 20, 20, 20, 40, 0, 7])
     expected = [scipy_stats.binomtest(k, m).pvalue if m else 1.0 for k, m in zip(successes, n, strict=True)]
     assert stats.sign_tests(successes, n) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cluster_bootstrap_is_the_percentile_interval_of_resampled_neurons() -> None:
+    # scipy.stats.bootstrap draws rng.integers(0, n, (resamples, n)): each row a resample of the neurons.
+    shares = np.random.default_rng(0).random(25).round(1)
+    picks = np.random.default_rng(9).integers(0, 25, size=(500, 25))
+    expected = np.quantile(shares[picks].mean(axis=1), [0.025, 0.975])
+    assert stats.cluster_bootstrap_ci(shares, 500, np.random.default_rng(9)) == pytest.approx(expected, abs=1e-12)
 
 
 def test_cluster_bootstrap_of_many_studies_matches_one_at_a_time() -> None:
@@ -798,6 +850,21 @@ def test_mixed_effects_says_why_it_did_not_fit() -> None:
     assert one_rater.win_probability is not None
 
 
+def test_withholding_the_tests_hides_every_p_value_and_ci_of_the_tests_and_nothing_else() -> None:
+    ratings = simulate_study(neurons=30, ratings_per_neuron=4, preference=0.7, seed=7)
+    summary = stats.summary_from_ratings(ratings, list(SIMULATED_ARMS))
+    hidden = summary.without_tests().to_json()
+    shown = summary.to_json()
+    assert shown["primary"]["p_value"] is not None and shown["wilson_ci"] is not None
+    for pair in (hidden["primary"], *hidden["neuron_pairs"]):
+        assert (pair["p_value"], pair["ci"], pair["p_value_holm"]) == (None, None, None)
+    for pair in (hidden, *hidden["pairs"]):
+        assert (pair["wilson_ci"], pair["binomial_p"]) == (None, None)
+    assert (hidden["secondary"]["win_probability_ci"], hidden["secondary"]["position_log_odds_ci"]) == (None, None)
+    assert hidden["win_rate"] == shown["win_rate"] and hidden["primary"]["estimate"] == shown["primary"]["estimate"]
+    assert hidden["per_rater"] == shown["per_rater"] and hidden["position_bias"] == shown["position_bias"]
+
+
 def test_holm_adjusts_the_present_p_values_and_passes_none_through() -> None:
     # Sorted 0.01, 0.03, 0.04 times 3, 2, 1 → 0.03, 0.06, 0.04, then made monotone: 0.03, 0.06, 0.06.
     assert stats.holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
@@ -817,9 +884,9 @@ def test_summary_reports_agreement_cis_bootstrapped_bradley_terry_and_every_scor
     for i, side in enumerate(("left", "right")):
         ratings[f"{SIM}:{side}"] = [per_item[item][i] for item in ratings["item_id"]]
         ratings[f"similarity:mini:{side}"] = [per_item[item][2 + i] for item in ratings["item_id"]]
-    summary = stats.summary_from_ratings(ratings, arms)
-    assert json.loads(json.dumps(summary)) == summary
-    assert summary == stats.summary_from_ratings(ratings, arms)  # every bootstrap is seeded
+    summary = stats.summary_from_ratings(ratings, arms).to_json()
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+    assert summary == stats.summary_from_ratings(ratings, arms).to_json()  # every bootstrap is seeded
     agreement = summary["agreement"]
     assert {"krippendorff_alpha_ci_low", "krippendorff_alpha_ci_high", "fleiss_kappa_ci_low"} <= set(agreement)
     assert all(value is None or isinstance(value, int | float) for value in agreement.values())
@@ -869,7 +936,7 @@ def test_study_data_carries_every_score_kind_apart(db) -> None:
         assert list(frame_["similarity:mini:right"]) == pytest.approx([0.3] * len(frame_))  # mean over references
     assert data.ratings["left_score"].notna().all()  # the one-simulator columns stay
     summary = export.summary_of(data)
-    assert [(row["kind"], row["name"]) for row in summary["automated"]] == [
+    assert [(row.kind, row.name) for row in summary.analysis.statistics.automated] == [
         ("score", "hf:tiny·all_at_once"),
         ("score", "hf:tiny·chat_parse"),
         ("similarity", "mini"),

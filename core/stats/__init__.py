@@ -13,12 +13,14 @@ neuron_level   the primary (neuron-level) and secondary (mixed-model) analyses, 
 agreement      κ and α between raters on the relative coding, with bootstrap CIs over items
 bradley_terry  strengths of three or more arms, bootstrap over neurons, pairwise differences, ranks
 automated      humans against each automated score kind: κ, logistic regression, rank correlation
-summary        the whole study as one JSON-safe summary
+summary        the whole study as one typed result (StudyStatistics) whose `to_json()` is the summary's JSON
+results        the mixin that gives every result dataclass its `to_json()` (through core.values.to_jsonable)
 Sample sizes and detectable effects are in core.power.
 """
 
 from core.stats.agreement import (
     RELATIVE_CODES,
+    Agreement,
     agreement,
     agreement_method,
     alpha_from_coincidences,
@@ -30,7 +32,9 @@ from core.stats.agreement import (
 )
 from core.stats.automated import (
     AUTOMATED_KINDS,
+    ArmScore,
     AutomatedComparison,
+    HigherScoreChosen,
     ScoreKappa,
     ScoreLogistic,
     ScoreRankCorrelation,
@@ -45,7 +49,10 @@ from core.stats.automated import (
 )
 from core.stats.bradley_terry import (
     BT_PRIOR,
+    ArmStrength,
+    BradleyTerry,
     BradleyTerryFit,
+    StrengthDifference,
     bradley_terry,
     bradley_terry_fit,
     mm_strengths,
@@ -70,8 +77,12 @@ from core.stats.proportions import (
     CHOICES,
     CONFIDENCE,
     DECISIVE,
+    GoldAccuracy,
+    PairCounts,
+    Proportion,
+    RaterWinRate,
+    WinRate,
     arm_ratings,
-    clean,
     exclude_low_gold_raters,
     gold_accuracy,
     outcome_labels,
@@ -87,7 +98,8 @@ from core.stats.proportions import (
     win_rate,
     z_value,
 )
-from core.stats.summary import RATING_UNIT_NOTE, item_aggregates, summary_from_ratings
+from core.stats.results import JsonFields
+from core.stats.summary import RATING_UNIT_NOTE, GoldSummary, StudyStatistics, item_aggregates, summary_from_ratings
 
 __all__ = [
     "AUTOMATED_KINDS",
@@ -100,13 +112,27 @@ __all__ = [
     "NEURON_COLUMNS",
     "RATING_UNIT_NOTE",
     "RELATIVE_CODES",
+    "Agreement",
+    "ArmScore",
+    "ArmStrength",
     "AutomatedComparison",
+    "BradleyTerry",
     "BradleyTerryFit",
+    "GoldAccuracy",
+    "GoldSummary",
+    "HigherScoreChosen",
+    "JsonFields",
+    "PairCounts",
     "PrimaryAnalysis",
+    "Proportion",
+    "RaterWinRate",
     "ScoreKappa",
     "ScoreLogistic",
     "ScoreRankCorrelation",
     "SecondaryAnalysis",
+    "StrengthDifference",
+    "StudyStatistics",
+    "WinRate",
     "agreement",
     "agreement_method",
     "alpha_from_coincidences",
@@ -117,7 +143,6 @@ __all__ = [
     "automated_kinds",
     "bradley_terry",
     "bradley_terry_fit",
-    "clean",
     "cluster_bootstrap_ci",
     "cluster_keys",
     "cohen_kappa",

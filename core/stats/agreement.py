@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import krippendorff
 import numpy as np
@@ -21,7 +22,9 @@ from statsmodels.stats import inter_rater
 
 from core.errors import InputError
 from core.stats.neuron_level import BOOTSTRAP_RESAMPLES, multiplicities
-from core.stats.proportions import CONFIDENCE, clean, relative_outcomes
+from core.stats.proportions import CONFIDENCE, relative_outcomes
+from core.stats.results import JsonFields
+from core.values import finite_or_none
 
 # The ordered codes of a rating relative to its pair: B better, neither, A better.
 RELATIVE_CODES = (-1, 0, 1)
@@ -53,7 +56,7 @@ def fleiss_kappa(units: Sequence[Sequence[Any]]) -> float:
     return float(inter_rater.fleiss_kappa(table, method="fleiss"))
 
 
-def krippendorff_alpha(labels: pd.DataFrame, level: str = "nominal") -> float:
+def krippendorff_alpha(labels: pd.DataFrame, level: Literal["nominal", "ordinal"] = "nominal") -> float:
     """Krippendorff's α of a frame with columns unit, rater, label (the krippendorff package); missing pairs
     allowed. `level` nominal, or ordinal where the labels' sort order is their order."""
     matrix = labels.pivot_table(index="rater", columns="unit", values="label", aggfunc="first")
@@ -123,12 +126,14 @@ def fleiss_from_counts(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return np.where(chance < 1 - 1e-12, (observed - chance) / (1 - chance), np.nan)
 
 
-def _interval(values: np.ndarray) -> list[float] | None:
+def _interval(values: np.ndarray) -> tuple[float | None, float | None]:
+    """The percentile interval of the resamples where the measure is defined; (None, None) when none is."""
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
-        return None
+        return None, None
     tail = (1 - CONFIDENCE) / 2
-    return [float(value) for value in np.quantile(finite, [tail, 1 - tail])]
+    low, high = np.quantile(finite, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def agreement_method(resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> str:
@@ -142,12 +147,30 @@ def agreement_method(resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> str
     )
 
 
+@dataclass(frozen=True)
+class Agreement(JsonFields):
+    """Agreement between raters on the items two or more of them rated (see `agreement_method`): percent agreement,
+    Cohen's κ (two raters only), Fleiss' κ (on the items with the most common number of raters) and ordinal
+    Krippendorff's α, with bootstrap CIs over items; None where a measure is undefined."""
+
+    n_items: int
+    n_raters: int
+    percent_agreement: float | None
+    cohen_kappa: float | None
+    fleiss_kappa: float | None
+    fleiss_items: int
+    fleiss_raters_per_item: int
+    krippendorff_alpha: float | None
+    krippendorff_alpha_ci_low: float | None
+    krippendorff_alpha_ci_high: float | None
+    fleiss_kappa_ci_low: float | None
+    fleiss_kappa_ci_high: float | None
+
+
 def agreement(
     ratings: pd.DataFrame, arms: Sequence[str] | None = None, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
-) -> dict[str, Any]:
-    """Agreement on non-gold items rated by ≥ 2 raters, every value a number (see `agreement_method`): percent
-    agreement, Cohen's κ (two raters only), Fleiss' κ and ordinal Krippendorff's α with bootstrap CIs over items as
-    `<measure>_ci_low` / `<measure>_ci_high`."""
+) -> Agreement:
+    """Agreement on non-gold items rated by ≥ 2 raters (see `Agreement` and `agreement_method`)."""
     coded = relative_outcomes(ratings, arms)
     labels = pd.DataFrame({"unit": coded["item_id"], "rater": coded["rater"].astype(str), "code": coded["code"]})
     sizes = labels.groupby("unit")["rater"].nunique()
@@ -160,26 +183,31 @@ def agreement(
     modal = per_unit == common
     coincidences = unit_coincidences(matrix)
     everyone = np.ones((1, len(matrix)))
-    result: dict[str, Any] = {"n_items": len(matrix), "n_raters": len(raters)}
     # Per unit: the share of its pairs of labels that agree.
     pairs_agreeing = ((matrix**2).sum(axis=1) - per_unit) / np.maximum(per_unit * (per_unit - 1), 1)
-    result["percent_agreement"] = float(pairs_agreeing.mean()) if len(matrix) else math.nan
-    result["cohen_kappa"] = math.nan
+    cohen = None
     if len(raters) == 2:
         wide = shared.pivot_table(index="unit", columns="rater", values="code", aggfunc="first")
-        result["cohen_kappa"] = cohen_kappa(list(wide[raters[0]]), list(wide[raters[1]]))
-    result.update(
-        fleiss_kappa=float(fleiss_from_counts(matrix[modal], everyone[:, modal])[0]) if len(matrix) else math.nan,
-        fleiss_items=int(modal.sum()),
-        fleiss_raters_per_item=common,
-        krippendorff_alpha=float(alpha_from_coincidences(coincidences.sum(axis=0))) if len(matrix) else math.nan,
-    )
+        cohen = cohen_kappa(list(wide[raters[0]]), list(wide[raters[1]]))
     alphas, kappas = [], []
     if len(matrix) >= 2:
         for weights in multiplicities(len(matrix), resamples, np.random.default_rng(seed)):
             alphas.append(alpha_from_coincidences(weights @ coincidences))
             kappas.append(fleiss_from_counts(matrix[modal], weights[:, modal]))
-    for name, values in (("krippendorff_alpha", alphas), ("fleiss_kappa", kappas)):
-        interval = _interval(np.concatenate(values)) if values else None
-        result[f"{name}_ci_low"], result[f"{name}_ci_high"] = interval or (math.nan, math.nan)
-    return clean(result)
+    alpha_ci = _interval(np.concatenate(alphas)) if alphas else (None, None)
+    kappa_ci = _interval(np.concatenate(kappas)) if kappas else (None, None)
+    rated = len(matrix) > 0
+    return Agreement(
+        n_items=len(matrix),
+        n_raters=len(raters),
+        percent_agreement=float(pairs_agreeing.mean()) if rated else None,
+        cohen_kappa=finite_or_none(cohen),
+        fleiss_kappa=finite_or_none(fleiss_from_counts(matrix[modal], everyone[:, modal])[0]) if rated else None,
+        fleiss_items=int(modal.sum()),
+        fleiss_raters_per_item=common,
+        krippendorff_alpha=finite_or_none(alpha_from_coincidences(coincidences.sum(axis=0))) if rated else None,
+        krippendorff_alpha_ci_low=alpha_ci[0],
+        krippendorff_alpha_ci_high=alpha_ci[1],
+        fleiss_kappa_ci_low=kappa_ci[0],
+        fleiss_kappa_ci_high=kappa_ci[1],
+    )

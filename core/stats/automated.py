@@ -9,11 +9,9 @@ study's arm order: the score difference is A's minus B's.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -26,11 +24,12 @@ from core.stats.proportions import (
     CONFIDENCE,
     DECISIVE,
     arm_ratings,
-    clean,
     proportion,
     relative_outcomes,
     z_value,
 )
+from core.stats.results import JsonFields
+from core.values import finite_or_none
 
 AUTOMATED_KINDS = ("score", "similarity")
 SIDES = ("left", "right")
@@ -60,7 +59,20 @@ def automated_kinds(columns: Sequence[str]) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-def human_vs_automated(ratings: pd.DataFrame) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class HigherScoreChosen(JsonFields):
+    """How often the human chose the explanation with the higher simulation score (see `human_vs_automated`):
+    the proportion's fields, and the ratings left out because the two scores were equal."""
+
+    successes: int
+    n: int
+    rate: float | None
+    ci: tuple[float | None, float | None]
+    p_value: float | None
+    n_score_ties: int
+
+
+def human_vs_automated(ratings: pd.DataFrame) -> HigherScoreChosen | None:
     """Descriptive: on decisive non-gold ratings of items whose two explanations both have different simulation
     scores (`left_score`/`right_score`), how often the human chose the higher-scored one, with a Wilson CI; ratings
     of items whose two scores are equal are a tie of the scores, counted as `n_score_ties` and left out of the rate.
@@ -76,11 +88,12 @@ def human_vs_automated(ratings: pd.DataFrame) -> dict[str, Any] | None:
     usable = scored & (left != right)
     agrees = (rated["choice"] == "left") == (left > right)
     ties = int((scored & (left == right)).sum())
-    return {**proportion(int((agrees & usable).sum()), int(usable.sum())), "n_score_ties": ties}
+    chosen = proportion(int((agrees & usable).sum()), int(usable.sum()))
+    return HigherScoreChosen(chosen.successes, chosen.n, chosen.rate, chosen.ci, chosen.p_value, ties)
 
 
 @dataclass(frozen=True)
-class ScoreKappa:
+class ScoreKappa(JsonFields):
     """Cohen's κ between the human majority of each item (A or B among its decisive ratings) and the sign of the
     score difference A − B. Items without a decisive majority, without both scores or with equal scores are left
     out and counted. `ci`: κ ± z·its asymptotic standard error (statsmodels)."""
@@ -97,7 +110,7 @@ class ScoreKappa:
 
 
 @dataclass(frozen=True)
-class ScoreLogistic:
+class ScoreLogistic(JsonFields):
     """Logistic regression of "A won" on decisive ratings on the score difference A − B (log-odds per unit of
     score difference), with neuron-clustered robust standard errors."""
 
@@ -112,18 +125,27 @@ class ScoreLogistic:
 
 
 @dataclass(frozen=True)
-class ScoreRankCorrelation:
+class ArmScore(JsonFields):
+    """An arm's Bradley–Terry strength and its mean score of one kind."""
+
+    arm: str
+    strength: float
+    mean_score: float
+
+
+@dataclass(frozen=True)
+class ScoreRankCorrelation(JsonFields):
     """Kendall's τ between the arms' Bradley–Terry strengths and their mean score over the study's explanations."""
 
     n_arms: int
     tau: float | None
     p_value: float | None
-    arms: tuple[dict[str, Any], ...]
+    arms: tuple[ArmScore, ...]
     note: str | None = None
 
 
 @dataclass(frozen=True)
-class AutomatedComparison:
+class AutomatedComparison(JsonFields):
     """The human judgements against one score kind."""
 
     kind: str
@@ -131,9 +153,6 @@ class AutomatedComparison:
     kappa: ScoreKappa
     logistic: ScoreLogistic
     rank_correlation: ScoreRankCorrelation
-
-    def to_json(self) -> dict[str, Any]:
-        return clean(asdict(self))
 
 
 def _differences(coded: pd.DataFrame, kind: str, name: str) -> pd.Series:
@@ -276,13 +295,13 @@ def score_rank_correlation(
     if strengths is None or len(arms) < 3:
         return ScoreRankCorrelation(len(arms), None, None, (), "a rank correlation of arms needs at least 3 arms")
     both = [arm for arm in arms if arm in means and strengths.get(arm) is not None]
-    rows = tuple({"arm": arm, "strength": strengths[arm], "mean_score": means[arm]} for arm in both)
+    rows = tuple(ArmScore(arm, strengths[arm], means[arm]) for arm in both)
     if len(both) < 3:
         return ScoreRankCorrelation(len(both), None, None, rows, f"{len(both)} arm(s) have scores: τ needs 3")
     result = scipy_stats.kendalltau([strengths[arm] for arm in both], [means[arm] for arm in both])
-    tau = float(result.statistic)
-    note = None if math.isfinite(tau) else "τ is undefined: the strengths or the mean scores are all equal"
-    return ScoreRankCorrelation(len(both), tau, float(result.pvalue), rows, note)
+    tau = finite_or_none(result.statistic)
+    note = None if tau is not None else "τ is undefined: the strengths or the mean scores are all equal"
+    return ScoreRankCorrelation(len(both), tau, finite_or_none(result.pvalue), rows, note)
 
 
 def automated_comparisons(

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -23,12 +22,13 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from core.errors import InputError
-from core.stats.proportions import CONFIDENCE, DECISIVE, arm_ratings, clean, pair_mask
+from core.stats.proportions import CONFIDENCE, DECISIVE, arm_ratings, pair_mask
+from core.stats.results import JsonFields
 
 # Columns that together name a neuron, where present; an exported frame has `model` and `neuron` ("layer:index").
 NEURON_COLUMNS = ("model", "layer", "neuron")
 BOOTSTRAP_RESAMPLES = 2000
-# Bound on the resampled values held at once (about 64 MB of indices): the bootstrap runs in chunks of studies.
+# Bound on the resample draws held at once (about 64 MB of indices): bootstraps run in batches of resamples.
 _BOOTSTRAP_CHUNK = 8_000_000
 # A logistic mixed model below this many decisive ratings is mostly prior.
 MIN_MIXED_RATINGS = 10
@@ -37,7 +37,10 @@ MIN_MIXED_RATINGS = 10
 def multiplicities(n: int, resamples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Bootstrap resamples of n clusters as multiplicity matrices (resamples × n: how often each cluster was drawn),
     in chunks of rows that hold at most a quarter of _BOOTSTRAP_CHUNK draws. A statistic that is a weighted sum over
-    clusters is then one matrix product per chunk."""
+    clusters is then one matrix product per chunk. The draws are those of scipy.stats.bootstrap (`rng.integers(0,
+    n, (resamples, n))`), but scipy would build every resampled data set and take plain percentiles of a statistic
+    of it, where Bradley–Terry and agreement need the counts and agreement leaves out resamples in which a measure
+    is undefined."""
     chunk = max(1, _BOOTSTRAP_CHUNK // 4 // max(1, n))
     for start in range(0, resamples, chunk):
         rows = min(chunk, resamples - start)
@@ -54,9 +57,10 @@ def cluster_keys(ratings: pd.DataFrame) -> pd.Series:
 
 
 @dataclass(frozen=True)
-class PrimaryAnalysis:
+class PrimaryAnalysis(JsonFields):
     """Arm A over arm B with the neuron as the unit: the mean over neurons of the share of each neuron's decisive
-    ratings won by A, a cluster-bootstrap CI and a sign test over neurons. ci/p_value are None where `note` says."""
+    ratings won by A, a cluster-bootstrap CI and a sign test over neurons. ci/p_value are None where `note` says.
+    `p_value_holm` is set by the study summary (Holm over its pairs); None for one analysis alone."""
 
     arm_a: str
     arm_b: str
@@ -74,13 +78,11 @@ class PrimaryAnalysis:
     resamples: int
     seed: int
     note: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return clean(asdict(self))
+    p_value_holm: float | None = None
 
 
 @dataclass(frozen=True)
-class SecondaryAnalysis:
+class SecondaryAnalysis(JsonFields):
     """A logistic mixed model of "A won" on decisive ratings: random intercepts for neuron and rater, A's position
     as a fixed effect. Fields are None (and `note` says why) where there was too little data to fit."""
 
@@ -98,9 +100,6 @@ class SecondaryAnalysis:
     converged: bool
     method: str
     note: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return clean(asdict(self))
 
 
 def _neuron_keys(ratings: pd.DataFrame) -> list[str]:
@@ -141,19 +140,23 @@ def neuron_shares(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> pd.DataFrame
 def cluster_bootstrap_ci(
     values: np.ndarray, resamples: int, rng: np.random.Generator, confidence: float = CONFIDENCE
 ) -> np.ndarray:
-    """Percentile bootstrap CI of the mean over the last axis (the clusters), resampling clusters with replacement;
-    shape values.shape[:-1] + (2,). A 2-D input is many studies at once (for calibration)."""
+    """Percentile bootstrap CI of the mean over the last axis (the clusters), resampling clusters with replacement
+    (scipy.stats.bootstrap); shape values.shape[:-1] + (2,). A 2-D input is many studies at once (for calibration),
+    each resampled on its own: scipy, given them together, would draw the same resamples for every study."""
     values = np.asarray(values, dtype=float)
     flat = values.reshape(-1, values.shape[-1])
-    n = flat.shape[1]
-    tail = (1 - confidence) / 2
     bounds = np.empty((len(flat), 2))
-    chunk = max(1, _BOOTSTRAP_CHUNK // max(1, resamples * n))
-    for start in range(0, len(flat), chunk):
-        block = flat[start : start + chunk]
-        picks = rng.integers(0, n, size=(len(block), resamples, n))
-        means = np.take_along_axis(block[:, None, :], picks, axis=2).mean(axis=2)
-        bounds[start : start + chunk] = np.quantile(means, [tail, 1 - tail], axis=1).T
+    for row, clusters in enumerate(flat):
+        result = scipy_stats.bootstrap(
+            (clusters,),
+            np.mean,
+            n_resamples=resamples,
+            batch=max(1, _BOOTSTRAP_CHUNK // len(clusters)),
+            confidence_level=confidence,
+            method="percentile",
+            random_state=rng,
+        )
+        bounds[row] = result.confidence_interval
     return bounds.reshape(*values.shape[:-1], 2)
 
 

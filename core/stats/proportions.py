@@ -6,32 +6,21 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+from statsmodels.stats.proportion import proportion_confint
 
 from core.db import RATING_CHOICES
+from core.stats.results import JsonFields
+from core.values import finite_or_none
 
 CHOICES = RATING_CHOICES
 DECISIVE = CHOICES[:2]
 CONFIDENCE = 0.95
-
-
-def clean(value: Any) -> Any:
-    """The value with numpy scalars made plain and NaN made None, recursively, so it is JSON-safe and comparable."""
-    if isinstance(value, dict):
-        return {str(key): clean(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return clean(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def z_value(confidence: float = CONFIDENCE) -> float:
@@ -48,18 +37,12 @@ def percentile_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> n
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion; (nan, nan) when n is 0."""
+    """Wilson score interval of a binomial proportion (statsmodels); (nan, nan) when n is 0."""
     if n == 0:
         return math.nan, math.nan
-    z = z_value(confidence)
-    rate = successes / n
-    denominator = 1 + z * z / n
-    centre = (rate + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denominator
-    # At 0 or n successes a bound is exactly 0 or 1; rounding would otherwise leave 5.55e-17 there.
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
+    low, high = proportion_confint(successes, n, alpha=1 - confidence, method="wilson")
+    # At 0 or n successes a bound is exactly 0 or 1; statsmodels leaves rounding noise such as 2.2e-16 there.
+    return 0.0 if successes == 0 else float(low), 1.0 if successes == n else float(high)
 
 
 def sign_test(successes: int, n: int) -> float:
@@ -67,11 +50,24 @@ def sign_test(successes: int, n: int) -> float:
     return float(scipy_stats.binomtest(successes, n, 0.5).pvalue) if n else math.nan
 
 
-def proportion(successes: int, n: int) -> dict[str, Any]:
-    """successes, n, rate, Wilson 95% CI and the sign test's p-value, JSON-safe."""
+@dataclass(frozen=True)
+class Proportion(JsonFields):
+    """A share of successes with its Wilson 95% CI and the sign test's p-value against 1/2; None where n is 0."""
+
+    successes: int
+    n: int
+    rate: float | None
+    ci: tuple[float | None, float | None]
+    p_value: float | None
+
+
+def proportion(successes: int, n: int) -> Proportion:
+    """successes, n, rate, Wilson 95% CI and the sign test's p-value."""
     low, high = wilson_interval(successes, n)
-    rate = successes / n if n else math.nan
-    return clean({"successes": successes, "n": n, "rate": rate, "ci": [low, high], "p_value": sign_test(successes, n)})
+    rate = successes / n if n else None
+    return Proportion(
+        successes, n, rate, (finite_or_none(low), finite_or_none(high)), finite_or_none(sign_test(successes, n))
+    )
 
 
 # --- frames ------------------------------------------------------------------------------------------------------
@@ -112,73 +108,128 @@ def relative_outcomes(ratings: pd.DataFrame, arms: Sequence[str] | None = None) 
     return compared.assign(arm_a=arm_a, arm_b=arm_b, a_left=a_left, code=code.astype(int))
 
 
-def pair_counts(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> dict[str, int]:
+@dataclass(frozen=True)
+class PairCounts(JsonFields):
+    """Ratings of a pair of arms: A's and B's decisive wins, ties and both-bad."""
+
+    n_ratings: int
+    wins_a: int
+    wins_b: int
+    ties: int
+    both_bad: int
+
+
+def pair_counts(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> PairCounts:
     """Ratings, A's and B's decisive wins, ties and both-bad among `ratings` (already those of the pair)."""
     decisive = ratings["choice"].isin(DECISIVE)
-    return {
-        "n_ratings": len(ratings),
-        "wins_a": int((decisive & (ratings["winner_arm"] == arm_a)).sum()),
-        "wins_b": int((decisive & (ratings["winner_arm"] == arm_b)).sum()),
-        "ties": int((ratings["choice"] == "tie").sum()),
-        "both_bad": int((ratings["choice"] == "both_bad").sum()),
-    }
-
-
-def win_rate(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> dict[str, Any]:
-    """Arm A's win rate over B among decisive ratings, with Wilson CI and sign test; ties and both-bad beside it."""
-    pair = arm_ratings(ratings)
-    counts = pair_counts(pair[pair_mask(pair, arm_a, arm_b)], arm_a, arm_b)
-    decisive = counts["wins_a"] + counts["wins_b"]
-    result = proportion(counts["wins_a"], decisive)
-    n = counts["n_ratings"]
-    return clean(
-        {
-            "arm_a": arm_a,
-            "arm_b": arm_b,
-            **counts,
-            "decisive": decisive,
-            "win_rate": result["rate"],
-            "wilson_ci": result["ci"],
-            "binomial_p": result["p_value"],
-            "tie_share": counts["ties"] / n if n else math.nan,
-            "both_bad_share": counts["both_bad"] / n if n else math.nan,
-        }
+    return PairCounts(
+        n_ratings=len(ratings),
+        wins_a=int((decisive & (ratings["winner_arm"] == arm_a)).sum()),
+        wins_b=int((decisive & (ratings["winner_arm"] == arm_b)).sum()),
+        ties=int((ratings["choice"] == "tie").sum()),
+        both_bad=int((ratings["choice"] == "both_bad").sum()),
     )
 
 
-def position_bias(ratings: pd.DataFrame) -> dict[str, Any]:
+@dataclass(frozen=True)
+class WinRate(JsonFields):
+    """Arm A's win rate over B among decisive ratings, each rating a trial (descriptive), with its Wilson CI and sign
+    test; the counts of ties and both-bad beside it. Rates are None without ratings; the CI and p-value also when a
+    plan hides them before its target (core.export)."""
+
+    arm_a: str
+    arm_b: str
+    n_ratings: int
+    wins_a: int
+    wins_b: int
+    ties: int
+    both_bad: int
+    decisive: int
+    win_rate: float | None
+    wilson_ci: tuple[float | None, float | None] | None
+    binomial_p: float | None
+    tie_share: float | None
+    both_bad_share: float | None
+
+
+def win_rate(ratings: pd.DataFrame, arm_a: str, arm_b: str) -> WinRate:
+    """Arm A's win rate over B among decisive ratings, with Wilson CI and sign test; ties and both-bad beside it."""
+    pair = arm_ratings(ratings)
+    counts = pair_counts(pair[pair_mask(pair, arm_a, arm_b)], arm_a, arm_b)
+    decisive = counts.wins_a + counts.wins_b
+    result = proportion(counts.wins_a, decisive)
+    n = counts.n_ratings
+    return WinRate(
+        arm_a=arm_a,
+        arm_b=arm_b,
+        n_ratings=n,
+        wins_a=counts.wins_a,
+        wins_b=counts.wins_b,
+        ties=counts.ties,
+        both_bad=counts.both_bad,
+        decisive=decisive,
+        win_rate=result.rate,
+        wilson_ci=result.ci,
+        binomial_p=result.p_value,
+        tie_share=counts.ties / n if n else None,
+        both_bad_share=counts.both_bad / n if n else None,
+    )
+
+
+def position_bias(ratings: pd.DataFrame) -> Proportion:
     """How often the left explanation wins among decisive ratings of non-gold items, tested against 1/2."""
     choices = arm_ratings(ratings)["choice"]
     return proportion(int((choices == "left").sum()), int(choices.isin(DECISIVE).sum()))
 
 
-def per_rater(ratings: pd.DataFrame, arms: Sequence[str]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RaterWinRate:
+    """One rater's win rate for one pair of arms; in JSON the rater's name comes first, then the pair's fields."""
+
+    rater: str
+    pair: WinRate
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rater": self.rater, **self.pair.to_json()}
+
+
+def per_rater(ratings: pd.DataFrame, arms: Sequence[str]) -> list[RaterWinRate]:
     """Win rate and counts of every rater for every pair of arms they rated."""
     rows = []
     for rater, own in arm_ratings(ratings).groupby("rater", sort=True):
         for arm_a, arm_b in itertools.combinations(arms, 2):
             result = win_rate(own, arm_a, arm_b)
-            if result["n_ratings"]:
-                rows.append({"rater": str(rater), **result})
+            if result.n_ratings:
+                rows.append(RaterWinRate(str(rater), result))
     return rows
 
 
 # --- gold items --------------------------------------------------------------------------------------------------
 
 
-def gold_accuracy(ratings: pd.DataFrame) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class GoldAccuracy(JsonFields):
+    """One rater's gold items: answered, answered correctly, and the accuracy (tie and both-bad count as wrong)."""
+
+    rater: str
+    n_gold: int
+    correct: int
+    accuracy: float
+
+
+def gold_accuracy(ratings: pd.DataFrame) -> list[GoldAccuracy]:
     """Per rater: gold items answered, answered correctly and the accuracy (tie and both-bad count as wrong)."""
     gold = ratings[ratings["is_gold"].astype(int) == 1]
     rows = []
     for rater, own in gold.groupby(gold["rater"].astype(str), sort=True):
         correct = int((own["choice"] == own["gold_choice"]).sum())
-        rows.append({"rater": rater, "n_gold": len(own), "correct": correct, "accuracy": correct / len(own)})
-    return clean(rows)
+        rows.append(GoldAccuracy(str(rater), len(own), correct, correct / len(own)))
+    return rows
 
 
 def exclude_low_gold_raters(ratings: pd.DataFrame, min_accuracy: float | None) -> tuple[pd.DataFrame, list[str]]:
     """Drop every rating of raters whose gold accuracy is below `min_accuracy`; raters with no gold answers stay."""
     if min_accuracy is None:
         return ratings, []
-    excluded = sorted(row["rater"] for row in gold_accuracy(ratings) if row["accuracy"] < min_accuracy)
+    excluded = sorted(row.rater for row in gold_accuracy(ratings) if row.accuracy < min_accuracy)
     return ratings[~ratings["rater"].astype(str).isin(excluded)], excluded
