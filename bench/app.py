@@ -45,14 +45,15 @@ import streamlit as st  # noqa: E402
 import streamlit.logger  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-# Outside a server, cached functions (defined on import of core.dashboard) and cache clears warn that there is no
+# Outside a server, cached functions (defined on import of ui.queries) and cache clears warn that there is no
 # runtime or script context: expected here, and noise in the report.
 for _name in ("runtime.scriptrunner_utils.script_run_context", "runtime.caching.cache_data_api"):
     streamlit.logger.get_logger(f"streamlit.{_name}").disabled = True
 
-from core import config, dashboard, human_eval, raters, scoring  # noqa: E402
+from core import config, human_eval, raters, scoring  # noqa: E402
 from core import db as dbmod  # noqa: E402
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats  # noqa: E402
+from ui.session import RATER_KEY  # noqa: E402
 
 MODEL = "bench-minilm-shaped"
 PAGES = REPO_ROOT / "pages"
@@ -267,7 +268,7 @@ def show_neuron(at: AppTest, neuron_id: NeuronId) -> None:
 def rate_session(db, rater: str, timeout: float) -> AppTest:
     """A session of the Rate page with `rater` signed in (signing in, a scrypt hash, is not measured), not yet run."""
     at = AppTest.from_file(str(PAGES / "3_Rate.py"), default_timeout=timeout)
-    at.session_state[dashboard.RATER_KEY] = raters.authenticate(db, rater, f"{rater}{RATER_CODE_SUFFIX}")
+    at.session_state[RATER_KEY] = raters.authenticate(db, rater, f"{rater}{RATER_CODE_SUFFIX}")
     return at
 
 

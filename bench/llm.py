@@ -33,9 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import config
 from core import db as dbmod
-from core.explain import explain_neurons
+from core.explain import ExplainOptions, explain_neurons
+from core.llm import ApiOptions
 from core.pipeline import score_explanations
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core.simulate import SimulatorOptions
 
 MODEL = "bench-llm"
 KEY = "sk-bench-local"
@@ -118,20 +120,19 @@ def main() -> None:
             ideal = {c: c / latency_s for c in settings}
             neurons = synthetic_neurons(int(max(ideal.values()) * args.seconds), seed=0)
             dbmod.write_neurons(db, MODEL, neurons, source="bench")
-            warm_up = {"base_url": server.base_url, "api_key": KEY}  # imports, client and prompt code, once
-            explain_neurons(db, MODEL, [neurons[0].neuron], ["summary"], "openai:warm-up", backend_options=warm_up)
+            warm_up = ExplainOptions(api=ApiOptions(base_url=server.base_url, api_key=KEY))  # imports, client, prompts
+            explain_neurons(db, MODEL, [neurons[0].neuron], ["summary"], "openai:warm-up", warm_up)
             for concurrency in settings:
                 count = max(8, int(ideal[concurrency] * args.seconds))
                 ids = [n.neuron for n in neurons[:count]]
                 explainer = f"openai:fake-c{concurrency}"  # its own cache keys and job keys
-                options = {"base_url": server.base_url, "api_key": KEY, "concurrency": concurrency}
+                api = ApiOptions(base_url=server.base_url, api_key=KEY, concurrency=concurrency)
+                options = ExplainOptions(api=api)
                 # explain_neurons hands the backend 32 jobs at a time (its default batch_size, what the CLI uses):
                 # a concurrency above 32 needs batches at least as large to have that many requests in flight.
                 batch_size = max(32, concurrency)
                 before, started = server.requests(), time.perf_counter()
-                report = explain_neurons(
-                    db, MODEL, ids, ["summary"], explainer, backend_options=options, batch_size=batch_size
-                )
+                report = explain_neurons(db, MODEL, ids, ["summary"], explainer, options, batch_size=batch_size)
                 seconds, sent = time.perf_counter() - started, server.requests() - before
                 print(
                     f"explain  concurrency {concurrency:>3}: {sent:>4} requests in {seconds:5.2f} s ="
@@ -139,7 +140,7 @@ def main() -> None:
                 )
                 if concurrency == max(settings):
                     before, started = server.requests(), time.perf_counter()
-                    rerun = explain_neurons(db, MODEL, ids, ["summary"], explainer, backend_options=options)
+                    rerun = explain_neurons(db, MODEL, ids, ["summary"], explainer, options)
                     print(
                         f"explain  rerun of that job: {server.requests() - before} requests,"
                         f" {time.perf_counter() - started:.2f} s ({rerun.skipped} of {rerun.total} already stored)"
@@ -154,7 +155,7 @@ def main() -> None:
                     neurons=scored_ids,
                     explainers=[explainer],
                     reference="none",
-                    simulator_options={"base_url": server.base_url, "api_key": KEY, "concurrency": concurrency},
+                    simulator_options=SimulatorOptions(api=api),
                 )
                 seconds, sent = time.perf_counter() - started, server.requests() - before
                 print(

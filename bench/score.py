@@ -30,17 +30,20 @@ from core import config, prompts, tokens
 from core import db as dbmod
 from core.activations import CollectOptions, collect
 from core.db.neurons import layers_without_scoring_records
+from core.llm import ApiOptions
 from core.models import DEFAULT_MODEL_NAME, resolve_model_name
 from core.records import NeuronId, NeuronRecord
 from core.scorers import ScorerOptions, get_scorer
 from core.scorers.base import MissingExcerpts
 from core.scorers.classifier import answer_text
-from core.simulate import completion_prompt, load_few_shot
-from core.simulate_api import chat_messages
+from core.simulate import SimulatorOptions, completion_prompt, load_few_shot
+from core.simulate.api import chat_messages
 
 CL100K = tokens.CL100K
 EXPLANATION = 'the word "time" and other words about time'  # a typical one-sentence explanation
 EXPLANATION_COMPLETION = 15  # cl100k tokens of such a sentence, the explainer's answer
+# The scorers are built only to count their prompts' tokens: a local URL that is never asked needs no key.
+UNUSED = SimulatorOptions(api=ApiOptions(base_url="http://127.0.0.1:9/v1"))
 
 
 def neurons_with_excerpts(database, model: str, n: int) -> list[NeuronRecord]:
@@ -72,7 +75,7 @@ def per_neuron_tokens(record: NeuronRecord, options: ScorerOptions) -> dict[str,
     echo = sum(tokens.count_text_tokens(completion_prompt(EXPLANATION, r, few_shot)[0], CL100K) for r in valid)
     costs["simulation (all-at-once echo)"] = (echo, 0)
     for kind in ("detection", "fuzzing"):
-        scorer = get_scorer(kind, "openai:unused", options=options, client=object())
+        scorer = get_scorer(kind, "openai:unused", options=options, simulator_options=UNUSED)
         calls = scorer.messages(EXPLANATION, record)
         costs[kind] = (
             sum(tokens.count_chat_tokens(messages, CL100K) for _, messages in calls),
@@ -100,7 +103,7 @@ def token_table(records: list[NeuronRecord], options: ScorerOptions) -> str:
             f"{name:<32}{tokens_in:>8.0f}{tokens_out:>8.0f}{tokens_in + tokens_out:>8.0f}"
             f"{(tokens_in + tokens_out) / summary_total:>11.2f}"
         )
-    scorer = get_scorer("detection", "openai:unused", options=options, client=object())
+    scorer = get_scorer("detection", "openai:unused", options=options, simulator_options=UNUSED)
     calls = [tokens.prompt_cost(m, CL100K) for r in records for _, m in scorer.messages(EXPLANATION, r)]
     full = [c for c in calls if c.per_neuron == max(c.per_neuron for c in calls)] or calls
     per_call = statistics.mean(c.total for c in calls)

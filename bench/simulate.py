@@ -1,4 +1,4 @@
-"""Benchmark of the local all-at-once simulator (core/simulate_local.py), three methods measured side by side:
+"""Benchmark of the local all-at-once simulator (core/simulate/local.py), three methods measured side by side:
 
 - all-at-once with the shared prefix cached (system + few-shot once per simulator, explanation once per neuron),
 - all-at-once recomputing the whole prompt for every batch (`reuse_prefix=False`),
@@ -29,7 +29,8 @@ import torch
 
 from core.records import ActivationRecord
 from core.simulate import few_shot_pieces, load_few_shot
-from core.simulate_local import LocalAllAtOnceSimulator
+from core.simulate.local import LocalAllAtOnceSimulator
+from tests.tiny_models import bpe_tokenizer, random_llama
 
 WORDS = [
     "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not",
@@ -44,30 +45,18 @@ DTYPES |= {"fp32": torch.float32, "float32": torch.float32}
 
 def build_tokenizer(vocab_size: int) -> Any:
     """A byte-level BPE tokenizer trained here on the prompt's own text and random excerpts (nothing downloaded)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     rng = random.Random(0)
     prompt_text = "".join(piece.text for piece in few_shot_pieces(load_few_shot()))
     lines = prompt_text.split("\n") * 5
     lines += [" ".join(rng.choice(WORDS) for _ in range(12)) + "\tunknown\n" for _ in range(2000)]
     lines += [f"{word}\t{value}\n" for word in WORDS for value in range(11)]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(lines, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    special = ["<pad>", "<s>", "</s>"]
+    return bpe_tokenizer(lines, vocab_size, special, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
 def build_model(config_name: str, vocab_size: int, device: str, dtype: torch.dtype) -> Any:
     """A random-weight LlamaForCausalLM: `small` (CPU-friendly) or `llama3-8b` (the real model's shapes)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     if config_name == "llama3-8b":
         config = LlamaConfig(
@@ -90,15 +79,8 @@ def build_model(config_name: str, vocab_size: int, device: str, dtype: torch.dty
             num_key_value_heads=2,
             max_position_embeddings=8192,
         )
-    torch.manual_seed(0)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build in the target dtype: an 8B model in float32 would double peak memory
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default_dtype)
-    return model.eval()
+    # Built in the target dtype on the device: an 8B model in float32 would double peak memory.
+    return random_llama(config, seed=0, dtype=dtype, device=device).eval()
 
 
 def neuron_records(rng: random.Random, n_excerpts: int, n_tokens: int) -> list[ActivationRecord]:

@@ -15,10 +15,21 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import config
 from core.errors import InputError, NotFoundError, WorkbenchError
+
+if TYPE_CHECKING:  # the commands import what they run, when they run it
+    import pandas as pd
+
+    from core.activations import CollectOptions
+    from core.explain import ExplainOptions
+    from core.llm import ApiOptions, LocalModelOptions
+    from core.pipeline import RunReport
+    from core.puzzles import PuzzleReport
+    from core.scorers import ScorerOptions
+    from core.simulate import SimulatorOptions
 
 log = logging.getLogger("core")
 
@@ -38,7 +49,10 @@ def _db_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, ensure_ascii=False, indent=2, default=str)
+    """`value` (dataclasses, numpy scalars and all: core.values.to_jsonable) as indented JSON on stdout."""
+    from core.values import to_jsonable
+
+    json.dump(to_jsonable(value), sys.stdout, ensure_ascii=False, indent=2, default=str)
     sys.stdout.write("\n")
 
 
@@ -132,7 +146,7 @@ def _add_collect(commands: argparse._SubParsersAction) -> None:
         default=config.DEFAULT_QUANTILE_SAMPLE,
         help="excerpt maxima kept per neuron for quantiles: exact up to this many excerpts, sampled beyond",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    _subject_device_flag(parser, "the subject model")
     parser.add_argument("--dtype", default=None, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument(
         "--device-map",
@@ -146,14 +160,14 @@ def _add_collect(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def cmd_collect(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _collect_options(args: argparse.Namespace) -> CollectOptions:
+    """The CollectOptions of `collect`'s flags; `run` collects a missing layer with its --collect-tokens and --device
+    (its --max-tokens and --seed are the explainer's), the rest as collect's defaults."""
+    from core.activations import CollectOptions
 
-    from core import db as dbmod
-    from core.activations import CollectOptions, collect
-    from core.distributed import World
-
-    options = CollectOptions(
+    if args.command == "run":
+        return CollectOptions(max_tokens=args.collect_tokens, device=args.device)
+    return CollectOptions(
         max_tokens=args.max_tokens,
         excerpt_len=args.excerpt_len,
         top_k=args.top_k,
@@ -165,6 +179,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device_map=args.device_map,
     )
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core import db as dbmod
+    from core.activations import collect
+    from core.distributed import World
+
+    options = _collect_options(args)
     world = World.from_env()  # under torchrun, rank 0 alone opens the database and reports
     database = dbmod.connect(args.db) if world.is_main else None
     bars: list[tqdm] = []  # made on the first batch, so that it does not sit at 0% while the model loads
@@ -442,6 +466,17 @@ def _explainer_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-attempts", type=int, default=None, help=f"attempts per API request ({llm.DEFAULT_MAX_ATTEMPTS})"
     )
+    _explainer_device_flag(parser)
+
+
+def _explainer_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--explainer-device", default=None, help="hf: explainers: cpu, cuda … (default: cuda when available)"
+    )
+
+
+def _subject_device_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--device", default=None, help=f"{help}: cpu, cuda, cuda:1 … (default: cuda when available)")
 
 
 def _format_variant_flags(parser: argparse.ArgumentParser) -> None:
@@ -460,24 +495,47 @@ def _format_options(args: argparse.Namespace) -> Any:
     return prompts.FormatOptions(distinct_lists=args.distinct_lists, merge_spans=args.merge_spans)
 
 
-def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of explain.explain_neurons that `_explainer_flags` sets."""
-    from core import llm, prompts
+def _api_options(args: argparse.Namespace) -> ApiOptions:
+    """The explainer's ApiOptions from --concurrency, --timeout and --max-attempts (None: the defaults)."""
+    from core.llm import ApiOptions
 
-    return {
-        "sampling": llm.Sampling(args.temperature, args.top_p, args.max_tokens, seed=args.seed),
-        "samples": args.samples,
-        "cutoff": prompts.Cutoff.parse(args.cutoff_mode, args.cutoff),
-        "few_shot": args.few_shot,
-        "format_options": _format_options(args),
-        "use_cache": not args.no_cache,
-        "backend_options": {
-            "concurrency": args.concurrency,
-            "timeout_s": args.timeout,
-            "max_attempts": args.max_attempts,
-            "device": args.device,
-        },
-    }
+    defaults = ApiOptions()
+    return ApiOptions(
+        timeout_s=args.timeout if args.timeout is not None else defaults.timeout_s,
+        concurrency=args.concurrency if args.concurrency is not None else defaults.concurrency,
+        max_attempts=args.max_attempts if args.max_attempts is not None else defaults.max_attempts,
+    )
+
+
+def _local_model_options(args: argparse.Namespace, role: str) -> LocalModelOptions:
+    """The LocalModelOptions of the explainer (--explainer-device) or of the simulator (--simulator-device,
+    --simulator-dtype, --sim-batch-size): one model, one set of flags."""
+    from core.llm import LocalModelOptions
+
+    if role == "explainer":
+        return LocalModelOptions(device=args.explainer_device)
+    return LocalModelOptions(device=args.simulator_device, dtype=args.simulator_dtype, batch_size=args.sim_batch_size)
+
+
+def _explain_options(args: argparse.Namespace) -> ExplainOptions:
+    """The ExplainOptions of `_explainer_flags` (explain, run); `puzzles` sets only --samples, --no-cache and
+    --explainer-device, the rest as defaults."""
+    from core import llm, prompts
+    from core.explain import ExplainOptions
+
+    local = _local_model_options(args, "explainer")
+    if args.command == "puzzles":
+        return ExplainOptions(samples=args.samples, use_cache=not args.no_cache, local=local)
+    return ExplainOptions(
+        sampling=llm.Sampling(args.temperature, args.top_p, args.max_tokens, seed=args.seed),
+        samples=args.samples,
+        cutoff=prompts.Cutoff.parse(args.cutoff_mode, args.cutoff),
+        few_shot=args.few_shot,
+        format_options=_format_options(args),
+        use_cache=not args.no_cache,
+        api=_api_options(args),
+        local=local,
+    )
 
 
 @command
@@ -491,7 +549,6 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=config.DEFAULT_MODEL, help="subject model the neurons belong to")
     _neuron_flags(parser, required=True)
     _explainer_flags(parser)
-    parser.add_argument("--device", default=None, help="hf explainers: cpu, cuda … (default: cuda when available)")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -516,8 +573,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             _neurons(args),
             _split_list(args.formats),
             args.explainer,
+            _explain_options(args),
             progress=progress,
-            **_explain_options(args),
         )
     finally:
         for bar in bars:
@@ -690,9 +747,17 @@ def _simulator_flags(parser: argparse.ArgumentParser, required: bool = True) -> 
         help="simulation method (default: all_at_once for hf:, chat_logprobs for openai:; "
         "completions_echo for vLLM-style servers)",
     )
-    parser.add_argument("--device", default=None, help="local models: cpu, cuda … (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="local simulator: float32, bfloat16, float16 (default: auto)")
-    parser.add_argument("--sim-batch-size", type=int, default=None, help="local simulator: excerpts per forward pass")
+    parser.add_argument(
+        "--simulator-device",
+        default=None,
+        help="hf: simulators and hf: detection/fuzzing LLMs: cpu, cuda … (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--simulator-dtype", default=None, help="hf: simulator: auto, float32, bfloat16, float16 (default: auto)"
+    )
+    parser.add_argument(
+        "--sim-batch-size", type=int, default=None, help="hf: simulator: excerpts per forward pass (16; LLMs 8)"
+    )
     parser.add_argument("--no-prefix-cache", action="store_true", help="local simulator: recompute the shared prefix")
     parser.add_argument("--top-logprobs", type=int, default=None, help="API simulators: top logprobs to request")
     parser.add_argument(
@@ -700,18 +765,17 @@ def _simulator_flags(parser: argparse.ArgumentParser, required: bool = True) -> 
     )
 
 
-def _simulator_options(args: argparse.Namespace) -> dict[str, Any]:
-    from core.simulate import parse_simulator_spec
+def _simulator_options(args: argparse.Namespace) -> SimulatorOptions:
+    """The SimulatorOptions of `_simulator_flags`: the model named by --simulator reads its own part (local for
+    hf:, the server's defaults and --top-logprobs for openai:)."""
+    from core.simulate import SimulatorOptions
 
-    backend, _ = parse_simulator_spec(args.simulator)
-    if backend == "hf":
-        options = {"device": args.device, "dtype": args.dtype, "batch_size": args.sim_batch_size}
-        if args.no_prefix_cache:
-            options["reuse_prefix"] = False
-    else:
-        options = {"top_logprobs": args.top_logprobs}
-    options["few_shot"] = args.simulation_few_shot
-    return options
+    return SimulatorOptions(
+        local=_local_model_options(args, "simulator"),
+        few_shot=args.simulation_few_shot,
+        reuse_prefix=not args.no_prefix_cache,
+        top_logprobs=args.top_logprobs,
+    )
 
 
 @command
@@ -730,32 +794,96 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from core import pipeline
+    from core.values import to_jsonable
 
     records, _ = _records(args, args.split)
-    result = pipeline.simulate_text(args.explanation, records, args.simulator, args.method, **_simulator_options(args))
+    outcome = pipeline.simulate_text(args.explanation, records, args.simulator, args.method, _simulator_options(args))
     if args.json:
         # R² and absdev compare the simulator's 0–10 predictions with activations as they are: uncalibrated.
-        _print_json({**result, "calibrated": False})
-    elif result["status"] == "ok":
+        _print_json({**to_jsonable(outcome), "calibrated": False})
+    elif outcome.ok and outcome.scores is not None and outcome.predictions is not None:
+        scores, result = outcome.scores, outcome.result
         print(
-            f"score {_number(result['score'])}  R² {_number(result['rsquared'])} (uncalibrated)  absdev "
-            f"{_number(result['absdev'])} (uncalibrated)  ({result['simulator']}, {result['method']}, "
-            f"{result['seconds']:.2f}s)"
+            f"score {_number(scores.score)}  R² {_number(scores.rsquared)} (uncalibrated)  absdev "
+            f"{_number(scores.absdev)} (uncalibrated)  ({result.simulator}, {result.method}, {result.seconds:.2f}s)"
         )
         print(
             "  uncalibrated: R² and absdev compare 0–10 predictions with raw activations; the score (a correlation)"
             " does not depend on scale. `score --calibrate` fits a·prediction + b on the calibration split first."
         )
-        for record, predicted in zip(records, result["predictions"], strict=True):
+        for record, predicted in zip(records, outcome.predictions, strict=True):
             print("  " + " ".join(f"{t!r}:{p:.1f}" for t, p in zip(record.tokens, predicted, strict=True)))
-    if result["status"] != "ok":
-        print(f"simulation failed: {result['error']}", file=sys.stderr)
+    if not outcome.ok:
+        print(f"simulation failed: {outcome.error}", file=sys.stderr)
         return 1
     return 0
 
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+# --- terminal tables -----------------------------------------------------------------------------------------------
+
+
+def format_table(frame: pd.DataFrame | None, digits: int = 3) -> str:
+    """A frame as aligned plain text for the terminal, numbers rounded, missing values as `-`."""
+    import pandas as pd
+
+    if frame is None or frame.empty:
+        return "(no rows)"
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]) or shown[column].dtype == object:
+            shown[column] = [_cell(value, digits) for value in shown[column]]
+    return shown.to_string(index=False)
+
+
+def _cell(value: Any, digits: int) -> str:
+    import pandas as pd
+
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_run_report(report: RunReport) -> str:
+    """The end of `run`: per-format table, then paired differences, naming the simulator and method."""
+    lines = [
+        f"model {report.model}; scores by {report.simulator} ({report.method}); 95% bootstrap CIs over neurons",
+        "",
+        format_table(report.summary),
+    ]
+    if not report.differences.empty:
+        lines += ["", "paired difference from the baseline format, same neurons:", format_table(report.differences)]
+    if report.failed:
+        lines += ["", f"{report.failed} step(s) failed; rerun the same command to retry them. First errors:"]
+        lines += [f"  {e}" for e in [*report.explain.errors, *report.score.errors][:5]]
+    return "\n".join(lines)
+
+
+def format_puzzle_report(report: PuzzleReport) -> str:
+    """The `puzzles` command's text: the explainer table, then the simulator's sanity rate and its losses."""
+    lines = []
+    if not report.explainers.empty:
+        lines += ["similarity of explanations to the puzzles' true explanations:", format_table(report.explainers)]
+    sanity = report.sanity
+    if sanity:
+        rate = sanity.get("rate")
+        shown = "-" if rate is None else f"{rate:.0%}"
+        lines += [
+            "",
+            f"simulator {report.simulator} ({report.method}): the truth out-scores every decoy in "
+            f"{sanity['truth_wins']} of {sanity['n']} puzzles ({shown})",
+        ]
+        losses = [name for name, item in sanity["per_puzzle"].items() if not item["truth_wins"]]
+        if losses:
+            lines.append(f"  not won: {', '.join(losses)}")
+        if sanity.get("failures"):
+            lines.append(f"  simulations failed in {len(sanity['failures'])} puzzle(s); see --json for reasons")
+    return "\n".join(lines).strip("\n") or "(nothing to report)"
 
 
 def _scoring_flags(parser: argparse.ArgumentParser) -> None:
@@ -825,7 +953,6 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
 def _score_tables(tables: list, embedder: str | None = None) -> str:
     """Per explanation set (explainer and source), the per-format table and paired differences, each headed by
     its explainer, source, simulator · method and the similarity's embedder."""
-    from core import pipeline
     from core.similarity import DEFAULT_EMBEDDER, similarity_label
     from core.simulate import method_note
 
@@ -836,21 +963,19 @@ def _score_tables(tables: list, embedder: str | None = None) -> str:
             f"explainer {table.explainer}, source {table.source} ({table.origin}); scores by {table.simulator} · "
             f"{method_note(table.method)}; 95% bootstrap CIs over neurons; similarity = "
             f"{similarity_label(embedder or DEFAULT_EMBEDDER)} to the reference",
-            pipeline.format_table(table.summary),
+            format_table(table.summary),
         ]
         if not table.differences.empty:
             lines += ["paired difference from the baseline format, same neurons:"]
-            lines.append(pipeline.format_table(table.differences))
+            lines.append(format_table(table.differences))
     return "\n".join(lines)
 
 
-def _score_with_scorer(args: argparse.Namespace, database: Any, model: str) -> int:
-    """`score --scorer detection|fuzzing|embedding` (core.scorers, docs/METHOD.md §10)."""
-    from core import pipeline
-    from core.errors import InputError
-    from core.scorers import ScorerOptions, get_scorer
+def _scorer_options(args: argparse.Namespace) -> ScorerOptions:
+    """The ScorerOptions of `_scorer_flags`."""
+    from core.scorers import ScorerOptions
 
-    options = ScorerOptions(
+    return ScorerOptions(
         activating_quantile=args.activating_quantile,
         activating_threshold=args.activating_threshold,
         n_activating=args.activating,
@@ -858,15 +983,29 @@ def _score_with_scorer(args: argparse.Namespace, database: Any, model: str) -> i
         excerpts_per_call=args.excerpts_per_call,
         seed=args.scorer_seed,
     )
+
+
+def _score_with_scorer(args: argparse.Namespace, database: Any, model: str) -> int:
+    """`score --scorer detection|fuzzing|embedding` (core.scorers, docs/METHOD.md §10)."""
+    from core import pipeline
+    from core.errors import InputError
+    from core.scorers import get_scorer
+
+    options = _scorer_options(args)
     if args.scorer == "embedding":
         if args.simulator:
             raise InputError("the embedding scorer uses no LLM: give its embedder with --embedder, not --simulator")
         scorer = get_scorer("embedding", args.embedder, options=options, prompt=args.scorer_prompt)
     else:
-        llm_options = {"top_logprobs": args.top_logprobs, "device": args.device, "dtype": args.dtype,
-                       "batch_size": args.sim_batch_size}  # fmt: skip
-        scorer = get_scorer(args.scorer, args.simulator, options=options, db=database, use_cache=not args.no_cache,
-                            prompt=args.scorer_prompt, **llm_options)  # fmt: skip
+        scorer = get_scorer(
+            args.scorer,
+            args.simulator,
+            options=options,
+            simulator_options=_simulator_options(args),
+            db=database,
+            use_cache=not args.no_cache,
+            prompt=args.scorer_prompt,
+        )
     report = pipeline.score_with_scorer(
         database,
         model,
@@ -884,7 +1023,7 @@ def _score_with_scorer(args: argparse.Namespace, database: Any, model: str) -> i
             f"scored, {report.replaced} rescored with new settings, {report.failed} failed (of {report.total}); "
             f"{report.input_tokens} input and {report.output_tokens} output tokens, {report.seconds:.1f}s"
         )
-        print(pipeline.format_table(pipeline.scorer_summary(report)))
+        print(format_table(pipeline.scorer_summary(report)))
         for error in report.errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
     for warning in report.warnings:
@@ -961,7 +1100,7 @@ def _add_activate(commands: argparse._SubParsersAction) -> None:
     text = parser.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help="the text")
     text.add_argument("--text-file", help="a UTF-8 file holding the text ('-' for stdin)")
-    parser.add_argument("--device", default=None, help="cpu, cuda … (default: cuda when available)")
+    _subject_device_flag(parser, "the subject model")
     parser.add_argument("--json", action="store_true", help='print {"tokens": [...], "activations": [...]}')
 
 
@@ -1096,6 +1235,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--collect-tokens", type=int, default=config.DEFAULT_MAX_TOKENS, help="collection token budget (%(default)s)"
     )
+    _subject_device_flag(parser, "the subject model, if its layers are collected")
     parser.add_argument("--baseline", default="original", help="format the others are compared with (%(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -1103,7 +1243,6 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from core import db as dbmod
     from core import pipeline
-    from core.activations import CollectOptions
 
     report = pipeline.run_pipeline(
         dbmod.connect(args.db),
@@ -1114,7 +1253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.simulator,
         method=args.method,
         corpus=args.corpus,
-        collect_options=CollectOptions(max_tokens=args.collect_tokens, device=args.device),
+        collect_options=_collect_options(args),
         explain_options=_explain_options(args),
         split=args.split,
         calibrate=args.calibrate,
@@ -1125,10 +1264,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=True,
     )
     if args.json:
-        _print_json(report.to_json())
+        _print_json(report)
     else:
-        print(pipeline.format_run_report(report))
-    return 1 if report.explain["failed"] or report.score["failed"] else 0
+        print(format_run_report(report))
+    return 1 if report.failed else 0
 
 
 @command
@@ -1153,6 +1292,7 @@ def _add_puzzles(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ask the explainer again for jobs still to do, even when cached (stored explanations are kept)",
     )
+    _explainer_device_flag(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -1172,14 +1312,14 @@ def cmd_puzzles(args: argparse.Namespace) -> int:
         method=args.method,
         puzzles_path=args.puzzles,
         embedder=args.embedder,
-        explain_options={"samples": args.samples, "use_cache": not args.no_cache},
-        simulator_options=_simulator_options(args) if args.simulator else None,
+        explain_options=_explain_options(args),
+        simulator_options=_simulator_options(args),
         progress=True,
     )
     if args.json:
-        _print_json(report.to_json())
+        _print_json(report)
     else:
-        print(puzzles.format_puzzle_report(report))
+        print(format_puzzle_report(report))
     # Like `score` and `run`: failed simulations make the exit status 1, so that scripts notice them.
     return 1 if report.sanity.get("failures") else 0
 

@@ -16,8 +16,8 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
@@ -26,6 +26,10 @@ from core.db import demo as demo_queries
 from core.db import neurons as neuron_queries
 from core.errors import InputError, NotFoundError
 from core.records import ActivationRecord, NeuronId, NeuronRecord
+from core.values import to_jsonable
+
+if TYPE_CHECKING:
+    from core.scorers import ScorerOptions
 
 BASELINE_FORMAT = "baseline"
 TOP_TOKENS = "baseline:top-tokens"
@@ -121,7 +125,7 @@ class DemoReport:
     next_steps: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_jsonable({f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def _demo_layer(db: sqlite_utils.Database, model: str, layer: int | None) -> int:
@@ -169,7 +173,7 @@ def run_demo(
     layer: int | None = None,
     seed: int = 0,
     embedder: str = "minilm",
-    scorer_options: Any = None,
+    scorer_options: ScorerOptions | None = None,
 ) -> DemoReport:
     """Make the demo (see the module docstring) on `model` (None: the bundled model if collected, else the first
     collected one); on any failure, remove what was made so far and re-raise."""
@@ -209,8 +213,7 @@ def run_demo(
             )  # fmt: skip
             ids.append(explanation_id)
             demo_queries.record_demo_rows(db, "explanation", [explanation_id])
-        options = {"options": scorer_options} if scorer_options is not None else {}
-        scorer = get_scorer("embedding", embedder, **options)
+        scorer = get_scorer("embedding", embedder, options=scorer_options)
         scored = pipeline.score_with_scorer(db, model, scorer, neurons=neurons, explainers=list(BASELINES))
         score_rows = scorer_score_rows(db, ids, simulator=f"embedding:{scorer.model}", method=scorer.method)
         demo_queries.record_demo_rows(db, "score", [_score_id(db, row) for row in score_rows])

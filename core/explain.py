@@ -16,7 +16,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,16 @@ from core import db as dbmod
 from core import prompts
 from core import tokens as tokens_mod
 from core.errors import InputError, LLMError, WorkbenchError
-from core.llm import Backend, Completion, Sampling, get_backend, parse_backend_spec
+from core.llm import (
+    ApiOptions,
+    Backend,
+    Completion,
+    LocalModelOptions,
+    Sampling,
+    backend_options,
+    get_backend,
+    parse_backend_spec,
+)
 from core.prompts import DEFAULT_CUTOFF, Cutoff, FewShotExample
 from core.records import NeuronId, NeuronRecord
 
@@ -35,6 +44,31 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 32
 PROMPT_SPLIT = "train"  # docs/METHOD.md §1: the explanation prompt shows the 5 train records
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """How to explain: sampling, samples per neuron and format, the natural formats' cutoff (None: the paper's
+    quantile 0.99; puzzles, which have no corpus statistics, use relative 0.5), few-shot examples (None: the bundled
+    ones, "none", a JSON file, or examples), the rendering variant, whether cached answers may be reused, and the
+    explainer's options: `api` for `openai:` explainers, `local` for `hf:` ones."""
+
+    sampling: Sampling = field(default_factory=Sampling)
+    samples: int = 1
+    cutoff: Cutoff | None = None
+    few_shot: str | Path | tuple[FewShotExample, ...] | None = None
+    format_options: prompts.FormatOptions = prompts.PAPER_OPTIONS
+    use_cache: bool = True
+    api: ApiOptions = field(default_factory=ApiOptions)
+    local: LocalModelOptions = field(default_factory=LocalModelOptions)
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise InputError(f"samples {self.samples} must be at least 1")
+
+    def backend(self, explainer: str, db: Any) -> Backend:
+        """The explainer named by `explainer` (`openai:MODEL`, `hf:PATH`), with the part of these options it takes."""
+        return get_backend(explainer, backend_options(explainer, self.api, self.local), db=db, use_cache=self.use_cache)
 
 
 @dataclass(frozen=True)
@@ -65,6 +99,16 @@ class ExplainReport:
     def rows(self, db: Any) -> list[dict[str, Any]]:
         """The stored explanations of this call's jobs (ok and failed, including ones skipped as already done)."""
         return dbmod.explanations_by_job(db, self.job_keys)
+
+    def to_json(self) -> dict[str, Any]:
+        """The counts and the first 20 errors; the job keys stay out."""
+        return {
+            "total": self.total,
+            "ok": self.ok,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "errors": list(self.errors[:20]),
+        }
 
 
 def _digest(value: Any) -> str:
@@ -161,25 +205,18 @@ def explain_neurons(
     neurons: Sequence[NeuronId],
     formats: Sequence[str],
     explainer: str | Backend,
+    options: ExplainOptions | None = None,
     *,
-    sampling: Sampling = Sampling(),
-    samples: int = 1,
-    cutoff: Cutoff = DEFAULT_CUTOFF,
-    few_shot: str | Path | Sequence[FewShotExample] | None = None,
-    format_options: prompts.FormatOptions = prompts.PAPER_OPTIONS,
-    use_cache: bool = True,
     progress: Progress | None = None,
-    backend_options: dict[str, Any] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> ExplainReport:
     """Explain each neuron × format × sample with `explainer` (`openai:MODEL`, `hf:PATH` or a Backend) and store it.
 
-    `few_shot`: None for the bundled examples, "none", a JSON file, or examples. Jobs already ok are skipped;
-    a failed call is stored as failed and the others continue. `progress(done, total)` follows every stored job.
-    `use_cache` and `backend_options` apply when `explainer` is a spec; a Backend brings its own settings.
+    Jobs already ok are skipped; a failed call is stored as failed and the others continue. `progress(done, total)`
+    follows every stored job. `options.use_cache` and the backend options apply when `explainer` is a spec; a
+    Backend brings its own settings. `batch_size` jobs at a time go to the backend.
     """
-    if samples < 1:
-        raise InputError(f"samples {samples} must be at least 1")
+    options = options or ExplainOptions()
     if batch_size < 1:
         raise InputError(f"batch size {batch_size} must be at least 1")
     formats = list(dict.fromkeys(formats))
@@ -192,13 +229,10 @@ def explain_neurons(
         raise InputError("no neurons given: write them as layer:index, e.g. 3:17")
     if not isinstance(explainer, Backend):
         parse_backend_spec(explainer)  # a typo in the explainer fails before anything is loaded
-    examples, few_shot_label = _few_shot(few_shot)
+    examples, few_shot_label = _few_shot(options.few_shot)
     neuron_records = [dbmod.get_neuron(db, model, neuron) for neuron in neurons]  # a missing neuron fails here
-    backend = (
-        explainer
-        if isinstance(explainer, Backend)
-        else get_backend(explainer, db=db, use_cache=use_cache, **(backend_options or {}))
-    )
+    backend = explainer if isinstance(explainer, Backend) else options.backend(explainer, db)
+    sampling = options.sampling
 
     jobs = plan_jobs(
         model,
@@ -206,11 +240,11 @@ def explain_neurons(
         formats,
         backend.name,
         sampling=sampling,
-        samples=samples,
-        cutoff=cutoff,
+        samples=options.samples,
+        cutoff=options.cutoff or DEFAULT_CUTOFF,
         few_shot=examples,
         few_shot_label=few_shot_label,
-        format_options=format_options,
+        format_options=options.format_options,
     )
     statuses = dbmod.explanation_statuses(db, [job.job_key for job in jobs])
     todo = [job for job in jobs if statuses.get(job.job_key) != "ok"]

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field, replace
 from core import db as dbmod
 from core import explain, llm, pipeline
 from core.errors import InputError, WorkbenchError
-from core.explain import ExplainReport
-from core.llm import Sampling
+from core.explain import ExplainOptions, ExplainReport
 from core.pipeline import ScoreReport, ScorerReport
-from core.prompts import DEFAULT_CUTOFF, Cutoff
 from core.records import NeuronId
+from core.simulate import SimulatorOptions
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +30,21 @@ UNEXPECTED_ERROR = "Something went wrong; the details are in the server log."
 
 @dataclass(frozen=True)
 class ExplainJob:
-    """What to run: explain `neurons` × `formats` with `explainer` into the database at `db_path`, then score
-    them with `simulator` (and `method`) when one is given, under `scorer` (core.scorers.SCORERS: simulation by
-    default; for detection and fuzzing `simulator` is the chat LLM, for embedding the embedder). Two equal jobs are
-    the same job."""
+    """What to run: explain `neurons` × `formats` with `explainer` (as `options` say) into the database at `db_path`,
+    then score them with `simulator` (and `method`, run as `simulator_options` say) when one is given, under
+    `scorer` (core.scorers.SCORERS: simulation by default; for detection and fuzzing `simulator` is the chat LLM, for
+    embedding the embedder). Two equal jobs are the same job."""
 
     db_path: str
     model: str
     neurons: tuple[NeuronId, ...]
     formats: tuple[str, ...]
     explainer: str
-    sampling: Sampling = field(default_factory=Sampling)
-    samples: int = 1
-    cutoff: Cutoff = DEFAULT_CUTOFF
-    few_shot: str | None = None
-    use_cache: bool = True
+    options: ExplainOptions = field(default_factory=ExplainOptions)
     simulator: str | None = None
     method: str | None = None
     scorer: str = "simulation"
+    simulator_options: SimulatorOptions = field(default_factory=SimulatorOptions)
 
 
 @dataclass(frozen=True)
@@ -128,7 +124,9 @@ class JobRegistry:
             return
         try:
             self._update(
-                job_id, start_id=dbmod.last_explanation_id(db), total=len(job.neurons) * len(job.formats) * job.samples
+                job_id,
+                start_id=dbmod.last_explanation_id(db),
+                total=len(job.neurons) * len(job.formats) * job.options.samples,
             )
             explained = explain.explain_neurons(
                 db,
@@ -136,11 +134,7 @@ class JobRegistry:
                 job.neurons,
                 job.formats,
                 job.explainer,
-                sampling=job.sampling,
-                samples=job.samples,
-                cutoff=job.cutoff,
-                few_shot=job.few_shot,
-                use_cache=job.use_cache,
+                job.options,
                 progress=self._progress(job_id, EXPLAINING),
             )
             self._update(job_id, explained=explained)
@@ -169,10 +163,17 @@ class JobRegistry:
                 formats=job.formats,
                 explainers=explainers,
                 progress=progress,
+                simulator_options=job.simulator_options,
             )
         from core.scorers import get_scorer
 
-        scorer = get_scorer(job.scorer, job.simulator or None, db=db, use_cache=job.use_cache)
+        scorer = get_scorer(
+            job.scorer,
+            job.simulator or None,
+            simulator_options=job.simulator_options,
+            db=db,
+            use_cache=job.options.use_cache,
+        )
         return pipeline.score_with_scorer(
             db, job.model, scorer, neurons=job.neurons, formats=job.formats, explainers=explainers, progress=progress
         )

@@ -11,16 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from core import db as dbmod
 from core import scoring, similarity
 from core.errors import InputError, NotFoundError
+from core.explain import ExplainOptions, ExplainReport, explain_neurons
 from core.records import MIN_RANDOM_RECORDS, MIN_TOP_RECORDS, SPLITS, ActivationRecord, NeuronId, NeuronRecord
-from core.simulate import SimulationResult, Simulator, check_alignment, get_simulator
+from core.simulate import SimulationResult, Simulator, SimulatorOptions, check_alignment, get_simulator
+from core.values import to_jsonable
+
+if TYPE_CHECKING:
+    from core.activations import CollectOptions  # imported where it runs: collection brings torch
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,8 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class SimulationOutcome:
     """A simulation and its scores. `predictions` are the ones R² and absdev measure (a·EV + b when calibrated);
-    the correlation is always that of the simulator's EVs (docs/METHOD.md §3)."""
+    the correlation is always that of the simulator's EVs (docs/METHOD.md §3). A failed simulation has no scores
+    and no predictions, and says why in `error`."""
 
     result: SimulationResult
     scores: scoring.Scores | None
@@ -46,6 +52,19 @@ class SimulationOutcome:
     @property
     def status(self) -> str:
         return self.result.status
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+    @property
+    def error(self) -> str | None:
+        return self.result.error
+
+    @property
+    def score(self) -> float | None:
+        """The correlation score; None when the simulation failed or the score is undefined."""
+        return self.scores.score if self.scores else None
 
     def to_json(self) -> dict[str, Any]:
         scores = self.scores
@@ -103,10 +122,12 @@ def simulate_and_score(
     return SimulationOutcome(result, scoring.score_records(records, predictions), predictions)
 
 
-def resolve_simulator(simulator: str | Simulator, method: str | None = None, **options: Any) -> Simulator:
-    """A Simulator object as given, or built from its spec (`hf:PATH`, `openai:MODEL`)."""
+def resolve_simulator(
+    simulator: str | Simulator, method: str | None = None, options: SimulatorOptions | None = None
+) -> Simulator:
+    """A Simulator object as given, or built from its spec (`hf:PATH`, `openai:MODEL`) with `options`."""
     if isinstance(simulator, str):
-        return get_simulator(simulator, method, **options)
+        return get_simulator(simulator, method, options)
     if method is not None and method != simulator.method:
         raise InputError(f"simulator {simulator.name} runs method {simulator.method!r}, not {method!r}")
     return simulator
@@ -117,11 +138,10 @@ def simulate_text(
     records: Sequence[ActivationRecord],
     simulator: str | Simulator,
     method: str | None = None,
-    **options: Any,
-) -> dict[str, Any]:
+    options: SimulatorOptions | None = None,
+) -> SimulationOutcome:
     """Simulate and score one explanation on the given records: the `simulate` command and the Explain page."""
-    outcome = simulate_and_score(resolve_simulator(simulator, method, **options), explanation, records)
-    return outcome.to_json()
+    return simulate_and_score(resolve_simulator(simulator, method, options), explanation, records)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,7 +167,8 @@ class ScoreReport:
     warnings: tuple[str, ...] = ()  # neurons scored on short splits (see short_split_warning)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "explanation_ids"}
+        """The report without the ids of the explanations it covers."""
+        return to_jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != "explanation_ids"})
 
 
 def select_explanations(
@@ -226,7 +247,7 @@ def score_explanations(
     reference: str = "openai",
     embedder: str = similarity.DEFAULT_EMBEDDER,
     progress: bool | Progress = False,
-    simulator_options: dict[str, Any] | None = None,
+    simulator_options: SimulatorOptions | None = None,
 ) -> ScoreReport:
     """Simulate and score the stored ok explanations of `model` that lack an ok score under this simulator,
     method, split and calibration; store scores, per-excerpt scores and predictions (failures too, with reasons).
@@ -245,7 +266,7 @@ def score_explanations(
         raise NotFoundError(
             f"no ok explanations of model {model!r} match; run `python -m core explain` first or widen the filters"
         )
-    sim = resolve_simulator(simulator, method, **(simulator_options or {}))
+    sim = resolve_simulator(simulator, method, simulator_options)
     done = dbmod.scored_explanation_ids(db, sim.name, sim.method, split, calibrate)
     todo = [row for row in rows if row["id"] not in done]
     counts = {"ok": 0, "failed": 0}
@@ -347,34 +368,36 @@ class RunReport:
     simulator: str
     method: str
     collected_layers: tuple[int, ...]
-    explain: dict[str, Any]
-    score: dict[str, Any]
+    explain: ExplainReport
+    score: ScoreReport
     summary: pd.DataFrame
     differences: pd.DataFrame
 
+    @property
+    def failed(self) -> int:
+        """Explanations and scores that failed; a rerun of the same command retries them."""
+        return self.explain.failed + self.score.failed
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "simulator": self.simulator,
-            "method": self.method,
-            "collected_layers": list(self.collected_layers),
-            "explain": self.explain,
-            "score": self.score,
-            "summary": frame_rows(self.summary),
-            "differences": frame_rows(self.differences),
-        }
+        return to_jsonable(
+            {
+                "model": self.model,
+                "simulator": self.simulator,
+                "method": self.method,
+                "collected_layers": self.collected_layers,
+                "explain": self.explain,
+                "score": self.score,
+                "summary": frame_rows(self.summary),
+                "differences": frame_rows(self.differences),
+            }
+        )
 
 
 def frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A frame as JSON-ready row dicts, missing values as None."""
-    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
-
-
-def _missing(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+    """A frame as JSON-ready row dicts (core.values.to_jsonable), missing values as None."""
+    if frame.empty:
+        return []
+    return to_jsonable(frame.astype(object).where(frame.notna(), None).to_dict("records"))
 
 
 def missing_neurons(db: Any, model: str, neurons: Sequence[NeuronId]) -> list[NeuronId]:
@@ -412,22 +435,20 @@ def run_pipeline(
     *,
     method: str | None = None,
     corpus: str | None = None,
-    collect_options: Any = None,
-    explain_options: dict[str, Any] | None = None,
+    collect_options: CollectOptions | None = None,
+    explain_options: ExplainOptions | None = None,
     split: str = "valid",
     calibrate: bool = False,
     reference: str = "openai",
     embedder: str = similarity.DEFAULT_EMBEDDER,
     baseline: str = "original",
-    simulator_options: dict[str, Any] | None = None,
+    simulator_options: SimulatorOptions | None = None,
     progress: bool = False,
 ) -> RunReport:
     """Collect the neurons' layers if they are not stored, explain every neuron under every format, simulate and
     score, then summarise per format (docs/METHOD.md §5). Every stage resumes where a previous run stopped.
-
-    `explain_options` go to core.explain.explain_neurons (sampling, samples, cutoff, few_shot, use_cache, ...).
     """
-    from core import activations, explain, llm, models
+    from core import activations, llm, models
 
     model = models.resolve_model_name(model)
     neurons = list(dict.fromkeys(neurons))
@@ -436,7 +457,7 @@ def run_pipeline(
         raise InputError("give at least one neuron (--neurons 3:17) and one format (--formats original,summary)")
     kind, explainer_model = llm.parse_backend_spec(explainer)
     explainer_name = f"{kind}:{explainer_model}"
-    sim = resolve_simulator(simulator, method, **(simulator_options or {}))
+    sim = resolve_simulator(simulator, method, simulator_options)
 
     collected: tuple[int, ...] = ()
     missing = missing_neurons(db, model, neurons)
@@ -458,9 +479,7 @@ def run_pipeline(
 
     update, close = _tqdm_progress("explaining", progress)
     try:
-        explained = explain.explain_neurons(
-            db, model, neurons, formats, explainer, progress=update, **(explain_options or {})
-        )
+        explained = explain_neurons(db, model, neurons, formats, explainer, explain_options, progress=update)
     finally:
         close()
     scored = score_explanations(
@@ -485,14 +504,8 @@ def run_pipeline(
         simulator=sim.name,
         method=sim.method,
         collected_layers=collected,
-        explain={
-            "total": explained.total,
-            "ok": explained.ok,
-            "failed": explained.failed,
-            "skipped": explained.skipped,
-            "errors": list(explained.errors[:20]),
-        },
-        score=scored.to_json(),
+        explain=explained,
+        score=scored,
         summary=summary,
         differences=differences,
     )
@@ -604,41 +617,6 @@ def score_tables(
     return tables
 
 
-def format_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A frame as aligned plain text for the terminal, numbers rounded, missing values as `-`."""
-    if frame is None or frame.empty:
-        return "(no rows)"
-    shown = frame.copy()
-    for column in shown.columns:
-        if pd.api.types.is_float_dtype(shown[column]) or shown[column].dtype == object:
-            shown[column] = [_cell(v, digits) for v in shown[column]]
-    return shown.to_string(index=False)
-
-
-def _cell(value: Any, digits: int) -> str:
-    if _missing(value):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def format_run_report(report: RunReport) -> str:
-    """The end-of-run text: per-format table, then paired differences, naming the simulator and method."""
-    lines = [
-        f"model {report.model}; scores by {report.simulator} ({report.method}); 95% bootstrap CIs over neurons",
-        "",
-        format_table(report.summary),
-    ]
-    if not report.differences.empty:
-        lines += ["", "paired difference from the baseline format, same neurons:", format_table(report.differences)]
-    failed = report.score.get("failed", 0) + report.explain.get("failed", 0)
-    if failed:
-        lines += ["", f"{failed} step(s) failed; rerun the same command to retry them. First errors:"]
-        lines += [f"  {e}" for e in [*report.explain.get("errors", []), *report.score.get("errors", [])][:5]]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The other scorers: detection, fuzzing, embedding (docs/METHOD.md §10)
 # ---------------------------------------------------------------------------------------------------------------
@@ -666,10 +644,9 @@ class ScorerReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "rows"}
-        data["no_excerpts"] = list(self.no_excerpts)
-        data["errors"], data["warnings"] = list(self.errors), list(self.warnings)
-        return {**data, "rows": list(self.rows)}
+        """The report with every stored row it covers, `rows` last."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rows"}
+        return to_jsonable({**data, "rows": self.rows})
 
 
 def _settings_text(settings: dict[str, Any] | str | None) -> str:

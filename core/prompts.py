@@ -2,7 +2,8 @@
 
 Every format is one `PromptFormat` in the `FORMATS` registry; the CLI and the app list formats from it, so a new
 format is added there and nowhere else. Everything here is a pure function of its arguments, except
-`load_few_shot`, which reads a file.
+`load_few_shot` and `read_data_file`, which read files: the one reader of the project's few-shot and scorer-prompt
+files (pydantic models through core/datafiles.py).
 
 By default every format renders as Lee et al.'s code does (docs/METHOD.md §2): the same task instruction in all five
 system messages, Bills et al.'s `<start>`/`<end>` blocks for original, and for the natural formats (summary,
@@ -28,10 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+from pydantic import BeforeValidator, Field, FiniteFloat, InstanceOf, StrictStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from core.datafiles import DataModel, parse, read_json
 from core.errors import InputError, LLMError
-from core.records import ActivationRecord, NeuronStats, normalize, records_from_json
+from core.records import ActivationRecord, NeuronStats, normalize
 
 BUNDLED_FEW_SHOT = Path(__file__).resolve().parent / "data" / "few_shot.json"
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
@@ -41,6 +46,7 @@ REPEAT_NON_ZERO_BELOW = 0.2
 LIST_SEPARATOR = ","
 
 Messages = list[dict[str, str]]
+FileModel = TypeVar("FileModel", bound=DataModel)
 
 
 @dataclass(frozen=True)
@@ -517,61 +523,134 @@ class FewShotExample:
         object.__setattr__(self, "records", tuple(self.records))
 
 
-def few_shot_from_json(data: Any, where: str = "few_shot") -> tuple[FewShotExample, ...]:
-    """Parse `[{"records": [{"tokens", "activations"}], "explanation": "..."}]`, naming the bad field on error."""
-    if not isinstance(data, list):
-        raise InputError(f'{where}: expected a list of {{"records": [...], "explanation": "..."}} objects')
-    examples = []
-    for i, item in enumerate(data):
-        here = f"{where}[{i}]"
-        if not isinstance(item, dict):
-            raise InputError(f"{here}: expected an object with 'records' and 'explanation'")
-        if not isinstance(item.get("records"), list) or not item["records"]:
-            raise InputError(f"{here}.records: expected a non-empty list of records")
-        records = records_from_json(item["records"], f"{here}.records")
-        explanation = item.get("explanation")
-        if isinstance(explanation, str):
-            explanation = explanation.strip()
-            # The prompt adds the final period itself.
-            explanation = explanation[:-1].rstrip() if explanation.endswith(".") else explanation
-        if not isinstance(explanation, str) or not any(ch.isalnum() for ch in explanation):
-            raise InputError(f"{here}.explanation: expected a non-empty string")
-        cutoff = None
-        if item.get("cutoff") is not None:
-            cutoff = Cutoff.from_json(item["cutoff"], f"{here}.cutoff")
-            if cutoff.mode == "quantile":
-                raise InputError(f"{here}.cutoff: few-shot examples have no corpus stats; use relative or absolute")
-        examples.append(FewShotExample(tuple(records), explanation, cutoff))
-    return tuple(examples)
+# --- Data files: few-shot examples here and in core/simulate, the scorers' prompts (core/datafiles.py models) ---
 
 
-@lru_cache(maxsize=1)
-def _bundled_few_shot() -> tuple[FewShotExample, ...]:
-    return _read_few_shot(BUNDLED_FEW_SHOT)
+def _plain_number(value: Any) -> Any:
+    # JSON true/false and numbers written as strings are not activations, though pydantic's lax mode would take them.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("number", "{value} is not a number", {"value": repr(value)})
+    return value
 
 
-def _read_few_shot(path: Path) -> tuple[FewShotExample, ...]:
+Activation = Annotated[FiniteFloat, BeforeValidator(_plain_number)]
+
+
+def an_object(data: Any, fields: str) -> dict[str, Any]:
+    """`data` if it is a JSON object; else the error a person reads, naming the fields it should hold (pydantic's
+    own names the model class)."""
+    if not isinstance(data, dict):
+        raise PydanticCustomError("object", "expected an object with {fields}", {"fields": fields})
+    return data
+
+
+class RecordData(DataModel):
+    """An activation record in a data file: `{"tokens": [...], "activations": [...]}`, one finite number a token."""
+
+    tokens: list[StrictStr]
+    activations: list[Activation]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object(cls, data: Any) -> Any:
+        return an_object(data, "'tokens' and 'activations'")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> RecordData:
+        if len(self.tokens) != len(self.activations):
+            raise PydanticCustomError(
+                "aligned",
+                "{tokens} tokens but {activations} activations; tokens and activations must have the same length",
+                {"tokens": len(self.tokens), "activations": len(self.activations)},
+            )
+        return self
+
+    def record(self) -> ActivationRecord:
+        return ActivationRecord(tuple(self.tokens), tuple(self.activations))
+
+
+def _few_shot_cutoff(value: Any) -> Cutoff | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or "mode" not in value:
+        raise PydanticCustomError("cutoff", 'expected an object like {"mode": "relative", "value": 0.5}')
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read few-shot file {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    try:
-        return few_shot_from_json(data)
+        cutoff = Cutoff.parse(value["mode"], value.get("value"))
     except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+        raise PydanticCustomError("cutoff", str(exc)) from None
+    if cutoff.mode == "quantile":
+        raise PydanticCustomError("cutoff", "few-shot examples have no corpus stats; use relative or absolute")
+    return cutoff
+
+
+class FewShotData(DataModel):
+    """One few-shot neuron of an explanation few-shot file (the bundled core/data/few_shot.json)."""
+
+    records: list[RecordData] = Field(min_length=1)
+    explanation: StrictStr
+    cutoff: Annotated[InstanceOf[Cutoff] | None, BeforeValidator(_few_shot_cutoff)] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object(cls, data: Any) -> Any:
+        return an_object(data, "'records' and 'explanation'")
+
+    @field_validator("explanation")
+    @classmethod
+    def _explanation(cls, text: str) -> str:
+        text = text.strip()
+        text = text[:-1].rstrip() if text.endswith(".") else text  # the prompt adds the final period itself
+        if not any(ch.isalnum() for ch in text):
+            raise PydanticCustomError("explanation", "expected a non-empty string")
+        return text
+
+
+class FewShotFile(DataModel):
+    """An explanation few-shot file: a list of `{"records": [...], "explanation": "...", "cutoff"?: {...}}`."""
+
+    few_shot: list[FewShotData]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _the_list(cls, data: Any) -> Any:
+        return {"few_shot": data}  # the file is the list; naming it puts `few_shot[i]` in every error
+
+    def examples(self) -> tuple[FewShotExample, ...]:
+        return tuple(
+            FewShotExample(tuple(r.record() for r in item.records), item.explanation, item.cutoff)
+            for item in self.few_shot
+        )
+
+
+@lru_cache(maxsize=16)
+def _read_data_file(path: str, stamp: int | None, model: type[DataModel], what: str) -> DataModel:
+    del stamp  # part of the cache key only: an edited file is read again
+    return parse(model, read_json(path, what), path)
+
+
+def read_data_file(path: str | Path, model: type[FileModel], what: str) -> FileModel:
+    """The JSON data file at `path` validated as `model` (core.datafiles): an InputError names the file and the
+    field. Kept in memory while the file is unchanged. `what` names the kind of file in errors ("few-shot")."""
+    resolved = Path(path).expanduser().resolve()
+    try:
+        stamp: int | None = resolved.stat().st_mtime_ns
+    except OSError:
+        stamp = None  # read_json says what is wrong
+    found = _read_data_file(str(resolved), stamp, model, what)
+    assert isinstance(found, model)
+    return found
+
+
+def few_shot_from_json(data: Any, where: str = "few-shot examples") -> tuple[FewShotExample, ...]:
+    """Parse `[{"records": [{"tokens", "activations"}], "explanation": "..."}]`, naming the bad field on error."""
+    return parse(FewShotFile, data, where).examples()
 
 
 def load_few_shot(source: str | Path | None = None) -> tuple[FewShotExample, ...]:
     """Few-shot examples: None → our bundled core/data/few_shot.json; "none" → no examples; else a JSON file."""
-    if source is None:
-        return _bundled_few_shot()
     if isinstance(source, str) and source.strip().lower() == "none":
         return ()
-    return _read_few_shot(Path(source))
+    return read_data_file(BUNDLED_FEW_SHOT if source is None else source, FewShotFile, "few-shot").examples()
 
 
 # ---------------------------------------------------------------------------------------------------------------

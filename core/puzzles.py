@@ -19,11 +19,13 @@ from typing import Any
 import pandas as pd
 
 from core import db as dbmod
-from core import similarity
+from core import explain, prompts, similarity
 from core.errors import InputError, WorkbenchError
-from core.pipeline import format_table, frame_rows, progress_bar, resolve_simulator, simulate_and_score
+from core.explain import ExplainOptions
+from core.pipeline import frame_rows, progress_bar, resolve_simulator, simulate_and_score
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
-from core.simulate import Simulator
+from core.simulate import Simulator, SimulatorOptions
+from core.values import finite_or_none, to_jsonable
 
 PUZZLES_PATH = Path(__file__).resolve().parent / "data" / "puzzles.json"
 PUZZLE_REFERENCE_KIND = "puzzle"
@@ -159,10 +161,6 @@ def explainer_report(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.Dat
     return grouped[columns]
 
 
-def _defined(score: float | None) -> bool:
-    return score is not None and math.isfinite(score)
-
-
 def simulator_sanity(scores: Mapping[str, Mapping[str, float | None]], truths: Mapping[str, str]) -> dict[str, Any]:
     """How often the true explanation strictly out-scores every decoy (docs/METHOD.md §4: a sane simulator does).
 
@@ -178,12 +176,12 @@ def simulator_sanity(scores: Mapping[str, Mapping[str, float | None]], truths: M
         decoys = {text: score for text, score in by_text.items() if text != truth}
         if not decoys:
             raise InputError(f"puzzle {name!r}: no decoy was scored, so there is nothing to out-score")
-        truth_score = by_text[truth]
-        defined = {text: float(s) for text, s in decoys.items() if _defined(s)}
+        truth_score = finite_or_none(by_text[truth])
+        defined = {text: score for text, s in decoys.items() if (score := finite_or_none(s)) is not None}
         best_decoy = max(defined, key=defined.__getitem__) if defined else None
-        wins = _defined(truth_score) and all(float(truth_score) > s for s in defined.values())
+        wins = truth_score is not None and all(truth_score > s for s in defined.values())
         per_puzzle[name] = {
-            "truth_score": float(truth_score) if _defined(truth_score) else None,
+            "truth_score": truth_score,
             "best_decoy": best_decoy,
             "best_decoy_score": defined.get(best_decoy) if best_decoy is not None else None,
             "truth_wins": bool(wins),
@@ -208,13 +206,14 @@ class PuzzleReport:
     method: str
 
     def to_json(self) -> dict[str, Any]:
-
-        return {
-            "explainers": frame_rows(self.explainers),
-            "simulator": self.simulator,
-            "method": self.method,
-            "sanity": self.sanity,
-        }
+        return to_jsonable(
+            {
+                "explainers": frame_rows(self.explainers),
+                "simulator": self.simulator,
+                "method": self.method,
+                "sanity": self.sanity,
+            }
+        )
 
 
 def puzzle_model_name(path: str | Path | None) -> str:
@@ -234,27 +233,23 @@ def _puzzle_neuron(model: str, index: int, records: Sequence[ActivationRecord]) 
 
 def explain_puzzles(
     db: Any,
-    puzzles: Sequence[Any],
+    puzzles: Sequence[Puzzle],
     formats: Sequence[str],
     explainer: str,
     *,
     model: str,
-    sampling: Any = None,
-    samples: int = 1,
-    cutoff: Any = None,
-    few_shot: Any = None,
-    use_cache: bool = True,
+    options: ExplainOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Explain every puzzle under every format from all its sentences; store the explanations (resumable).
 
     Puzzles have no corpus statistics, so the natural formats' cutoff defaults to `relative` 0.5.
     """
-    from core import explain, llm, prompts
-
-    sampling = sampling or llm.Sampling()
-    cutoff = cutoff or prompts.Cutoff("relative", 0.5)
+    options = options or ExplainOptions()
+    sampling, samples = options.sampling, options.samples
+    cutoff = options.cutoff or prompts.Cutoff("relative", 0.5)
+    few_shot = options.few_shot
     examples = prompts.load_few_shot(few_shot) if not isinstance(few_shot, tuple | list) else tuple(few_shot)
-    backend = llm.get_backend(explainer, db=db, use_cache=use_cache)
+    backend = options.backend(explainer, db)
     dbmod.write_neurons(
         db, model, [_puzzle_neuron(model, i, p.records) for i, p in enumerate(puzzles)], source=PUZZLE_SOURCE
     )
@@ -324,8 +319,8 @@ def run_puzzles(
     method: str | None = None,
     puzzles_path: str | Path | None = None,
     embedder: str = similarity.DEFAULT_EMBEDDER,
-    explain_options: dict[str, Any] | None = None,
-    simulator_options: dict[str, Any] | None = None,
+    explain_options: ExplainOptions | None = None,
+    simulator_options: SimulatorOptions | None = None,
     progress: bool = False,
 ) -> PuzzleReport:
     """Per explainer and format, the similarity of its explanations to the puzzles' truths; per simulator, how often
@@ -337,7 +332,7 @@ def run_puzzles(
     if explainer is not None and explainer.strip().lower() != PUZZLE_EXPLAINER_NONE:
         if not formats:
             raise InputError("give at least one format for the explainer (--formats original,summary)")
-        rows = explain_puzzles(db, puzzles, formats, explainer, model=model, **(explain_options or {}))
+        rows = explain_puzzles(db, puzzles, formats, explainer, model=model, options=explain_options)
         stored = dbmod.stored_similarities(db, [r["id"] for r in rows], embedder)
         pending = [r for r in rows if (r["id"], r["truth"]) not in stored]
         if pending:
@@ -352,7 +347,7 @@ def run_puzzles(
         explainers = explainer_report(report_rows)
     if simulator is None:
         return PuzzleReport(explainers, {}, "", "")
-    sim = resolve_simulator(simulator, method, **(simulator_options or {}))
+    sim = resolve_simulator(simulator, method, simulator_options)
     scores: dict[str, dict[str, float | None]] = {}
     failures: dict[str, dict[str, str]] = {}
     bar = progress_bar(sum(len(p.candidates) for p in puzzles), f"puzzles with {sim.name}", progress)
@@ -370,26 +365,3 @@ def run_puzzles(
     sanity = simulator_sanity(scores, {p.name: p.explanation for p in puzzles})
     sanity["failures"] = failures
     return PuzzleReport(explainers, sanity, sim.name, sim.method)
-
-
-def format_puzzle_report(report: PuzzleReport) -> str:
-    """The `puzzles` command's text: the explainer table, then the simulator's sanity rate and its losses."""
-
-    lines = []
-    if not report.explainers.empty:
-        lines += ["similarity of explanations to the puzzles' true explanations:", format_table(report.explainers)]
-    sanity = report.sanity
-    if sanity:
-        rate = sanity.get("rate")
-        shown = "-" if rate is None else f"{rate:.0%}"
-        lines += [
-            "",
-            f"simulator {report.simulator} ({report.method}): the truth out-scores every decoy in "
-            f"{sanity['truth_wins']} of {sanity['n']} puzzles ({shown})",
-        ]
-        losses = [name for name, item in sanity["per_puzzle"].items() if not item["truth_wins"]]
-        if losses:
-            lines.append(f"  not won: {', '.join(losses)}")
-        if sanity.get("failures"):
-            lines.append(f"  simulations failed in {len(sanity['failures'])} puzzle(s); see --json for reasons")
-    return "\n".join(lines).strip("\n") or "(nothing to report)"

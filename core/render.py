@@ -1,11 +1,16 @@
-"""The one renderer of token text and explanations as HTML, used by every page.
+"""The one renderer of token text and explanations as HTML, used by every page, and the home of display escaping.
 
 Token text and explanations are untrusted: corpora hold `<script>`, HTML entities, markdown and `$…$` LaTeX. Every
-string that reaches the page passes through `escape_text`, which HTML-escapes it and turns every character that
-markdown, LaTeX or Streamlit's directives could read as syntax into a numeric character reference. The output
-holds no newline either (line breaks are `<br>`), so even if it went through st.markdown(unsafe_allow_html=True)
-it would stay one raw HTML block that markdown never parses. The pages pass it to `st.html`, which renders HTML
-without markdown or LaTeX.
+string that reaches the page passes through one of the escapers here, each named for where its output goes:
+
+- `escape_text`: HTML for st.html (excerpts, explanations, labels above them). It HTML-escapes the text and turns
+  every character that markdown, LaTeX or the app's markdown directives (`:red[…]`, `:smile:`) could read as syntax
+  into a numeric character reference. The output holds no newline either (line breaks are `<br>`), so even if it
+  went through st.markdown(unsafe_allow_html=True) it would stay one raw HTML block that markdown never parses. The
+  pages pass it to `st.html`, which renders HTML without markdown or LaTeX.
+- `escape_markdown`: one line of markdown that shows literally, for messages, captions, headers and widget labels.
+- `escape_plot_label`: names (arms, formats) in a figure's labels, where plotly reads a few HTML tags.
+- `mark_invisible`: plain text (the terminal, one-line messages).
 
 Visible whitespace: a token made only of whitespace shows each space as a faint "·"; a newline shows as "⏎"
 followed by a real line break; a tab as "⇥"; other control characters as their Unicode control pictures. Leading
@@ -15,8 +20,8 @@ every word boundary would bury the text in dots.
 Visible invisibles: characters that draw nothing or steer the text around them (zero-width spaces and joiners, the
 BOM, bidirectional embeddings, overrides and isolates: Unicode's format and control categories, lone surrogates,
 line and paragraph separators, and a few blank letters) are shown by their code point, as "⟨U+202E⟩", in tokens,
-explanations and labels alike (`escape_text`). So a token can never be invisible, and never reverse the text
-around it; as a second line of defence every token span is also a bidi isolate (`unicode-bidi: isolate`).
+explanations, labels and messages alike. So a token can never be invisible, and never reverse the text around it;
+as a second line of defence every token span is also a bidi isolate (`unicode-bidi: isolate`).
 
 Lost spacing: WordPiece tokenizers (BERT) split off punctuation and keep no trace of the spaces around it, so the
 stored tokens read "don ' t", "( x ) ." (docs/METHOD.md §1 keeps them as the tokenizer renders them). When the records
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import unicodedata
 from collections.abc import Sequence
 
@@ -49,8 +55,8 @@ NEWLINE_MARK = "⏎"
 TAB_MARK = "⇥"
 SPACE_MARK = "·"
 
-# Characters that markdown, GitHub-flavoured markdown, LaTeX ($), Streamlit's :colour[...] directives and emoji
-# shortcodes treat as syntax. As numeric character references they can only ever be text.
+# Characters that markdown, GitHub-flavoured markdown, LaTeX ($), the :colour[...] directives and emoji shortcodes
+# treat as syntax. As numeric character references they can only ever be text.
 _SYNTAX_CHARS = "\\`*_{}[]()#+-.!|~$:=^@%"
 # Unicode categories of characters that draw nothing, or reorder or join their neighbours: controls, format
 # characters (zero-width spaces and joiners, BOM, bidi marks, embeddings, overrides, isolates, tags), surrogates
@@ -77,9 +83,25 @@ def code_point_mark(ch: str) -> str:
 
 
 def mark_invisible(text: str) -> str:
-    """Plain `text` with every invisible character replaced by its code point mark, for plain-text places
-    (one-line messages); HTML goes through `escape_text`, which does the same."""
+    """Plain `text` with every invisible character replaced by its code point mark, for plain-text places (the
+    terminal); HTML goes through `escape_text` and markdown through `escape_markdown`, which do the same."""
     return "".join(code_point_mark(ch) if is_invisible(ch) else ch for ch in str(text))
+
+
+# What a markdown renderer (with LaTeX, directives and raw HTML) may read as syntax; each is escaped with a backslash.
+_MARKDOWN_SYNTAX = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$<>:])")
+
+
+def escape_markdown(text: str) -> str:
+    """`text` as one line of markdown that shows exactly these characters (messages, captions, headers, widget
+    labels): whitespace runs as one space, markdown characters escaped with a backslash, invisible characters named
+    ("⟨U+202E⟩"), so a message can neither hide nor reverse text."""
+    return _MARKDOWN_SYNTAX.sub(r"\\\1", mark_invisible(" ".join(str(text).split())))
+
+
+def escape_plot_label(text: object) -> str:
+    """A name chosen by a user (an arm, a format) for a figure's labels, which read a few HTML tags: HTML-escaped."""
+    return html.escape(str(text), quote=False)
 
 
 class _Escapes(dict[int, str]):

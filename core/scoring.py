@@ -18,6 +18,7 @@ import pandas as pd
 from core.errors import InputError
 from core.records import ActivationRecord
 from core.tokens import TOKEN_UNITS, token_unit
+from core.values import finite_or_none
 
 # ---------------------------------------------------------------------------------------------------------------
 # Formulas (docs/METHOD.md §4)
@@ -39,10 +40,6 @@ def _as_pair(y: Sequence[float], y_hat: Sequence[float]) -> tuple[np.ndarray, np
     return true, predicted
 
 
-def _defined(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
 def correlation(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
     """Pearson correlation; None when either side is constant or there are fewer than 2 values."""
     true, predicted = _as_pair(y, y_hat)
@@ -54,7 +51,7 @@ def correlation(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
     denominator = math.sqrt(float(centred_true @ centred_true) * float(centred_predicted @ centred_predicted))
     if denominator == 0:
         return None
-    return _defined(min(1.0, max(-1.0, float(centred_true @ centred_predicted) / denominator)))
+    return finite_or_none(min(1.0, max(-1.0, float(centred_true @ centred_predicted) / denominator)))
 
 
 def rsquared(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
@@ -63,7 +60,7 @@ def rsquared(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
     scale = float(np.mean(true**2)) if true.size else 0.0
     if scale == 0:
         return None
-    return _defined(1.0 - float(np.mean((true - predicted) ** 2)) / scale)
+    return finite_or_none(1.0 - float(np.mean((true - predicted) ** 2)) / scale)
 
 
 def absdev(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
@@ -72,7 +69,7 @@ def absdev(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
     scale = float(np.mean(np.abs(true))) if true.size else 0.0
     if scale == 0:
         return None
-    return _defined(1.0 - float(np.mean(np.abs(true - predicted))) / scale)
+    return finite_or_none(1.0 - float(np.mean(np.abs(true - predicted))) / scale)
 
 
 @dataclass(frozen=True)
@@ -307,7 +304,7 @@ def paired_difference(
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                result["p_value"] = _defined(float(stats.wilcoxon(differences).pvalue))
+                result["p_value"] = finite_or_none(float(stats.wilcoxon(differences).pvalue))
     return result
 
 

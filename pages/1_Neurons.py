@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import charts, dashboard, render, tables
+from core import render
 from core.records import NeuronId
+from ui import charts, elements, nav, neuron_input, queries, resources, tables
 
-st.set_page_config(page_title="Neurons", page_icon="🔬", layout="wide")
+nav.sidebar("Neurons")
 st.title("Neurons")
 
 MODEL, LAYER, NEURON = "neurons_model", "neurons_layer", "neurons_neuron"
@@ -56,13 +57,13 @@ def _open(target: str) -> None:
         st.session_state[REQUESTED] = chosen
 
 
-def _search(src: dashboard.Source) -> None:
+def _search(src: queries.Source) -> None:
     with st.expander("Find neurons by explanation text"):
         text = st.text_input("Explanations containing", key="neurons_search", placeholder="e.g. numbers")
         if not text.strip():
             return
-        found = dashboard.search(src, text)
-        if dashboard.hidden_count(src):
+        found = queries.search(src, text)
+        if queries.hidden_count(src):
             st.caption("Explanations of neurons in open studies are left out of the search while those studies run.")
         if found.empty:
             st.info("No explanation contains that text.")
@@ -72,15 +73,15 @@ def _search(src: dashboard.Source) -> None:
         st.selectbox("Open", targets, index=None, key="neurons_open", on_change=_open, args=("neurons_open",))
 
 
-def _pick(src: dashboard.Source, models: list[str]) -> tuple[str, NeuronId] | None:
+def _pick(src: queries.Source, models: list[str]) -> tuple[str, NeuronId] | None:
     """The sidebar pickers; None (and a message saying why) when no neuron of the layer passes the score filter."""
     with st.sidebar:
         _keep_valid(MODEL, models)
         model = st.selectbox("Model", models, key=MODEL)
-        layer_numbers = [layer for layer, _ in dashboard.layers(src, model)]
+        layer_numbers = [layer for layer, _ in queries.layers(src, model)]
         _keep_valid(LAYER, layer_numbers)
         layer = st.selectbox("Layer", layer_numbers, key=LAYER)
-        simulators = dashboard.simulators(src)
+        simulators = queries.simulators(src)
         filtering = st.checkbox(
             "Only scored neurons",
             key=FILTER,
@@ -93,10 +94,10 @@ def _pick(src: dashboard.Source, models: list[str]) -> tuple[str, NeuronId] | No
             simulator = st.selectbox("Simulator", simulators, key=SIMULATOR)
             # From -1 up: switching the filter on first lists every scored neuron, whatever the simulator's range.
             min_score = st.slider("Best score at least", -1.0, 1.0, -1.0, 0.05, key=MIN_SCORE)
-            scored = dashboard.overview(src, model, layer, simulator)
+            scored = queries.overview(src, model, layer, simulator)
             table = tables.filter_by_score(scored, min_score)
         else:
-            table = dashboard.overview(src, model, layer)
+            table = queries.overview(src, model, layer)
     if table.empty:
         st.info(tables.filter_message(scored, min_score, layer) if filtering else f"Layer {layer} has no neurons.")
         return None
@@ -108,26 +109,26 @@ def _pick(src: dashboard.Source, models: list[str]) -> tuple[str, NeuronId] | No
             "Neuron",
             indices,
             key=NEURON,
-            format_func=lambda i: dashboard.neuron_label(i, scores[i]),
+            format_func=lambda i: neuron_input.neuron_label(i, scores[i]),
         )
         st.caption(f"{len(indices)} neurons listed")
     picked = NeuronId(layer, int(index))
     requested = st.session_state.pop(REQUESTED, None)
     if requested is not None and requested != f"{model} · {picked}":
-        st.warning(dashboard.markdown_escape(f"{requested} has no stored excerpts; showing {model} · {picked}."))
+        st.warning(render.escape_markdown(f"{requested} has no stored excerpts; showing {model} · {picked}."))
     return model, picked
 
 
-def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record) -> None:
-    if dashboard.hidden(src, model, neuron_id):
+def _explanations(src: queries.Source, model: str, neuron_id: NeuronId, record) -> None:
+    if queries.hidden(src, model, neuron_id):
         st.info(HIDDEN)
         return
-    rows = dashboard.explanations(src, model, neuron_id)
-    scores = dashboard.neuron_scores(src, model, neuron_id)
+    rows = queries.explanations(src, model, neuron_id)
+    scores = queries.neuron_scores(src, model, neuron_id)
     if not rows:
         st.info("No explanations yet: explain this neuron on the Explain page or with `python -m core explain`.")
         return
-    table = tables.explanation_table(rows, scores, dashboard.neuron_similarities(src, model, neuron_id))
+    table = tables.explanation_table(rows, scores, queries.neuron_similarities(src, model, neuron_id))
     st.dataframe(table, hide_index=True, width="stretch", column_config=tables.explanation_table_config(table))
     simulated = tables.simulations(scores)
     if not simulated:
@@ -158,17 +159,21 @@ def _explanations(src: dashboard.Source, model: str, neuron_id: NeuronId, record
     st.plotly_chart(charts.simulation_scatter(records, simulation.predictions), width="stretch")
 
 
-def _neuron_view(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None:
-    record = dashboard.neuron(src, model, neuron_id)
+def _neuron_view(src: queries.Source, model: str, neuron_id: NeuronId) -> None:
+    record = queries.neuron(src, model, neuron_id)
     st.query_params.update({"model": model, "layer": str(neuron_id.layer), "neuron": str(neuron_id.index)})
-    st.subheader(dashboard.markdown_escape(f"{model} · neuron {neuron_id}"))
+    st.subheader(render.escape_markdown(f"{model} · neuron {neuron_id}"))
     stats = record.stats
-    figures = [("max", stats.max, None), ("mean", stats.mean, None), ("variance", stats.variance, None)]
+    figures: list[tuple[str, float | None, str | None]] = [
+        ("max", stats.max, None),
+        ("mean", stats.mean, None),
+        ("variance", stats.variance, None),
+    ]
     figures += [
         (f"q{level:g}", value, f"The {level:g} quantile of the per-excerpt maximum over the whole corpus")
         for level, value in sorted(stats.quantiles.items())
     ]
-    dashboard.metric_row(
+    elements.metric_row(
         [(label, "–" if value is None else f"{value:.3g}", help_text) for label, value, help_text in figures]
     )
     scale = render.default_scale(record.top)
@@ -212,7 +217,7 @@ def _own_text(model: str, neuron_id: NeuronId, record, scale: float, tidy: bool)
     if not submitted or not text.strip():
         return
     with st.spinner("Running the model…"):
-        result, dropped = dashboard.own_text(model, neuron_id, text)
+        result, dropped = resources.own_text(model, neuron_id, text)
     if dropped:
         st.warning(
             f"Your text is {len(result.tokens) + dropped} tokens long; only the first {len(result.tokens)} were "
@@ -234,9 +239,9 @@ def _own_text(model: str, neuron_id: NeuronId, record, scale: float, tidy: bool)
     )
 
 
-with dashboard.errors_shown(), dashboard.database() as db:
-    src = dashboard.source(db)
-    models = list(dashboard.summary(src)["models"])
+with elements.errors_shown(), queries.database() as db:
+    src = queries.source(db)
+    models = list(queries.summary(src)["models"])
     if not models:
         st.info("No neurons in the database yet. Collect some with `python -m core collect` (see the home page).")
         st.stop()

@@ -9,12 +9,13 @@ import time
 
 import streamlit as st
 
-from core import dashboard, explain, jobs, llm, pipeline, prompts, render, simulate, tables
 from core import db as dbmod
+from core import explain, jobs, llm, pipeline, prompts, render, simulate
 from core.records import NeuronId
 from core.scorers import SCORERS
+from ui import elements, nav, neuron_input, prompt_preview, queries, resources, signin, tables
 
-st.set_page_config(page_title="Explain", page_icon="🔬", layout="wide")
+nav.sidebar("Explain")
 st.title("Explain neurons")
 
 DEFAULT_EXPLAINER = "openai:gpt-4o-mini"
@@ -24,23 +25,23 @@ PREVIEW_HEIGHT_PX = 420
 ONE, LIST, FILE = "one neuron", "a list", "a file"
 
 
-def _neurons(src: dashboard.Source, model: str) -> list[NeuronId]:
+def _neurons(src: queries.Source, model: str) -> list[NeuronId]:
     how = st.radio("Neurons", [ONE, LIST, FILE], horizontal=True, key="explain_how")
     if how == ONE:
         left, right = st.columns(2)
-        layer = left.selectbox("Layer", [layer for layer, _ in dashboard.layers(src, model)], key="explain_layer")
-        index = right.selectbox("Neuron", dashboard.neuron_indices(src, model, layer), key="explain_neuron")
+        layer = left.selectbox("Layer", [layer for layer, _ in queries.layers(src, model)], key="explain_layer")
+        index = right.selectbox("Neuron", queries.neuron_indices(src, model, layer), key="explain_neuron")
         return [NeuronId(layer, index)]
     if how == LIST:
         text = st.text_area("layer:index, separated by commas or new lines", key="explain_list", height=80)
-        return dashboard.neurons_from_text(text) if text.strip() else []
+        return neuron_input.neurons_from_text(text) if text.strip() else []
     upload = st.file_uploader(
         "A CSV with columns layer,neuron, or text with layer:index entries", type=["csv", "txt"], key="explain_file"
     )
-    return dashboard.neurons_from_upload(upload.name, upload.getvalue()) if upload is not None else []
+    return neuron_input.neurons_from_upload(upload.name, upload.getvalue()) if upload is not None else []
 
 
-def _settings() -> dict:
+def _settings() -> explain.ExplainOptions:
     defaults = llm.Sampling()
     with st.expander("Sampling, cutoff and few-shot examples"):
         first, second, third = st.columns(3)
@@ -60,30 +61,30 @@ def _settings() -> dict:
         value = third.text_input("Cutoff value (empty: the mode's default)", key="explain_cutoff_value")
         few_shot = third.radio("Few-shot examples", ["bundled", "none"], horizontal=True, key="explain_few_shot")
         use_cache = third.checkbox("Reuse cached answers", value=True, key="explain_cache")
-    return {
-        "sampling": llm.Sampling(temperature, top_p, int(max_tokens), seed=None if seed is None else int(seed)),
-        "samples": int(samples),
-        "cutoff": prompts.Cutoff.parse(mode, value),
-        "few_shot": None if few_shot == "bundled" else "none",
-        "use_cache": use_cache,
-    }
+    return explain.ExplainOptions(
+        sampling=llm.Sampling(temperature, top_p, int(max_tokens), seed=None if seed is None else int(seed)),
+        samples=int(samples),
+        cutoff=prompts.Cutoff.parse(mode, value),
+        few_shot=None if few_shot == "bundled" else "none",
+        use_cache=use_cache,
+    )
 
 
-def _preview(src: dashboard.Source, model: str, neuron_id: NeuronId, formats: list[str], explainer: str, settings):
-    record = dashboard.neuron(src, model, neuron_id)
-    previews = tables.prompt_previews(record, formats, explainer, settings["cutoff"], settings["few_shot"])
-    tokenizer = dashboard.markdown_escape(previews[0].tokenizer)
+def _preview(src: queries.Source, model: str, neuron_id: NeuronId, formats: list[str], explainer: str, settings):
+    record = queries.neuron(src, model, neuron_id)
+    previews = prompt_preview.prompt_previews(record, formats, explainer, settings.cutoff, settings.few_shot)
+    tokenizer = render.escape_markdown(previews[0].tokenizer)
     st.caption(f"The exact prompts for neuron {neuron_id}, counted with the {tokenizer} tokenizer.")
     st.dataframe(
-        tables.preview_table(previews),
+        prompt_preview.preview_table(previews),
         hide_index=True,
         width="content",
-        column_config=tables.PREVIEW_TABLE_CONFIG,
+        column_config=prompt_preview.PREVIEW_TABLE_CONFIG,
     )
     for tab, preview in zip(st.tabs([p.format for p in previews]), previews, strict=True):
         with tab:
             if preview.error:
-                st.warning(dashboard.one_line(preview.error))
+                st.warning(render.escape_markdown(preview.error))
             if preview.text:
                 # A fixed height: the original format's prompt runs to hundreds of lines.
                 st.code(preview.text, language=None, wrap_lines=True, height=PREVIEW_HEIGHT_PX)
@@ -99,16 +100,12 @@ def _start(db, model: str, neurons: list[NeuronId], formats: list[str], explaine
         tuple(neurons),
         tuple(formats),
         explainer,
-        sampling=settings["sampling"],
-        samples=settings["samples"],
-        cutoff=settings["cutoff"],
-        few_shot=settings["few_shot"],
-        use_cache=settings["use_cache"],
+        settings,
         simulator=simulator,
         method=method,
         scorer=name,
     )
-    job_id = dashboard.job_registry().start(job)
+    job_id = resources.job_registry().start(job)
     st.session_state[JOB_KEY] = job_id
     st.query_params["job"] = job_id
 
@@ -138,7 +135,7 @@ def _show(db, snapshot: jobs.JobSnapshot) -> None:
         fraction = snapshot.done / snapshot.total if snapshot.total else 0.0
         st.progress(fraction, text=f"Scored {snapshot.done} of {snapshot.total}")
     if snapshot.error:
-        st.error(dashboard.one_line(f"the job stopped: {snapshot.error}"))
+        st.error(render.escape_markdown(f"the job stopped: {snapshot.error}"))
     report = snapshot.explained
     if report is None:
         rows = dbmod.explanations_after(db, snapshot.start_id, job.model)
@@ -146,7 +143,7 @@ def _show(db, snapshot: jobs.JobSnapshot) -> None:
         return
     st.success(f"{report.ok} explained, {report.skipped} already done, {report.failed} failed (of {report.total})")
     for error in report.errors[:5]:
-        st.error(dashboard.one_line(error))
+        st.error(render.escape_markdown(error))
     rows = report.rows(db)
     st.dataframe(tables.job_table(rows), hide_index=True, width="stretch", column_config=tables.JOB_TABLE_CONFIG)
     st.markdown("**Token cost per format**")
@@ -161,13 +158,13 @@ def _show(db, snapshot: jobs.JobSnapshot) -> None:
     if scored is None:
         return
     st.success(
-        dashboard.markdown_escape(
+        render.escape_markdown(
             f"Scored with {scored.simulator} ({scored.method}): {scored.ok} ok, {scored.failed} failed, "
             f"{scored.skipped} already scored. Open a neuron on the Neurons page to see its scores."
         )
     )
     for error in scored.errors[:5]:
-        st.error(dashboard.one_line(error))
+        st.error(render.escape_markdown(error))
 
 
 def _job_list(snapshots: list[jobs.JobSnapshot]) -> None:
@@ -214,7 +211,7 @@ def _scorer() -> tuple[str, str, str | None] | None:
     if scorer == "simulation":
         method = right.selectbox("Simulation method", ["default", *simulate.SIMULATORS], key="explain_method")
     else:
-        right.caption(dashboard.markdown_escape(simulate.method_note(SCORERS[scorer].metric)))
+        right.caption(render.escape_markdown(simulate.method_note(SCORERS[scorer].metric)))
     if not spec:
         return None
     if scorer == "simulation":
@@ -222,7 +219,7 @@ def _scorer() -> tuple[str, str, str | None] | None:
     return scorer, spec, None if method in (None, "default") else method
 
 
-def _try_explanation(src: dashboard.Source, model: str, neuron_id: NeuronId) -> None:
+def _try_explanation(src: queries.Source, model: str, neuron_id: NeuronId) -> None:
     with st.expander(f"Simulate an explanation of your own on neuron {neuron_id}"):
         text = st.text_input("Explanation", key="explain_own_text")
         left, right = st.columns([2, 1])
@@ -230,25 +227,25 @@ def _try_explanation(src: dashboard.Source, model: str, neuron_id: NeuronId) -> 
         method = right.selectbox("Simulation method", ["default", *simulate.SIMULATORS], key="explain_own_method")
         if not st.button("Simulate", key="explain_own_run", disabled=not (text.strip() and spec.strip())):
             return
-        record = dashboard.neuron(src, model, neuron_id)
+        record = queries.neuron(src, model, neuron_id)
         records = record.split("valid")
         with st.spinner("Simulating…"):
             outcome = pipeline.simulate_text(text, records, spec.strip(), None if method == "default" else method)
-        if outcome["status"] != "ok":
-            st.error(dashboard.one_line(f"the simulation failed: {outcome['error']}"))
+        if not outcome.ok or outcome.predictions is None:
+            st.error(render.escape_markdown(f"the simulation failed: {outcome.error}"))
             return
-        score = outcome["score"]
+        score = outcome.score
         st.metric("score (correlation, valid split)", "undefined" if score is None else f"{score:.3f}")
         scale = render.default_scale(record.top)
         tidy = render.spacing_lost(record.top + record.random)
         parts = []
-        for number, (excerpt, predictions) in enumerate(zip(records, outcome["predictions"], strict=True), start=1):
+        for number, (excerpt, predictions) in enumerate(zip(records, outcome.predictions, strict=True), start=1):
             parts.append(render.label_html(f"excerpt {number}"))
             parts.append(render.comparison_html(excerpt, predictions, scale, tidy=tidy))
         st.html(render.styled(*parts))
 
 
-def _form(db, src: dashboard.Source, models: list[str]) -> None:
+def _form(db, src: queries.Source, models: list[str]) -> None:
     """Choose what to explain, preview it, and start a job."""
     model = st.selectbox("Model", models, key="explain_model")
     neurons = _neurons(src, model)
@@ -267,42 +264,42 @@ def _form(db, src: dashboard.Source, models: list[str]) -> None:
         st.info("Choose at least one neuron and one format.")
         return
     llm.parse_backend_spec(explainer)
-    total = len(neurons) * len(formats) * settings["samples"]
+    total = len(neurons) * len(formats) * settings.samples
     st.caption(
-        f"{len(neurons)} neuron(s) × {len(formats)} format(s) × {settings['samples']} sample(s) = {total:,} "
+        f"{len(neurons)} neuron(s) × {len(formats)} format(s) × {settings.samples} sample(s) = {total:,} "
         "explanation(s); those already stored are skipped. The job runs on the server: you may leave this page "
         "and come back (or keep its link) to follow it."
     )
     if st.toggle("Preview the prompts", key="explain_preview"):
-        with dashboard.errors_shown():
+        with elements.errors_shown():
             _preview(src, model, neurons[0], formats, explainer, settings)
     if st.button("Run", type="primary", key="explain_run"):
-        with dashboard.errors_shown():
+        with elements.errors_shown():
             _start(db, model, neurons, formats, explainer, settings, scorer)
             st.rerun()
     _try_explanation(src, model, neurons[0])
 
 
-with dashboard.errors_shown(), dashboard.database() as db:
-    src = dashboard.source(db)
-    models = list(dashboard.summary(src)["models"])
+with elements.errors_shown(), queries.database() as db:
+    src = queries.source(db)
+    models = list(queries.summary(src)["models"])
     if not models:  # said before signing in: there is nothing to explain either way
         st.info("No neurons in the database yet. Collect some with `python -m core collect` (see the home page).")
         st.stop()
-    rater = dashboard.sign_in(db, "Explaining spends API credit or compute: sign in as an admin.")
+    rater = signin.sign_in(db, "Explaining spends API credit or compute: sign in as an admin.")
     if rater is None:
         st.stop()
     if not rater.is_admin:
-        st.error(f"{dashboard.markdown_escape(rater.name)} is a rater, not an admin: only admins may explain neurons.")
+        st.error(f"{render.escape_markdown(rater.name)} is a rater, not an admin: only admins may explain neurons.")
         st.stop()
-    registry = dashboard.job_registry()
+    registry = resources.job_registry()
     job_id = _job_id()
     snapshot = registry.get(job_id) if job_id else None
     if job_id and snapshot is None:
-        st.info(f"Job {dashboard.markdown_escape(job_id)} is unknown to this server (it may have restarted).")
+        st.info(f"Job {render.escape_markdown(job_id)} is unknown to this server (it may have restarted).")
         _forget_job()
     if snapshot is not None:
-        with dashboard.errors_shown():
+        with elements.errors_shown():
             _show(db, snapshot)
         if not snapshot.running and st.button("Dismiss this job", key="explain_dismiss"):
             _forget_job()
@@ -310,7 +307,7 @@ with dashboard.errors_shown(), dashboard.database() as db:
     listed = registry.jobs(dbmod.database_file(db))
     if listed:
         _job_list(listed)
-    with dashboard.errors_shown():
+    with elements.errors_shown():
         _form(db, src, models)
     if snapshot is not None and snapshot.running:
         # Poll: the job runs in its own thread and only the snapshot tells how far it has come.

@@ -11,11 +11,12 @@ import time
 
 import streamlit as st
 
-from core import dashboard, human_eval, raters, render
+from core import human_eval, raters, render
 from core.errors import NotFoundError, WorkbenchError
 from core.records import NeuronId
+from ui import elements, nav, queries, signin, studies
 
-st.set_page_config(page_title="Rate", page_icon="🔬", layout="wide")
+nav.sidebar("Rate")
 st.title("Rate explanations")
 
 STUDY = "rate_study"
@@ -34,7 +35,7 @@ def _submit(study: str, rater: str, item_id: int, timer: str, choice: str) -> No
     """Store the rating (runs before the next script run, so that run already shows the next item)."""
     seconds = time.monotonic() - st.session_state.get(SHOWN_AT, {}).get(timer, time.monotonic())
     try:
-        with dashboard.database() as db:
+        with queries.database() as db:
             human_eval.submit_rating(
                 db,
                 study,
@@ -57,18 +58,18 @@ def _submit(study: str, rater: str, item_id: int, timer: str, choice: str) -> No
 def _notice() -> None:
     kind, text = st.session_state.pop(NOTICE, (None, None))
     if kind == "error":
-        st.error(dashboard.one_line(text))
+        st.error(render.escape_markdown(text))
     elif kind == "success":
         st.toast(text)
 
 
 def _excerpts(db, item: human_eval.RaterItem) -> None:
     try:
-        record = dashboard.neuron(dashboard.source(db), item.model, NeuronId.parse(item.neuron))
+        record = queries.neuron(queries.source(db), item.model, NeuronId.parse(item.neuron))
     except NotFoundError:
         st.info("No text excerpts are stored for this neuron; judge the explanations on their own.")
         return
-    excerpts = dashboard.rating_excerpts(record)
+    excerpts = studies.rating_excerpts(record)
     st.caption(
         "Where the neuron fires: a stronger background means stronger activation; hover a token for its value. "
         "· is a space, ⏎ a new line, ⇥ a tab."
@@ -81,7 +82,7 @@ def _excerpts(db, item: human_eval.RaterItem) -> None:
 def _item(db, study: human_eval.Study, rater: raters.Rater, item: human_eval.RaterItem) -> None:
     timer = f"{study.id}:{item.item_id}"
     st.session_state.setdefault(SHOWN_AT, {}).setdefault(timer, time.monotonic())
-    position, done = dashboard.progress_text(item.progress.rated, item.progress.remaining)
+    position, done = studies.progress_text(item.progress.rated, item.progress.remaining)
     st.progress(done, text=f"Item {position}")
     _excerpts(db, item)
     first, second = st.columns(2)
@@ -119,11 +120,11 @@ def _item(db, study: human_eval.Study, rater: raters.Rater, item: human_eval.Rat
                 )
 
 
-with dashboard.errors_shown(), dashboard.database() as db:
+with elements.errors_shown(), queries.database() as db:
     if not human_eval.list_studies(db):
         st.info("No study is open yet. Please come back later.")
         st.stop()
-    rater = dashboard.sign_in(db, "Sign in with the name and access code the study's admin gave you.")
+    rater = signin.sign_in(db, "Sign in with the name and access code the study's admin gave you.")
     if rater is None:
         st.stop()
     # Only the open studies this rater is assigned to (admins: only where the study lets admins rate).

@@ -9,29 +9,30 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import blinding, charts, dashboard, explain, export, human_eval, score_import, scoring, tables
+from core import blinding, explain, export, human_eval, render, score_import, scoring
 from core.simulate import IMPORTED_METHOD, method_note
+from ui import charts, elements, nav, queries, signin, studies, tables
 
-st.set_page_config(page_title="Results", page_icon="🔬", layout="wide")
+nav.sidebar("Results")
 st.title("Results")
 
 
-def _formats(src: dashboard.Source) -> None:
-    if dashboard.hidden_count(src):
+def _formats(src: queries.Source) -> None:
+    if queries.hidden_count(src):
         st.caption(
             "Explanations of neurons in open studies are left out here while those studies run; admins who sign "
             "in on the Studies tab see everything."
         )
-    costs = dashboard.explanation_costs(src)
+    costs = queries.explanation_costs(src)
     if costs.empty:
         st.info("No explanations yet: explain some neurons on the Explain page.")
         return
     model = st.selectbox("Model", sorted(costs["model"].unique()), key="results_model")
     costs = costs[costs["model"] == model]
-    rows = dashboard.score_rows(src, model)
+    rows = queries.score_rows(src, model)
     sets = tables.explanation_sets(costs)
     st.caption(
-        dashboard.markdown_escape(
+        render.escape_markdown(
             f"{len(sets)} explanation set(s): one table per explainer and source, never pooled "
             "(`python -m core explanations` lists them)."
         )
@@ -52,7 +53,7 @@ def _formats(src: dashboard.Source) -> None:
         if tables.scorer_kind(simulator) == "simulation":
             what = "Correlation of simulated and real activations on the valid split (docs/METHOD.md §4)"
         else:
-            what = dashboard.markdown_escape(f"{method_note(method)}, on the valid split (docs/METHOD.md §10)")
+            what = render.escape_markdown(f"{method_note(method)}, on the valid split (docs/METHOD.md §10)")
         st.caption(f"{what}; mean over neurons with a 95% bootstrap CI.")
         for explanation_set in sets:
             _scores_of_set(explanation_set, explanation_set.rows(rows), simulator, method)
@@ -70,7 +71,7 @@ def _formats(src: dashboard.Source) -> None:
     st.caption("Input and output tokens per explanation, counted separately (docs/METHOD.md §4).")
     for index, explanation_set in enumerate(sets):
         group = explanation_set.rows(costs)
-        st.markdown(f"**{dashboard.markdown_escape(explanation_set.label)}** · token cost")
+        st.markdown(f"**{render.escape_markdown(explanation_set.label)}** · token cost")
         st.dataframe(
             explain.cost_table(group.to_dict("records")), width="stretch", column_config=tables.COST_TABLE_CONFIG
         )
@@ -87,8 +88,8 @@ def _scores_of_set(explanation_set: tables.ExplanationSet, rows: pd.DataFrame, s
     """One explainer's explanations from one source, scored by one simulator and method: the per-format table,
     their distribution and the paired differences from original."""
     scored = rows[(rows["simulator"] == simulator) & rows["score"].notna()]
-    scorer = dashboard.markdown_escape(f"scores by {simulator} · {method_note(method)}")
-    st.markdown(f"**{dashboard.markdown_escape(explanation_set.label)}** · {scorer}")
+    scorer = render.escape_markdown(f"scores by {simulator} · {method_note(method)}")
+    st.markdown(f"**{render.escape_markdown(explanation_set.label)}** · {scorer}")
     if not (rows["simulator"] == simulator).any():
         st.caption("None of these explanations has a score from this simulator and method.")
         return
@@ -104,7 +105,7 @@ def _scores_of_set(explanation_set: tables.ExplanationSet, rows: pd.DataFrame, s
     if "original" in set(scored["format"]) and scored["format"].nunique() > 1:
         st.markdown(
             "**Each format against original**, on the neurons both have (paired by neuron) · "
-            + dashboard.markdown_escape(f"{explanation_set.label} · {simulator} · {method}")
+            + render.escape_markdown(f"{explanation_set.label} · {simulator} · {method}")
         )
         st.dataframe(
             tables.in_format_order(scoring.paired_format_differences(rows, "original", simulator=simulator)),
@@ -121,10 +122,10 @@ def _state(db, study: human_eval.Study) -> None:
     if not study.is_open:
         state = "closed: no more ratings; its neurons' explanations are visible to everyone"
     left.markdown(f"**State:** {state}")
-    raters = next((row["raters"] for row in human_eval.list_studies(db) if row["name"] == study.name), [])
+    raters: list[str] = next((row["raters"] for row in human_eval.list_studies(db) if row["name"] == study.name), [])
     assigned = ", ".join(raters) or "nobody yet (`python -m core rater assign --name NAME --studies STUDY`)"
     left.caption(
-        dashboard.markdown_escape(f"Assigned raters: {assigned}")
+        render.escape_markdown(f"Assigned raters: {assigned}")
         + (" · admins may rate it too" if study.allow_admin_ratings else "")
     )
     verb = "Close study" if study.is_open else "Open study again"
@@ -138,15 +139,15 @@ def _tells(items: list[dict]) -> None:
     if tells:
         st.warning(
             "**Text tells**: raters could tell the arms apart without reading the neuron:\n"
-            + "\n".join(f"- {dashboard.markdown_escape(tell.message)}" for tell in tells)
+            + "\n".join(f"- {render.escape_markdown(tell.message)}" for tell in tells)
         )
 
 
-def _study(db, src: dashboard.Source, name: str) -> None:
+def _study(db, src: queries.Source, name: str) -> None:
     _state(db, human_eval.get_study(db, name))
     _tells(human_eval.study_items(db, name))
-    summary = dashboard.study_summary(src, name)
-    status = dashboard.study_status(src, name)
+    summary = queries.study_summary(src, name)
+    status = queries.study_status(src, name)
     _plan(summary)
     if summary.get("arm_sources"):
         st.markdown("**Arms**: the one explainer and source each arm resolved to")
@@ -156,16 +157,16 @@ def _study(db, src: dashboard.Source, name: str) -> None:
     gold = summary.get("n_gold_ratings") or 0
     primary = summary["primary"]
     p_value = "–" if primary["p_value"] is None else f"p = {primary['p_value']:.3g}"
-    dashboard.metric_row(
+    elements.metric_row(
         [
             (
                 f"{arm_a} over {arm_b}, per neuron",
-                f"{tables.rate_text(primary['estimate'], primary['ci'])} · {p_value}",
+                f"{studies.rate_text(primary['estimate'], primary['ci'])} · {p_value}",
                 primary["method"],
             ),
             (
                 "per rating (descriptive)",
-                tables.rate_text(summary["win_rate"], summary["wilson_ci"]),
+                studies.rate_text(summary["win_rate"], summary["wilson_ci"]),
                 "Share of decisive ratings, Wilson interval: treats every rating as independent, which ratings of "
                 "one neuron are not.",
             ),
@@ -177,7 +178,7 @@ def _study(db, src: dashboard.Source, name: str) -> None:
             ("neurons", f"{primary['n_units']}"),
             ("raters", f"{summary['n_raters']}"),
             ("ties · both bad", f"{summary['ties']} · {summary['both_bad']}"),
-            ("left chosen (position bias)", tables.rate_text(bias["rate"], bias["ci"])),
+            ("left chosen (position bias)", studies.rate_text(bias["rate"], bias["ci"])),
         ]
     )
     st.caption(
@@ -190,27 +191,27 @@ def _study(db, src: dashboard.Source, name: str) -> None:
     secondary = summary.get("secondary") or {}
     if secondary.get("win_probability") is not None:
         st.caption(
-            dashboard.markdown_escape(
+            render.escape_markdown(
                 f"Secondary: {secondary['method']}: win probability "
-                f"{tables.rate_text(secondary['win_probability'], secondary['win_probability_ci'])}"
+                f"{studies.rate_text(secondary['win_probability'], secondary['win_probability_ci'])}"
                 + (f"; {secondary['note']}" if secondary.get("note") else "")
             )
         )
     pairs = summary["pairs"]
     if any(pair["win_rate"] is not None for pair in pairs):
         st.plotly_chart(charts.win_rate_figure(pairs), width="stretch")
-    st.dataframe(tables.pairs_table(pairs), hide_index=True, width="stretch", column_config=tables.PAIRS_TABLE_CONFIG)
+    st.dataframe(studies.pairs_table(pairs), hide_index=True, width="stretch", column_config=studies.PAIRS_TABLE_CONFIG)
     if summary["bradley_terry"]:
         st.markdown("**Bradley–Terry strengths**")
         if summary["bradley_terry"].get("warning"):
-            st.warning(dashboard.markdown_escape(summary["bradley_terry"]["warning"]))
+            st.warning(render.escape_markdown(summary["bradley_terry"]["warning"]))
         st.plotly_chart(charts.bradley_terry_figure(summary["bradley_terry"]), width="stretch")
     # One block under the other: side by side, a narrow window cut the interval of the figure short.
     st.markdown("**Humans vs automated scores**")
     versus = summary["human_vs_automated"]
     if versus:
-        dashboard.metric_row(
-            [("humans chose the higher-scored explanation", tables.rate_text(versus["rate"], versus["ci"]))]
+        elements.metric_row(
+            [("humans chose the higher-scored explanation", studies.rate_text(versus["rate"], versus["ci"]))]
         )
         ties = versus.get("n_score_ties") or 0
         st.caption(
@@ -219,7 +220,7 @@ def _study(db, src: dashboard.Source, name: str) -> None:
         )
     else:
         st.caption("No rated item has scores for both explanations.")
-    automated = tables.automated_table(summary.get("automated") or [])
+    automated = studies.automated_table(summary.get("automated") or [])
     if not automated.empty:
         st.caption(
             "Chance-corrected, one score kind at a time: Cohen's κ between each item's human majority and the sign "
@@ -233,15 +234,15 @@ def _study(db, src: dashboard.Source, name: str) -> None:
         pd.DataFrame(list(summary["agreement"].items()), columns=["measure", "value"]),
         hide_index=True,
         width="content",
-        column_config=tables.MEASURE_TABLE_CONFIG,
+        column_config=studies.MEASURE_TABLE_CONFIG,
     )
     st.markdown("**Per rater**")
     st.dataframe(pd.DataFrame(status["raters"]), hide_index=True, width="stretch")
     st.dataframe(
-        tables.pairs_table(summary["per_rater"]),
+        studies.pairs_table(summary["per_rater"]),
         hide_index=True,
         width="stretch",
-        column_config=tables.PAIRS_TABLE_CONFIG,
+        column_config=studies.PAIRS_TABLE_CONFIG,
     )
     if summary["gold"]["per_rater"]:
         st.markdown("**Attention checks**")
@@ -251,7 +252,7 @@ def _study(db, src: dashboard.Source, name: str) -> None:
     st.markdown("**Downloads** (unblinded: arms, formats, explainers and every rating)")
     stem = export.file_stem(name)
     for column, fmt in zip(st.columns(len(export.EXPORT_FORMATS)), export.EXPORT_FORMATS, strict=True):
-        file_name, data, mime = dashboard.download_of(dashboard.export_files(src, name, fmt), stem, fmt)
+        file_name, data, mime = elements.download_of(queries.export_files(src, name, fmt), stem, fmt)
         column.download_button(fmt, data, file_name=file_name, mime=mime, key=f"results_download_{fmt}")
 
 
@@ -282,7 +283,7 @@ def _quality(summary: dict) -> None:
     st.dataframe(pd.DataFrame(quality["raters"]), hide_index=True, width="stretch")
     excluded = quality["exclusions"]
     st.caption(
-        dashboard.markdown_escape(
+        render.escape_markdown(
             f"Excluded by the plan: {excluded['n_paused']} ratings of paused raters, {excluded['n_straight_lining']} "
             f"of straight-lining raters, {excluded['n_fast']} too fast, {excluded['n_over_cap']} beyond the cap. "
             f"Median seconds per rating: {quality['median_seconds'] or '–'}."
@@ -292,13 +293,13 @@ def _quality(summary: dict) -> None:
         st.dataframe(pd.DataFrame(quality["by_confidence"]), hide_index=True, width="content")
 
 
-def _power(src: dashboard.Source, name: str, arm_a: str, arm_b: str) -> None:
+def _power(src: queries.Source, name: str, arm_a: str, arm_b: str) -> None:
     with st.expander("Power: what this design can detect"):
-        design = dashboard.study_power(src, name, arm_a, arm_b)
+        design = queries.study_power(src, name, arm_a, arm_b)
         effect = design.get("effect") or {}
         detectable = effect.get("win_rate")
         st.markdown(
-            dashboard.markdown_escape(
+            render.escape_markdown(
                 f"With {design['n_neurons']} neurons, about {design['mean_ratings_per_neuron'] or 0:.1f} ratings "
                 f"each, {design['tie_share'] or 0:.0%} ties and an intra-neuron correlation of "
                 f"{design['icc'] if design['icc'] is not None else 0:.2f}, the smallest win rate of {arm_a} "
@@ -309,16 +310,16 @@ def _power(src: dashboard.Source, name: str, arm_a: str, arm_b: str) -> None:
         st.caption("For planning: `python -m core study power --win-rate 0.65 --icc 0.1 --ratings-per-item 3`.")
 
 
-def _studies(db, src: dashboard.Source) -> None:
+def _studies(db, src: queries.Source) -> None:
     studies = human_eval.list_studies(db)
     if not studies:
         st.info("No study yet: create one with `python -m core study create` (see the home page).")
         return
-    rater = dashboard.sign_in(db, "Study results reveal which explanation came from which arm: sign in as an admin.")
+    rater = signin.sign_in(db, "Study results reveal which explanation came from which arm: sign in as an admin.")
     if rater is None:
         return
     if not rater.is_admin:
-        st.error(f"{dashboard.markdown_escape(rater.name)} is a rater, not an admin: study results are for admins.")
+        st.error(f"{render.escape_markdown(rater.name)} is a rater, not an admin: study results are for admins.")
         return
     name = st.selectbox(
         "Study",
@@ -329,10 +330,10 @@ def _studies(db, src: dashboard.Source) -> None:
     _study(db, src, name)
 
 
-with dashboard.errors_shown(), dashboard.database() as db:
-    src = dashboard.source(db)
+with elements.errors_shown(), queries.database() as db:
+    src = queries.source(db)
     formats_tab, studies_tab = st.tabs(["Prompt formats", "Studies"])
-    with formats_tab, dashboard.errors_shown():
+    with formats_tab, elements.errors_shown():
         _formats(src)
-    with studies_tab, dashboard.errors_shown():
+    with studies_tab, elements.errors_shown():
         _studies(db, src)

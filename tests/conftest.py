@@ -93,77 +93,9 @@ def openai_env(fake_openai, monkeypatch: pytest.MonkeyPatch):
     return fake_openai
 
 
-# Words for the tiny tokenizer's BPE merges; any other text still round-trips through the byte-level alphabet.
-_TINY_TEXT = (
-    "the a an of and to in is was for on with as by at from that this it he she they we you neuron token tokens "
-    "word words text activation activations explanation excerpt start end find finds main thing does behavior "
-    "same but all zeros filtered out highly activating summary highlight unknown cat cats dog dogs house city "
-    "river music number numbers year years day days time people water red green blue color colors New York Paris "
-    "London Monday Friday good bad big small first last run runs running walk walked said make made code function"
-)
-_TINY_WORDS = _TINY_TEXT.split()
-TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-
-
-def build_tiny_tokenizer():
-    """A byte-level BPE PreTrainedTokenizerFast with a chat template; "0".."10" are single tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    lines = []
-    for i, word in enumerate(_TINY_WORDS):
-        lines.append(f"{word} {_TINY_WORDS[(i * 7) % len(_TINY_WORDS)]} {_TINY_WORDS[(i * 13) % len(_TINY_WORDS)]}.")
-        lines.append(f"{word.capitalize()}\t{i % 11}\n")
-    for value in range(11):  # frequent enough that BPE merges "1"+"0" into "10"
-        lines += [f"{value}", f" {value}", f"\t{value}\n"] * 20
-    special = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(lines, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        chat_template=TINY_CHAT_TEMPLATE,
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a tiny random LlamaForCausalLM (hidden 32, 2 layers) and its chat tokenizer (save_pretrained)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny_models import build_tiny_chat_model
 
-    path = tmp_path_factory.mktemp("tiny_chat_model")
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny_chat_model"))

@@ -1,7 +1,11 @@
 """A real HTTP server on localhost that speaks the OpenAI protocol, for tests.
 
 Tests drive it with the real `openai` client. It answers /v1/chat/completions, /v1/completions (with `echo` and
-`logprobs`) and /v1/embeddings, records every request, and can inject faults one request at a time:
+`logprobs`) and /v1/embeddings, records every request, and can inject faults one request at a time. Its 429 and 5xx
+answers carry `Retry-After-Ms` (`retry_after_ms`, 10 by default; None sends none), which the client honours, as it does
+OpenAI's, so that retries in tests wait milliseconds rather than the client's own backoff of half a second and more.
+With `reject_max_tokens`, a request that names `max_tokens` is refused with OpenAI's 400 for models that take only
+`max_completion_tokens`.
 
     with FakeOpenAIServer() as server:
         server.inject("429", "malformed_json")
@@ -140,10 +144,14 @@ def default_completions(request: dict[str, Any]) -> dict[str, Any]:
 class FakeOpenAIServer:
     """ThreadingHTTPServer on 127.0.0.1 (port 0) in a daemon thread; use as a context manager or start()/stop()."""
 
-    def __init__(self, *, timeout_sleep_s: float = 3.0, require_key: str | None = None) -> None:
+    def __init__(
+        self, *, timeout_sleep_s: float = 3.0, require_key: str | None = None, retry_after_ms: int | None = 10
+    ) -> None:
         self.chat_handler: Callable[[dict[str, Any]], str] = default_chat_reply
         self.completions_handler: Callable[[dict[str, Any]], dict[str, Any]] = default_completions
         self.timeout_sleep_s = timeout_sleep_s
+        self.retry_after_ms = retry_after_ms
+        self.reject_max_tokens = False
         self.chat_usage = True  # False: chat answers carry no `usage`, like some local servers
         self.require_key = require_key
         self.requests: list[dict[str, Any]] = []  # every request body, parsed
@@ -258,10 +266,18 @@ class _Handler(BaseHTTPRequestHandler):
         rejected = f"Incorrect API key provided: {key}. You can find your API key in your account settings."
         if self.fake.require_key is not None and key != self.fake.require_key:
             return self._error(401, rejected, "invalid_request_error")
+        wait = {} if self.fake.retry_after_ms is None else {"Retry-After-Ms": str(self.fake.retry_after_ms)}
         if fault == "429":
-            return self._error(429, "Rate limit reached, please slow down.", "rate_limit_error", {"Retry-After": "0"})
+            return self._error(429, "Rate limit reached, please slow down.", "rate_limit_error", wait)
         if fault in ("500", "503"):
-            return self._error(int(fault), "The server had an error while processing your request.", "server_error")
+            message = "The server had an error while processing your request."
+            return self._error(int(fault), message, "server_error", wait)
+        if self.fake.reject_max_tokens and "max_tokens" in body:
+            unsupported = (
+                "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' "
+                "instead."
+            )
+            return self._error(400, unsupported, "invalid_request_error")
         if fault == "401":
             return self._error(401, rejected, "invalid_request_error")
         if fault == "timeout":

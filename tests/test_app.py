@@ -22,13 +22,14 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from core import config, dashboard, export, human_eval, prompts, raters, render, scoring, simulate, tokens
+from core import config, export, human_eval, prompts, raters, render, scoring, simulate, tokens
 from core import db as dbmod
 from core.models import DEFAULT_MODEL_NAME
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
 from tests.fake_openai import default_chat_reply
 from tests.simulated_study import ARM_WORDS, EXPLAINERS
 from tests.simulated_study import explain_neurons as explain_for_study
+from ui import elements, studies
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAGES = {
@@ -119,9 +120,9 @@ def run(page: str, query: dict[str, str] | None = None) -> AppTest:
 
 
 def assert_no_crash(at: AppTest) -> None:
-    """Neither an exception nor the one line dashboard.errors_shown puts in place of an unexpected one."""
+    """Neither an exception nor the one line elements.errors_shown puts in place of an unexpected one."""
     assert not at.exception, [e.message for e in at.exception]
-    assert dashboard.UNEXPECTED_ERROR not in [element.value for element in at.error]
+    assert elements.UNEXPECTED_ERROR not in [element.value for element in at.error]
 
 
 def sign_in(at: AppTest, name: str, code: str) -> AppTest:
@@ -224,6 +225,26 @@ def test_home_counts_what_is_stored(app_db) -> None:
     assert metrics["Explanations"] == str(len(dbmod.list_explanations(app_db)))
     assert metrics["Studies"] == "1" and metrics["Ratings"] == "0"
     assert len(at.code) == 3  # the three getting-started steps
+
+
+def test_every_page_lists_the_pages_with_home_first(app_db) -> None:
+    """Each page draws the sidebar's page list (ui/nav.py): "Home" for app.py, never the file's name, then the
+    pages/ files; switching to each runs that page."""
+    write_default_data(app_db)
+    at = run("home")
+    assert [title.value for title in at.title] == ["Neuron explanation workbench"]
+    links = [(link.proto.page, link.proto.label) for link in at.sidebar.get("page_link")]
+    assert [label for _, label in links] == ["Home", "Neurons", "Explain", "Rate", "Results"]
+    for path, title in (
+        ("pages/1_Neurons.py", "Neurons"),
+        ("pages/2_Explain.py", "Explain neurons"),
+        ("pages/3_Rate.py", "Rate explanations"),
+        ("pages/4_Results.py", "Results"),
+    ):
+        at.switch_page(path).run()
+        assert_no_crash(at)
+        assert [element.value for element in at.title] == [title], path
+        assert [link.proto.label for link in at.sidebar.get("page_link")][0] == "Home", path
 
 
 def test_home_says_whether_a_key_is_set_and_never_shows_it(app_db, monkeypatch) -> None:
@@ -541,7 +562,7 @@ def test_rate_excerpts_show_positive_activations_and_instructions_fold(app_db) -
     at = _rate_page(app_db)
     assert at.expander[0].proto.expanded  # before the first rating
     item = human_eval.next_item(app_db, STUDY, RATER)
-    excerpts = dashboard.rating_excerpts(dbmod.get_neuron(app_db, MODEL, NeuronId.parse(item.neuron)))
+    excerpts = studies.rating_excerpts(dbmod.get_neuron(app_db, MODEL, NeuronId.parse(item.neuron)))
     assert any(a < 0 for excerpt in excerpts for a in excerpt.activations)  # there are negatives to leave out
     negative = "rgba({}, {}, {}".format(*render.NEGATIVE_RGB)
     assert "nw-tok" in html_bodies(at) and negative not in html_bodies(at)

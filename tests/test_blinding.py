@@ -277,8 +277,8 @@ def run_signed_in(page: str, query: dict[str, str], signed: object) -> object:
     """`page` in a session where the admin signed in (as `signed`, an AppTest that went through sign-in)."""
     from streamlit.testing.v1 import AppTest
 
-    from core import dashboard
     from tests.test_app import PAGES, TIMEOUT
+    from ui import session as dashboard
 
     at = AppTest.from_file(str(PAGES[page]), default_timeout=TIMEOUT)
     at.session_state[dashboard.RATER_KEY] = signed.session_state[dashboard.RATER_KEY]

@@ -61,7 +61,7 @@ def test_prompt_for_a_stored_neuron_is_exactly_what_explain_sends(neurons_db: st
 
 def test_simulate_a_stored_neuron_on_a_split(neurons_db: str, tiny_chat_model: Path, capsys) -> None:
     argv = ["simulate", "--explanation", "the word cat", "--neuron", "0:2", "--model", MODEL, "--db", neurons_db]
-    argv += ["--simulator", f"hf:{tiny_chat_model}", "--device", "cpu", "--json"]
+    argv += ["--simulator", f"hf:{tiny_chat_model}", "--simulator-device", "cpu", "--json"]
     assert main([*argv, "--split", "test"]) == 0
     result = json.loads(capsys.readouterr().out)
     expected = _neuron(2, 2).split("test")
@@ -76,7 +76,8 @@ def test_score_ends_with_a_per_format_table_per_explainer(neurons_db: str, tiny_
             dbmod.insert_explanation(
                 database, model=MODEL, layer=0, neuron=index, format=format_name, explainer="openai:w", explanation=text
             )
-    argv = ["score", "--model", MODEL, "--db", neurons_db, "--simulator", f"hf:{tiny_chat_model}", "--device", "cpu"]
+    argv = ["score", "--model", MODEL, "--db", neurons_db, "--simulator", f"hf:{tiny_chat_model}"]
+    argv += ["--simulator-device", "cpu"]
     assert main([*argv, "--reference", "none"]) == 0
     out = capsys.readouterr().out
     assert "4 scored, 0 already scored, 0 failed (of 4)" in out
@@ -192,3 +193,21 @@ def test_a_missing_database_is_refused_by_reading_commands_and_announced_by_crea
     assert f"created a new database at {missing}" in capsys.readouterr().err
     assert main(["import-explanations", str(paper), "--explainer", "gpt-4", "--db", str(missing)]) == 0
     assert "created" not in capsys.readouterr().err
+
+
+def test_each_model_has_its_own_device_flag() -> None:
+    from core.__main__ import _collect_options, _explain_options, _simulator_options, build_parser
+
+    argv = ["run", "--neurons", "0:1", "--explainer", "hf:chat", "--simulator", "hf:sim", "--device", "cuda:0",
+            "--explainer-device", "cpu", "--simulator-device", "cuda:1", "--simulator-dtype", "float16"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    assert _collect_options(args).device == "cuda:0"  # the subject model, when `run` collects its layers
+    assert _explain_options(args).local.device == "cpu"
+    simulator = _simulator_options(args).local
+    assert (simulator.device, simulator.dtype) == ("cuda:1", "float16")
+    puzzles = build_parser().parse_args(["puzzles", "--explainer", "hf:chat", "--explainer-device", "cpu"])
+    assert _explain_options(puzzles).local.device == "cpu"
+    # One --device no longer feeds every model: the commands without a subject model do not take it.
+    for command in (["simulate", "--explanation", "x", "--records", "r.json"], ["score"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--simulator", "hf:sim", "--device", "cpu"])

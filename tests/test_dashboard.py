@@ -1,4 +1,5 @@
-"""What the pages share (core/dashboard.py) and the dashboard queries of core/db.py, against a real SQLite file."""
+"""What the pages share (ui/: cached queries, tables, figures, neuron input) and the dashboard queries of core/db.py,
+against a real SQLite file."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import zipfile
 
 import pytest
 
-from core import charts, dashboard, human_eval, prompts, raters, scoring, tables
 from core import db as dbmod
+from core import human_eval, prompts, raters, render, scoring
 from core.errors import InputError
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from ui import charts, elements, neuron_input, prompt_preview, queries, studies, tables
 
 MODEL = "toy"
 
@@ -125,26 +127,52 @@ def test_explanations_after_costs_and_similarities(db) -> None:
     ]
 
 
+# --- cached queries (ui/queries.py) ------------------------------------------------------------------------------
+
+
+def test_cached_queries_are_keyed_by_their_real_inputs(db) -> None:
+    dbmod.write_neurons(db, MODEL, [_neuron(0, 0), _neuron(0, 1), _neuron(1, 0)], source="test")
+    src = queries.source(db)
+    # Two queries with the same arguments never answer for each other: each has a cache of its own.
+    assert queries.summary(src)["counts"]["neurons"] == 3
+    assert queries.simulators(src) == []
+    assert queries.neuron_indices(src, MODEL, 0) == [0, 1] and queries.neuron_indices(src, MODEL, 1) == [0]
+    assert queries.layers(src, MODEL) == [(0, 2), (1, 1)]
+    assert queries.neuron(src, MODEL, NeuronId(0, 1)) == dbmod.get_neuron(db, MODEL, NeuronId(0, 1))
+    # A write moves the data version: the next run's source reads the new rows, the old one its cached answer.
+    assert queries.explanations(src, MODEL, NeuronId(0, 0)) == []
+    explanation_id = _explain(db, NeuronId(0, 0), "fresh")
+    assert queries.explanations(src, MODEL, NeuronId(0, 0)) == []
+    after = queries.source(db)
+    assert after.version != src.version and after.records == src.records
+    assert [row["id"] for row in queries.explanations(after, MODEL, NeuronId(0, 0))] == [explanation_id]
+    assert queries.summary(after)["counts"]["explanations"] == 1
+    # Each query can be cleared on its own, and documents itself with its core function's contract.
+    queries.summary.clear()
+    assert queries.summary(src)["counts"]["explanations"] == 1  # read again: an old version, the rows of now
+    assert queries.summary.__doc__ == dbmod.summary.__doc__
+
+
 # --- neuron input ------------------------------------------------------------------------------------------------
 
 
 def test_neurons_from_text_and_upload() -> None:
-    assert dashboard.neurons_from_text("3:17, 3:42;0:1\n3:17  # again\n\n") == [
+    assert neuron_input.neurons_from_text("3:17, 3:42;0:1\n3:17  # again\n\n") == [
         NeuronId(3, 17), NeuronId(3, 42), NeuronId(0, 1)
     ]  # fmt: skip
     with pytest.raises(InputError, match="layer:index"):
-        dashboard.neurons_from_text("3:17, seventeen")
+        neuron_input.neurons_from_text("3:17, seventeen")
     with pytest.raises(InputError, match="no neurons"):
-        dashboard.neurons_from_text("# nothing")
+        neuron_input.neurons_from_text("# nothing")
     csv_file = b"\xef\xbb\xbfLayer,Neuron\n0,2\n1,0\n0,2\n"
-    assert dashboard.neurons_from_upload("n.csv", csv_file) == [NeuronId(0, 2), NeuronId(1, 0)]
-    assert dashboard.neurons_from_upload("n.txt", b"0:2\n1:3\n") == [NeuronId(0, 2), NeuronId(1, 3)]
+    assert neuron_input.neurons_from_upload("n.csv", csv_file) == [NeuronId(0, 2), NeuronId(1, 0)]
+    assert neuron_input.neurons_from_upload("n.txt", b"0:2\n1:3\n") == [NeuronId(0, 2), NeuronId(1, 3)]
     with pytest.raises(InputError, match="line 2"):
-        dashboard.neurons_from_upload("n.csv", b"layer,neuron\nx,1\n")
+        neuron_input.neurons_from_upload("n.csv", b"layer,neuron\nx,1\n")
     with pytest.raises(InputError, match="columns layer,neuron"):
-        dashboard.neurons_from_upload("n.csv", b"layer,index\n0,1\n")
+        neuron_input.neurons_from_upload("n.csv", b"layer,index\n0,1\n")
     with pytest.raises(InputError, match="UTF-8"):
-        dashboard.neurons_from_upload("n.csv", b"\xff\xfe\x00")
+        neuron_input.neurons_from_upload("n.csv", b"\xff\xfe\x00")
 
 
 # --- tables ------------------------------------------------------------------------------------------------------
@@ -210,9 +238,9 @@ def test_simulations_are_the_ok_scores_with_predictions() -> None:
 
 def test_rating_excerpts_are_held_out_top_records() -> None:
     full = _neuron(0, 0, top=20)
-    assert dashboard.rating_excerpts(full) == [full.top[i] for i in (3, 7, 11, 15, 19)]
+    assert studies.rating_excerpts(full) == [full.top[i] for i in (3, 7, 11, 15, 19)]
     few = _neuron(0, 0, top=3)
-    assert dashboard.rating_excerpts(few) == list(few.top)  # no test split yet: the first top ones
+    assert studies.rating_excerpts(few) == list(few.top)  # no test split yet: the first top ones
 
 
 def test_job_table_and_stats_table() -> None:
@@ -236,25 +264,26 @@ def test_job_table_and_stats_table() -> None:
 
 def test_prompt_previews_count_and_report_problems() -> None:
     record = _neuron(0, 0)
-    previews = tables.prompt_previews(record, ["original", "summary"], "openai:gpt-4", prompts.DEFAULT_CUTOFF, None)
+    formats = ["original", "summary"]
+    previews = prompt_preview.prompt_previews(record, formats, "openai:gpt-4", prompts.DEFAULT_CUTOFF, None)
     assert [p.format for p in previews] == ["original", "summary"] and all(p.error is None for p in previews)
     assert previews[0].input_tokens > 0 and previews[0].tokenizer == "cl100k_base"
     assert previews[0].text.startswith("=== system ===")
     # The 0.9 quantile is not among the neuron's stats: the natural format reports it, the original does not care.
     missing = prompts.Cutoff("quantile", 0.9)
-    previews = tables.prompt_previews(record, ["original", "summary"], "openai:gpt-4", missing, "none")
+    previews = prompt_preview.prompt_previews(record, ["original", "summary"], "openai:gpt-4", missing, "none")
     assert previews[0].error is None and "0.9 quantile" in previews[1].error and previews[1].input_tokens is None
     with pytest.raises(InputError):
-        tables.prompt_previews(record, ["summary"], "gpt-4", prompts.DEFAULT_CUTOFF, None)
+        prompt_preview.prompt_previews(record, ["summary"], "gpt-4", prompts.DEFAULT_CUTOFF, None)
 
 
 def test_preview_table_compares_the_formats() -> None:
     previews = [
-        tables.PromptPreview("original", "a", 900, "cl100k_base"),
-        tables.PromptPreview("summary", "b", 300, "cl100k_base"),
-        tables.PromptPreview("highlight", "", None, "cl100k_base", "no cutoff"),
+        prompt_preview.PromptPreview("original", "a", 900, "cl100k_base"),
+        prompt_preview.PromptPreview("summary", "b", 300, "cl100k_base"),
+        prompt_preview.PromptPreview("highlight", "", None, "cl100k_base", "no cutoff"),
     ]
-    table = tables.preview_table(previews)
+    table = prompt_preview.preview_table(previews)
     assert list(table["format"]) == ["original", "summary", "highlight"]
     assert table["original_over_format"].tolist()[:2] == [1.0, 3.0] and math.isnan(table["original_over_format"][2])
     assert list(table["problem"]) == ["", "", "no cutoff"]
@@ -288,14 +317,13 @@ def test_in_format_order() -> None:
 
 
 def test_texts() -> None:
-    assert dashboard.progress_text(11, 29) == ("12 of 40", 11 / 40)
-    assert dashboard.progress_text(0, 0) == ("nothing to rate", 1.0)
-    assert tables.rate_text(0.625, [0.48, 0.74]) == "62% (48%–74%)"
-    assert tables.rate_text(None) == "–" and tables.rate_text(0.5) == "50%"
-    assert dashboard.neuron_label(7, math.nan) == "7" and dashboard.neuron_label(7, 0.456) == "7  (best score 0.46)"
-    assert dashboard.public_url("https://u:p@host.example:8443/v1/?k=s#f") == "https://host.example:8443/v1"
-    assert dashboard.public_url(None) is None
-    assert dashboard.one_line("bad *x*\n  [y](z) $1") == "bad \\*x\\* \\[y\\]\\(z\\) \\$1"
+    assert studies.progress_text(11, 29) == ("12 of 40", 11 / 40)
+    assert studies.progress_text(0, 0) == ("nothing to rate", 1.0)
+    assert studies.rate_text(0.625, [0.48, 0.74]) == "62% (48%–74%)"
+    assert studies.rate_text(None) == "–" and studies.rate_text(0.5) == "50%"
+    assert neuron_input.neuron_label(7, math.nan) == "7"
+    assert neuron_input.neuron_label(7, 0.456) == "7  (best score 0.46)"
+    assert render.escape_markdown("bad *x*\n  [y](z) $1") == "bad \\*x\\* \\[y\\]\\(z\\) \\$1"
 
 
 def test_pairs_table_is_narrow_and_reads_the_interval() -> None:
@@ -306,21 +334,21 @@ def test_pairs_table_is_narrow_and_reads_the_interval() -> None:
         {"rater": "r", "arm_a": "a", "arm_b": "c", **counts, "win_rate": None, "wilson_ci": [None, None],
          "binomial_p": None, "tie_share": 0.0, "both_bad_share": 0.0},
     ]  # fmt: skip
-    table = tables.pairs_table(rows)
-    assert list(table.columns) == tables.PAIR_COLUMNS
+    table = studies.pairs_table(rows)
+    assert list(table.columns) == studies.PAIR_COLUMNS
     assert table.iloc[0].to_dict() == {
         "rater": "r", "arm_a": "a", "arm_b": "b", **{k: v for k, v in counts.items() if k != "decisive"},
         "win_rate_a": "62% (31%–86%)", "binomial_p": 0.73,
     }  # fmt: skip
     assert table["win_rate_a"].iloc[1] == "–" and math.isnan(table["binomial_p"].iloc[1])
-    overall = tables.pairs_table([{k: v for k, v in rows[0].items() if k != "rater"}])
+    overall = studies.pairs_table([{k: v for k, v in rows[0].items() if k != "rater"}])
     assert "rater" not in overall.columns
-    assert tables.pairs_table([]).empty
+    assert studies.pairs_table([]).empty
 
 
 def test_download_of_one_file_or_a_zip() -> None:
-    assert dashboard.download_of({"s.json": b"{}"}, "s", "json") == ("s.json", b"{}", "application/json")
-    name, data, mime = dashboard.download_of({"a.csv": b"1", "b.json": b"2"}, "s", "csv")
+    assert elements.download_of({"s.json": b"{}"}, "s", "json") == ("s.json", b"{}", "application/json")
+    name, data, mime = elements.download_of({"a.csv": b"1", "b.json": b"2"}, "s", "csv")
     assert (name, mime) == ("s_csv.zip", "application/zip")
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert {n: archive.read(n) for n in archive.namelist()} == {"a.csv": b"1", "b.json": b"2"}

@@ -1,8 +1,10 @@
 """The whole app in a real browser: `streamlit run app.py` on a free localhost port, driven by Debian's chromium
 through Playwright. A rater signs in and rates two items, the ratings are checked in the database, and an admin
 downloads the study's CSV export from the Results page. In a 900 px window, no figure or button is cut short and a
-rating can be given with the keyboard alone. Screenshots of each step and the downloaded file are kept under
-test-artifacts/e2e/ (gitignored; the narrow window's under narrow/) for a person to look at.
+rating can be given with the keyboard alone. A link to a neuron opens it even as a fresh server's first request, with
+the sidebar calling the entry page Home. Screenshots of each step and the downloaded file are kept under
+test-artifacts/e2e/ (gitignored; the narrow window's under narrow/, the links' under links/) for a person to look
+at.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import io
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -34,8 +37,9 @@ ADMIN, ADMIN_CODE = "ada", "ada-access-1"
 # Each wait is on a condition; the limit is generous because a loaded 2-core machine can take many seconds per rerun.
 TIMEOUT_MS = 90_000
 VIEWPORT = {"width": 1400, "height": 2400}
-# One theme word per neuron: the neuron "fires" on it, and the two arms' explanations describe it differently.
-THEMES = ("river", "Monday", "seven", "blue")
+# One theme word per neuron: the neuron "fires" on it, and the two arms' explanations describe it differently. No page
+# uses these words of its own (the legend says "blue"), so the word on screen names the neuron shown.
+THEMES = ("river", "Monday", "seven", "violet")
 FILLER = (
     "the", "old", "house", "stood", "by", "the", "road", "and", "we", "walked", "there", "on", "a", "quiet", "day",
     "with", "friends",
@@ -151,7 +155,7 @@ def walk_through(page: Page, url: str, db_path: Path, artifacts: Path) -> tuple[
     shot("1_home")
 
     # Rate: sign in as the rater (through the sidebar, as a person would go there).
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Rate", exact=True).click()
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Rate", exact=True).click()
     expect(page.get_by_role("heading", name="Rate explanations")).to_be_visible()
     settled(page)
     page.get_by_label("Name", exact=True).fill(RATER)
@@ -193,7 +197,7 @@ def walk_through(page: Page, url: str, db_path: Path, artifacts: Path) -> tuple[
             assert arm_word not in text.lower()
 
     # Results: a rater is refused the study results; the admin gets them and downloads the CSV export.
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Results", exact=True).click()
+    page.get_by_test_id("stSidebar").get_by_role("link", name="Results", exact=True).click()
     expect(page.get_by_role("heading", name="Results", exact=True)).to_be_visible()
     settled(page)
     page.get_by_role("tab", name="Studies").click()
@@ -285,7 +289,7 @@ def test_a_narrow_window_cuts_no_figure_or_button_short(tmp_path: Path, artifact
         expect(page.get_by_test_id("stSidebar")).to_be_visible()
         settled_and_whole("1_neurons")
 
-        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Rate", exact=True).click()
+        page.get_by_test_id("stSidebar").get_by_role("link", name="Rate", exact=True).click()
         expect(page.get_by_role("heading", name="Rate explanations")).to_be_visible()
         settled(page)
         page.get_by_label("Name", exact=True).fill(RATER)
@@ -312,7 +316,7 @@ def test_a_narrow_window_cuts_no_figure_or_button_short(tmp_path: Path, artifact
             ("left", 4, "typed, not clicked"),
         ]
 
-        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Results", exact=True).click()
+        page.get_by_test_id("stSidebar").get_by_role("link", name="Results", exact=True).click()
         # Until the Results page has run, the sidebar's "Sign out" may still be the Rate page's.
         expect(page.get_by_role("heading", name="Results", exact=True)).to_be_visible()
         settled(page)
@@ -323,3 +327,75 @@ def test_a_narrow_window_cuts_no_figure_or_button_short(tmp_path: Path, artifact
         page.get_by_role("button", name="Sign in", exact=True).click()
         expect(page.get_by_test_id("stMetric").filter(has_text="left chosen")).to_be_visible()
         settled_and_whole("3_results_study")
+
+
+PAGE_NAMES = ["Home", "Neurons", "Explain", "Rate", "Results"]
+
+
+def neuron_link(url: str, index: int) -> str:
+    return f"{url}/Neurons?model={MODEL}&layer=0&neuron={index}"
+
+
+def shows_neuron(page: Page, index: int) -> None:
+    """The page is the neuron's own view: its heading, its theme word in the excerpts, and the link's address."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("heading", name=f"{MODEL} · neuron 0:{index}")).to_be_visible()
+    settled(page)
+    main = page.get_by_test_id("stMain")
+    expect(main).to_contain_text(THEMES[index])
+    text = main.inner_text()
+    assert not [theme for theme in THEMES if theme != THEMES[index] and theme in text], text
+    address = urlsplit(page.url)
+    assert address.path == "/Neurons"
+    assert {key: values[-1] for key, values in parse_qs(address.query).items()} == {
+        "model": MODEL, "layer": "0", "neuron": str(index)
+    }  # fmt: skip
+
+
+def sidebar_pages(page: Page) -> list[str]:
+    """The labels of the sidebar's page list (ui/nav.py), once it has as many entries as there are pages."""
+    from playwright.sync_api import expect
+
+    links = page.get_by_test_id("stSidebar").get_by_test_id("stPageLink")
+    expect(links).to_have_count(len(PAGE_NAMES))
+    return [text.strip() for text in links.all_inner_texts()]
+
+
+def test_a_link_opens_its_page_even_as_a_fresh_servers_first_request(tmp_path: Path, artifacts: Path) -> None:
+    """A neuron's link opens that neuron and keeps its address, also as the very first request to a fresh server,
+    and the sidebar then already names the entry page "Home" (never its file name, "app"). Home is one click away,
+    and a link opened in a new tab still shows its neuron."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    db_path = tmp_path / "links.db"
+    prepare_database(db_path)
+    links = artifacts / "links"
+    links.mkdir(exist_ok=True)
+    with (
+        running_app(db_path, links / "streamlit.log") as url,
+        chromium_context(tmp_path / "chromium-profile", viewport=VIEWPORT) as browser,
+    ):
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(neuron_link(url, 2))
+        shows_neuron(page, 2)
+        assert sidebar_pages(page) == PAGE_NAMES
+        assert "app" not in [text.strip().lower() for text in page.get_by_test_id("stSidebar").all_inner_texts()]
+        page_screenshot(page, links / "1_link_as_first_request.png")
+
+        page.get_by_test_id("stSidebar").get_by_role("link", name="Home", exact=True).click()
+        expect(page.get_by_role("heading", name="Neuron explanation workbench")).to_be_visible()
+        settled(page)
+        expect(page.get_by_test_id("stMetric").filter(has_text="Neurons")).to_contain_text(str(len(THEMES)))
+        assert urlsplit(page.url).path == "/"
+        assert sidebar_pages(page) == PAGE_NAMES
+        page_screenshot(page, links / "2_home.png")
+
+        tab = browser.new_page()
+        tab.set_default_timeout(TIMEOUT_MS)
+        tab.goto(neuron_link(url, 1))
+        shows_neuron(tab, 1)
+        assert sidebar_pages(tab) == PAGE_NAMES
+        page_screenshot(tab, links / "3_link_in_a_new_tab.png")

@@ -1,4 +1,4 @@
-"""How the app shows errors (core/dashboard.py `errors_shown`), driven by streamlit.testing.v1.AppTest: our own errors
+"""How the app shows errors (ui/elements.py `errors_shown`), driven by streamlit.testing.v1.AppTest: our own errors
 as their one-line message; anything unexpected as a short line for everyone, its traceback in the server log and,
 for admins only, in a "Details" expander. Never Streamlit's own traceback page."""
 
@@ -9,8 +9,9 @@ import logging
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import dashboard
+from core import render
 from core.raters import Rater
+from ui import elements, session
 
 TIMEOUT = 60
 
@@ -18,9 +19,9 @@ TIMEOUT = 60
 def _failing_page() -> None:
     import streamlit as st
 
-    from core import dashboard
+    from ui import elements
 
-    with dashboard.errors_shown():
+    with elements.errors_shown():
         st.write("before the failure")
         raise ValueError("internal detail /srv/workbench/core/x.py")
     st.write("after the block")
@@ -33,16 +34,16 @@ def _page_text(at: AppTest) -> str:
 def _run(rater: Rater | None) -> AppTest:
     at = AppTest.from_function(_failing_page, default_timeout=TIMEOUT)
     if rater is not None:
-        at.session_state[dashboard.RATER_KEY] = rater
+        at.session_state[session.RATER_KEY] = rater
     return at.run()
 
 
 @pytest.mark.parametrize("rater", [None, Rater(id=2, name="r", role="rater")], ids=["signed out", "rater"])
 def test_an_unexpected_error_is_one_short_line_for_raters(rater: Rater | None, caplog) -> None:
-    with caplog.at_level(logging.ERROR, logger="core.dashboard"):
+    with caplog.at_level(logging.ERROR, logger="ui.elements"):
         at = _run(rater)
     assert not at.exception, [e.message for e in at.exception]
-    assert [e.value for e in at.error] == [dashboard.UNEXPECTED_ERROR]
+    assert [e.value for e in at.error] == [elements.UNEXPECTED_ERROR]
     assert not at.expander
     text = _page_text(at)
     assert "Traceback" not in text and "ValueError" not in text and "/srv/workbench" not in text
@@ -54,7 +55,7 @@ def test_an_unexpected_error_is_one_short_line_for_raters(rater: Rater | None, c
 def test_an_admin_can_expand_the_details() -> None:
     at = _run(Rater(id=1, name="a", role="admin"))
     assert not at.exception, [e.message for e in at.exception]
-    assert [e.value for e in at.error] == [dashboard.UNEXPECTED_ERROR]
+    assert [e.value for e in at.error] == [elements.UNEXPECTED_ERROR]
     [details] = at.expander
     assert details.label == "Details"
     [trace] = details.code
@@ -63,4 +64,4 @@ def test_an_admin_can_expand_the_details() -> None:
 
 def test_a_message_can_neither_hide_nor_reverse_text() -> None:
     message = "the reply 'cat\u202etac' holds\u200b no\nexplanation"
-    assert dashboard.one_line(message) == r"the reply 'cat⟨U\+202E⟩tac' holds⟨U\+200B⟩ no explanation"
+    assert render.escape_markdown(message) == r"the reply 'cat⟨U\+202E⟩tac' holds⟨U\+200B⟩ no explanation"

@@ -10,13 +10,12 @@ from core import db as dbmod
 from core import explain, prompts, tokens
 from core.__main__ import main
 from core.errors import InputError, NotFoundError
-from core.explain import cost_table, explain_neurons, import_explanations_csv
-from core.llm import Sampling
+from core.explain import ExplainOptions, cost_table, explain_neurons, import_explanations_csv
+from core.llm import ApiOptions, LocalModelOptions, Sampling
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
 from tests.fake_openai import TEST_API_KEY, fake_completion_tokens, fake_prompt_tokens
 
 MODEL = "tiny-subject"
-FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05}
 WORDS = ["The", " river", " flows", " past", " the", " old", " mill", " and", " a", " dog", " barks", "."]
 
 
@@ -44,9 +43,8 @@ def neurons_db(db):
     return db
 
 
-def run(db, formats=("original", "summary"), explainer="openai:gpt-4o-mini", **kwargs):
-    options = {**FAST, **kwargs.pop("backend_options", {})}
-    return explain_neurons(db, MODEL, NEURONS, list(formats), explainer, backend_options=options, **kwargs)
+def run(db, formats=("original", "summary"), explainer="openai:gpt-4o-mini", progress=None, **options):
+    return explain_neurons(db, MODEL, NEURONS, list(formats), explainer, ExplainOptions(**options), progress=progress)
 
 
 def test_explain_stores_everything_an_explanation_needs(openai_env, neurons_db):
@@ -108,7 +106,7 @@ def test_usage_missing_falls_back_to_our_tokenizer(openai_env, neurons_db):
 
 def test_a_failed_call_is_recorded_and_the_rest_continue(openai_env, neurons_db):
     openai_env.inject("500", "500")
-    report = run(neurons_db, backend_options={"max_attempts": 2, "concurrency": 1})
+    report = run(neurons_db, api=ApiOptions(max_attempts=2, concurrency=1))
     assert (report.ok, report.failed) == (3, 1)
     [failed] = [r for r in report.rows(neurons_db) if r["status"] == "failed"]
     print("user sees:", failed["error"])
@@ -130,12 +128,12 @@ def test_a_failed_call_is_recorded_and_the_rest_continue(openai_env, neurons_db)
 def test_an_unusable_answer_is_failed_and_not_served_from_the_cache_again(openai_env, neurons_db):
     replies = iter(["...", " the word cat."])
     openai_env.chat_handler = lambda request: next(replies, " fallback words.")
-    report = explain_neurons(neurons_db, MODEL, NEURONS[:1], ["summary"], "openai:m", backend_options=FAST)
+    report = explain_neurons(neurons_db, MODEL, NEURONS[:1], ["summary"], "openai:m")
     [row] = report.rows(neurons_db)
     print("user sees:", row["error"])
     assert row["status"] == "failed" and row["completion"] == "..." and "holds no explanation" in row["error"]
     assert row["input_tokens"] is not None  # the tokens were spent even though the answer was unusable
-    again = explain_neurons(neurons_db, MODEL, NEURONS[:1], ["summary"], "openai:m", backend_options=FAST)
+    again = explain_neurons(neurons_db, MODEL, NEURONS[:1], ["summary"], "openai:m")
     [row] = again.rows(neurons_db)
     assert row["status"] == "ok" and row["explanation"] == "the word cat"
     assert len(openai_env.requests) == 2
@@ -155,8 +153,8 @@ def test_a_reply_that_is_not_text_fails_its_job_only(openai_env, db, fault, reas
     focuses = (" cat", " Paris", " dog")
     dbmod.write_neurons(db, MODEL, [neuron_record(n, f) for n, f in zip(neurons, focuses, strict=True)], "test")
     openai_env.inject(fault)
-    options = {**FAST, "concurrency": 1}  # one request at a time: the first job gets the bad reply
-    report = explain_neurons(db, MODEL, neurons, ["summary"], "openai:m", backend_options=options)
+    options = ExplainOptions(api=ApiOptions(concurrency=1))  # one request at a time: the first job gets the bad reply
+    report = explain_neurons(db, MODEL, neurons, ["summary"], "openai:m", options)
     assert (report.total, report.ok, report.failed) == (3, 2, 1)
     rows = {(r["layer"], r["neuron"]): r for r in report.rows(db)}
     failed = rows[(0, 3)]
@@ -167,7 +165,7 @@ def test_a_reply_that_is_not_text_fails_its_job_only(openai_env, db, fault, reas
     assert [rows[(1, 7)]["status"], rows[(2, 1)]["status"]] == ["ok", "ok"]
 
     sent = len(openai_env.requests)
-    again = explain_neurons(db, MODEL, neurons, ["summary"], "openai:m", backend_options=options)
+    again = explain_neurons(db, MODEL, neurons, ["summary"], "openai:m", options)
     assert (again.ok, again.failed, again.skipped) == (1, 0, 2)
     [retried] = openai_env.requests[sent:]
     assert retried["messages"] == failed["prompt"]
@@ -185,7 +183,7 @@ def test_resume_after_a_kill_mid_batch_does_not_redo_finished_jobs(openai_env, n
             raise Killed
 
     with pytest.raises(Killed):
-        run(neurons_db, progress=kill_after_two, backend_options={"concurrency": 1})
+        run(neurons_db, progress=kill_after_two, api=ApiOptions(concurrency=1))
     stored = dbmod.list_explanations(neurons_db, MODEL)
     assert len(stored) == 2  # each explanation was stored the moment it arrived
 
@@ -220,7 +218,7 @@ def test_prompt_errors_are_recorded_per_job(openai_env, db):
     record = neuron_record(NEURONS[0], " cat")
     no_quantiles = NeuronRecord(MODEL, NEURONS[0], record.top, record.random, NeuronStats(0.1, 0.2, 5.0, {}))
     dbmod.write_neurons(db, MODEL, [no_quantiles], "test")
-    report = explain_neurons(db, MODEL, NEURONS[:1], ["original", "summary"], "openai:m", backend_options=FAST)
+    report = explain_neurons(db, MODEL, NEURONS[:1], ["original", "summary"], "openai:m")
     assert (report.ok, report.failed) == (1, 1)
     print("user sees:", report.errors[0])
     assert "cannot build the summary prompt for neuron 0:3" in report.errors[0]
@@ -233,13 +231,13 @@ def test_bad_arguments_are_errors_for_people(openai_env, neurons_db):
     with pytest.raises(InputError, match="unknown prompt format 'fancy'"):
         explain_neurons(neurons_db, MODEL, NEURONS, ["fancy"], "openai:m")
     with pytest.raises(InputError, match="samples 0"):
-        explain_neurons(neurons_db, MODEL, NEURONS, ["original"], "openai:m", samples=0)
+        ExplainOptions(samples=0)
     assert openai_env.requests == []
 
 
 def test_key_never_lands_in_the_database(openai_env, neurons_db, db_path):
     openai_env.inject("401")
-    run(neurons_db, backend_options={"max_attempts": 1})
+    run(neurons_db, api=ApiOptions(max_attempts=1))
     neurons_db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     statuses = [r["status"] for r in dbmod.list_explanations(neurons_db, MODEL, status=None)]
     assert sorted(statuses) == ["failed", "ok", "ok", "ok"]
@@ -255,8 +253,7 @@ def test_tiny_hf_model_explains_end_to_end_on_cpu(tiny_chat_model, neurons_db):
         NEURONS,
         ["summary", "highlight"],
         f"hf:{tiny_chat_model}",
-        sampling=Sampling(max_tokens=16, seed=0),
-        backend_options={"device": "cpu", "batch_size": 4},
+        ExplainOptions(sampling=Sampling(max_tokens=16, seed=0), local=LocalModelOptions(device="cpu", batch_size=4)),
     )
     assert report.total == 4 and report.ok + report.failed == 4
     rows = report.rows(neurons_db)

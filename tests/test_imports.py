@@ -1,8 +1,13 @@
-"""Importing explanation tables: a stored explanation is never rewritten, and a table that is not one is refused."""
+"""Importing explanation tables: a stored explanation is never rewritten, and a table that is not one is refused.
+And importing the code: no module of core imports one that imports it back."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +191,96 @@ def test_a_file_grown_by_a_row_imports_only_that_row(tmp_path, capsys):
     code, out, _ = cli(capsys, "import-explanations", path, "--explainer", "gpt-4", "--db", db_file)
     assert code == 0
     assert out.strip() == f"imported 1 explanation(s) of gpt2-xl by gpt-4 from {path}; 2 already stored"
+
+
+# --- Imports of the code itself ----------------------------------------------------------------------------------
+
+CORE = Path(__file__).resolve().parent.parent / "core"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(CORE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and getattr(test, "id", getattr(test, "attr", None)) == "TYPE_CHECKING"
+
+
+def _imported(path: Path, modules: set[str]) -> set[str]:
+    """The core modules `path` imports anywhere, in functions too (a late import is still a circle), but not under
+    `if TYPE_CHECKING:`. `from core.llm import x` imports core.llm.x when that is a module, else core.llm."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    stack: list[ast.AST] = [ast.parse(path.read_text(encoding="utf-8"))]
+    while stack:
+        node = stack.pop()
+        if _type_checking_only(node):
+            stack.extend(getattr(node, "orelse", []))
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                found |= {target} if target in modules else {base} if base in modules else set()
+    return found - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module of core → the modules of core it imports."""
+    paths = sorted(CORE.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
+    return {_module_name(path): _imported(path, modules) for path in paths}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every set of modules that import one another round a circle (strongly connected, more than one)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in order:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], order[other])
+        if low[module] == order[module]:
+            component = [stack.pop()]
+            while component[-1] != module:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return cycles
+
+
+def test_no_module_of_core_imports_one_that_imports_it_back():
+    graph = import_graph()
+    assert {"core.llm", "core.llm.api", "core.llm.hf", "core.simulate.local"} <= set(graph)
+    assert import_cycles(graph) == []
+    # Implementations import their package's shared base, never the registry that imports them.
+    assert graph["core.llm.hf"] & {"core.llm", "core.llm.api"} == set()
+    assert graph["core.simulate.api"] & {"core.simulate", "core.simulate.local"} == set()
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_llm_and_simulator_registries_load_no_torch():
+    code = "import sys, core.llm, core.simulate, core.explain; sys.exit('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=CORE.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr or "importing core.llm or core.simulate loaded torch"

@@ -1,11 +1,12 @@
 """LLM backends against real things: the real `openai` client talking to a local fake server (the local transformers
-backend is tested in test_llm_hf.py)."""
+backend is tested in test_llm_hf.py). The client retries on its own; the fake has it wait 10 ms (Retry-After-Ms)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import threading
+import time
 
 import openai
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from core import config, llm
 from core import db as dbmod
 from core.errors import InputError, LLMError
-from core.llm import Completion, Sampling
+from core.llm import ApiOptions, Completion, LocalModelOptions, Sampling
 from tests.fake_openai import (
     CUSTOM_SHAPED_KEY,
     TEST_API_KEY,
@@ -21,8 +22,6 @@ from tests.fake_openai import (
     fake_completion_tokens,
     fake_prompt_tokens,
 )
-
-FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05}
 
 
 def chat(text: str) -> list[dict[str, str]]:
@@ -62,7 +61,7 @@ def test_fake_server_speaks_embeddings_and_echo_completions(fake_openai):
 
 def test_happy_path_records_usage_input_and_output_separately(openai_env, db):
     openai_env.chat_handler = echo_handler
-    backend = llm.get_backend("openai:gpt-4o-mini", db=db, **FAST)
+    backend = llm.get_backend("openai:gpt-4o-mini", db=db)
     requests = [chat("alpha"), chat("beta gamma")]
     results = backend.complete(requests, Sampling(seed=7))
 
@@ -82,7 +81,7 @@ def test_happy_path_records_usage_input_and_output_separately(openai_env, db):
 
 def test_results_stay_in_request_order_under_concurrency(openai_env):
     openai_env.chat_handler = echo_handler
-    backend = llm.get_backend("openai:m", concurrency=4, **FAST)
+    backend = llm.get_backend("openai:m", ApiOptions(concurrency=4))
     seen: list[tuple[int, str]] = []
     main = threading.get_ident()
     requests = [chat(f"request {i}") for i in range(12)]
@@ -98,7 +97,7 @@ def test_results_stay_in_request_order_under_concurrency(openai_env):
 
 def test_429_then_success_is_retried(openai_env):
     openai_env.inject("429", "429")
-    backend = llm.get_backend("openai:m", max_attempts=3, **FAST)
+    backend = llm.get_backend("openai:m", ApiOptions(max_attempts=3))
     [result] = backend.complete([chat("x")])
     assert isinstance(result, Completion)
     assert len(openai_env.requests) == 3
@@ -106,7 +105,7 @@ def test_429_then_success_is_retried(openai_env):
 
 def test_500s_exhaust_attempts_and_the_other_request_continues(openai_env):
     openai_env.inject("500", "500", "500")
-    backend = llm.get_backend("openai:m", max_attempts=3, concurrency=1, **FAST)
+    backend = llm.get_backend("openai:m", ApiOptions(max_attempts=3, concurrency=1))
     failed, ok = backend.complete([chat("first"), chat("second")])
     assert isinstance(failed, LLMError) and isinstance(ok, Completion)
     print("user sees:", failed)
@@ -116,7 +115,7 @@ def test_500s_exhaust_attempts_and_the_other_request_continues(openai_env):
 
 def test_timeout_is_retried_then_reported(openai_env):
     openai_env.inject("timeout", "timeout")
-    backend = llm.get_backend("openai:m", timeout_s=0.3, max_attempts=2, **FAST)
+    backend = llm.get_backend("openai:m", ApiOptions(timeout_s=0.3, max_attempts=2))
     [result] = backend.complete([chat("x")])
     print("user sees:", result)
     assert isinstance(result, LLMError)
@@ -129,7 +128,7 @@ def test_timeout_is_retried_then_reported(openai_env):
 
 def test_malformed_json_and_empty_choices_are_clear_errors_not_crashes(openai_env):
     openai_env.inject("malformed_json", "empty_choices")
-    backend = llm.get_backend("openai:m", concurrency=1, **FAST)
+    backend = llm.get_backend("openai:m", ApiOptions(concurrency=1))
     malformed, empty, fine = backend.complete([chat("a"), chat("b"), chat("c")])
     print("user sees:", malformed, empty, sep="\n")
     assert isinstance(malformed, LLMError) and "not valid JSON" in str(malformed)
@@ -140,7 +139,7 @@ def test_malformed_json_and_empty_choices_are_clear_errors_not_crashes(openai_en
 
 def test_rejected_key_error_names_the_variable_and_hides_the_key(openai_env):
     openai_env.inject("401")
-    backend = llm.get_backend("openai:m", **FAST)
+    backend = llm.get_backend("openai:m")
     [result] = backend.complete([chat("x")])
     print("user sees:", result)
     assert isinstance(result, LLMError)
@@ -151,7 +150,7 @@ def test_rejected_key_error_names_the_variable_and_hides_the_key(openai_env):
 
 def test_connection_refused_is_reported_with_the_url(monkeypatch):
     monkeypatch.setenv(config.ENV_API_KEY, TEST_API_KEY)
-    backend = llm.get_backend("openai:m", base_url="http://127.0.0.1:9/v1", max_attempts=2, **FAST)
+    backend = llm.get_backend("openai:m", ApiOptions(base_url="http://127.0.0.1:9/v1", max_attempts=2))
     [result] = backend.complete([chat("x")])
     print("user sees:", result)
     assert isinstance(result, LLMError) and "cannot connect to http://127.0.0.1:9/v1 after 2 attempts" in str(result)
@@ -164,14 +163,14 @@ def test_missing_key_is_a_clear_error_but_local_servers_need_none(fake_openai, m
         llm.get_backend("openai:gpt-4o-mini")
     print("user sees:", caught.value)
 
-    backend = llm.get_backend("openai:m", base_url=fake_openai.base_url, **FAST)
+    backend = llm.get_backend("openai:m", ApiOptions(base_url=fake_openai.base_url))
     [result] = backend.complete([chat("x")])
     assert isinstance(result, Completion)
     assert fake_openai.auth_headers == [f"Bearer {llm.LOCAL_SERVER_KEY}"]
 
 
 def test_cache_answers_repeats_without_http_and_keeps_token_counts(openai_env, db):
-    backend = llm.get_backend("openai:m", db=db, **FAST)
+    backend = llm.get_backend("openai:m", db=db)
     [first] = backend.complete([chat("x")])
     [second] = backend.complete([chat("x")])
     assert len(openai_env.requests) == 1
@@ -184,12 +183,12 @@ def test_cache_answers_repeats_without_http_and_keeps_token_counts(openai_env, d
 
     # Other sampling, or use_cache=False, goes to the server again.
     backend.complete([chat("x")], Sampling(temperature=0.5))
-    llm.get_backend("openai:m", db=db, use_cache=False, **FAST).complete([chat("x")])
+    llm.get_backend("openai:m", db=db, use_cache=False).complete([chat("x")])
     assert len(openai_env.requests) == 3
 
 
 def test_cache_separates_samples_only_when_sampling_is_random(openai_env, db):
-    backend = llm.get_backend("openai:m", db=db, **FAST)
+    backend = llm.get_backend("openai:m", db=db)
     backend.complete([chat("x"), chat("x")], Sampling(temperature=1.0), samples=[0, 1])
     backend.complete([chat("x"), chat("x")], Sampling(temperature=1.0), samples=[0, 1])
     assert len(openai_env.requests) == 2  # two samples, both cached the second time
@@ -204,7 +203,7 @@ def test_cache_separates_samples_only_when_sampling_is_random(openai_env, db):
 
 def test_failures_are_not_cached(openai_env, db):
     openai_env.inject("empty_choices")
-    backend = llm.get_backend("openai:m", db=db, **FAST)
+    backend = llm.get_backend("openai:m", db=db)
     [failed] = backend.complete([chat("x")])
     [ok] = backend.complete([chat("x")])
     assert isinstance(failed, LLMError) and isinstance(ok, Completion) and not ok.cached
@@ -213,7 +212,7 @@ def test_failures_are_not_cached(openai_env, db):
 
 def test_key_never_lands_in_the_database_file(openai_env, db, db_path):
     openai_env.inject("401")
-    backend = llm.get_backend("openai:m", db=db, **FAST)
+    backend = llm.get_backend("openai:m", db=db)
     backend.complete([chat("x"), chat("y")])
     db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert db.conn.execute("SELECT COUNT(*) FROM llm_cache").fetchone()[0] == 1
@@ -255,7 +254,7 @@ def test_the_configured_key_whatever_its_shape_is_never_shown_by_chat_explain(
     assert str(llm.api_error(quoted)) == llm.scrub_secrets(quoted)
     caplog.set_level(logging.DEBUG)
     fake_openai.require_key = "the-key-the-server-wants"  # every request is answered 401, quoting the key it got
-    backend = llm.get_backend("openai:m", **FAST)
+    backend = llm.get_backend("openai:m")
     [result] = backend.complete([chat("x")])
     assert isinstance(result, LLMError) and "HTTP 401" in str(result)
     assert "Incorrect API key provided: ***" in str(result)
@@ -276,13 +275,28 @@ def test_the_configured_key_whatever_its_shape_is_never_shown_by_chat_explain(
         assert CUSTOM_SHAPED_KEY.encode() not in path.read_bytes(), path
 
 
-def test_retry_delay_grows_exponentially_with_bounded_jitter():
-    policy = llm.RetryPolicy(max_attempts=5, backoff_s=1.0, max_backoff_s=5.0)
-    for attempt, cap in [(0, 1.0), (1, 2.0), (2, 4.0), (3, 5.0), (6, 5.0)]:
-        delays = [policy.delay(attempt) for _ in range(50)]
-        assert all(cap / 2 <= d <= cap for d in delays)
-    assert policy.delay(0, retry_after=3.0) >= 3.0
-    assert policy.delay(0, retry_after=100.0) <= 5.0
+def test_the_client_waits_as_the_server_says_and_backs_off_without_a_word(openai_env):
+    backend = llm.get_backend("openai:m", ApiOptions(max_attempts=2))
+    openai_env.retry_after_ms = 400
+    openai_env.inject("503")
+    started = time.monotonic()
+    [result] = backend.complete([chat("x")])
+    assert isinstance(result, Completion) and time.monotonic() - started >= 0.4
+    openai_env.retry_after_ms = None  # no Retry-After: the client's own backoff, about half a second at first
+    openai_env.inject("429")
+    started = time.monotonic()
+    [result] = backend.complete([chat("y")])
+    assert isinstance(result, Completion) and time.monotonic() - started >= 0.3
+    assert len(openai_env.requests) == 4
+
+
+def test_a_model_that_takes_max_completion_tokens_is_asked_once_more_with_it(openai_env):
+    openai_env.reject_max_tokens = True
+    [result] = llm.get_backend("openai:o-model").complete([chat("x")], Sampling(max_tokens=33))
+    assert isinstance(result, Completion)
+    refused, accepted = openai_env.requests
+    assert refused["max_tokens"] == 33 and "max_completion_tokens" not in refused
+    assert accepted["max_completion_tokens"] == 33 and "max_tokens" not in accepted
 
 
 def test_backend_specs_and_options_are_checked(openai_env):
@@ -292,9 +306,15 @@ def test_backend_specs_and_options_are_checked(openai_env):
     for spec in ("gpt-4", "openai:", ""):
         with pytest.raises(InputError):
             llm.get_backend(spec)
-    with pytest.raises(InputError, match="unknown backend options"):
-        llm.get_backend("openai:m", concurency=3)
-    assert llm.get_backend("openai:m", batch_size=4).name == "openai:m"  # an hf option is ignored by openai
+    with pytest.raises(InputError, match="openai:MODEL backends take ApiOptions, not LocalModelOptions"):
+        llm.get_backend("openai:m", LocalModelOptions(batch_size=4))
+    with pytest.raises(InputError, match="concurrency 0 must be at least 1"):
+        ApiOptions(concurrency=0)
+    with pytest.raises(InputError, match="unknown dtype 'fp8'"):
+        LocalModelOptions(dtype="fp8")
+    local = llm.backend_options("hf:m", ApiOptions(concurrency=2), LocalModelOptions(batch_size=4))
+    assert local == LocalModelOptions(batch_size=4)
+    assert llm.public_url("http://user:secret@gpu-box:8000/v1/") == "http://gpu-box:8000/v1"
     with pytest.raises(InputError, match="several samples"):
         llm.get_backend("openai:m").complete([chat("x")], Sampling(n=2))
     with pytest.raises(InputError, match="temperature"):

@@ -293,9 +293,10 @@ def test_save_score_turns_nan_into_null(db, stored) -> None:
 
 def test_simulate_text_reports_a_failure_with_its_reason() -> None:
     records = [ActivationRecord((" a", " b"), (0.0, 1.0))]
-    assert pipeline.simulate_text("x", records, Oracle())["score"] == pytest.approx(1.0)
+    assert pipeline.simulate_text("x", records, Oracle()).score == pytest.approx(1.0)
     failed = pipeline.simulate_text("x", records, Broken())
-    assert failed["status"] == "failed" and failed["predictions"] is None and failed["score"] is None
+    assert failed.status == "failed" and failed.predictions is None and failed.score is None
+    assert "misaligned" in failed.error and failed.to_json()["error"] == failed.error
     with pytest.raises(InputError):
         pipeline.simulate_text("x", [], Oracle())
 
@@ -329,7 +330,7 @@ def test_loading_a_model_prints_no_progress_bar(tiny_chat_model: Path, tmp_path:
     path.write_text(json.dumps({"records": [{"tokens": [" the", " cat"], "activations": [0, 3.5]}]}))
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
     argv = [sys.executable, "-m", "core", "simulate", "--explanation", "cats", "--records", str(path),
-            "--simulator", f"hf:{tiny_chat_model}", "--device", "cpu"]  # fmt: skip
+            "--simulator", f"hf:{tiny_chat_model}", "--simulator-device", "cpu"]  # fmt: skip
     repo_root = Path(__file__).resolve().parent.parent
     done = subprocess.run(argv, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -412,14 +413,14 @@ def test_run_collects_missing_layers_of_a_subject_model(db, tmp_path: Path, open
         db, str(subject), neurons, ["original", "highlight"], "openai:gpt-4o-mini", Oracle(),
         corpus=str(corpus), collect_options=options, reference="none",
     )  # fmt: skip
-    assert report.collected_layers == (1,) and report.explain["ok"] == 4 and report.score["ok"] == 4
+    assert report.collected_layers == (1,) and report.explain.ok == 4 and report.score.ok == 4
     summary = report.summary.set_index("format")
     assert summary.loc["original", "n"] == 2 and summary.loc["original", "mean_score"] == pytest.approx(1.0)
     again = pipeline.run_pipeline(
         db, str(subject), neurons, ["original", "highlight"], "openai:gpt-4o-mini", Oracle(),
         corpus=str(corpus), collect_options=options, reference="none",
     )  # fmt: skip
-    assert again.collected_layers == () and again.explain["skipped"] == 4 and again.score["skipped"] == 4
+    assert again.collected_layers == () and again.explain.skipped == 4 and again.score.skipped == 4
     with pytest.raises(InputError, match="not in model"):
         pipeline.run_pipeline(
             db, str(subject), [NeuronId(1, 10_000)], ["original"], "openai:gpt-4o-mini", Oracle(),

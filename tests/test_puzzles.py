@@ -14,9 +14,9 @@ import pytest
 
 from core import db as dbmod
 from core import puzzles, similarity
-from core.__main__ import main
+from core.__main__ import format_puzzle_report, main
 from core.errors import InputError
-from core.puzzles import format_puzzle_report, load_puzzles, puzzle_model_name, run_puzzles
+from core.puzzles import load_puzzles, puzzle_model_name, run_puzzles
 from core.records import ActivationRecord
 from core.simulate import SimulationResult
 

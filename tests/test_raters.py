@@ -195,8 +195,8 @@ def test_rater_add_asks_twice_on_a_terminal(db_path: Path, capsys, monkeypatch: 
 def test_the_sign_in_form_says_how_long_to_wait_and_a_new_tab_does_not_reset_it(app_db, monkeypatch) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from core import dashboard
     from tests.test_app import errors, run, sign_in, write_default_data, write_study
+    from ui import session as dashboard
 
     monkeypatch.setattr(raters, "SCRYPT_PARAMS", {"n": 2**14, "r": 8, "p": 1})  # fast hashes: this is about the form
     write_default_data(app_db)

@@ -108,6 +108,17 @@ def test_escape_text_escapes_each_character_once() -> None:
     assert "".join(parse(render.escape_text("&lt;&#42;")).text) == "&lt;&#42;"
 
 
+def test_escape_markdown_is_one_literal_line() -> None:
+    assert render.escape_markdown("bad *x*\n  [y](z) $1") == "bad \\*x\\* \\[y\\]\\(z\\) \\$1"
+    assert render.escape_markdown(":red[x] <b>") == "\\:red\\[x\\] \\<b\\>"
+    assert render.escape_markdown("a\u202eb") == "a⟨U\\+202E⟩b"  # named, never reversing the text after it
+
+
+def test_escape_plot_label_escapes_the_tags_plotly_reads() -> None:
+    assert render.escape_plot_label("<b>arm</b> & co") == "&lt;b&gt;arm&lt;/b&gt; &amp; co"
+    assert render.escape_plot_label(3) == "3"
+
+
 def test_visible_whitespace() -> None:
     assert render.visible_token(" ") == '<span class="nw-ws">·</span>'
     assert render.visible_token("\n") == '<span class="nw-ws">⏎</span><br>'

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from core import db as dbmod
-from core import tables
 from core.__main__ import main
 from core.errors import InputError, NotFoundError
 from core.score_import import import_scores_csv, published_means, read_score_table
+from ui import tables
 
 NEURONS = [(0, 11), (3, 40), (7, 2)]
 SCORES = {"Original": [0.1, 0.2, 0.3], "Summary": [0.4, 0.5, 0.6], "AVHS": [0.05, "", -0.2]}

@@ -20,6 +20,7 @@ from core import pipeline, tokens
 from core.__main__ import main
 from core.activations import CollectOptions, collect
 from core.db.scores import scorer_score_rows
+from core.llm import ApiOptions, LocalModelOptions
 from core.models import DEFAULT_MODEL_NAME
 from core.records import NeuronId, NeuronRecord
 from core.scorers import ScorerOptions, auroc, balanced_accuracy, get_scorer
@@ -31,6 +32,7 @@ from core.scorers.classifier import (
     parse_answer,
     probabilities,
 )
+from core.simulate import SimulatorOptions
 from tests import tiny_models
 from tests.fake_openai import TEST_API_KEY, LogprobsFakeOpenAIServer, chat_logprobs_content
 
@@ -38,6 +40,8 @@ OPTIONS = CollectOptions(max_tokens=1600, excerpt_len=16, top_k=20, random_k=15,
 SCORING = ScorerOptions(activating_quantile=0.9, n_activating=6, n_non_activating=6)
 SCORER_FLAGS = ["--activating-quantile", "0.9", "--activating", "6", "--non-activating", "6"]
 LAYER = 2
+# A server that is never asked: scorers built only to show their excerpts and prompts (no key needed, it is not OpenAI).
+UNUSED = SimulatorOptions(api=ApiOptions(base_url="http://127.0.0.1:9/v1"))
 NEURONS = [NeuronId(LAYER, i) for i in range(3)]
 
 
@@ -160,7 +164,7 @@ def test_detection_prompt_is_pinned(collected) -> None:
     database = dbmod.connect(path)
     record = dbmod.get_neuron(database, model, NEURONS[0])
     database.conn.close()
-    scorer = get_scorer("detection", "openai:unused", options=SCORING, client=object())
+    scorer = get_scorer("detection", "openai:unused", options=SCORING, simulator_options=UNUSED)
     ((_, messages), *_rest) = scorer.messages("water and rivers", record)
     system, example_user, example_answer, target = messages
     assert system["content"].startswith("We are studying the neurons of a neural network.")
@@ -196,7 +200,7 @@ def test_a_prompt_file_replaces_the_bundled_one(tmp_path: Path) -> None:
 def test_detection_end_to_end_with_logprobs(scored_db, logprob_server, capsys) -> None:
     model, path, database = scored_db
     records = [dbmod.get_neuron(database, model, n) for n in NEURONS]
-    scorer = get_scorer("detection", "openai:fake-model", options=SCORING, client=object())
+    scorer = get_scorer("detection", "openai:fake-model", options=SCORING)
     logprob_server.chat_handler = truthful(scorer, records)
     args = ["score", "--db", str(path), "--model", model, "--scorer", "detection", "--simulator", "openai:fake-model",
             *SCORER_FLAGS, "--json"]  # fmt: skip
@@ -229,7 +233,7 @@ def test_detection_end_to_end_with_logprobs(scored_db, logprob_server, capsys) -
     again = json.loads(capsys.readouterr().out)
     assert (again["ok"], again["skipped"]) == (0, 6) and len(logprob_server.calls) == before
     # Other settings score again, in place.
-    four = get_scorer("detection", "openai:fake-model", options=replace(SCORING, excerpts_per_call=4), client=object())
+    four = get_scorer("detection", "openai:fake-model", options=replace(SCORING, excerpts_per_call=4))
     logprob_server.chat_handler = truthful(four, records)
     assert main([*args[:-1], "--excerpts-per-call", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["replaced"] == 6
@@ -238,7 +242,13 @@ def test_detection_end_to_end_with_logprobs(scored_db, logprob_server, capsys) -
 def test_detection_reads_malformed_lists_and_lives_without_logprobs(scored_db, logprob_server) -> None:
     model, _, database = scored_db
     record = dbmod.get_neuron(database, model, NEURONS[0])
-    scorer = get_scorer("detection", "openai:fake-model", options=SCORING, db=database, concurrency=1)
+    scorer = get_scorer(
+        "detection",
+        "openai:fake-model",
+        options=SCORING,
+        simulator_options=SimulatorOptions(api=ApiOptions(concurrency=1)),
+        db=database,
+    )
     right = truthful(scorer, [record])
     answers = iter(["I am not sure. [1, 0"])  # the first call unreadable, the others readable in another shape
 
@@ -278,11 +288,11 @@ def test_detection_fails_cleanly_when_nothing_is_readable(scored_db, logprob_ser
 
 def test_a_server_answering_garbage_fails_the_call_with_one_line(scored_db, logprob_server) -> None:
     model, _, database = scored_db
-    from core.llm import RetryPolicy
-
     logprob_server.inject(*["malformed_json"] * 40)
-    retry = RetryPolicy(max_attempts=2, backoff_s=0.0)
-    scorer = get_scorer("detection", "openai:fake-model", options=SCORING, db=database, use_cache=False, retry=retry)
+    twice = SimulatorOptions(api=ApiOptions(max_attempts=2))
+    scorer = get_scorer(
+        "detection", "openai:fake-model", options=SCORING, simulator_options=twice, db=database, use_cache=False
+    )
     report = pipeline.score_with_scorer(database, model, scorer, neurons=[NEURONS[0]])
     # An answer that arrives but cannot be read fails its calls and its rows, recorded; the run itself goes on.
     assert report.ok == 0 and report.failed >= 1
@@ -393,7 +403,8 @@ def test_embedding_prefers_a_neurons_own_token(minilm_db) -> None:
 def test_a_detection_call_costs_well_under_delphis(minilm_db) -> None:
     """Five 64-token excerpts of the bundled model per call: under 600 cl100k tokens (delphi: about 800)."""
     (_, record), *_ = _token_like(minilm_db, 1)
-    scorer = get_scorer("detection", "openai:unused", options=ScorerOptions(activating_quantile=0.9), client=object())
+    options = ScorerOptions(activating_quantile=0.9)
+    scorer = get_scorer("detection", "openai:unused", options=options, simulator_options=UNUSED)
     costs = [tokens.prompt_cost(messages, tokens.CL100K) for _, messages in scorer.messages("the word x", record)]
     full = [cost for cost in costs if cost.per_neuron > 200]  # calls with 5 excerpts
     assert full and all(cost.total < 600 for cost in full) and costs[0].fixed < 200, costs
@@ -402,7 +413,8 @@ def test_a_detection_call_costs_well_under_delphis(minilm_db) -> None:
 def test_detection_with_a_local_chat_model(scored_db, tiny_chat_model: Path) -> None:
     """An `hf:` model answers as text only: its (random) answers are read or refused, tokens counted, no AUC."""
     model, _, database = scored_db
-    scorer = get_scorer("detection", f"hf:{tiny_chat_model}", options=SCORING, db=database, device="cpu")
+    on_cpu = SimulatorOptions(local=LocalModelOptions(device="cpu"))
+    scorer = get_scorer("detection", f"hf:{tiny_chat_model}", options=SCORING, simulator_options=on_cpu, db=database)
     report = pipeline.score_with_scorer(database, model, scorer, neurons=[NEURONS[0]], formats=["summary"])
     (row,) = report.rows
     assert row["scorer"] == "detection" and row["model"] == f"hf:{tiny_chat_model}" and row["auc"] is None

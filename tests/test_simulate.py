@@ -1,4 +1,4 @@
-"""Simulators (core/simulate.py): expected values, the prompt, result alignment and the registry. The local
+"""Simulators (core/simulate/): expected values, the prompt, result alignment and the registry. The local
 simulator is tested in test_simulate_local.py, the OpenAI-compatible ones in test_simulate_api.py."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ import math
 import pytest
 
 from core.errors import InputError
+from core.llm import LocalModelOptions
 from core.simulate import (
     IMPORTED_METHOD,
     SIMULATORS,
     UNKNOWN,
     SimulationResult,
+    SimulatorOptions,
     check_alignment,
     completion_prompt,
     escape_token,
@@ -74,11 +76,38 @@ def test_completion_prompt_slots_point_at_unknown_after_each_tab() -> None:
     assert hidden_count(few_shot) > 0  # the bundled examples do show some activations as unknown
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "simulation few-shot file .* is not valid JSON"),
+        ('{"neurons": 3}', r"neurons: Input should be a valid list"),
+        ('[{"explanation": "x", "records": []}]', r"neurons\[0\]\.records: List should have at least 1 item"),
+        (
+            '[{"explanation": "x", "records": [{"tokens": ["a"], "activations": [1], "first_shown": 2}]}]',
+            r"neurons\[0\]\.records\[0\]\.first_shown: expected an integer from 0 to the token count",
+        ),
+        (
+            '{"neurons": [{"explanation": "x", "records": [{"tokens": ["a"], "activations": [true]}]}]}',
+            r"neurons\[0\]\.records\[0\]\.activations\[0\]: True is not a number",
+        ),
+    ],
+)
+def test_simulation_few_shot_errors_name_the_file_and_field(tmp_path, content: str, message: str) -> None:
+    path = tmp_path / "few.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message) as caught:
+        load_few_shot(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(InputError, match="on_no_value 'guess' is unknown"):
+        SimulatorOptions(on_no_value="guess")
+
+
 # --- the registry --------------------------------------------------------------------------------------------------
 
 
 def test_get_simulator_loads_an_hf_model_from_disk(tiny_chat_model) -> None:
-    simulator = get_simulator(f"hf:{tiny_chat_model}", device="cpu")
+    options = SimulatorOptions(local=LocalModelOptions(device="cpu"))
+    simulator = get_simulator(f"hf:{tiny_chat_model}", options=options)
     assert simulator.name == f"hf:{tiny_chat_model}" and simulator.method == "all_at_once"
     result = simulator.simulate("cats", sample_records()[1:2])
     assert result.ok and len(result.predictions[0]) == 7

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible simulators (core/simulate_api.py): the echo endpoint and the chat fallbacks, against the fake
+"""The OpenAI-compatible simulators (core/simulate/api.py): the echo endpoint and the chat fallbacks, against the fake
 OpenAI server."""
 
 from __future__ import annotations
@@ -17,10 +17,18 @@ from typing import Any
 import pytest
 
 from core.errors import InputError, LLMError
-from core.llm import RetryPolicy
+from core.llm import ApiOptions
 from core.records import ActivationRecord
-from core.simulate import UNKNOWN, VALUE_STRINGS, completion_prompt, escape_token, get_simulator, load_few_shot
-from core.simulate_api import (
+from core.simulate import (
+    UNKNOWN,
+    VALUE_STRINGS,
+    SimulatorOptions,
+    completion_prompt,
+    escape_token,
+    get_simulator,
+    load_few_shot,
+)
+from core.simulate.api import (
     ChatSimulator,
     CompletionsEchoSimulator,
     parse_chat_answer,
@@ -30,7 +38,11 @@ from core.simulate_api import (
 from tests.fake_openai import CUSTOM_SHAPED_KEY, FakeOpenAIServer, _Handler, everything_shown
 from tests.simulation_records import sample_records
 
-NO_RETRY_WAIT = RetryPolicy(max_attempts=3, backoff_s=0.0, max_backoff_s=0.0)
+
+def at(server: FakeOpenAIServer, **options: Any) -> SimulatorOptions:
+    """Simulator options for the fake server at its base URL (no key needed: it is not OpenAI's)."""
+    api = {k: options.pop(k) for k in ("max_attempts", "concurrency") if k in options}
+    return SimulatorOptions(api=ApiOptions(base_url=server.base_url, **api), **options)
 
 
 # --- /completions with echoed logprobs (vLLM) ------------------------------------------------------------------------
@@ -70,7 +82,7 @@ def _echo_handler(store: dict[str, Any]):
 def test_echo_predictions_equal_evs_from_the_returned_logprobs(fake_openai) -> None:
     store: dict[str, Any] = {}
     fake_openai.completions_handler = _echo_handler(store)
-    simulator = get_simulator("openai:served-model", method="completions_echo", base_url=fake_openai.base_url)
+    simulator = get_simulator("openai:served-model", "completions_echo", at(fake_openai))
     records = sample_records()
     result = simulator.simulate("words about cats", records)
     assert result.ok, result.error
@@ -108,17 +120,17 @@ def test_echo_reads_only_bare_digits_and_a_slot_without_any_is_zero_as_openai_do
     nothing = {" 7": math.log(0.6), UNKNOWN: math.log(0.3), " the": math.log(0.1)}
     fake_openai.completions_handler = _with_last_slots(_echo_handler({}), [spaced, nothing])
     record = ActivationRecord((" Monday", ",", " Tuesday"), (3.0, 0.0, 2.0))
-    simulator = get_simulator("openai:served-model", method="completions_echo", base_url=fake_openai.base_url)
+    simulator = get_simulator("openai:served-model", "completions_echo", at(fake_openai))
     result = simulator.simulate("days", [record])
     assert result.ok, result.error
     assert list(result.predictions[0][1:]) == [3.0, 0.0]
     assert result.no_value_count == 1 and result.to_json()["no_value_count"] == 1
     # The failure path stays as an option.
-    strict = CompletionsEchoSimulator("served-model", base_url=fake_openai.base_url, on_no_value="fail")
+    strict = CompletionsEchoSimulator("served-model", at(fake_openai, on_no_value="fail"))
     failed = strict.simulate("days", [record])
     assert not failed.ok and "token 3: no value 0..10 among the top logprobs" in failed.error
     with pytest.raises(InputError, match="on_no_value 'guess' is unknown"):
-        CompletionsEchoSimulator("served-model", base_url=fake_openai.base_url, on_no_value="guess")
+        at(fake_openai, on_no_value="guess")
 
 
 def test_echo_reading_counts_missing_values() -> None:
@@ -148,24 +160,34 @@ def test_chat_logprobs_without_a_value_among_the_alternatives_reads_zero() -> No
 
 def test_echo_from_a_tokenizer_that_merges_tab_and_word_fails_with_a_reason(fake_openai) -> None:
     # The fake's default tokenizer makes whitespace-led words: "\tunknown" is one token, so no slot can be read.
-    simulator = get_simulator("openai:served-model", method="completions_echo", base_url=fake_openai.base_url)
+    simulator = get_simulator("openai:served-model", "completions_echo", at(fake_openai))
     result = simulator.simulate("words about cats", sample_records()[1:2])
     assert not result.ok and result.predictions is None and "tab" in result.error
 
 
 def test_echo_retries_rate_limits_and_stops_on_persistent_server_errors(fake_openai) -> None:
     fake_openai.completions_handler = _echo_handler({})
-    simulator = get_simulator(
-        "openai:served-model", method="completions_echo", base_url=fake_openai.base_url, retry=NO_RETRY_WAIT
-    )
+    simulator = get_simulator("openai:served-model", "completions_echo", at(fake_openai, max_attempts=3))
     fake_openai.inject("429")
     assert simulator.simulate("cats", sample_records()[1:2]).ok
     fake_openai.inject("500", "500", "500")
-    with pytest.raises(LLMError, match="HTTP 500"):
+    with pytest.raises(LLMError, match="HTTP 500 after 3 attempt"):
         simulator.simulate("cats", sample_records()[1:2])
+    assert len(fake_openai.requests) == 5  # the client retried each, as the server's Retry-After-Ms said
     fake_openai.inject("empty_choices")
     empty = simulator.simulate("cats", sample_records()[1:2])
     assert not empty.ok and "no choices" in empty.error
+
+
+def test_an_unreadable_answer_is_asked_for_again_then_fails_the_simulation(fake_openai) -> None:
+    fake_openai.completions_handler = _echo_handler({})
+    simulator = get_simulator("openai:served-model", "completions_echo", at(fake_openai, max_attempts=2))
+    fake_openai.inject("malformed_json")
+    assert simulator.simulate("cats", sample_records()[1:2]).ok  # the second answer was readable
+    fake_openai.inject("malformed_json", "malformed_json")
+    failed = simulator.simulate("cats", sample_records()[1:2])
+    assert not failed.ok and "not valid JSON" in failed.error
+    assert len(fake_openai.requests) == 4
 
 
 # --- chat fallbacks ------------------------------------------------------------------------------------------------
@@ -244,7 +266,7 @@ def test_chat_logprobs_reads_top_logprobs_at_every_number() -> None:
 
     with LogprobFakeServer() as server:
         server.chat_handler = reply
-        simulator = get_simulator("openai:chat-model", base_url=server.base_url)
+        simulator = get_simulator("openai:chat-model", options=at(server))
         assert simulator.method == "chat_logprobs"
         records = sample_records()
         result = simulator.simulate("words about cats", records)
@@ -270,14 +292,14 @@ def test_chat_logprobs_combines_ten_written_as_one_then_zero() -> None:
 
     with LogprobFakeServer() as server:
         server.chat_handler = reply
-        result = get_simulator("openai:chat-model", base_url=server.base_url).simulate("x", sample_records()[2:3])
+        result = get_simulator("openai:chat-model", options=at(server)).simulate("x", sample_records()[2:3])
     # P(0) = 0.4, P(1) = 0.6·0.25, P(10) = 0.6·0.75.
     assert list(result.predictions[0]) == pytest.approx([(1 * 0.15 + 10 * 0.45) / 1.0] * 2)
 
 
 def test_chat_logprobs_without_logprobs_in_the_answer_fails(fake_openai) -> None:
     fake_openai.chat_handler = lambda request: "\n".join(f"{t}\t3" for t in _target_tokens(request))
-    result = ChatSimulator("chat-model", base_url=fake_openai.base_url).simulate("cats", sample_records()[1:2])
+    result = ChatSimulator("chat-model", at(fake_openai)).simulate("cats", sample_records()[1:2])
     assert not result.ok and "chat_parse" in result.error
 
 
@@ -288,7 +310,7 @@ def test_chat_parse_reads_the_integers_the_model_writes(fake_openai) -> None:
         return "<start>\n" + "".join(f"{t}\t{i % 11}\n" for i, t in enumerate(tokens)) + "<end>"
 
     fake_openai.chat_handler = reply
-    simulator = get_simulator("openai:chat-model", method="chat_parse", base_url=fake_openai.base_url)
+    simulator = get_simulator("openai:chat-model", "chat_parse", at(fake_openai))
     records = sample_records()
     result = simulator.simulate("words about cats", records)
     assert result.ok, result.error
@@ -311,7 +333,7 @@ def test_chat_parse_reads_the_integers_the_model_writes(fake_openai) -> None:
 )
 def test_garbled_chat_answers_fail_with_a_reason_never_zeros(fake_openai, answer: str, reason: str) -> None:
     fake_openai.chat_handler = lambda request: answer
-    simulator = get_simulator("openai:chat-model", method="chat_parse", base_url=fake_openai.base_url)
+    simulator = get_simulator("openai:chat-model", "chat_parse", at(fake_openai))
     result = simulator.simulate("cats", [ActivationRecord(("The", " cat"), (0.0, 1.0))])
     assert not result.ok and result.status == "failed" and result.predictions is None
     assert reason in result.error and "record 0" in result.error
@@ -320,7 +342,7 @@ def test_garbled_chat_answers_fail_with_a_reason_never_zeros(fake_openai, answer
 
 
 def test_empty_explanations_are_refused_before_any_request(fake_openai) -> None:
-    simulator = get_simulator("openai:chat-model", method="chat_parse", base_url=fake_openai.base_url)
+    simulator = get_simulator("openai:chat-model", "chat_parse", at(fake_openai))
     for text in ("", " \t\n", "...", " . "):
         with pytest.raises(InputError, match="is empty"):
             simulator.simulate(text, sample_records()[1:2])
@@ -339,7 +361,7 @@ def test_parse_accepts_markers_fences_and_spaces_instead_of_a_tab() -> None:
 
 def test_endpoint_simulators_are_timed(fake_openai) -> None:
     fake_openai.completions_handler = _echo_handler({})
-    simulator = CompletionsEchoSimulator("m", base_url=fake_openai.base_url)
+    simulator = CompletionsEchoSimulator("m", at(fake_openai))
     start = time.perf_counter()
     result = simulator.simulate("cats", sample_records()[1:3])
     assert result.ok and 0 < result.seconds <= time.perf_counter() - start
@@ -350,9 +372,7 @@ def test_a_key_of_any_shape_quoted_back_is_never_shown_by_the_completions_simula
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", CUSTOM_SHAPED_KEY)
     fake_openai.require_key = "the-key-the-server-wants"  # every request is answered 401, quoting the key it got
-    simulator = get_simulator(
-        "openai:served-model", method="completions_echo", base_url=fake_openai.base_url, retry=NO_RETRY_WAIT
-    )
+    simulator = get_simulator("openai:served-model", "completions_echo", at(fake_openai))
     with pytest.raises(LLMError, match=r"HTTP 401 .*Incorrect API key provided: \*\*\*") as caught:
         simulator.simulate("cats", sample_records()[1:2])
     assert CUSTOM_SHAPED_KEY not in everything_shown(caught.value)

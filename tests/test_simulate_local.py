@@ -1,4 +1,4 @@
-"""The local all-at-once simulator (core/simulate_local.py): slot alignment, prefix-cache reuse, batching and "10"
+"""The local all-at-once simulator (core/simulate/local.py): slot alignment, prefix-cache reuse, batching and "10"
 split across tokens, against tiny random models."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from core.records import ActivationRecord
 from core.simulate import SimulationResult, Simulator, escape_token
-from core.simulate_local import LocalAllAtOnceSimulator, value_tokens
-from tests.conftest import build_tiny_tokenizer
+from core.simulate.local import LocalAllAtOnceSimulator, value_tokens
 from tests.simulation_records import sample_records
+from tests.tiny_models import bpe_tokenizer, build_tiny_tokenizer, random_llama
 
 
 def _model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
@@ -29,9 +29,7 @@ def _model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
         max_position_embeddings=8192,
         initializer_range=0.5,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config).eval()
+    return random_llama(config, seed=seed).eval()
 
 
 @pytest.fixture(scope="module")
@@ -42,26 +40,13 @@ def lm():
 
 def _split_ten_tokenizer():
     """A byte-level BPE tokenizer whose vocabulary has single digits but no "10"."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     words = [
         "the", "cat", "sat", "on", "a", "mat", "unknown", "neuron", "activation", "explanation", "find",
         "tokens", "start", "end", "day", "words",
     ]  # fmt: skip
     lines = [f"{w} {words[(i * 5) % len(words)]}\t{i % 10}\n" for i, w in enumerate(words * 4)]
     lines += [f"{d} {d}{d}\t{d}" for d in "23456789"] * 5  # digits, but never a 1 followed by a 0
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<pad>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(lines, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>")
+    return bpe_tokenizer(lines, 400, ["<pad>", "</s>"], eos_token="</s>", pad_token="<pad>")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +184,7 @@ def test_attention_windows_refuse_what_a_causal_mask_cannot_describe() -> None:
     from transformers import LlamaConfig
 
     from core.errors import ModelError
-    from core.simulate_local import attention_windows
+    from core.simulate.local import attention_windows
 
     assert attention_windows(LlamaConfig()) == {"full_attention": None}
     flash = LlamaConfig()

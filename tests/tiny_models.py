@@ -1,5 +1,6 @@
 """Tiny randomly initialised subject models of every supported family, saved to disk so that the real
-`from_pretrained` path runs, with tokenizers trained here (nothing is downloaded)."""
+`from_pretrained` path runs, with tokenizers trained here (nothing is downloaded); and the tiny chat model and
+tokenizer of the LLM tests, whose pieces (`bpe_tokenizer`, `random_llama`) bench/simulate.py builds on too."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from transformers import (
     GPTNeoXConfig,
     GPTNeoXModel,
     LlamaConfig,
+    LlamaForCausalLM,
     LlamaModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -124,4 +126,101 @@ def build(family: str, path: Path) -> Path:
         else:
             raise ValueError(family)
     model.save_pretrained(path)
+    return path
+
+
+# --- Chat models for the LLM tests and benches: tokenizers trained here, random Llama weights ----------------------
+
+
+def bpe_tokenizer(
+    lines: list[str], vocab_size: int, special_tokens: list[str], **tokens: str
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `lines` (nothing downloaded). `tokens` name its special tokens
+    (`bos_token="<s>"`, …) and may give a `chat_template`."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **tokens)
+
+
+def random_llama(
+    config: LlamaConfig, *, seed: int = 0, dtype: torch.dtype | None = None, device: str | None = None
+) -> LlamaForCausalLM:
+    """A LlamaForCausalLM of `config` with random weights drawn from `seed` (the CPU random state is left as it
+    was), built directly in `dtype` on `device` when given, so that a large model never exists twice."""
+    default_dtype = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        try:
+            if device is None:
+                return LlamaForCausalLM(config)
+            with torch.device(device):
+                return LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(default_dtype)
+
+
+# Words for the tiny chat tokenizer's BPE merges; any other text still round-trips through the byte-level alphabet.
+_TINY_TEXT = (
+    "the a an of and to in is was for on with as by at from that this it he she they we you neuron token tokens "
+    "word words text activation activations explanation excerpt start end find finds main thing does behavior "
+    "same but all zeros filtered out highly activating summary highlight unknown cat cats dog dogs house city "
+    "river music number numbers year years day days time people water red green blue color colors New York Paris "
+    "London Monday Friday good bad big small first last run runs running walk walked said make made code function"
+)
+_TINY_WORDS = _TINY_TEXT.split()
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE PreTrainedTokenizerFast with a chat template; "0".."10" are single tokens."""
+    lines = []
+    for i, word in enumerate(_TINY_WORDS):
+        lines.append(f"{word} {_TINY_WORDS[(i * 7) % len(_TINY_WORDS)]} {_TINY_WORDS[(i * 13) % len(_TINY_WORDS)]}.")
+        lines.append(f"{word.capitalize()}\t{i % 11}\n")
+    for value in range(11):  # frequent enough that BPE merges "1"+"0" into "10"
+        lines += [f"{value}", f" {value}", f"\t{value}\n"] * 20
+    special = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+    return bpe_tokenizer(
+        lines,
+        600,
+        special,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_chat_model(path: Path) -> Path:
+    """A tiny random LlamaForCausalLM (hidden 32, 2 layers) with its chat tokenizer, saved to `path`."""
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    random_llama(config, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path

@@ -35,6 +35,7 @@ from core.scorers.base import (
     classified_excerpts,
     fuzzing_excerpts,
 )
+from core.simulate.base import SimulatorOptions
 
 
 class Scorer(Protocol):
@@ -87,14 +88,14 @@ def get_scorer(
     model: str | None = None,
     *,
     options: ScorerOptions | None = None,
+    simulator_options: SimulatorOptions | None = None,
     db: Any = None,
     use_cache: bool = True,
     prompt: str | None = None,
-    **llm_options: Any,
 ) -> Scorer:
     """The scorer `name` (detection, fuzzing, embedding) with its model: an LLM spec for the classifiers (required),
     an embedder spec for embedding (default: minilm). `prompt`: a replacement prompt file for the classifiers;
-    `llm_options` go to the LLM (core.scorers.classifier.classifier_llm)."""
+    `simulator_options` say how to run their LLM, the model named by `--simulator` (core.scorers.classifier)."""
     options = options or ScorerOptions()
     if name not in SCORERS:
         raise InputError(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
@@ -111,7 +112,7 @@ def get_scorer(
 
     if not model:
         raise InputError(f"the {name} scorer needs an LLM: pass --simulator openai:MODEL or hf:ID_OR_PATH")
-    llm = classifier_llm(model, db=db, use_cache=use_cache, **llm_options)
+    llm = classifier_llm(model, simulator_options or SimulatorOptions(), db=db, use_cache=use_cache)
     return ClassifierScorer(name, llm, options, load_prompt(name, prompt))
 
 

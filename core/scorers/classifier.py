@@ -3,14 +3,14 @@ batch of excerpts and answers, as a list of 0s and 1s, which ones the neuron act
 highlighted correctly (fuzzing). The score is the balanced accuracy of its answers; where the server returns
 `top_logprobs`, the probability of each "1" gives an AUC too.
 
-Prompts are our own, kept as replaceable data (core/data/detection_prompt.json, fuzzing_prompt.json). Building and
-parsing are pure functions; the LLM is any `openai:MODEL` (chat completions, with logprobs when the server has them)
-or `hf:ID_OR_PATH` (a local chat model through core.llm; text only, so no AUC).
+Prompts are our own, kept as replaceable data (core/data/detection_prompt.json, fuzzing_prompt.json), read through
+pydantic models (`PromptFile`). Building and parsing are pure functions; the LLM is any `openai:MODEL` (chat
+completions, with logprobs when the server has them) or `hf:ID_OR_PATH` (a local chat model through core.llm; text
+only, so no AUC), run as a `core.simulate.SimulatorOptions` says: the flags of `--simulator` describe it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -21,8 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import Field, StrictStr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from core.datafiles import DataModel, parse
 from core.errors import InputError, LLMError
-from core.prompts import escape_brackets, escape_token
+from core.llm import (
+    ApiOptions,
+    Sampling,
+    UnreadableAnswer,
+    cache_key,
+    call_api,
+    get_backend,
+    is_openai_host,
+    openai_client,
+    parse_backend_spec,
+    public_url,
+)
+from core.llm.api import base_url
+from core.prompts import an_object, escape_brackets, escape_token, read_data_file
 from core.records import NeuronRecord
 from core.scorers.base import (
     ExcerptPrediction,
@@ -37,6 +54,7 @@ from core.scorers.base import (
     fuzzing_excerpts,
     neuron_seed,
 )
+from core.simulate.base import SimulatorOptions
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +86,55 @@ class ClassifierPrompt:
     source: str = "bundled"
 
 
+class PromptExampleData(DataModel):
+    """A few-shot example of a prompt file: an explanation, excerpts as the scorer shows them, one 0/1 each."""
+
+    explanation: StrictStr
+    excerpts: list[StrictStr] = Field(min_length=1)
+    answer: list[int]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object(cls, data: Any) -> Any:
+        return an_object(data, "'explanation', 'excerpts' and 'answer'")
+
+    @field_validator("answer")
+    @classmethod
+    def _one_per_excerpt(cls, answer: list[int], info: ValidationInfo) -> list[int]:
+        excerpts = info.data.get("excerpts")
+        if excerpts is None or len(answer) != len(excerpts) or any(a not in (0, 1) for a in answer):
+            raise PydanticCustomError("answer", "expected one 0 or 1 per excerpt")
+        return answer
+
+
+class PromptFile(DataModel):
+    """A scorer's prompt file: `{"description"?, "system": "...", "examples": [...]}`."""
+
+    description: str | None = None
+    system: StrictStr
+    examples: list[PromptExampleData] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object(cls, data: Any) -> Any:
+        return an_object(data, "a non-empty 'system' message and 'examples'")
+
+    @field_validator("system")
+    @classmethod
+    def _not_blank(cls, system: str) -> str:
+        if not system.strip():
+            raise PydanticCustomError("system", "expected a non-empty system message")
+        return system
+
+    def prompt(self, source: str) -> ClassifierPrompt:
+        examples = tuple(PromptExample(e.explanation, tuple(e.excerpts), tuple(e.answer)) for e in self.examples)
+        return ClassifierPrompt(self.system, examples, source)
+
+
 def prompt_from_json(data: Any, where: str) -> tuple[str, tuple[PromptExample, ...]]:
     """The system message and examples of a prompt file; InputError naming the bad field."""
-    if not isinstance(data, dict) or not isinstance(data.get("system"), str) or not data["system"].strip():
-        raise InputError(f"{where}: expected an object with a non-empty 'system' message and 'examples'")
-    examples = []
-    for i, item in enumerate(data.get("examples") or []):
-        place = f"{where}: examples[{i}]"
-        if not isinstance(item, dict) or not isinstance(item.get("explanation"), str):
-            raise InputError(f"{place}: expected an object with 'explanation', 'excerpts' and 'answer'")
-        excerpts, answer = item.get("excerpts"), item.get("answer")
-        if not isinstance(excerpts, list) or not excerpts or not all(isinstance(e, str) for e in excerpts):
-            raise InputError(f"{place}.excerpts: expected a non-empty list of strings")
-        if not isinstance(answer, list) or len(answer) != len(excerpts) or any(a not in (0, 1) for a in answer):
-            raise InputError(f"{place}.answer: expected one 0 or 1 per excerpt")
-        examples.append(PromptExample(item["explanation"], tuple(excerpts), tuple(int(a) for a in answer)))
-    return data["system"], tuple(examples)
+    prompt = parse(PromptFile, data, where).prompt(where)
+    return prompt.system, prompt.examples
 
 
 def load_prompt(kind: str, source: str | Path | None = None) -> ClassifierPrompt:
@@ -91,14 +142,7 @@ def load_prompt(kind: str, source: str | Path | None = None) -> ClassifierPrompt
     if kind not in BUNDLED_PROMPTS:
         raise InputError(f"no prompt for scorer {kind!r}; the classifier scorers are {', '.join(BUNDLED_PROMPTS)}")
     path = Path(source) if source else BUNDLED_PROMPTS[kind]
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read the {kind} prompt file {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"the {kind} prompt file {path} is not valid JSON: {exc}") from None
-    system, examples = prompt_from_json(data, str(path))
-    return ClassifierPrompt(system, examples, "bundled" if not source else str(path))
+    return read_data_file(path, PromptFile, f"{kind} prompt").prompt("bundled" if not source else str(path))
 
 
 def excerpt_text(excerpt: ScoringExcerpt) -> str:
@@ -237,7 +281,8 @@ class Reply:
 
 
 class ClassifierLLM(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def ask(self, requests: Sequence[Messages], max_tokens: int) -> list[Reply | LLMError]: ...
 
@@ -246,37 +291,25 @@ class ClassifierLLM(Protocol):
 
 @dataclass
 class OpenAIClassifierLLM:
-    """Chat completions at temperature 0 with `logprobs` and `top_logprobs` (0: none asked), retried with backoff,
-    answers cached in the database like the explainer's (core.llm)."""
+    """Chat completions at temperature 0 with `logprobs` and `top_logprobs` (0: none asked), retried by the openai
+    SDK, answers cached in the database like the explainer's (core.llm)."""
 
     model: str
+    options: ApiOptions = field(default_factory=ApiOptions)
+    top_logprobs: int = DEFAULT_TOP_LOGPROBS
     db: Any = None
     use_cache: bool = True
-    base_url: str | None = None
-    api_key: str | None = None
-    top_logprobs: int = DEFAULT_TOP_LOGPROBS
-    concurrency: int = 4
-    timeout: float = 60.0
-    retry: Any = None
-    client: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from core import config
-        from core.llm import RetryPolicy, openai_client
-
-        self.base_url = self.base_url or config.api_settings().base_url
-        self.retry = self.retry or RetryPolicy()
-        if self.client is None:
-            self.client = openai_client(self.base_url, self.api_key, timeout=self.timeout)
+        self.base_url = base_url(self.options)
+        self.client = openai_client(self.options)
 
     @property
     def name(self) -> str:
         return f"openai:{self.model}"
 
     def _key(self, messages: Messages, max_tokens: int) -> str:
-        from core.llm import Sampling, _is_openai_host, _public_url, cache_key
-
-        endpoint = {} if _is_openai_host(self.base_url) else {"endpoint": _public_url(self.base_url)}
+        endpoint = {} if is_openai_host(self.base_url) else {"endpoint": public_url(self.base_url)}
         sampling = Sampling(temperature=0.0, max_tokens=max_tokens)
         return cache_key("openai", self.model, messages, sampling, 0, scorer_logprobs=self.top_logprobs, **endpoint)
 
@@ -300,7 +333,7 @@ class OpenAIClassifierLLM:
             else:
                 pending.append(index)
         if pending:
-            with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(pending)))) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, min(self.options.concurrency, len(pending)))) as pool:
                 answers = list(pool.map(lambda i: self._call(requests[i], max_tokens), pending))
             for index, answer in zip(pending, answers, strict=True):
                 results[index] = answer
@@ -313,31 +346,25 @@ class OpenAIClassifierLLM:
         return [r if r is not None else LLMError("no answer was produced") for r in results]
 
     def _call(self, messages: Messages, max_tokens: int) -> Reply | LLMError:
-        from core.llm import UnreadableAnswer, call_with_retries
-
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
         if self.top_logprobs > 0:
             params.update(logprobs=True, top_logprobs=self.top_logprobs)
-        secrets = (self.api_key, self.base_url if "@" in (self.base_url or "") else None)
         try:
-            data = call_with_retries(
-                f"scorer {self.name}",
-                lambda: self.client.chat.completions.create(**params).model_dump(),
-                self.retry,
-                secrets,
-            )
+            response = call_api(f"scorer {self.name}", self.client.chat.completions.create, params, self.options)
         except UnreadableAnswer as exc:
             # An answer that arrived but cannot be read fails this call only (a note), not the run.
             return LLMError(f"scorer {self.name}: the server's answer is not valid JSON ({exc})")
-        choice = (data.get("choices") or [None])[0]
-        if not choice:
+        choices = getattr(response, "choices", None)
+        if not choices:
             return LLMError(f"scorer {self.name}: the server returned no choices")
-        text = (choice.get("message") or {}).get("content")
+        choice = choices[0]
+        text = getattr(choice.message, "content", None)
         if not isinstance(text, str):
             return LLMError(f"scorer {self.name}: the answer has no text")
-        usage = data.get("usage") or {}
-        content = (choice.get("logprobs") or {}).get("content")
-        return Reply(text, content or None, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        usage = getattr(response, "usage", None)
+        content = getattr(choice.logprobs, "content", None)
+        logprobs = [item.model_dump() for item in content] if content else None
+        return Reply(text, logprobs, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
 
 
 @dataclass
@@ -350,9 +377,7 @@ class BackendClassifierLLM:
     def name(self) -> str:
         return str(self.backend.name)
 
-    def _sampling(self, max_tokens: int) -> Any:
-        from core.llm import Sampling
-
+    def _sampling(self, max_tokens: int) -> Sampling:
         return Sampling(temperature=0.0, max_tokens=max_tokens)
 
     def forget(self, messages: Messages, max_tokens: int) -> None:
@@ -366,19 +391,14 @@ class BackendClassifierLLM:
         ]
 
 
-def classifier_llm(spec: str, db: Any = None, use_cache: bool = True, **options: Any) -> ClassifierLLM:
-    """The LLM of a classifier scorer from `openai:MODEL` or `hf:ID_OR_PATH`. Options: openai → base_url, api_key,
-    top_logprobs, concurrency, timeout, retry, client; hf → device, dtype, batch_size. None means default."""
-    from core.llm import get_backend, parse_backend_spec
-
+def classifier_llm(spec: str, options: SimulatorOptions, db: Any = None, use_cache: bool = True) -> ClassifierLLM:
+    """The LLM of a classifier scorer from `openai:MODEL` (the options' `api` part and `top_logprobs`, default 5) or
+    `hf:ID_OR_PATH` (their `local` part)."""
     kind, model = parse_backend_spec(spec)
-    options = {k: v for k, v in options.items() if v is not None}
     if kind == "openai":
-        accepted = {"base_url", "api_key", "top_logprobs", "concurrency", "timeout", "retry", "client"}
-        return OpenAIClassifierLLM(model, db, use_cache, **{k: v for k, v in options.items() if k in accepted})
-    accepted = {"device", "dtype", "batch_size"}
-    return BackendClassifierLLM(get_backend(spec, db=db, use_cache=use_cache,
-                                            **{k: v for k, v in options.items() if k in accepted}))  # fmt: skip
+        top_logprobs = DEFAULT_TOP_LOGPROBS if options.top_logprobs is None else options.top_logprobs
+        return OpenAIClassifierLLM(model, options.api, top_logprobs, db, use_cache)
+    return BackendClassifierLLM(get_backend(spec, options.local, db=db, use_cache=use_cache))
 
 
 # --- The scorers -----------------------------------------------------------------------------------------------------

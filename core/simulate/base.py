@@ -1,45 +1,32 @@
-"""Simulators: predict a neuron's activation on every token from an explanation (docs/METHOD.md §3).
+"""What every simulator shares (docs/METHOD.md §3): the options, the result type and interface, expected values, and
+the all-at-once prompt with its few-shot examples. Implementations (core/simulate/api.py, core/simulate/local.py)
+import this module and nothing else of the package; the registry in core/simulate/__init__.py imports them.
 
-Every simulator has a `name` (`hf:PATH`, `openai:MODEL`), a `method` and `simulate(explanation, records)`, which
-returns one expected value 0..10 per token of every record, or a failed result with the reason. A parse failure or
-a misaligned answer is always a failure, never a row of zeros. A position whose top logprobs hold no value 0..10 is
-read as an expected value of 0, as OpenAI's simulator does, and counted (`SimulationResult.no_value_count`); the
-`on_no_value="fail"` option of the API simulators makes it a failure instead.
-
-Methods (the `SIMULATORS` registry below; `get_simulator` builds them):
-- `all_at_once` (local transformers model, core/simulate_local.py), the paper's method: one text prompt whose
-  target lines read
-  `token<TAB>unknown`; one forward pass per excerpt gives, at every position right after a `<TAB>`, the next-token
-  distribution over "0".."10".
-- `completions_echo` (an OpenAI-compatible /completions server that echoes prompt logprobs, e.g. vLLM;
-  core/simulate_api.py): the same all-at-once prompt, read from the echoed `top_logprobs`.
-- `chat_logprobs` / `chat_parse` (chat-only APIs; core/simulate_api.py): fallbacks that are not the paper's method;
-  the model writes the `token<TAB>n` lines itself; we read `top_logprobs` at each number, or parse the numbers.
-  `chat_logprobs` is the default for `openai:` simulators, so every score table names the method (`method_note`).
-
-This module holds what they share: the result type and interface, expected values and the prompt. Token text in
-prompts is escaped (`escape_token`, shared with the explainer's original format in core/prompts.py) so that a tab or
-newline inside a token cannot break the one-line-per-token layout.
+Token text in prompts is escaped (`escape_token`, shared with the explainer's original format in core/prompts.py) so
+that a tab or newline inside a token cannot break the one-line-per-token layout.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import Field, StrictInt, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from core.datafiles import DataModel, parse
 from core.errors import InputError
-from core.prompts import EXPLANATION_PREFIX, escape_token
+from core.llm.base import ApiOptions, LocalModelOptions
+from core.prompts import EXPLANATION_PREFIX, RecordData, an_object, escape_token, read_data_file
 from core.records import ActivationRecord, normalize
 
 log = logging.getLogger(__name__)
 
-BUNDLED_FEW_SHOT = Path(__file__).resolve().parent / "data" / "simulation_few_shot.json"
+BUNDLED_FEW_SHOT = Path(__file__).resolve().parent.parent / "data" / "simulation_few_shot.json"
 MAX_VALUE = 10
 VALUE_STRINGS = tuple(str(v) for v in range(MAX_VALUE + 1))
 UNKNOWN = "unknown"
@@ -99,8 +86,11 @@ class SimulationResult:
 class Simulator(Protocol):
     """Anything that turns an explanation and records into a SimulationResult."""
 
-    name: str
-    method: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
 
     def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult: ...
 
@@ -155,6 +145,35 @@ def value_probabilities(first: Mapping[str, float], after_one: Mapping[str, floa
 # does (its expected value of an empty distribution is 0), and counts it; "fail" fails the simulation.
 NO_VALUE_POLICIES = ("zero", "fail")
 DEFAULT_NO_VALUE = "zero"
+DEFAULT_TOP_LOGPROBS = 20  # vLLM's default cap; 11 values plus room for the non-numeric alternatives
+DEFAULT_BATCH_SIZE = 16  # excerpts per forward pass of a local simulator
+
+
+@dataclass(frozen=True)
+class SimulatorOptions:
+    """How to run a simulator: the part its backend reads (`api` for `openai:` simulators, `local` for `hf:`), the
+    few-shot neurons (None: the bundled ones, "none", a JSON file, or examples), and per method:
+    - `reuse_prefix` (hf): keep the key/value cache of the shared prompt prefix;
+    - `top_logprobs` (openai): alternatives asked for at each position (None: 20 for simulators; for the
+      detection and fuzzing scorers, whose LLM the same options describe, 5);
+    - `on_no_value` (openai): a position whose top logprobs hold no value 0..10 is read as 0 and counted ("zero",
+      OpenAI's reading) or fails the simulation ("fail").
+    """
+
+    api: ApiOptions = field(default_factory=ApiOptions)
+    local: LocalModelOptions = field(default_factory=LocalModelOptions)
+    few_shot: str | Path | tuple[SimulationExample, ...] | None = None
+    reuse_prefix: bool = True
+    top_logprobs: int | None = None
+    on_no_value: str = DEFAULT_NO_VALUE
+
+    def __post_init__(self) -> None:
+        if self.on_no_value not in NO_VALUE_POLICIES:
+            raise InputError(
+                f"on_no_value {self.on_no_value!r} is unknown; choose one of {', '.join(NO_VALUE_POLICIES)}"
+            )
+        if self.top_logprobs is not None and self.top_logprobs < 0:
+            raise InputError(f"top_logprobs {self.top_logprobs} must not be negative")
 
 
 def expected_value(probs: Sequence[float]) -> float | None:
@@ -183,50 +202,64 @@ class SimulationExample:
         return normalize(self.records)
 
 
+class SimulationRecordData(RecordData):
+    """A few-shot record of a simulation few-shot file: activations before `first_shown` are shown as unknown."""
+
+    first_shown: StrictInt = 0
+
+    @field_validator("first_shown")
+    @classmethod
+    def _shown(cls, first_shown: int, info: ValidationInfo) -> int:
+        if not 0 <= first_shown <= len(info.data.get("tokens") or ()):
+            raise PydanticCustomError("first_shown", "expected an integer from 0 to the token count")
+        return first_shown
+
+
+class SimulationNeuronData(DataModel):
+    explanation: str = Field(min_length=1)
+    records: list[SimulationRecordData] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object(cls, data: Any) -> Any:
+        return an_object(data, "a non-empty 'explanation' and 'records'")
+
+
+class SimulationFewShotFile(DataModel):
+    """A simulation few-shot file: `{"description"?, "neurons": [{"explanation", "records": [{"tokens",
+    "activations", "first_shown"?}]}]}`, or the list of neurons alone."""
+
+    description: str | None = None
+    neurons: list[SimulationNeuronData]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _the_list(cls, data: Any) -> Any:
+        return data if isinstance(data, dict) else {"neurons": data}
+
+    def examples(self) -> tuple[SimulationExample, ...]:
+        return tuple(
+            SimulationExample(
+                neuron.explanation.strip(),
+                tuple(r.record() for r in neuron.records),
+                tuple(r.first_shown for r in neuron.records),
+            )
+            for neuron in self.neurons
+        )
+
+
 def few_shot_from_json(data: Any, where: str = "simulation few-shot") -> tuple[SimulationExample, ...]:
     """Parse `{"neurons": [{"explanation", "records": [{"tokens", "activations", "first_shown"?}]}]}`."""
-    neurons = data.get("neurons") if isinstance(data, dict) else data
-    if not isinstance(neurons, list):
-        raise InputError(f"{where}: expected an object with a 'neurons' list")
-    examples = []
-    for i, item in enumerate(neurons):
-        here = f"{where}.neurons[{i}]"
-        if not isinstance(item, dict) or not isinstance(item.get("explanation"), str) or not item["explanation"]:
-            raise InputError(f"{here}: expected an object with a non-empty 'explanation' and 'records'")
-        raw_records = item.get("records")
-        if not isinstance(raw_records, list) or not raw_records:
-            raise InputError(f"{here}.records: expected a non-empty list of records")
-        records, first_shown = [], []
-        for j, raw in enumerate(raw_records):
-            record = ActivationRecord.from_json(raw, f"{here}.records[{j}]")
-            shown = raw.get("first_shown", 0)
-            if isinstance(shown, bool) or not isinstance(shown, int) or not 0 <= shown <= len(record.tokens):
-                raise InputError(f"{here}.records[{j}].first_shown: expected an integer from 0 to the token count")
-            records.append(record)
-            first_shown.append(shown)
-        examples.append(SimulationExample(item["explanation"].strip(), tuple(records), tuple(first_shown)))
-    return tuple(examples)
-
-
-@lru_cache(maxsize=8)
-def _read_few_shot(path: str) -> tuple[SimulationExample, ...]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read simulation few-shot file {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    return few_shot_from_json(data, str(path))
+    return parse(SimulationFewShotFile, data, where).examples()
 
 
 def load_few_shot(source: str | Path | Sequence[SimulationExample] | None = None) -> tuple[SimulationExample, ...]:
     """Few-shot neurons: None → core/data/simulation_few_shot.json; "none" → no examples; a path; or examples."""
-    if source is None:
-        return _read_few_shot(str(BUNDLED_FEW_SHOT))
-    if isinstance(source, str | Path):
-        if str(source).strip().lower() == "none":
+    if source is None or isinstance(source, str | Path):
+        if isinstance(source, str) and source.strip().lower() == "none":
             return ()
-        return _read_few_shot(str(Path(source).resolve()))
+        path = BUNDLED_FEW_SHOT if source is None else source
+        return read_data_file(path, SimulationFewShotFile, "simulation few-shot").examples()
     return tuple(source)
 
 
@@ -306,97 +339,3 @@ def hidden_count(few_shot: Sequence[SimulationExample]) -> int:
         for example in few_shot
         for record, shown in zip(example.records, example.first_shown, strict=True)
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SimulatorKind:
-    """One simulation method: the backend prefix it runs on and what it needs."""
-
-    method: str
-    backend: str
-    description: str
-    all_at_once: bool  # the paper's method: one prompt, EVs read after every token<TAB> (docs/METHOD.md §3)
-
-
-SIMULATORS: dict[str, SimulatorKind] = {
-    kind.method: kind
-    for kind in (
-        SimulatorKind("all_at_once", "hf", "local transformers model: logits after every token<TAB> in one pass", True),
-        SimulatorKind("completions_echo", "openai", "/completions with echo + logprobs (vLLM): the same prompt", True),
-        SimulatorKind("chat_logprobs", "openai", "chat: the model writes token<TAB>n; read top_logprobs at n", False),
-        SimulatorKind("chat_parse", "openai", "chat without logprobs: parse the integers the model writes", False),
-    )
-}
-DEFAULT_METHODS = {"hf": "all_at_once", "openai": "chat_logprobs"}
-# Scores imported from a published file (`python -m core import-scores`), not computed here.
-IMPORTED_METHOD = "imported"
-# The metrics of the scorers other than simulation (core.scorers; docs/METHOD.md §10), as score headers name them.
-SCORER_METRICS = {
-    "balanced_accuracy": "a detection or fuzzing scorer's balanced accuracy (0.5 = chance), not a correlation",
-    "auroc": "an embedding scorer's AUROC of explanation–excerpt cosines (0.5 = chance), not a correlation",
-}
-
-
-def method_note(method: str | None) -> str:
-    """The method as every score table header names it, saying whether it is the paper's (docs/METHOD.md §3)."""
-    if method == IMPORTED_METHOD:
-        return "imported: published scores, not computed here"
-    if str(method) in SCORER_METRICS:
-        return f"{method}: {SCORER_METRICS[str(method)]}"
-    kind = SIMULATORS.get(str(method))
-    if kind is None:
-        return f"{method}: unknown method"
-    if kind.all_at_once:
-        return f"{method}: the paper's all-at-once method"
-    return f"{method}: a chat fallback, not the paper's all-at-once method; not comparable with the paper's scores"
-
-
-def parse_simulator_spec(spec: str) -> tuple[str, str]:
-    """`hf:PATH` or `openai:MODEL` → (backend, model)."""
-    backend, sep, model = (spec or "").strip().partition(":")
-    if not sep or backend not in DEFAULT_METHODS or not model.strip():
-        raise InputError(f"simulator {spec!r} is not of the form hf:PATH or openai:MODEL")
-    return backend, model.strip()
-
-
-def get_simulator(spec: str, method: str | None = None, **options: Any) -> Simulator:
-    """Build the simulator for `hf:PATH` (method all_at_once) or `openai:MODEL` (completions_echo, chat_logprobs
-    (default) or chat_parse). Options: hf → device, dtype, batch_size, reuse_prefix, few_shot; openai → base_url,
-    api_key, top_logprobs, concurrency, timeout, retry (core.llm.RetryPolicy), few_shot, client, on_no_value
-    ("zero" or "fail"). None means default."""
-    backend, model = parse_simulator_spec(spec)
-    method = method or DEFAULT_METHODS[backend]
-    kind = SIMULATORS.get(method)
-    if kind is None:
-        raise InputError(f"unknown simulation method {method!r}; choose one of {', '.join(SIMULATORS)}")
-    if kind.backend != backend:
-        allowed = [m for m, k in SIMULATORS.items() if k.backend == backend]
-        raise InputError(f"method {method!r} does not run on {backend}: simulators; use {', '.join(allowed)}")
-    options = {k: v for k, v in options.items() if v is not None}
-    if backend == "hf":
-        unknown = set(options) - {"device", "dtype", "batch_size", "reuse_prefix", "few_shot"}
-        if unknown:
-            raise InputError(f"unknown options for an hf: simulator: {', '.join(sorted(unknown))}")
-        # The implementations import this module, so they are imported here, where they are built.
-        from core.llm_hf import load_hf_causal_lm
-        from core.simulate_local import LocalAllAtOnceSimulator
-
-        model_obj, tokenizer = load_hf_causal_lm(model, options.pop("device", None), options.pop("dtype", None))
-        return LocalAllAtOnceSimulator(model_obj, tokenizer, name=f"hf:{model}", **options)
-    accepted = {
-        *("base_url", "api_key", "top_logprobs", "concurrency", "timeout", "few_shot", "client", "retry"),
-        "on_no_value",
-    }
-    unknown = set(options) - accepted
-    if unknown:
-        raise InputError(f"unknown options for an openai: simulator: {', '.join(sorted(unknown))}")
-    from core.simulate_api import ChatSimulator, CompletionsEchoSimulator
-
-    if method == "completions_echo":
-        return CompletionsEchoSimulator(model, **options)
-    return ChatSimulator(model, method=method, **options)

@@ -1,6 +1,6 @@
 """The local transformers backend, `hf:ID_OR_PATH` (registered in core.llm.BACKENDS): a chat model run with
 transformers, batched sampling, token counts from its own tokenizer. `load_hf_causal_lm` is shared with the local
-simulator (core/simulate_local.py).
+simulator (core/simulate/local.py).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 
 from core import config
 from core.errors import InputError, LLMError, ModelError
-from core.llm import Backend, Completion, Messages, Sampling
+from core.llm.base import LOCAL_DTYPES, Backend, Completion, LocalModelOptions, Messages, Sampling
 from core.models import local_files_only
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HF_BATCH_SIZE = 8
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = tuple(dtype for dtype in LOCAL_DTYPES if dtype != "auto")
 _generate_lock = threading.Lock()
 
 
@@ -62,23 +62,14 @@ class HFBackend(Backend):
     spec = "hf:ID_OR_PATH"
 
     def __init__(
-        self,
-        model: str,
-        *,
-        db: Any = None,
-        use_cache: bool = True,
-        device: str | None = None,
-        dtype: str | None = None,
-        batch_size: int = DEFAULT_HF_BATCH_SIZE,
+        self, model: str, options: LocalModelOptions = LocalModelOptions(), *, db: Any = None, use_cache: bool = True
     ) -> None:
         super().__init__(model, db=db, use_cache=use_cache)
-        if batch_size < 1:
-            raise InputError(f"batch size {batch_size} must be at least 1")
-        self.device = device or config.default_device()
-        self.dtype = dtype
-        self.batch_size = batch_size
-        self._model, self._tokenizer = load_hf_causal_lm(self.model, self.device, dtype)
-        # Explaining needs a chat model; simulating (core.simulate_local) works on base models too.
+        self.device = options.device or config.default_device()
+        self.dtype = options.dtype
+        self.batch_size = options.batch_size or DEFAULT_HF_BATCH_SIZE
+        self._model, self._tokenizer = load_hf_causal_lm(self.model, self.device, options.dtype)
+        # Explaining needs a chat model; simulating (core.simulate.local) works on base models too.
         if not getattr(self._tokenizer, "chat_template", None):
             raise ModelError(f"the tokenizer of {self.model!r} has no chat template; use an instruction-tuned model")
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from core.errors import InputError, ModelError
 from core.records import ActivationRecord
-from core.simulate import (
+from core.simulate.base import (
+    DEFAULT_BATCH_SIZE,
     VALUE_STRINGS,
     SimulationExample,
     SimulationFailure,
@@ -29,8 +30,6 @@ from core.simulate import (
     target_pieces,
     value_probabilities,
 )
-
-DEFAULT_BATCH_SIZE = 16
 
 
 class _PieceEncoder:

@@ -1,4 +1,5 @@
-"""The data frames the pages show, and their column formats: pure functions of core results."""
+"""The data frames the Neurons, Explain and Results pages show of explanations and their scores, and their column
+formats: frames are pure functions of core results; the column formats are st.column_config."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.errors import WorkbenchError
 from core.records import NeuronRecord
 
 
@@ -95,7 +95,7 @@ def explanation_table_config(table: pd.DataFrame) -> dict[str, Any]:
     from core.simulate import method_note
 
     extra = {
-        column: _number_column("%.3f", method_note(column.split(" · ")[1]))
+        column: number_column("%.3f", method_note(column.split(" · ")[1]))
         for column in table.columns
         if " · " in str(column)
     }
@@ -109,48 +109,44 @@ def without_empty_columns(frame: pd.DataFrame, optional: Sequence[str]) -> pd.Da
     return frame.drop(columns=empty)
 
 
-def _number_column(fmt: str, help_text: str | None = None) -> Any:
+def number_column(fmt: str, help_text: str | None = None) -> Any:
+    """A number column shown with printf-style `fmt`, and `help_text` on hover."""
     return st.column_config.NumberColumn(format=fmt, help=help_text)
 
 
 # Column formats of the tables the pages show: scores to 3 decimals, token means as whole tokens, ratios to two
 # decimals, p-values to 3 significant digits. Entries for columns a table lacks are ignored.
 EXPLANATION_TABLE_CONFIG = {
-    "score": _number_column("%.3f", "correlation of simulated and real activations (docs/METHOD.md §4)"),
-    "similarity": _number_column("%.3f", "mean cosine to the reference explanations"),
-    "reference_score": _number_column("%.3f", "score published with an import"),
+    "score": number_column("%.3f", "correlation of simulated and real activations (docs/METHOD.md §4)"),
+    "similarity": number_column("%.3f", "mean cosine to the reference explanations"),
+    "reference_score": number_column("%.3f", "score published with an import"),
     "explanation": st.column_config.TextColumn(width="large"),
 }
 JOB_TABLE_CONFIG = {"explanation": st.column_config.TextColumn(width="large")}
 COST_TABLE_CONFIG = {
-    **{f"mean_{kind}_tokens": _number_column("%.0f") for kind in ("output", "total")},
-    "mean_input_tokens_cl100k": _number_column("%.0f", "counted offline with cl100k_base, as the preview counts"),
-    "mean_input_tokens_server": _number_column("%.0f", "as the API that answered reported them"),
-    "mean_input_tokens_local": _number_column("%.0f", "counted with the explainer's Hugging Face tokenizer"),
-    "mean_input_tokens_unknown": _number_column("%.0f", "stored without saying what counted them"),
+    **{f"mean_{kind}_tokens": number_column("%.0f") for kind in ("output", "total")},
+    "mean_input_tokens_cl100k": number_column("%.0f", "counted offline with cl100k_base, as the preview counts"),
+    "mean_input_tokens_server": number_column("%.0f", "as the API that answered reported them"),
+    "mean_input_tokens_local": number_column("%.0f", "counted with the explainer's Hugging Face tokenizer"),
+    "mean_input_tokens_unknown": number_column("%.0f", "stored without saying what counted them"),
     **{
-        f"original_over_format_{kind}": _number_column("%.2f×", f"original's mean {kind} tokens ÷ this format's")
+        f"original_over_format_{kind}": number_column("%.2f×", f"original's mean {kind} tokens ÷ this format's")
         for kind in ("input", "total")
     },
 }
 FORMAT_SUMMARY_CONFIG = {
-    "mean_score": _number_column("%.3f"),
-    "score_ci_lo": _number_column("%.3f", "95% bootstrap interval over neurons"),
-    "score_ci_hi": _number_column("%.3f", "95% bootstrap interval over neurons"),
-    "mean_similarity": _number_column("%.3f"),
-    **{f"mean_input_tokens_{unit}": _number_column("%.0f") for unit in ("cl100k", "server", "local", "unknown")},
+    "mean_score": number_column("%.3f"),
+    "score_ci_lo": number_column("%.3f", "95% bootstrap interval over neurons"),
+    "score_ci_hi": number_column("%.3f", "95% bootstrap interval over neurons"),
+    "mean_similarity": number_column("%.3f"),
+    **{f"mean_input_tokens_{unit}": number_column("%.0f") for unit in ("cl100k", "server", "local", "unknown")},
 }
 DIFFERENCE_TABLE_CONFIG = {
-    "mean_diff": _number_column("%+.3f", "mean of (format − baseline) score over the neurons both have"),
-    "ci_lo": _number_column("%+.3f", "95% paired bootstrap interval"),
-    "ci_hi": _number_column("%+.3f", "95% paired bootstrap interval"),
-    "p_value": _number_column("%.3g", "Wilcoxon signed-rank, two-sided (5 or more neurons)"),
+    "mean_diff": number_column("%+.3f", "mean of (format − baseline) score over the neurons both have"),
+    "ci_lo": number_column("%+.3f", "95% paired bootstrap interval"),
+    "ci_hi": number_column("%+.3f", "95% paired bootstrap interval"),
+    "p_value": number_column("%.3g", "Wilcoxon signed-rank, two-sided (5 or more neurons)"),
 }
-PAIRS_TABLE_CONFIG = {
-    "win_rate_a": st.column_config.TextColumn(help="share of decisive ratings (1 or 2) won by arm A, 95% CI"),
-    "binomial_p": _number_column("%.3g", "two-sided binomial test against no preference"),
-}
-MEASURE_TABLE_CONFIG = {"value": _number_column("%.3g")}
 
 
 def in_format_order(frame: pd.DataFrame, column: str = "format") -> pd.DataFrame:
@@ -324,135 +320,9 @@ def job_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(table, columns=columns)
 
 
-@dataclass(frozen=True)
-class PromptPreview:
-    """The exact prompt one format sends for one neuron, and its input tokens (None when it cannot be counted)."""
-
-    format: str
-    text: str
-    input_tokens: int | None
-    tokenizer: str
-    error: str | None = None
-
-
-def prompt_previews(
-    record: NeuronRecord, formats: Sequence[str], explainer: str, cutoff: Any, few_shot: str | None
-) -> list[PromptPreview]:
-    """Each format's prompt for the neuron's train records (as explain_neurons builds it) and its token count with
-    the explainer's tokenizer. A prompt or count that fails is reported in its preview, not raised."""
-    from core import prompts, tokens
-    from core.explain import PROMPT_SPLIT
-
-    tokenizer = tokens.tokenizer_for(explainer)
-    examples = prompts.load_few_shot(few_shot)
-    previews = []
-    for format_name in formats:
-        try:
-            messages = prompts.build_messages(
-                format_name, record.split(PROMPT_SPLIT), few_shot=examples, cutoff=cutoff, stats=record.stats
-            )
-        except WorkbenchError as exc:
-            previews.append(PromptPreview(format_name, "", None, tokenizer, str(exc)))
-            continue
-        text = prompts.render_messages(messages)
-        try:
-            count, error = tokens.count_chat_tokens(messages, tokenizer), None
-        except WorkbenchError as exc:
-            count, error = None, f"cannot count tokens: {exc}"
-        previews.append(PromptPreview(format_name, text, count, tokenizer, error))
-    return previews
-
-
-def preview_table(previews: Sequence[PromptPreview]) -> pd.DataFrame:
-    """The input tokens of each format's prompt side by side, with Original ÷ format (docs/METHOD.md §5), so the cost of
-    the formats compares at a glance."""
-    from core.tokens import input_tokens_column
-
-    counts = {p.format: p.input_tokens for p in previews}
-    original = counts.get("original")
-    # Counted offline: cl100k_base for openai: explainers, the model's own tokenizer for hf: ones.
-    column = input_tokens_column(previews[0].tokenizer) if previews else "input_tokens_cl100k"
-    rows = [
-        {
-            "format": p.format,
-            column: p.input_tokens,
-            "original_over_format": original / p.input_tokens if original and p.input_tokens else None,
-            "problem": p.error or "",
-        }
-        for p in previews
-    ]
-    frame = pd.DataFrame(rows, columns=["format", column, "original_over_format", "problem"])
-    frame["original_over_format"] = pd.to_numeric(frame["original_over_format"], errors="coerce")
-    return frame
-
-
-PREVIEW_TABLE_CONFIG = {
-    "input_tokens_cl100k": _number_column("%d", "counted offline with cl100k_base, as `python -m core prompt` does"),
-    "input_tokens_local": _number_column("%d", "counted offline with the explainer's Hugging Face tokenizer"),
-    "original_over_format": _number_column("%.2f×", "original's input tokens ÷ this format's"),
-    "problem": st.column_config.TextColumn(width="large"),
-}
-
-
 def stats_table(record: NeuronRecord) -> pd.DataFrame:
     """A neuron's statistics as (statistic, value) rows; quantiles are of the per-excerpt maximum (METHOD.md §1)."""
     rows = [("max", record.stats.max), ("mean", record.stats.mean), ("variance", record.stats.variance)]
     rows += [(f"q{level:g} of excerpt max", value) for level, value in sorted(record.stats.quantiles.items())]
     rows += [("top excerpts", len(record.top)), ("random excerpts", len(record.random))]
     return pd.DataFrame(rows, columns=["statistic", "value"])
-
-
-PAIR_COLUMNS = [
-    "rater", "arm_a", "arm_b", "n_ratings", "wins_a", "wins_b", "ties", "both_bad", "win_rate_a", "binomial_p",
-]  # fmt: skip
-
-
-def _interval(value: float | None, ci: Sequence[float | None] | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    if not ci or ci[0] is None or ci[1] is None:
-        return f"{value:.2f}"
-    return f"{value:.2f} ({ci[0]:.2f} to {ci[1]:.2f})"
-
-
-def automated_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Humans against each automated score kind (core.stats `automated`): κ, logistic slope and τ, with CIs."""
-    table = []
-    for row in rows:
-        kappa, logistic, rank = row.get("kappa") or {}, row.get("logistic") or {}, row.get("rank_correlation") or {}
-        table.append(
-            {
-                "score": f"{row['kind']} · {row['name']}",
-                "items": kappa.get("n_items"),
-                "Cohen's κ": _interval(kappa.get("kappa"), kappa.get("ci")),
-                "logistic slope": _interval(logistic.get("slope"), logistic.get("slope_ci")),
-                "Kendall's τ": "–" if rank.get("tau") is None else f"{rank['tau']:.2f}",
-            }
-        )
-    return pd.DataFrame(table)
-
-
-def pairs_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Win-rate rows of core.stats (per pair, or per rater and pair), narrow enough to read: the counts, the win
-    rate of arm A over arm B among decisive ratings with its Wilson 95% interval as text ("56% (27%–81%)", as in
-    the figures above the table), and the binomial p-value. The shares of ties and both-bad follow from the
-    counts and are left out."""
-    table = [{**row, "win_rate_a": rate_text(row.get("win_rate"), row.get("wilson_ci"))} for row in rows]
-    columns = [c for c in PAIR_COLUMNS if c != "rater" or any("rater" in row for row in rows)]
-    frame = pd.DataFrame(table, columns=columns)
-    frame["binomial_p"] = pd.to_numeric(frame["binomial_p"], errors="coerce")
-    return frame
-
-
-def percent(value: float | None) -> str:
-    """A share as a whole percentage; "–" when undefined."""
-    return "–" if value is None or not math.isfinite(value) else f"{value:.0%}"
-
-
-def rate_text(rate: float | None, ci: Sequence[float | None] | None = None) -> str:
-    """A proportion with its 95% CI, e.g. "62% (48–74%)"; "–" when undefined."""
-    if rate is None or not math.isfinite(rate):
-        return "–"
-    if not ci or ci[0] is None or ci[1] is None:
-        return percent(rate)
-    return f"{percent(rate)} ({ci[0]:.0%}–{ci[1]:.0%})"

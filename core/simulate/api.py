@@ -1,7 +1,7 @@
 """The OpenAI-compatible simulators (docs/METHOD.md §3): `completions_echo` reads the all-at-once prompt's echoed
 `top_logprobs` from a /completions server (e.g. vLLM), as OpenAI's simulator does; the chat fallbacks
 `chat_logprobs` and `chat_parse` have the model write the `token<TAB>n` lines itself. Built by
-`core.simulate.get_simulator`.
+`core.simulate.get_simulator` from a `SimulatorOptions` (its `api` part says how to reach the server).
 
 As in OpenAI's code, a position whose top logprobs hold no value 0..10 is read as 0 and counted; with
 `on_no_value="fail"` it fails the simulation instead.
@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import InputError
+from core.llm.api import call_api, openai_client
+from core.llm.base import UnreadableAnswer
 from core.records import ActivationRecord
-from core.simulate import (
+from core.simulate.base import (
     DEFAULT_NO_VALUE,
+    DEFAULT_TOP_LOGPROBS,
     END,
     NO_VALUE_POLICIES,
     START,
@@ -32,6 +35,7 @@ from core.simulate import (
     SimulationExample,
     SimulationFailure,
     SimulationResult,
+    SimulatorOptions,
     completion_prompt,
     escape_token,
     expected_value,
@@ -43,9 +47,6 @@ from core.simulate import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TOP_LOGPROBS = 20  # vLLM's default cap; 11 values plus room for the non-numeric alternatives
-DEFAULT_CONCURRENCY = 4
 
 CHAT_INSTRUCTIONS = (
     "\n\nReply with every token of the text, one per line, in the same order and written exactly as given, each "
@@ -264,33 +265,23 @@ def predictions_from_echo(
 
 @dataclass
 class _EndpointSimulator(ABC):
-    """Shared parts of the OpenAI-compatible simulators: client, few-shot, retries, one request per record.
+    """Shared parts of the OpenAI-compatible simulators: client, few-shot, one request per record.
 
-    Transport and HTTP errors are retried with backoff (core.llm.RetryPolicy); when they persist, or the request
-    is refused (a bad key, an unknown model, a server without echo), an LLMError stops the run so it can be fixed
-    and resumed. An answer that arrives but cannot be used becomes a failed SimulationResult.
+    The openai SDK retries what may pass (core/llm/api.py); when an error persists, or the request is refused (a bad
+    key, an unknown model, a server without echo), an LLMError stops the run so it can be fixed and resumed. An
+    answer that arrives but cannot be used becomes a failed SimulationResult.
     """
 
     model: str
-    base_url: str | None = None
-    api_key: str | None = None
-    few_shot: Any = None
-    top_logprobs: int = DEFAULT_TOP_LOGPROBS
-    concurrency: int = DEFAULT_CONCURRENCY
-    timeout: float = 60.0
-    retry: Any = None
-    client: Any = field(default=None, repr=False)
+    options: SimulatorOptions = field(default_factory=SimulatorOptions)
     method: str = ""
-    on_no_value: str = DEFAULT_NO_VALUE
 
     def __post_init__(self) -> None:
-        from core.llm import RetryPolicy, openai_client
-
-        _check_policy(self.on_no_value)
-        self.examples = load_few_shot(self.few_shot)
-        self.retry = self.retry or RetryPolicy()
-        if self.client is None:
-            self.client = openai_client(self.base_url, self.api_key, timeout=self.timeout)
+        self.examples = load_few_shot(self.options.few_shot)
+        chosen = self.options.top_logprobs
+        self.top_logprobs = DEFAULT_TOP_LOGPROBS if chosen is None else chosen
+        self.on_no_value = self.options.on_no_value
+        self.client = openai_client(self.options.api)
 
     @property
     def name(self) -> str:
@@ -299,8 +290,9 @@ class _EndpointSimulator(ABC):
     def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
         start = time.perf_counter()
         explanation_text(explanation)
+        workers = max(1, min(self.options.api.concurrency, len(records) or 1))
         try:
-            with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(records) or 1))) as pool:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
                 futures = [pool.submit(self._one, explanation, record) for record in records]
                 predictions = []
                 missing = 0
@@ -327,23 +319,19 @@ class _EndpointSimulator(ABC):
             self.name, self.method, tuple(predictions), seconds=time.perf_counter() - start, no_value_count=missing
         )
 
-    def _request(self, create: Callable[..., Any], **params: Any) -> dict[str, Any]:
-        """The first choice of one API call, as a dict, after retries (see the class docstring)."""
-        from core.llm import UnreadableAnswer, call_with_retries
-
-        secrets = (self.api_key, self.base_url if "@" in (self.base_url or "") else None)
-
-        def request() -> dict[str, Any]:
-            response = create(**params)
-            return response.model_dump() if hasattr(response, "model_dump") else dict(response)
-
+    def _request(self, endpoint: Callable[..., Any], **params: Any) -> Any:
+        """The first choice of one API call (the SDK's typed object), after retries (see the class docstring)."""
         try:
-            data = call_with_retries(
-                f"simulator {self.name}", request, self.retry, secrets, ", and that the server supports this method"
+            response = call_api(
+                f"simulator {self.name}",
+                endpoint,
+                params,
+                self.options.api,
+                ", and that the server supports this method",
             )
         except UnreadableAnswer as exc:
             raise SimulationFailure(f"the server's answer is not valid JSON ({exc})") from None
-        choices = data.get("choices") or []
+        choices = getattr(response, "choices", None)
         if not choices:
             raise SimulationFailure("the server returned no choices")
         return choices[0]
@@ -351,6 +339,11 @@ class _EndpointSimulator(ABC):
     @abstractmethod
     def _one(self, explanation: str, record: ActivationRecord) -> Reading:
         """Predictions for one record: one request, parsed; SimulationFailure when the answer is unusable."""
+
+
+def _plain(value: Any) -> Any:
+    """A typed SDK object as the plain dicts and lists the pure readers above take."""
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
 @dataclass
@@ -377,7 +370,7 @@ class CompletionsEchoSimulator(_EndpointSimulator):
             temperature=0,
         )
         return predictions_from_echo(
-            choice.get("logprobs") or {}, len(record.tokens), hidden_count(self.examples), self.on_no_value
+            _plain(choice.logprobs) or {}, len(record.tokens), hidden_count(self.examples), self.on_no_value
         )
 
 
@@ -401,10 +394,12 @@ class ChatSimulator(_EndpointSimulator):
             max_tokens=16 * len(record.tokens) + 64,
             **extra,
         )
-        answer = (choice.get("message") or {}).get("content")
+        answer = getattr(choice.message, "content", None) or ""  # none is read as empty: a failure with its reason
         if not with_logprobs:
             return Reading([float(line.value) for line in parse_chat_answer(answer, record.tokens)])
-        content = (choice.get("logprobs") or {}).get("content")
+        content = getattr(choice.logprobs, "content", None)
         if not content:
             raise SimulationFailure("the server returned no logprobs; use the chat_parse method with this server")
-        return predictions_from_chat_logprobs(answer, content, record.tokens, self.on_no_value)
+        return predictions_from_chat_logprobs(
+            answer, [_plain(item) for item in content], record.tokens, self.on_no_value
+        )

@@ -1,9 +1,8 @@
 """The plotly figures the pages show. No token or explanation text goes into a figure; names that users chose
-(arms, formats) are escaped, as plotly reads a few HTML tags in labels."""
+(arms, formats) are escaped (core.render.escape_plot_label), as plotly reads a few HTML tags in labels."""
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,17 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.records import ActivationRecord, NeuronRecord
-
-
-def _label(text: Any) -> str:
-    return html.escape(str(text), quote=False)
+from core.render import POSITIVE_RGB, escape_plot_label
 
 
 def activation_histogram(record: NeuronRecord) -> go.Figure:
     """Token activations of the random and the top excerpts, with the neuron's quantile boundaries of the
     per-excerpt maximum over the corpus as dotted lines (docs/METHOD.md §1)."""
-    from core.render import POSITIVE_RGB
-
     # One set of bins for both, so that overlaid bars compare; top excerpts in the warm colour of the excerpts.
     colours = {"random excerpts": "rgb(120, 130, 150)", "top excerpts": "rgb({}, {}, {})".format(*POSITIVE_RGB)}
     figure = go.Figure()
@@ -70,7 +64,7 @@ def win_rate_figure(pairs: Sequence[Mapping[str, Any]]) -> go.Figure:
         rate, ci = pair.get("win_rate"), pair.get("wilson_ci") or [None, None]
         if rate is None:
             continue
-        labels.append(_label(f"{pair['arm_a']} over {pair['arm_b']}"))
+        labels.append(escape_plot_label(f"{pair['arm_a']} over {pair['arm_b']}"))
         rates.append(rate)
         below.append(rate - ci[0] if ci[0] is not None else 0)
         above.append(ci[1] - rate if ci[1] is not None else 0)
@@ -98,7 +92,7 @@ def bradley_terry_figure(bradley_terry: Mapping[str, Any]) -> go.Figure:
     figure = go.Figure(
         go.Scatter(
             x=strengths,
-            y=[_label(row["arm"]) for row in rows],
+            y=[escape_plot_label(row["arm"]) for row in rows],
             mode="markers",
             marker={"size": 10},
             error_x={
@@ -128,6 +122,6 @@ def distribution_figure(frame: pd.DataFrame, column: str, title: str, by: str = 
     for name in order:
         values = pd.to_numeric(frame.loc[frame[by].astype(str) == name, column], errors="coerce").dropna()
         if len(values):
-            figure.add_trace(go.Box(y=values, name=_label(name), boxpoints="all", jitter=0.3, pointpos=0))
+            figure.add_trace(go.Box(y=values, name=escape_plot_label(name), boxpoints="all", jitter=0.3, pointpos=0))
     figure.update_layout(yaxis_title=title, showlegend=False, height=340, margin={"t": 20, "b": 40, "l": 50, "r": 10})
     return figure
