@@ -70,17 +70,34 @@ def _settings() -> explain.ExplainOptions:
     )
 
 
-def _preview(src: queries.Source, model: str, neuron_id: NeuronId, formats: list[str], explainer: str, settings):
-    record = queries.neuron(src, model, neuron_id)
+def _preview(
+    src: queries.Source, model: str, neurons: list[NeuronId], formats: list[str], explainer: str, settings, scorer
+):
+    record = queries.neuron(src, model, neurons[0])
     previews = prompt_preview.prompt_previews(record, formats, explainer, settings.cutoff, settings.few_shot)
     tokenizer = render.escape_markdown(previews[0].tokenizer)
-    st.caption(f"The exact prompts for neuron {neuron_id}, counted with the {tokenizer} tokenizer.")
+    st.caption(f"The exact prompts for neuron {neurons[0]}, counted with the {tokenizer} tokenizer.")
     st.dataframe(
         prompt_preview.preview_table(previews),
         hide_index=True,
         width="content",
         column_config=prompt_preview.PREVIEW_TABLE_CONFIG,
     )
+    estimate, note = prompt_preview.run_estimate(record, len(neurons), previews, explainer, settings, scorer)
+    if estimate is not None:
+        st.markdown("**Estimated cost**")
+        st.caption(
+            render.escape_markdown(
+                f"Per neuron, like {neurons[0]}: explaining ({estimate.explanations_per_neuron} explanation(s), output "
+                f"at most {settings.sampling.max_tokens} tokens each)"
+                + (", then scoring each explanation" if estimate.scoring is not None else "")
+                + f"; in all: {len(neurons)} neuron(s). "
+                + note
+            )
+        )
+        st.dataframe(
+            estimate.rows(), hide_index=True, width="content", column_config=prompt_preview.ESTIMATE_TABLE_CONFIG
+        )
     for tab, preview in zip(st.tabs([p.format for p in previews]), previews, strict=True):
         with tab:
             if preview.error:
@@ -272,7 +289,7 @@ def _form(db, src: queries.Source, models: list[str]) -> None:
     )
     if st.toggle("Preview the prompts", key="explain_preview"):
         with elements.errors_shown():
-            _preview(src, model, neurons[0], formats, explainer, settings)
+            _preview(src, model, neurons, formats, explainer, settings, scorer)
     if st.button("Run", type="primary", key="explain_run"):
         with elements.errors_shown():
             _start(db, model, neurons, formats, explainer, settings, scorer)

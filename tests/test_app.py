@@ -22,7 +22,7 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from core import config, export, human_eval, prompts, raters, render, scoring, simulate, tokens
+from core import config, costs, export, human_eval, prompts, raters, render, scoring, simulate, tokens
 from core import db as dbmod
 from core.models import DEFAULT_MODEL_NAME
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
@@ -244,7 +244,7 @@ def test_every_page_lists_the_pages_with_home_first(app_db) -> None:
         at.switch_page(path).run()
         assert_no_crash(at)
         assert [element.value for element in at.title] == [title], path
-        assert [link.proto.label for link in at.sidebar.get("page_link")][0] == "Home", path
+        assert next(link.proto.label for link in at.sidebar.get("page_link")) == "Home", path
 
 
 def test_home_says_whether_a_key_is_set_and_never_shows_it(app_db, monkeypatch) -> None:
@@ -447,6 +447,39 @@ def test_explain_preview_shows_exact_prompts_and_token_counts(app_db) -> None:
     assert list(table["format"]) == list(prompts.FORMATS) and list(table["input_tokens_cl100k"]) == counts
     assert table["original_over_format"].tolist() == pytest.approx([counts[0] / count for count in counts])
     assert dbmod.list_explanations(app_db) == []  # nothing was spent
+
+
+def test_explain_preview_estimates_explaining_and_scoring_with_prices(app_db, tmp_path, monkeypatch) -> None:
+    """The estimate adds the chosen scorer's tokens (counted from the prompts it would send) to the prompts', and
+    prices them from the price list; without a price list it says how to get dollars."""
+    neurons = write_default_data(app_db)
+    raters.add_rater(app_db, ADMIN, ADMIN_CODE, admin=True)
+    monkeypatch.setenv(config.ENV_PRICES, str(tmp_path / "prices.toml"))
+    at = sign_in(run("explain"), ADMIN, ADMIN_CODE)
+    at.toggle(key="explain_preview").set_value(True).run()
+    captions = [caption.value.replace("\\", "") for caption in at.caption]  # markdown escapes removed
+    assert any("copy prices.example.toml to prices.toml to see dollars" in caption for caption in captions)
+    (tmp_path / "prices.toml").write_text(
+        '[models."gpt-4o-mini"]\ninput_per_million = 1.0\noutput_per_million = 2.0\n'
+        '[models."judge"]\ninput_per_million = 10.0\noutput_per_million = 10.0\n'
+    )
+    at.selectbox(key="explain_scorer").set_value("simulation").run()
+    at.text_input(key="explain_simulator").input("openai:judge").run()
+    assert not errors(at)
+    estimate = at.dataframe[1].value
+    assert list(estimate["part"]) == ["explain", "score", "total"]
+    prompt_tokens = sum(at.dataframe[0].value["input_tokens_cl100k"])
+    explain, score, total = estimate.to_dict("records")
+    assert explain["input_tokens_per_neuron"] == prompt_tokens and explain["output_tokens_per_neuron"] == 5 * 60
+    scoring = costs.scoring_tokens(neurons[0], "simulation", method="chat_logprobs")
+    assert (score["input_tokens_per_neuron"], score["output_tokens_per_neuron"]) == (
+        5 * scoring.input,
+        5 * scoring.output,
+    )
+    assert explain["usd_per_neuron"] == pytest.approx((prompt_tokens * 1 + 300 * 2) / 1e6)
+    assert score["usd_per_neuron"] == pytest.approx(5 * scoring.total * 10 / 1e6)
+    assert total["usd_in_all"] == pytest.approx(explain["usd_per_neuron"] + score["usd_per_neuron"])  # one neuron
+    assert dbmod.list_explanations(app_db) == []
 
 
 def test_explain_neurons_from_a_list_and_a_file(app_db) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core import costs, pricing
 from core.errors import WorkbenchError
 from core.records import NeuronRecord
 from ui.tables import number_column
@@ -81,4 +82,57 @@ PREVIEW_TABLE_CONFIG = {
     "input_tokens_local": number_column("%d", "counted offline with the explainer's Hugging Face tokenizer"),
     "original_over_format": number_column("%.2f×", "original's input tokens ÷ this format's"),
     "problem": st.column_config.TextColumn(width="large"),
+}
+
+
+def run_estimate(
+    record: NeuronRecord,
+    neurons: int,
+    previews: Sequence[PromptPreview],
+    explainer: str,
+    settings: Any,
+    scorer: tuple[str, str, str | None] | None,
+) -> tuple[costs.RunEstimate | None, str]:
+    """What the run would cost, from the preview's counts and (with a scorer) the scoring tokens of a typical
+    explanation of this neuron; and a note on what is left out. None when a prompt could not be counted."""
+    from core.scorers.base import MissingExcerpts
+
+    prices = pricing.load_prices()
+    notes = []
+    scoring = None
+    scorer_model = None
+    if scorer is not None:
+        name, scorer_model, method = scorer
+        if name == "simulation" and method is None:
+            from core.simulate import DEFAULT_METHODS, parse_simulator_spec
+
+            method = DEFAULT_METHODS[parse_simulator_spec(scorer_model)[0]]
+        try:
+            scoring = costs.scoring_tokens(record, name, method=method)
+        except MissingExcerpts as exc:
+            notes.append(f"Scoring is left out: {exc}.")
+    if any(p.input_tokens is None for p in previews):
+        return None, ""
+    estimate = costs.estimate_run(
+        neurons=neurons,
+        prompt_tokens=[p.input_tokens for p in previews],
+        samples=settings.samples,
+        max_tokens=settings.sampling.max_tokens,
+        explainer=explainer,
+        scoring=scoring,
+        scorer_model=scorer_model,
+        prices=prices,
+    )
+    if prices.source is None:
+        notes.append("No price list: copy prices.example.toml to prices.toml to see dollars.")
+    elif estimate.cost_per_neuron is None:
+        notes.append(f"A model here has no price in {prices.source}.")
+    return estimate, " ".join(notes)
+
+
+ESTIMATE_TABLE_CONFIG = {
+    "input_tokens_per_neuron": number_column("%d", "prompt tokens per neuron (scoring: cl100k, counted offline)"),
+    "output_tokens_per_neuron": number_column("%d", "explanations: their max_tokens bound; scoring: its answers"),
+    "usd_per_neuron": number_column("$%.4f", "from the price list (prices.toml); empty: no price"),
+    "usd_in_all": number_column("$%.2f", "per neuron × the neurons chosen"),
 }

@@ -179,6 +179,27 @@ def build_messages(prompt: ClassifierPrompt, explanation: str, texts: Sequence[s
 # --- Reading the answer ----------------------------------------------------------------------------------------------
 
 
+def scorer_excerpts(kind: str, record: NeuronRecord, options: ScorerOptions) -> list[ScoringExcerpt]:
+    """The excerpts `kind` (detection, fuzzing) shows for a neuron, in a fixed order before shuffling."""
+    if kind == "detection":
+        activating, quiet = classified_excerpts(record, options)
+        return [*activating, *quiet]
+    return fuzzing_excerpts(record, options)
+
+
+def classifier_calls(
+    kind: str, prompt: ClassifierPrompt, options: ScorerOptions, explanation: str, record: NeuronRecord
+) -> list[tuple[list[int], Messages]]:
+    """Every call of scorer `kind` for one explanation of a neuron: the excerpt indices it shows and its chat. Pure:
+    the scorer sends exactly these, and cost estimates (core/costs.py) count them without an LLM."""
+    excerpts = scorer_excerpts(kind, record, options)
+    calls = []
+    for batch in batches(excerpts, options.excerpts_per_call, neuron_seed(options.seed, record)):
+        texts = [excerpt_text(excerpt) for _, excerpt in batch]
+        calls.append(([index for index, _ in batch], build_messages(prompt, explanation, texts)))
+    return calls
+
+
 class AnswerUnreadable(Exception):
     """The answer does not hold one 0/1 per excerpt."""
 
@@ -441,20 +462,12 @@ class ClassifierScorer:
         }
 
     def excerpts(self, record: NeuronRecord) -> list[ScoringExcerpt]:
-        if self.kind == "detection":
-            activating, quiet = classified_excerpts(record, self.options)
-            return [*activating, *quiet]
-        return fuzzing_excerpts(record, self.options)
+        return scorer_excerpts(self.kind, record, self.options)
 
     def messages(self, explanation: str, record: NeuronRecord) -> list[tuple[list[int], Messages]]:
         """Every call for one explanation: the excerpt indices it shows and its chat."""
         assert self.prompt is not None
-        excerpts = self.excerpts(record)
-        calls = []
-        for batch in batches(excerpts, self.options.excerpts_per_call, neuron_seed(self.options.seed, record)):
-            texts = [excerpt_text(excerpt) for _, excerpt in batch]
-            calls.append(([index for index, _ in batch], build_messages(self.prompt, explanation, texts)))
-        return calls
+        return classifier_calls(self.kind, self.prompt, self.options, explanation, record)
 
     def score(self, explanation: str, record: NeuronRecord) -> ScorerResult:
         started = time.perf_counter()
