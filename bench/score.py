@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import config, prompts, tokens
+from core import config, costs, prompts, tokens
 from core import db as dbmod
 from core.activations import CollectOptions, collect
 from core.db.neurons import layers_without_scoring_records
@@ -35,9 +35,7 @@ from core.models import DEFAULT_MODEL_NAME, resolve_model_name
 from core.records import NeuronId, NeuronRecord
 from core.scorers import ScorerOptions, get_scorer
 from core.scorers.base import MissingExcerpts
-from core.scorers.classifier import answer_text
-from core.simulate import SimulatorOptions, completion_prompt, load_few_shot
-from core.simulate.api import chat_messages
+from core.simulate import SimulatorOptions
 
 CL100K = tokens.CL100K
 EXPLANATION = 'the word "time" and other words about time'  # a typical one-sentence explanation
@@ -61,28 +59,20 @@ def neurons_with_excerpts(database, model: str, n: int) -> list[NeuronRecord]:
 
 
 def per_neuron_tokens(record: NeuronRecord, options: ScorerOptions) -> dict[str, tuple[int, int]]:
-    """(input, output) cl100k tokens of explaining and of each scorer, for one neuron and one explanation."""
+    """(input, output) cl100k tokens of explaining and of each scorer, for one neuron and one explanation
+    (core.costs: the same counts the Explain page's estimate shows)."""
     summary = prompts.build_messages("summary", record.split("train"), stats=record.stats)
-    costs = {"Summary explanation": (tokens.count_chat_tokens(summary, CL100K), EXPLANATION_COMPLETION)}
-    few_shot = load_few_shot(None)
-    valid = record.split("valid")
-    chat_in = sum(tokens.count_chat_tokens(chat_messages(EXPLANATION, r, few_shot), CL100K) for r in valid)
-    # The chat simulator writes `<start>`, every token with a tab and its value, `<end>`.
-    chat_out = sum(
-        tokens.count_text_tokens("<start>\n" + "".join(f"{t}\t0\n" for t in r.tokens) + "<end>", CL100K) for r in valid
-    )
-    costs["simulation (chat, valid split)"] = (chat_in, chat_out)
-    echo = sum(tokens.count_text_tokens(completion_prompt(EXPLANATION, r, few_shot)[0], CL100K) for r in valid)
-    costs["simulation (all-at-once echo)"] = (echo, 0)
-    for kind in ("detection", "fuzzing"):
-        scorer = get_scorer(kind, "openai:unused", options=options, simulator_options=UNUSED)
-        calls = scorer.messages(EXPLANATION, record)
-        costs[kind] = (
-            sum(tokens.count_chat_tokens(messages, CL100K) for _, messages in calls),
-            sum(tokens.count_text_tokens(answer_text([1] * len(indices)), CL100K) + 1 for indices, _ in calls),
-        )
-    costs["embedding"] = (0, 0)
-    return costs
+    counts = {"Summary explanation": (tokens.count_chat_tokens(summary, CL100K), EXPLANATION_COMPLETION)}
+    for label, scorer, method in (
+        ("simulation (chat, valid split)", "simulation", "chat_logprobs"),
+        ("simulation (all-at-once echo)", "simulation", "completions_echo"),
+        ("detection", "detection", None),
+        ("fuzzing", "fuzzing", None),
+        ("embedding", "embedding", None),
+    ):
+        cost = costs.scoring_tokens(record, scorer, method=method, options=options, explanation=EXPLANATION)
+        counts[label] = (cost.input, cost.output)
+    return counts
 
 
 def token_table(records: list[NeuronRecord], options: ScorerOptions) -> str:
@@ -96,9 +86,9 @@ def token_table(records: list[NeuronRecord], options: ScorerOptions) -> str:
             skipped += 1
     summary_total = statistics.mean(i + o for i, o in measured["Summary explanation"])
     lines = [f"{'per neuron, one explanation':<32}{'input':>8}{'output':>8}{'total':>8}{'÷ Summary':>11}"]
-    for name, costs in measured.items():
-        tokens_in = statistics.mean(i for i, _ in costs)
-        tokens_out = statistics.mean(o for _, o in costs)
+    for name, counts in measured.items():
+        tokens_in = statistics.mean(i for i, _ in counts)
+        tokens_out = statistics.mean(o for _, o in counts)
         lines.append(
             f"{name:<32}{tokens_in:>8.0f}{tokens_out:>8.0f}{tokens_in + tokens_out:>8.0f}"
             f"{(tokens_in + tokens_out) / summary_total:>11.2f}"
