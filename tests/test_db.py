@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ import pytest
 from core import db as dbmod
 from core.__main__ import main
 from core.db.explanations import InsertReport
+from core.db.neurons import layers_without_scoring_records
 from core.errors import InputError, NotFoundError, WorkbenchError
-from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
+from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats, ScoringRecords
 from core.scoring import Scores
 
 
@@ -35,16 +37,6 @@ def test_new_database_is_at_the_latest_schema(db):
     expected = {"neurons", "excerpts", "records", "explanations", "scores", "studies", "items", "raters", "ratings"}
     assert expected <= tables
     assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_each_migration_applies_on_top_of_the_previous(db_path):
-    conn = sqlite3.connect(db_path)
-    dbmod.MIGRATIONS[0](conn)
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
-    conn.close()
-    database = dbmod.connect(db_path)
-    assert dbmod.schema_version(database) == dbmod.SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused(db_path):
@@ -82,6 +74,22 @@ def test_transaction_rolls_back_on_error(db):
     assert db.conn.execute("SELECT COUNT(*) FROM excerpts").fetchone()[0] == 0
 
 
+def test_sqlite_utils_writes_inside_a_transaction_roll_back_with_it(db):
+    """core.db writes through sqlite-utils inside `transaction`: its writes must nest there, never commit early."""
+    with pytest.raises(RuntimeError), dbmod.transaction(db):
+        db.table("excerpts").insert_all([{"hash": "h", "tokens": "[]"}], ignore=True)
+        db.table("llm_cache").insert(
+            {"key": "k", "backend": "b", "model": "m", "request": "{}", "response": "{}", "created_at": "t"},
+            replace=True,
+        )
+        db.table("sign_in_failures").delete_where()
+        raise RuntimeError("boom")
+    assert (db.table("excerpts").count, db.table("llm_cache").count, db.conn.in_transaction) == (0, 0, False)
+    with pytest.raises(ValueError, match="finished_layer needs run"):
+        dbmod.write_neurons(db, "m", [neuron(0, 0)], source="test", finished_layer=(0, 1.0))
+    assert [db.table(table).count for table in ("excerpts", "neurons", "records")] == [0, 0, 0]
+
+
 def test_excerpts_are_stored_once_and_neurons_round_trip(db):
     dbmod.write_neurons(db, "m", [neuron(0, 0), neuron(0, 1)], source="test")
     assert db.conn.execute("SELECT COUNT(*) FROM excerpts").fetchone()[0] == 1
@@ -89,6 +97,24 @@ def test_excerpts_are_stored_once_and_neurons_round_trip(db):
     dbmod.write_neurons(db, "m", [neuron(0, 1, tokens=("c", "d"))], source="test")  # replaces, never duplicates
     assert dbmod.get_neuron(db, "m", NeuronId(0, 1)).top[0].tokens == ("c", "d")
     assert db.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 6
+
+
+def test_scorers_excerpts_round_trip_and_a_database_without_their_table_still_takes_neurons(db, caplog):
+    scoring = ScoringRecords(
+        quantile=(ActivationRecord(("q", "r"), (0.25, 0.75)),), levels=(0.5,),
+        non_activating=(ActivationRecord(("n",), (0.0,)),), bottom=(ActivationRecord(("b",), (-1.0,)),),
+    )  # fmt: skip
+    with_scoring = replace(neuron(0, 0), scoring=scoring)
+    dbmod.write_neurons(db, "m", [with_scoring], source="test")
+    assert dbmod.get_neuron(db, "m", NeuronId(0, 0)) == with_scoring
+    dbmod.write_neurons(db, "m", [with_scoring], source="test")  # rewritten, not doubled
+    assert db.table("scoring_records").count == 3
+    # A database made by a development build of schema v3 has no scoring_records table.
+    db.conn.execute("DROP TABLE scoring_records")
+    dbmod.write_neurons(db, "m", [with_scoring, neuron(1, 0)], source="test")
+    assert "no scoring_records table" in caplog.text
+    assert dbmod.get_neuron(db, "m", NeuronId(0, 0)) == neuron(0, 0)
+    assert layers_without_scoring_records(db, "m") == [0, 1]
 
 
 def test_missing_neuron_says_what_is_there(db):
@@ -143,6 +169,26 @@ def test_insert_explanations_reports_what_was_written_and_what_was_there(db):
     assert dbmod.insert_explanations(db, changed) == InsertReport(written=1, unchanged=1)
     texts = sorted(row["explanation"] for row in dbmod.list_explanations(db))
     assert texts == ["dates", "numbers", "rivers"]
+
+
+def test_a_job_twice_in_one_call_meets_its_first_row_as_stored(db):
+    fields = {"model": "m", "layer": 0, "neuron": 1, "format": "summary", "explainer": "x"}
+    rows = [
+        {**fields, "job_key": "a", "status": "failed", "error": "timeout"},
+        {**fields, "job_key": "b", "explanation": "numbers"},
+        {**fields, "job_key": "a", "status": "failed", "error": "rate limit"},  # retries the failed row in place
+        {**fields, "job_key": "a", "explanation": "dates"},  # … and again
+        {**fields, "job_key": "b", "explanation": "years"},  # an ok row stays
+        {**fields, "job_key": "a", "explanation": "rivers"},  # ok by now: stays "dates"
+        {**fields, "explanation": "no job"},
+    ]
+    assert dbmod.insert_explanations(db, rows) == InsertReport(written=5, unchanged=2)
+    stored = {row["job_key"]: row for row in dbmod.list_explanations(db, status=None)}
+    assert {key: (row["explanation"], row["status"], row["error"]) for key, row in stored.items()} == {
+        "a": ("dates", "ok", None), "b": ("numbers", "ok", None), None: ("no job", "ok", None),
+    }  # fmt: skip
+    assert [row["id"] for row in dbmod.list_explanations(db, status=None)] == [3, 2, 1]
+    assert {row["source"] for row in stored.values()} == {"generated"}  # the schema's default, as for one row
 
 
 def test_summary_counts(db):

@@ -1,8 +1,25 @@
 """The only home of SQL: schema, versioned migrations and queries.
 
 Every connection runs in WAL mode with a busy timeout, so that many readers and concurrent raters can share one
-file. Writes that must be all-or-nothing run inside `transaction(db)`. Callers use `from core import db` and
-`db.<function>`; the submodules group the queries by the tables they touch.
+file. Every write runs inside `transaction(db)` (BEGIN IMMEDIATE … COMMIT), all or nothing. Callers use
+`from core import db` and `db.<function>`; the submodules group the queries by the tables they touch.
+
+sqlite-utils does the routine work: `db.query` returns rows as dicts and `db.execute` tuples and single values;
+`table.insert` / `insert_all` (with `ignore` or `replace`) write rows, `table.update` one row by its id,
+`table.delete_where` / `count_where` delete and count, `table.exists()` / `columns_dict` read the schema. Its writes
+nest inside `transaction` as savepoints. Hand-written SQL stays where it says more than the library would:
+- queries that join, group, aggregate or filter with subqueries: SQL is their clearest form;
+- the schema and its migrations (base.py): released scripts, with CHECKs and triggers, run exactly as released;
+- `transaction` itself: sqlite-utils' `db.atomic()` begins a deferred transaction, which fails at once instead of
+  waiting when another process holds the write lock;
+- upserts that keep a row's id and return it (`INSERT … ON CONFLICT … DO UPDATE … RETURNING id`: neurons, scores,
+  similarities) or count inside the row (sign-in failures): sqlite-utils' upsert returns no id, and creates and
+  drops a scratch table in the file on first use to probe for ON CONFLICT;
+- updates and deletes that compute from the row, may find no row, or report how many rows they changed:
+  `table.update` raises on a missing row, and `delete_where` returns no count;
+- bulk writes done per batch of tens of thousands of rows or once per rating (excerpts and records in collection,
+  a ratings import): `insert` / `insert_all` do per-call schema lookups and per-value work in Python that made them
+  measurably slower (bench/scale.py).
 """
 
 from __future__ import annotations

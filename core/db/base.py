@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -20,6 +20,8 @@ BUSY_TIMEOUT_MS = 30_000
 # The `source` of the neurons and explanations of core.puzzles: synthetic neurons with a known truth, which are not
 # a model's data and stay out of model listings, counts and search.
 PUZZLE_SOURCE = "puzzle"
+
+_T = TypeVar("_T")
 
 
 def now() -> str:
@@ -98,7 +100,11 @@ def _newer_schema(version: int) -> WorkbenchError:
 
 @contextmanager
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any error, so no half-written state is ever visible."""
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error, so no half-written state is ever visible.
+
+    Every write of core.db runs inside one. sqlite-utils' own writes (`insert_all`, `delete_where`…) nest in it as
+    savepoints. It is not `db.atomic()`, whose deferred BEGIN takes the write lock only at the first write: a
+    transaction that read first then fails with "database is locked" at once, whatever the busy timeout."""
     conn = db.conn
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -453,7 +459,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def schema_version(db: sqlite_utils.Database) -> int:
-    return db.conn.execute("PRAGMA user_version").fetchone()[0]
+    return db.execute("PRAGMA user_version").fetchone()[0]
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -463,7 +469,9 @@ def migrate(db: sqlite_utils.Database) -> None:
         raise _newer_schema(version)
     for number in range(version + 1, SCHEMA_VERSION + 1):
         with transaction(db) as conn:
-            if schema_version(db) >= number:  # another process migrated while we waited for the lock
+            # Read again under the write lock: another process opening the same new file may have run this
+            # migration while we waited for the lock, and a migration must never run twice.
+            if schema_version(db) >= number:
                 continue
             MIGRATIONS[number - 1](conn)
             conn.execute(f"PRAGMA user_version = {number}")
@@ -473,6 +481,18 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def _fetch_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+def _marks(values: Sized) -> str:
+    """The `?, ?, …` placeholders of an `IN (…)` list of `values`."""
+    return ", ".join("?" * len(values))
+
+
+def _last_id(table: sqlite_utils.db.Table) -> int:
+    """The id (rowid) of the row that `table.insert(…)` just wrote."""
+    if table.last_rowid is None:
+        raise WorkbenchError(f"no row was written to {table.name}")
+    return table.last_rowid
+
+
+def _chunks(values: Sequence[_T], size: int = 500) -> Iterator[Sequence[_T]]:
+    """`values` in slices of `size`, so that an `IN (…)` list stays under SQLite's limit of bound parameters."""
+    return (values[start : start + size] for start in range(0, len(values), size))

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlite_utils
 
-from core.db.base import PUZZLE_SOURCE, _fetch_dicts
+from core.db.base import PUZZLE_SOURCE
 from core.db.studies import in_open_study
 from core.records import NeuronId
 
@@ -43,23 +43,23 @@ def records_version(db: sqlite_utils.Database) -> tuple[Any, ...]:
     A collection or import adds runs, excerpts or neurons rows or finishes a layer. Not seen: a stored neuron
     rewritten outside a collection run with the very same excerpts but other activations (an edited puzzle file
     run again); callers that cache on this value should also let entries expire."""
-    finished = db.conn.execute("SELECT MAX(finished_at), COUNT(*) FROM run_layers").fetchone()
+    finished = db.execute("SELECT MAX(finished_at), COUNT(*) FROM run_layers").fetchone()
     return (*(_max_rowid(db, table) for table in _RECORD_TABLES), *finished)
 
 
 def _max_rowid(db: sqlite_utils.Database, table: str) -> int:
-    return db.conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
+    return db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
 
 
 def database_file(db: sqlite_utils.Database) -> str:
     """The file behind a connection ("" for an in-memory database)."""
-    return next((row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    return next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), "")
 
 
 def neuron_indices(db: sqlite_utils.Database, model: str, layer: int) -> list[int]:
     """The stored neuron indices of one layer, ascending."""
     query = "SELECT neuron FROM neurons WHERE model = ? AND layer = ? ORDER BY neuron"
-    return [row[0] for row in db.conn.execute(query, [model, layer])]
+    return [row[0] for row in db.execute(query, [model, layer])]
 
 
 def neuron_overview(
@@ -77,7 +77,8 @@ def neuron_overview(
     # blinded neurons once per query (as a bare column it is rebuilt for every row: 270 ms against 6 ms).
     hidden = in_open_study("n") if hide_blinded else "0"
     score_filter = " AND s.simulator = ?" if simulator is not None else ""
-    clauses, args = ["n.model = ?"], [model]
+    clauses = ["n.model = ?"]
+    args: list[Any] = [model]
     if layer is not None:
         clauses.append("n.layer = ?")
         args.append(layer)
@@ -90,12 +91,12 @@ def neuron_overview(
         f"  AND s.split = 'valid' AND s.status = 'ok' AND s.score IS NOT NULL{score_filter}) END AS best_score"
         f" FROM neurons n WHERE {' AND '.join(clauses)} ORDER BY n.layer, n.neuron"
     )
-    return _fetch_dicts(db.conn.execute(query, [*([simulator] if simulator is not None else []), *args]))
+    return list(db.query(query, [*([simulator] if simulator is not None else []), *args]))
 
 
 def score_simulators(db: sqlite_utils.Database) -> list[str]:
     """The simulators that have at least one ok score."""
-    return [row[0] for row in db.conn.execute("SELECT DISTINCT simulator FROM scores WHERE status = 'ok' ORDER BY 1")]
+    return [row[0] for row in db.execute("SELECT DISTINCT simulator FROM scores WHERE status = 'ok' ORDER BY 1")]
 
 
 def _like_pattern(text: str) -> str:
@@ -120,17 +121,18 @@ def search_explanations(
         "SELECT id, model, layer, neuron, format, explainer, explanation FROM explanations"
         f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?"
     )
-    return _fetch_dicts(db.conn.execute(query, [*args, int(limit)]))
+    return list(db.query(query, [*args, int(limit)]))
 
 
 def last_explanation_id(db: sqlite_utils.Database) -> int:
-    return db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM explanations").fetchone()[0]
+    return db.execute("SELECT COALESCE(MAX(id), 0) FROM explanations").fetchone()[0]
 
 
 def explanations_after(db: sqlite_utils.Database, after_id: int, model: str | None = None) -> list[dict[str, Any]]:
     """Explanations stored after the one with id `after_id` (any status), oldest first: what a running job wrote.
     Without prompt, completion and params, so that polling it while a job runs stays cheap."""
-    clauses, args = ["id > ?"], [after_id]
+    clauses = ["id > ?"]
+    args: list[Any] = [after_id]
     if model is not None:
         clauses.append("model = ?")
         args.append(model)
@@ -139,7 +141,7 @@ def explanations_after(db: sqlite_utils.Database, after_id: int, model: str | No
         " explanation, error"
     )
     query = f"SELECT {columns} FROM explanations WHERE {' AND '.join(clauses)} ORDER BY id"
-    return _fetch_dicts(db.conn.execute(query, args))
+    return list(db.query(query, args))
 
 
 def explanation_costs(
@@ -153,13 +155,13 @@ def explanation_costs(
     where += f" AND NOT {in_open_study('explanations')}" if hide_blinded else ""
     columns = "model, format, explainer, input_tokens, output_tokens, tokenizer, source, sample, params"
     query = f"SELECT {columns} FROM explanations {where} ORDER BY id"
-    return _fetch_dicts(db.conn.execute(query, args))
+    return list(db.query(query, args))
 
 
 def similarities_for_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> list[dict[str, Any]]:
     """Every stored similarity of the explanations of one neuron: explanation_id, reference_kind, embedder, cosine."""
-    return _fetch_dicts(
-        db.conn.execute(
+    return list(
+        db.query(
             "SELECT m.explanation_id, m.reference_kind, m.embedder, m.cosine FROM similarities m"
             " JOIN explanations e ON e.id = m.explanation_id WHERE e.model = ? AND e.layer = ? AND e.neuron = ?"
             " ORDER BY m.explanation_id, m.reference_kind, m.embedder",

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 
-from core.db.base import _json, now, transaction
+from core.db.base import _chunks, _json, _last_id, _marks, now, transaction
 from core.errors import NotFoundError
 from core.records import NeuronId
 
@@ -21,7 +20,10 @@ EXPLANATION_FIELDS = (
 )  # fmt: skip
 
 
+_FIELD_NAMES = frozenset(EXPLANATION_FIELDS)
 _EXPLANATION_DEFAULTS = {"status": "ok", "source": "generated", "sample": 0}
+# What listings select: everything but the long prompt and completion.
+_LISTED_COLUMNS = ", ".join(c for c in ("id", *EXPLANATION_FIELDS, "created_at") if c not in ("prompt", "completion"))
 
 
 @dataclass(frozen=True)
@@ -32,37 +34,44 @@ class InsertReport:
     unchanged: int
 
 
-def _insert_explanation_row(conn: sqlite3.Connection, fields: dict[str, Any], created_at: str) -> tuple[int, bool]:
-    """Insert one row; with a `job_key` already stored, retry it in place only if it failed. (id, written)."""
-    unknown = set(fields) - set(EXPLANATION_FIELDS)
+def _explanation_row(fields: dict[str, Any], created_at: str) -> dict[str, Any]:
+    """A new row: the given fields (JSON-able `params` and `prompt` serialised) and the schema's default of each
+    column that has one, which rows inserted together in one statement would otherwise leave NULL."""
+    unknown = fields.keys() - _FIELD_NAMES
     if unknown:
         raise ValueError(f"unknown explanation fields: {sorted(unknown)}")
-    row = {"status": "ok", **fields, "created_at": created_at}
+    row = {**_EXPLANATION_DEFAULTS, "job_key": None, **fields, "created_at": created_at}
     for key in ("params", "prompt"):
         if row.get(key) is not None and not isinstance(row[key], str):
             row[key] = _json(row[key])
-    existing = None
-    if row.get("job_key") is not None:
-        existing = conn.execute(
-            "SELECT id, explanation, status FROM explanations WHERE job_key = ?", [row["job_key"]]
-        ).fetchone()
-    if existing is None:
-        sql = f"INSERT INTO explanations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
-        return conn.execute(sql, list(row.values())).lastrowid, True
-    explanation_id, old_text, old_status = existing
+    return row
+
+
+_Stored = tuple[int, str | None, str]  # id, explanation, status of a stored row
+
+
+def _stored_by_job(db: sqlite_utils.Database, job_keys: Iterable[str | None]) -> dict[str, _Stored]:
+    """job_key → (id, explanation, status) of the stored rows with these keys."""
+    found: dict[str, _Stored] = {}
+    for chunk in _chunks([key for key in dict.fromkeys(job_keys) if key is not None]):
+        query = f"SELECT job_key, id, explanation, status FROM explanations WHERE job_key IN ({_marks(chunk)})"
+        found.update((key, tuple(stored)) for key, *stored in db.execute(query, chunk))
+    return found
+
+
+def _retry_in_place(db: sqlite_utils.Database, stored: _Stored, row: dict[str, Any]) -> bool:
+    """Rewrite the stored row of a job with `row` if it failed; whether it was written."""
+    explanation_id, old_text, old_status = stored
     if old_status == "ok":
         # Study items and scores point at an ok row: it is never rewritten (schema v3 enforces this too).
-        return explanation_id, False
-    # A failed attempt is retried in place. Scores of a text that changed no longer describe it, so they go.
+        return False
+    # Scores of a text that changed no longer describe it, so they go.
     if old_text != row.get("explanation"):
-        conn.execute("DELETE FROM scores WHERE explanation_id = ?", [explanation_id])
-        conn.execute("DELETE FROM similarities WHERE explanation_id = ?", [explanation_id])
+        for table in ("scores", "similarities"):
+            db.table(table).delete_where("explanation_id = ?", [explanation_id])
     columns = [c for c in EXPLANATION_FIELDS if c != "job_key"] + ["created_at"]
-    conn.execute(
-        f"UPDATE explanations SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
-        [row.get(c, _EXPLANATION_DEFAULTS.get(c)) for c in columns] + [explanation_id],
-    )
-    return explanation_id, True
+    db.table("explanations").update(explanation_id, {c: row.get(c) for c in columns})
+    return True
 
 
 def insert_explanation(db: sqlite_utils.Database, **fields: Any) -> int:
@@ -70,37 +79,55 @@ def insert_explanation(db: sqlite_utils.Database, **fields: Any) -> int:
 
     With a `job_key` already stored, a failed row is retried in place and an ok row is kept as it is; returns its id.
     """
-    with transaction(db) as conn:
-        return _insert_explanation_row(conn, fields, now())[0]
+    row = _explanation_row(fields, now())
+    with transaction(db):
+        stored = _stored_by_job(db, [row["job_key"]])
+        if row["job_key"] not in stored:
+            return _last_id(db.table("explanations").insert(row))
+        _retry_in_place(db, stored[row["job_key"]], row)
+        return stored[row["job_key"]][0]
 
 
 def insert_explanations(db: sqlite_utils.Database, rows: Sequence[dict[str, Any]]) -> InsertReport:
     """Store many explanations in one transaction (all or nothing), with `insert_explanation`'s rules per row."""
     created_at = now()
+    prepared = [_explanation_row(fields, created_at) for fields in rows]
     written = 0
-    with transaction(db) as conn:
-        for fields in rows:
-            written += _insert_explanation_row(conn, fields, created_at)[1]
+    with transaction(db):
+        stored = _stored_by_job(db, [row["job_key"] for row in prepared])
+        new: list[dict[str, Any]] = []  # inserted together, in order
+        new_keys: set[str] = set()
+        for row in prepared:
+            key = row["job_key"]
+            if key in new_keys:  # the same job twice in one call: the second row meets the first as a stored one
+                db.table("explanations").insert_all(new)
+                stored.update(_stored_by_job(db, new_keys))
+                new, new_keys = [], set()
+            if key not in stored:
+                new.append(row)
+                new_keys.update([key] if key is not None else [])
+                written += 1
+            elif _retry_in_place(db, stored[key], row):
+                stored[key] = (stored[key][0], row.get("explanation"), row["status"])
+                written += 1
+        db.table("explanations").insert_all(new)
     return InsertReport(written=written, unchanged=len(rows) - written)
 
 
 def ok_explanations_of(db: sqlite_utils.Database, model: str, explainer: str) -> list[dict[str, Any]]:
     """The ok explanations of `model` by `explainer`: id, layer, neuron, format, source, explanation, params."""
-    cursor = db.conn.execute(
+    query = (
         "SELECT id, layer, neuron, format, source, explanation, params FROM explanations"
-        " WHERE model = ? AND explainer = ? AND status = 'ok' ORDER BY id",
-        [model, explainer],
+        " WHERE model = ? AND explainer = ? AND status = 'ok' ORDER BY id"
     )
-    columns = [d[0] for d in cursor.description]
-    return [_decode_explanation(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
+    return [_decode_explanation(row) for row in db.query(query, [model, explainer])]
 
 
 def get_explanation(db: sqlite_utils.Database, explanation_id: int) -> dict[str, Any]:
-    row = db.conn.execute("SELECT * FROM explanations WHERE id = ?", [explanation_id]).fetchone()
+    row = next(db.query("SELECT * FROM explanations WHERE id = ?", [explanation_id]), None)
     if row is None:
         raise NotFoundError(f"no explanation with id {explanation_id}")
-    columns = [d[0] for d in db.conn.execute("SELECT * FROM explanations LIMIT 0").description]
-    return _decode_explanation(dict(zip(columns, row, strict=True)))
+    return _decode_explanation(row)
 
 
 def _decode_explanation(row: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +144,8 @@ def list_explanations(
     status: str | None = "ok",
 ) -> list[dict[str, Any]]:
     """Explanations, newest first, optionally of one model and neuron, by status (None for all)."""
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[Any] = []
     if model is not None:
         clauses.append("model = ?")
         args.append(model)
@@ -128,25 +156,15 @@ def list_explanations(
         clauses.append("status = ?")
         args.append(status)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    cursor = db.conn.execute(f"SELECT * FROM explanations {where} ORDER BY id DESC", args)
-    columns = [d[0] for d in cursor.description]
-    return [_decode_explanation(dict(zip(columns, row, strict=True))) for row in cursor.fetchall()]
+    return [_decode_explanation(row) for row in db.query(f"SELECT * FROM explanations {where} ORDER BY id DESC", args)]
 
 
 def explanations_by_ids(db: sqlite_utils.Database, explanation_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """id → the stored explanation (params decoded; without prompt and completion), for the ids that exist."""
     found: dict[int, dict[str, Any]] = {}
-    ids = sorted({int(i) for i in explanation_ids if i is not None})
-    columns = ", ".join(c for c in ("id", *EXPLANATION_FIELDS, "created_at") if c not in ("prompt", "completion"))
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        cursor = db.conn.execute(
-            f"SELECT {columns} FROM explanations WHERE id IN ({','.join('?' * len(chunk))})", chunk
-        )
-        names = [d[0] for d in cursor.description]
-        for row in cursor.fetchall():
-            decoded = _decode_explanation(dict(zip(names, row, strict=True)))
-            found[decoded["id"]] = decoded
+    for chunk in _chunks(sorted({int(i) for i in explanation_ids if i is not None})):
+        query = f"SELECT {_LISTED_COLUMNS} FROM explanations WHERE id IN ({_marks(chunk)})"
+        found.update((row["id"], _decode_explanation(row)) for row in db.query(query, chunk))
     return found
 
 
@@ -174,14 +192,10 @@ def find_explanations(
     if status is not None:
         clauses.append("status = ?")
         args.append(status)
-    columns = ", ".join(c for c in ("id", *EXPLANATION_FIELDS, "created_at") if c not in ("prompt", "completion"))
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     tail = f" LIMIT {int(limit)}" if limit is not None else ""
-    cursor = db.conn.execute(
-        f"SELECT {columns} FROM explanations {where} ORDER BY model, layer, neuron, format, id{tail}", args
-    )
-    names = [d[0] for d in cursor.description]
-    return [_decode_explanation(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+    query = f"SELECT {_LISTED_COLUMNS} FROM explanations {where} ORDER BY model, layer, neuron, format, id{tail}"
+    return [_decode_explanation(row) for row in db.query(query, args)]
 
 
 def scores_of_explanations(
@@ -190,29 +204,21 @@ def scores_of_explanations(
     """id → every stored score of that explanation (simulator, method, split, calibrated, score, rsquared, absdev,
     status, source), and every similarity as simulator None with `embedder` and `cosine`."""
     found: dict[int, list[dict[str, Any]]] = {}
-    ids = sorted({int(i) for i in explanation_ids if i is not None})
-    has_source = "source" in {row[1] for row in db.conn.execute("PRAGMA table_info(scores)")}
-    source = "source" if has_source else "NULL AS source"
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        cursor = db.conn.execute(
+    source = "source" if "source" in db.table("scores").columns_dict else "NULL AS source"
+    for chunk in _chunks(sorted({int(i) for i in explanation_ids if i is not None})):
+        for score in db.query(
             f"SELECT explanation_id, simulator, method, split, calibrated, score, rsquared, absdev, status, {source}"
-            f" FROM scores WHERE explanation_id IN ({marks}) ORDER BY explanation_id, simulator, method, split,"
-            " calibrated",
+            f" FROM scores WHERE explanation_id IN ({_marks(chunk)}) ORDER BY explanation_id, simulator, method,"
+            " split, calibrated",
             chunk,
-        )
-        names = [d[0] for d in cursor.description]
-        for row in cursor.fetchall():
-            score = dict(zip(names, row, strict=True))
+        ):
             score["calibrated"] = bool(score["calibrated"])
             found.setdefault(score["explanation_id"], []).append(score)
-        cursor = db.conn.execute(
+        for explanation_id, reference_kind, embedder, cosine in db.execute(
             "SELECT explanation_id, reference_kind, embedder, cosine FROM similarities"
-            f" WHERE explanation_id IN ({marks}) ORDER BY explanation_id, embedder, reference_kind",
+            f" WHERE explanation_id IN ({_marks(chunk)}) ORDER BY explanation_id, embedder, reference_kind",
             chunk,
-        )
-        for explanation_id, reference_kind, embedder, cosine in cursor.fetchall():
+        ):
             found.setdefault(explanation_id, []).append(
                 {"explanation_id": explanation_id, "similarity_to": reference_kind, "embedder": embedder,
                  "cosine": cosine}
@@ -223,13 +229,9 @@ def scores_of_explanations(
 def explanation_statuses(db: sqlite_utils.Database, job_keys: Sequence[str]) -> dict[str, str]:
     """job_key → status of the stored explanation, for the keys that have one (resuming a job list)."""
     statuses: dict[str, str] = {}
-    keys = list(dict.fromkeys(job_keys))
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        statuses.update(
-            db.conn.execute(f"SELECT job_key, status FROM explanations WHERE job_key IN ({marks})", chunk).fetchall()
-        )
+    for chunk in _chunks(list(dict.fromkeys(job_keys))):
+        query = f"SELECT job_key, status FROM explanations WHERE job_key IN ({_marks(chunk)})"
+        statuses.update(db.execute(query, chunk).fetchall())
     return statuses
 
 
@@ -237,14 +239,9 @@ def explanations_by_job(db: sqlite_utils.Database, job_keys: Sequence[str]) -> l
     """The stored explanations with these job keys, in the order of `job_keys` (missing ones left out)."""
     found: dict[str, dict[str, Any]] = {}
     keys = list(dict.fromkeys(job_keys))
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        cursor = db.conn.execute(f"SELECT * FROM explanations WHERE job_key IN ({marks})", chunk)
-        columns = [d[0] for d in cursor.description]
-        for row in cursor.fetchall():
-            decoded = _decode_explanation(dict(zip(columns, row, strict=True)))
-            found[decoded["job_key"]] = decoded
+    for chunk in _chunks(keys):
+        query = f"SELECT * FROM explanations WHERE job_key IN ({_marks(chunk)})"
+        found.update((row["job_key"], _decode_explanation(row)) for row in db.query(query, chunk))
     return [found[key] for key in keys if key in found]
 
 
@@ -255,7 +252,7 @@ def explanations_by_job(db: sqlite_utils.Database, job_keys: Sequence[str]) -> l
 
 def cache_get(db: sqlite_utils.Database, key: str) -> dict[str, Any] | None:
     """The cached response (decoded JSON) stored under `key`, or None."""
-    row = db.conn.execute("SELECT response FROM llm_cache WHERE key = ?", [key]).fetchone()
+    row = db.execute("SELECT response FROM llm_cache WHERE key = ?", [key]).fetchone()
     return json.loads(row[0]) if row else None
 
 
@@ -263,15 +260,12 @@ def cache_put(
     db: sqlite_utils.Database, key: str, backend: str, model: str, request: Any, response: dict[str, Any]
 ) -> None:
     """Store (or replace) one successful LLM response. `request` must hold no secrets: it is stored as given."""
-    with transaction(db) as conn:
-        conn.execute(
-            "INSERT OR REPLACE INTO llm_cache (key, backend, model, request, response, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [key, backend, model, _json(request), _json(response), now()],
-        )
+    row = {"key": key, "backend": backend, "model": model, "request": _json(request), "response": _json(response)}
+    with transaction(db):
+        db.table("llm_cache").insert({**row, "created_at": now()}, replace=True)
 
 
 def cache_delete(db: sqlite_utils.Database, key: str) -> None:
     """Forget one cached LLM response (no error when there is none)."""
-    with transaction(db) as conn:
-        conn.execute("DELETE FROM llm_cache WHERE key = ?", [key])
+    with transaction(db):
+        db.table("llm_cache").delete_where("key = ?", [key])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import sqlite_utils
 
 from core import config
-from core.db.base import PUZZLE_SOURCE, _json, now, transaction
+from core.db.base import PUZZLE_SOURCE, _chunks, _json, _last_id, _marks, now, transaction
 from core.db.browse import database_file
 from core.errors import NotFoundError
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats, ScoringRecords
@@ -26,23 +25,21 @@ _RUN_KEYS = ("model", "corpus", "excerpt_len", "max_tokens", "top_k", "random_k"
 def find_run(db: sqlite_utils.Database, params: dict[str, Any]) -> int | None:
     """The id of the run with these collection parameters, if one was started."""
     where = " AND ".join(f"{k} = ?" for k in _RUN_KEYS)
-    row = db.conn.execute(f"SELECT id FROM runs WHERE {where}", [params[k] for k in _RUN_KEYS]).fetchone()
+    row = db.execute(f"SELECT id FROM runs WHERE {where}", [params[k] for k in _RUN_KEYS]).fetchone()
     return row[0] if row else None
 
 
-def _run_id(conn: sqlite3.Connection, params: dict[str, Any]) -> int:
-    where = " AND ".join(f"{k} = ?" for k in _RUN_KEYS)
-    row = conn.execute(f"SELECT id FROM runs WHERE {where}", [params[k] for k in _RUN_KEYS]).fetchone()
-    if row:
-        return row[0]
-    columns = (*_RUN_KEYS, "revision", "params", "created_at")
-    values = [*(params[k] for k in _RUN_KEYS), params.get("revision"), _json(params), now()]
-    marks = ", ".join("?" * len(columns))
-    return conn.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", values).lastrowid
+def _run_id(db: sqlite_utils.Database, params: dict[str, Any]) -> int:
+    """The id of the run with these collection parameters, created if new (inside the caller's transaction)."""
+    run_id = find_run(db, params)
+    if run_id is not None:
+        return run_id
+    row = {**{k: params[k] for k in _RUN_KEYS}, "revision": params.get("revision"), "params": _json(params)}
+    return _last_id(db.table("runs").insert({**row, "created_at": now()}))
 
 
 def finished_layers(db: sqlite_utils.Database, run_id: int) -> set[int]:
-    return {row[0] for row in db.conn.execute("SELECT layer FROM run_layers WHERE run_id = ?", [run_id])}
+    return {row[0] for row in db.execute("SELECT layer FROM run_layers WHERE run_id = ?", [run_id])}
 
 
 def other_layer_sources(
@@ -53,34 +50,30 @@ def other_layer_sources(
     imported)."""
     if not layers:
         return []
-    marks = ",".join("?" * len(layers))
-    cursor = db.conn.execute(
-        "SELECT n.layer, COUNT(*) AS n_neurons, n.source, r.corpus, r.max_tokens, r.excerpt_len, r.top_k,"
-        " r.random_k, r.seed FROM neurons n LEFT JOIN runs r ON r.id = n.run_id"
-        f" WHERE n.model = ? AND n.layer IN ({marks}) AND n.run_id IS NOT ?"
-        " GROUP BY n.layer, n.run_id, n.source ORDER BY n.layer",
-        [model, *layers, run_id],
+    return list(
+        db.query(
+            "SELECT n.layer, COUNT(*) AS n_neurons, n.source, r.corpus, r.max_tokens, r.excerpt_len, r.top_k,"
+            " r.random_k, r.seed FROM neurons n LEFT JOIN runs r ON r.id = n.run_id"
+            f" WHERE n.model = ? AND n.layer IN ({_marks(layers)}) AND n.run_id IS NOT ?"
+            " GROUP BY n.layer, n.run_id, n.source ORDER BY n.layer",
+            [model, *layers, run_id],
+        )
     )
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _upsert_excerpts(conn: sqlite3.Connection, token_lists: Iterable[Sequence[str]]) -> list[int]:
+def _upsert_excerpts(db: sqlite_utils.Database, token_lists: Iterable[Sequence[str]]) -> list[int]:
     """Insert excerpts once (content-addressed) and return their ids in input order."""
     token_tuples = [tuple(t) for t in token_lists]
     # Many neurons share an excerpt: hash and encode each distinct one once.
     encoded = {tokens: _json(list(tokens)) for tokens in dict.fromkeys(token_tuples)}
     hashes = {tokens: hashlib.sha1(text.encode()).hexdigest() for tokens, text in encoded.items()}
-    conn.executemany(
+    db.conn.executemany(  # raw, like the records below
         "INSERT OR IGNORE INTO excerpts (hash, tokens) VALUES (?, ?)",
         [(hashes[tokens], text) for tokens, text in encoded.items()],
     )
     ids: dict[str, int] = {}
-    unique = list(hashes.values())
-    for start in range(0, len(unique), 500):
-        chunk = unique[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        ids.update(conn.execute(f"SELECT hash, id FROM excerpts WHERE hash IN ({marks})", chunk).fetchall())
+    for chunk in _chunks(list(hashes.values())):
+        ids.update(db.execute(f"SELECT hash, id FROM excerpts WHERE hash IN ({_marks(chunk)})", chunk).fetchall())
     return [ids[hashes[tokens]] for tokens in token_tuples]
 
 
@@ -107,11 +100,11 @@ def write_neurons(
     `finished_layer=(layer, seconds)` the layer is marked finished in the same transaction, so that a killed
     process never leaves a layer that looks done but is half written.
     """
-    with transaction(db) as conn:
-        run_id = _run_id(conn, run) if run is not None else None
+    with transaction(db):
+        run_id = _run_id(db, run) if run is not None else None
         if run_id is not None and run_totals is not None:
-            conn.execute("UPDATE runs SET n_excerpts = ?, n_tokens = ? WHERE id = ?", [*run_totals, run_id])
-        scoring_table = has_scoring_records(conn)
+            db.table("runs").update(run_id, {"n_excerpts": run_totals[0], "n_tokens": run_totals[1]})
+        scoring_table = has_scoring_records(db)
         if not scoring_table and any(record.scoring is not None for record in neurons):
             log.warning(
                 "this database was made by a development build of schema v3 and has no scoring_records table: the "
@@ -123,22 +116,13 @@ def write_neurons(
             for n in neurons
             for r in (*n.top, *n.random, *(_scoring_groups_records(n.scoring) if scoring_table else ()))
         ]
-        excerpt_ids = iter(_upsert_excerpts(conn, excerpt_tokens))
-        record_rows = []
+        excerpt_ids = iter(_upsert_excerpts(db, excerpt_tokens))
+        neuron_ids: list[int] = []
+        record_rows: list[tuple[Any, ...]] = []
         scoring_rows: list[tuple[Any, ...]] = []
         for record in neurons:
-            conn.execute(
-                "DELETE FROM records WHERE neuron_id IN"
-                " (SELECT id FROM neurons WHERE model = ? AND layer = ? AND neuron = ?)",
-                [model, record.neuron.layer, record.neuron.index],
-            )
-            if scoring_table:
-                conn.execute(
-                    "DELETE FROM scoring_records WHERE neuron_id IN"
-                    " (SELECT id FROM neurons WHERE model = ? AND layer = ? AND neuron = ?)",
-                    [model, record.neuron.layer, record.neuron.index],
-                )
-            neuron_id = conn.execute(
+            # Raw SQL: an upsert that keeps the row's id (records point at it) and hands it back in one statement.
+            neuron_id = db.execute(
                 "INSERT INTO neurons (model, layer, neuron, run_id, source, mean, variance, max, q50, q90, q99, q999)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (model, layer, neuron) DO UPDATE SET run_id = excluded.run_id,"
@@ -157,20 +141,27 @@ def write_neurons(
                     *(record.stats.quantiles.get(level) for level in config.QUANTILES),
                 ],
             ).fetchone()[0]
-            for kind, records in (("top", record.top), ("random", record.random)):
-                for rank, rec in enumerate(records):
-                    record_rows.append(
-                        (neuron_id, kind, rank, next(excerpt_ids), rec.max_activation, _blob(rec.activations))
-                    )
+            neuron_ids.append(neuron_id)
+            record_rows += [
+                (neuron_id, kind, rank, next(excerpt_ids), rec.max_activation, _blob(rec.activations))
+                for kind, records in (("top", record.top), ("random", record.random))
+                for rank, rec in enumerate(records)
+            ]
             if scoring_table:
                 scoring_rows += _scoring_rows(neuron_id, record.scoring, excerpt_ids)
-        conn.executemany(
+        # The neurons' records are replaced, never merged.
+        for table in ("records", "scoring_records") if scoring_table else ("records",):
+            for chunk in _chunks(neuron_ids):
+                db.table(table).delete_where(f"neuron_id IN ({_marks(chunk)})", chunk)
+        # Raw executemany, as for the excerpts: a batch is tens of thousands of rows, where `insert_all`'s work per
+        # value in Python made writing neurons 11% slower (bench/scale.py's build, CPU time).
+        db.conn.executemany(
             "INSERT INTO records (neuron_id, kind, rank, excerpt_id, max_activation, activations)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             record_rows,
         )
-        if scoring_rows:
-            conn.executemany(
+        if scoring_rows:  # the table may be missing (see has_scoring_records)
+            db.conn.executemany(
                 "INSERT INTO scoring_records (neuron_id, kind, rank, excerpt_id, max_activation, level, activations)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 scoring_rows,
@@ -179,16 +170,16 @@ def write_neurons(
             if run_id is None:
                 raise ValueError("finished_layer needs run")
             layer, seconds = finished_layer
-            conn.execute(
-                "INSERT OR REPLACE INTO run_layers (run_id, layer, n_neurons, seconds, finished_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [run_id, layer, len(neurons), seconds, now()],
-            )
+            db.table("run_layers").insert(
+                {"run_id": run_id, "layer": layer, "n_neurons": len(neurons), "seconds": seconds,
+                 "finished_at": now()},
+                replace=True,
+            )  # fmt: skip
 
 
 def get_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> NeuronRecord:
     """The stored records and stats of one neuron; NotFoundError names what is there instead."""
-    row = db.conn.execute(
+    row = db.execute(
         "SELECT id, mean, variance, max, q50, q90, q99, q999 FROM neurons WHERE model = ? AND layer = ? AND neuron = ?",
         [model, neuron.layer, neuron.index],
     ).fetchone()
@@ -209,7 +200,7 @@ def get_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> Neuro
     neuron_id, mean, variance, max_value, *quantiles = row
     top: list[ActivationRecord] = []
     random: list[ActivationRecord] = []
-    for kind, tokens, blob in db.conn.execute(
+    for kind, tokens, blob in db.execute(
         "SELECT r.kind, e.tokens, r.activations FROM records r JOIN excerpts e ON e.id = r.excerpt_id"
         " WHERE r.neuron_id = ? ORDER BY r.kind, r.rank",
         [neuron_id],
@@ -221,7 +212,7 @@ def get_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> Neuro
         max=max_value,
         quantiles={q: v for q, v in zip(config.QUANTILES, quantiles, strict=True) if v is not None},
     )
-    scoring = _read_scoring_records(db.conn, neuron_id)
+    scoring = _read_scoring_records(db, neuron_id)
     return NeuronRecord(model=model, neuron=neuron, top=tuple(top), random=tuple(random), stats=stats, scoring=scoring)
 
 
@@ -229,18 +220,18 @@ def list_models(db: sqlite_utils.Database, include_puzzles: bool = False) -> lis
     """The subject models with stored neurons; the neuron puzzles (core.puzzles) are not a model and are left out
     unless asked for."""
     where = "" if include_puzzles else f" WHERE source != '{PUZZLE_SOURCE}'"
-    return [row[0] for row in db.conn.execute(f"SELECT DISTINCT model FROM neurons{where} ORDER BY model")]
+    return [row[0] for row in db.execute(f"SELECT DISTINCT model FROM neurons{where} ORDER BY model")]
 
 
 def list_layers(db: sqlite_utils.Database, model: str) -> list[tuple[int, int]]:
     """(layer, number of neurons) for a model, by layer."""
-    return db.conn.execute(
+    return db.execute(
         "SELECT layer, COUNT(*) FROM neurons WHERE model = ? GROUP BY layer ORDER BY layer", [model]
     ).fetchall()
 
 
 def layer_neuron_count(db: sqlite_utils.Database, model: str, layer: int) -> int:
-    return db.conn.execute("SELECT COUNT(*) FROM neurons WHERE model = ? AND layer = ?", [model, layer]).fetchone()[0]
+    return db.table("neurons").count_where("model = ? AND layer = ?", [model, layer])
 
 
 def summary(db: sqlite_utils.Database) -> dict[str, Any]:
@@ -249,15 +240,13 @@ def summary(db: sqlite_utils.Database) -> dict[str, Any]:
         model: [{"layer": layer, "neurons": count} for layer, count in list_layers(db, model)]
         for model in list_models(db)
     }
-    counts = {
-        table: db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        for table in ("scores", "studies", "ratings", "raters")
-    }
     # Puzzle neurons and their explanations are a check of explainers and simulators, not data of a model.
-    for table in ("neurons", "explanations"):
-        query = f"SELECT COUNT(*) FROM {table} WHERE source != '{PUZZLE_SOURCE}'"
-        counts[table] = db.conn.execute(query).fetchone()[0]
-    counts = {table: counts[table] for table in ("neurons", "explanations", "scores", "studies", "ratings", "raters")}
+    counts = {
+        table: db.table(table).count_where("source != ?", [PUZZLE_SOURCE])
+        if table in ("neurons", "explanations")
+        else db.table(table).count
+        for table in ("neurons", "explanations", "scores", "studies", "ratings", "raters")
+    }
     return {"models": models, "counts": counts}
 
 
@@ -266,13 +255,10 @@ def summary(db: sqlite_utils.Database) -> dict[str, Any]:
 SCORING_KINDS = ("quantile", "non_activating", "bottom")
 
 
-def has_scoring_records(conn: sqlite3.Connection) -> bool:
+def has_scoring_records(db: sqlite_utils.Database) -> bool:
     """Whether this database can hold the scorers' excerpts (a database made by a development build of schema v3
     before they existed cannot; its neurons are then stored without them)."""
-    return (
-        conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'scoring_records'").fetchone()
-        is not None
-    )
+    return db.table("scoring_records").exists()
 
 
 def _scoring_groups(scoring: ScoringRecords | None) -> list[tuple[str, Sequence[ActivationRecord], Sequence[Any]]]:
@@ -300,12 +286,12 @@ def _scoring_rows(neuron_id: int, scoring: ScoringRecords | None, excerpt_ids: I
     ]
 
 
-def _read_scoring_records(conn: sqlite3.Connection, neuron_id: int) -> ScoringRecords | None:
+def _read_scoring_records(db: sqlite_utils.Database, neuron_id: int) -> ScoringRecords | None:
     """The neuron's scorers' excerpts; None when it has none (collected before they existed, or imported)."""
-    if not has_scoring_records(conn):
+    if not has_scoring_records(db):
         return None
     found: dict[str, list[tuple[ActivationRecord, float | None]]] = {kind: [] for kind in SCORING_KINDS}
-    for kind, tokens, level, blob in conn.execute(
+    for kind, tokens, level, blob in db.execute(
         "SELECT s.kind, e.tokens, s.level, s.activations FROM scoring_records s JOIN excerpts e ON e.id = s.excerpt_id"
         " WHERE s.neuron_id = ? ORDER BY s.kind, s.rank",
         [neuron_id],
@@ -324,11 +310,11 @@ def _read_scoring_records(conn: sqlite3.Connection, neuron_id: int) -> ScoringRe
 def layers_without_scoring_records(db: sqlite_utils.Database, model: str) -> list[int]:
     """The layers of `model` whose neurons were stored without the scorers' excerpts (collected before they existed,
     or imported)."""
-    if not has_scoring_records(db.conn):
+    if not has_scoring_records(db):
         return [layer for layer, _ in list_layers(db, model)]
     return [
         row[0]
-        for row in db.conn.execute(
+        for row in db.execute(
             "SELECT n.layer FROM neurons n WHERE n.model = ? GROUP BY n.layer HAVING SUM(EXISTS (SELECT 1 FROM"
             " scoring_records s WHERE s.neuron_id = n.id)) = 0 ORDER BY n.layer",
             [model],

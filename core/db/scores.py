@@ -1,4 +1,7 @@
-"""Simulation scores and explanation similarities."""
+"""Simulation scores and explanation similarities.
+
+A score or similarity is stored (or replaced) with one hand-written `INSERT … ON CONFLICT … DO UPDATE … RETURNING
+id`: it keeps the row's id, sets exactly the columns a rescore changes, and hands the id back (see core.db)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from core.db.base import _fetch_dicts, _json, now, transaction
+from core.db.base import _chunks, _json, _marks, now, transaction
 from core.db.studies import in_open_study
 from core.records import NeuronId
 
@@ -75,8 +78,8 @@ def save_score(
         _finite(getattr(scores, "raw_score", None)),
         no_value_count,
     ]
-    with transaction(db) as conn:
-        return conn.execute(
+    with transaction(db):
+        return db.execute(
             "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, rsquared, absdev,"
             " per_excerpt, predictions, status, error, seconds, created_at, raw_score, no_value_count)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -99,8 +102,8 @@ def save_similarity(
     cosine: float | None,
 ) -> int:
     """Store (or replace) the cosine similarity of an explanation to a reference text under one embedder."""
-    with transaction(db) as conn:
-        return conn.execute(
+    with transaction(db):
+        return db.execute(
             "INSERT INTO similarities (explanation_id, reference_kind, reference, embedder, cosine, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (explanation_id, reference, embedder) DO UPDATE SET"
@@ -116,7 +119,7 @@ def scored_explanation_ids(
     """Ids of explanations that already have a score with this status under this simulator, method and split."""
     return {
         row[0]
-        for row in db.conn.execute(
+        for row in db.execute(
             "SELECT explanation_id FROM scores WHERE simulator = ? AND method = ? AND split = ? AND calibrated = ?"
             " AND status = ?",
             [simulator, method, split, int(bool(calibrated)), status],
@@ -128,13 +131,11 @@ def stored_similarities(
     db: sqlite_utils.Database, explanation_ids: Iterable[int], embedder: str
 ) -> dict[tuple[int, str], float | None]:
     """(explanation id, reference text) → cosine of the similarities already stored under `embedder`."""
-    ids = sorted(set(explanation_ids))
     found: dict[tuple[int, str], float | None] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        for explanation_id, reference, cosine in db.conn.execute(
+    for chunk in _chunks(sorted(set(explanation_ids))):
+        for explanation_id, reference, cosine in db.execute(
             "SELECT explanation_id, reference, cosine FROM similarities WHERE embedder = ?"
-            f" AND explanation_id IN ({', '.join('?' * len(chunk))})",
+            f" AND explanation_id IN ({_marks(chunk)})",
             [embedder, *chunk],
         ):
             found[(explanation_id, reference)] = cosine
@@ -143,7 +144,7 @@ def stored_similarities(
 
 def reference_explanations(db: sqlite_utils.Database, model: str) -> dict[NeuronId, str]:
     """The imported reference explanation of each neuron of a model (source 'reference'; the newest if several)."""
-    rows = db.conn.execute(
+    rows = db.execute(
         "SELECT layer, neuron, explanation FROM explanations WHERE model = ? AND source = 'reference'"
         " AND status = 'ok' AND explanation IS NOT NULL AND TRIM(explanation) != '' ORDER BY id",
         [model],
@@ -163,7 +164,7 @@ def _decode_score(row: dict[str, Any]) -> dict[str, Any]:
 def scores_for_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -> list[dict[str, Any]]:
     """Every stored score of the explanations of one neuron, newest explanation first, with the explanation's
     format, explainer, text and source, and per-excerpt scores and predictions decoded from JSON."""
-    cursor = db.conn.execute(
+    rows = db.query(
         "SELECT s.id, s.explanation_id, e.format, e.explainer, e.source, e.sample, e.explanation, s.simulator,"
         " s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.per_excerpt, s.predictions, s.status,"
         " s.error, s.seconds, s.created_at"
@@ -172,7 +173,7 @@ def scores_for_neuron(db: sqlite_utils.Database, model: str, neuron: NeuronId) -
         " ORDER BY e.id DESC, s.simulator, s.method, s.split, s.calibrated",
         [model, neuron.layer, neuron.index],
     )
-    return [_decode_score(row) for row in _fetch_dicts(cursor)]
+    return [_decode_score(row) for row in rows]
 
 
 def score_rows(
@@ -198,7 +199,8 @@ def score_rows(
     appears once with simulator None (it counts for similarity and token cost). Every scored row names its
     simulator and method: callers must never average scores of different simulators together.
     """
-    join, join_args = "", []
+    join = ""
+    join_args: list[Any] = []
     for column, value in (("simulator", simulator), ("method", method), ("split", split)):
         if value is not None:
             join += f" AND s.{column} = ?"
@@ -221,7 +223,7 @@ def score_rows(
         where.append("s.id IS NOT NULL")
     if hide_blinded:  # for visitors: nothing of a neuron in an open study
         where.append(f"NOT {in_open_study('e')}")
-    cursor = db.conn.execute(
+    query = (
         "SELECT e.id AS explanation_id, e.model, e.layer || ':' || e.neuron AS neuron, e.layer, e.neuron AS 'index',"
         " e.format, e.explainer, e.source, e.sample, e.params, e.explanation, e.input_tokens, e.output_tokens,"
         " e.tokenizer, s.simulator, s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.status, s.error,"
@@ -229,10 +231,9 @@ def score_rows(
         f" (SELECT AVG(m.cosine) FROM similarities m WHERE m.explanation_id = e.id{similar}) AS similarity"
         f" FROM explanations e LEFT JOIN scores s ON s.explanation_id = e.id{join}"
         f" WHERE {' AND '.join(where)}"
-        " ORDER BY e.model, e.layer, e.neuron, e.format, e.id, s.simulator, s.method, s.split, s.calibrated",
-        [*similar_args, *join_args, *where_args],
+        " ORDER BY e.model, e.layer, e.neuron, e.format, e.id, s.simulator, s.method, s.split, s.calibrated"
     )
-    rows = _fetch_dicts(cursor)
+    rows = list(db.query(query, [*similar_args, *join_args, *where_args]))
     for row in rows:
         if row["calibrated"] is not None:
             row["calibrated"] = bool(row["calibrated"])
@@ -251,13 +252,11 @@ def scores_for_explanations(
     (or `method`), the simulator (and its method) that scored the most of these explanations (ties: by name).
     Scores of simulators, or of one simulator's methods (chat_logprobs vs chat_parse), are never mixed.
     """
-    ids = sorted({int(i) for i in explanation_ids if i is not None})
     rows: list[tuple[int, str, str, float]] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        rows += db.conn.execute(
+    for chunk in _chunks(sorted({int(i) for i in explanation_ids if i is not None})):
+        rows += db.execute(
             "SELECT explanation_id, simulator, method, score FROM scores WHERE split = 'valid' AND status = 'ok'"
-            f" AND score IS NOT NULL AND explanation_id IN ({', '.join('?' * len(chunk))})"
+            f" AND score IS NOT NULL AND explanation_id IN ({_marks(chunk)})"
             " ORDER BY created_at, id",
             chunk,
         ).fetchall()
@@ -279,19 +278,17 @@ def automated_scores_for_explanations(
     """Every automated score kind of these explanations, each kept apart: ("score", "<simulator>·<method>") →
     {explanation id: its ok, uncalibrated score on the valid split} and ("similarity", "<embedder>") →
     {explanation id: mean cosine to its references under that embedder}. Missing values are left out."""
-    ids = sorted({int(i) for i in explanation_ids if i is not None})
     found: dict[tuple[str, str], dict[int, float]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        for explanation_id, simulator, method, score in db.conn.execute(
+    for chunk in _chunks(sorted({int(i) for i in explanation_ids if i is not None})):
+        marks = _marks(chunk)
+        for explanation_id, simulator, method, score in db.execute(
             "SELECT explanation_id, simulator, method, score FROM scores WHERE split = 'valid' AND calibrated = 0"
             f" AND status = 'ok' AND score IS NOT NULL AND explanation_id IN ({marks})"
             " ORDER BY simulator, method, explanation_id",
             chunk,
         ):
             found.setdefault(("score", f"{simulator}·{method}"), {})[explanation_id] = score
-        for explanation_id, embedder, cosine in db.conn.execute(
+        for explanation_id, embedder, cosine in db.execute(
             "SELECT explanation_id, embedder, AVG(cosine) FROM similarities WHERE cosine IS NOT NULL"
             f" AND explanation_id IN ({marks}) GROUP BY explanation_id, embedder ORDER BY embedder, explanation_id",
             chunk,
@@ -310,16 +307,15 @@ def save_imported_score(
 ) -> int:
     """Store (or replace) a published score of an explanation, kept apart from scores computed here: method
     'imported', uncalibrated, no predictions, and `source` naming the file it came from (docs/METHOD.md §5)."""
-    columns = {row[1] for row in db.conn.execute("PRAGMA table_info(scores)")}
-    if "source" not in columns:
+    if "source" not in db.table("scores").columns_dict:
         from core.errors import WorkbenchError
 
         raise WorkbenchError(
             "this database's scores table predates imported scores (no source column); import into a new database "
             "file with --db"
         )
-    with transaction(db) as conn:
-        return conn.execute(
+    with transaction(db):
+        return db.execute(
             "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, status, source,"
             " created_at) VALUES (?, ?, 'imported', ?, 0, ?, 'ok', ?, ?)"
             " ON CONFLICT (explanation_id, simulator, method, split, calibrated) DO UPDATE SET"
@@ -333,7 +329,7 @@ def save_imported_score(
 
 
 def _scorer_columns(db: sqlite_utils.Database) -> bool:
-    return "scorer" in {row[1] for row in db.conn.execute("PRAGMA table_info(scores)")}
+    return "scorer" in db.table("scores").columns_dict
 
 
 def _require_scorer_columns(db: sqlite_utils.Database) -> None:
@@ -377,8 +373,8 @@ def save_scorer_score(
         status, error, seconds, now(), scorer, None if settings is None else _json(_clean_json(settings)),
         input_tokens, output_tokens, _finite(auc),
     ]  # fmt: skip
-    with transaction(db) as conn:
-        return conn.execute(
+    with transaction(db):
+        return db.execute(
             "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, per_excerpt, status,"
             " error, seconds, created_at, scorer, settings, input_tokens, output_tokens, auc)"
             " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -399,7 +395,7 @@ def scorer_settings_of(
     _require_scorer_columns(db)
     return {
         explanation_id: (status, settings)
-        for explanation_id, status, settings in db.conn.execute(
+        for explanation_id, status, settings in db.execute(
             "SELECT explanation_id, status, settings FROM scores WHERE simulator = ? AND method = ? AND split = ?"
             " AND calibrated = 0",
             [simulator, method, split],
@@ -434,18 +430,16 @@ def scorer_score_rows(
             filters += f" AND s.{column} = ?"
             args.append(value)
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        cursor = db.conn.execute(
+    for chunk in _chunks(ids):
+        rows += db.query(
             "SELECT s.explanation_id, e.model AS subject_model, e.layer || ':' || e.neuron AS neuron, e.format,"
             " e.explainer, s.simulator, s.method, s.split, s.calibrated, s.score, s.status, s.error, s.seconds,"
             f" {extra},"
             " s.per_excerpt, s.created_at FROM scores s JOIN explanations e ON e.id = s.explanation_id"
-            f" WHERE s.explanation_id IN ({', '.join('?' * len(chunk))}){filters}"
+            f" WHERE s.explanation_id IN ({_marks(chunk)}){filters}"
             " ORDER BY e.layer, e.neuron, e.format, s.explanation_id, s.simulator, s.method",
             [*chunk, *args],
         )
-        rows += _fetch_dicts(cursor)
     for row in rows:
         row["calibrated"] = bool(row["calibrated"])
         prefix = f"{row['scorer']}:"
@@ -459,7 +453,7 @@ def scorer_score_rows(
 
 def score_id(db: sqlite_utils.Database, explanation_id: int, simulator: str, method: str, split: str = "valid") -> int:
     """The id of the uncalibrated score of an explanation under one simulator (or scorer·model) and method."""
-    row = db.conn.execute(
+    row = db.execute(
         "SELECT id FROM scores WHERE explanation_id = ? AND simulator = ? AND method = ? AND split = ?"
         " AND calibrated = 0",
         [explanation_id, simulator, method, split],

@@ -27,10 +27,10 @@ def count_sign_in_attempt(
     """In one transaction: hand the counters' failures to `refuse`, which raises to stop the attempt; else count
     the attempt as a failure on every counter before the code is checked, so that parallel attempts see each
     other. Failures last seen before `forget_before` are forgotten. A right code takes it back (see below)."""
-    with transaction(db) as conn:
+    with transaction(db):
         failures: SignInFailures = {}
         for scope, key in counters:
-            row = conn.execute(
+            row = db.execute(
                 "SELECT failures, last_failed_at FROM sign_in_failures"
                 " WHERE scope = ? AND key = ? AND last_failed_at >= ?",
                 [scope, key, forget_before],
@@ -39,7 +39,8 @@ def count_sign_in_attempt(
                 failures[(scope, key)] = (int(row[0]), str(row[1]))
         refuse(failures)
         for scope, key in counters:
-            conn.execute(
+            # Raw SQL: counting in the row itself (ON CONFLICT … failures + 1) is what lets parallel attempts add up.
+            db.execute(
                 "INSERT INTO sign_in_failures (scope, key, failures, last_failed_at) VALUES (?, ?, 1, ?)"
                 " ON CONFLICT (scope, key) DO UPDATE SET last_failed_at = excluded.last_failed_at,"
                 " failures = CASE WHEN sign_in_failures.last_failed_at < ? THEN 1"
@@ -50,20 +51,20 @@ def count_sign_in_attempt(
 
 def clear_sign_in_failures(db: sqlite_utils.Database, counter: SignInCounter) -> None:
     """Forget every failure of this counter (a right code for a name)."""
-    with transaction(db) as conn:
-        conn.execute("DELETE FROM sign_in_failures WHERE scope = ? AND key = ?", list(counter))
+    with transaction(db):
+        db.table("sign_in_failures").delete_where("scope = ? AND key = ?", list(counter))
 
 
 def forgive_sign_in_failure(db: sqlite_utils.Database, counter: SignInCounter) -> None:
     """Take back one failure counted in advance by `count_sign_in_attempt` (a right code from a client)."""
-    with transaction(db) as conn:
-        conn.execute("UPDATE sign_in_failures SET failures = failures - 1 WHERE scope = ? AND key = ?", list(counter))
-        conn.execute("DELETE FROM sign_in_failures WHERE scope = ? AND key = ? AND failures <= 0", list(counter))
+    with transaction(db):
+        db.execute("UPDATE sign_in_failures SET failures = failures - 1 WHERE scope = ? AND key = ?", list(counter))
+        db.table("sign_in_failures").delete_where("scope = ? AND key = ? AND failures <= 0", list(counter))
 
 
 def sign_in_failures(db: sqlite_utils.Database, counter: SignInCounter) -> tuple[int, str] | None:
     """(failures, last failed at) of one counter, or None when it has none."""
-    row = db.conn.execute(
+    row = db.execute(
         "SELECT failures, last_failed_at FROM sign_in_failures WHERE scope = ? AND key = ?", list(counter)
     ).fetchone()
     return (int(row[0]), str(row[1])) if row else None
@@ -71,5 +72,5 @@ def sign_in_failures(db: sqlite_utils.Database, counter: SignInCounter) -> tuple
 
 def update_rater_code(db: sqlite_utils.Database, rater_id: int, code_hash: str, salt: str) -> None:
     """Replace a rater's stored code hash and salt (a re-hash at stronger parameters)."""
-    with transaction(db) as conn:
-        conn.execute("UPDATE raters SET code_hash = ?, salt = ? WHERE id = ?", [code_hash, salt, rater_id])
+    with transaction(db):
+        db.execute("UPDATE raters SET code_hash = ?, salt = ? WHERE id = ?", [code_hash, salt, rater_id])
