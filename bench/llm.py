@@ -128,11 +128,8 @@ def main() -> None:
                 explainer = f"openai:fake-c{concurrency}"  # its own cache keys and job keys
                 api = ApiOptions(base_url=server.base_url, api_key=KEY, concurrency=concurrency)
                 options = ExplainOptions(api=api)
-                # explain_neurons hands the backend 32 jobs at a time (its default batch_size, what the CLI uses):
-                # a concurrency above 32 needs batches at least as large to have that many requests in flight.
-                batch_size = max(32, concurrency)
                 before, started = server.requests(), time.perf_counter()
-                report = explain_neurons(db, MODEL, ids, ["summary"], explainer, options, batch_size=batch_size)
+                report = explain_neurons(db, MODEL, ids, ["summary"], explainer, options)  # as the CLI calls it
                 seconds, sent = time.perf_counter() - started, server.requests() - before
                 print(
                     f"explain  concurrency {concurrency:>3}: {sent:>4} requests in {seconds:5.2f} s ="

@@ -8,11 +8,13 @@ method, split and calibration, and retries failed ones; similarities already com
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
@@ -233,6 +235,49 @@ class _NeuronRecords:
         return self._current[1]
 
 
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class _ScoringJob:
+    """One explanation to score: its row and records, or why it cannot be simulated."""
+
+    row: dict[str, Any]
+    records: list[ActivationRecord] | None = None
+    calibration: list[ActivationRecord] | None = None
+    error: str | None = None
+
+
+def _in_order(items: Iterable[Job], work: Callable[[Job], Result], workers: int) -> Iterator[tuple[Job, Result, float]]:
+    """(item, work(item), seconds) for each item, in the items' order, with up to `workers` items worked on at once
+    in threads (at most 2 × workers taken ahead); workers = 1 works inline. An exception of `work` is raised here,
+    where its item's turn comes, and the items not yet started are dropped."""
+    if workers <= 1:
+        for item in items:
+            started = time.perf_counter()
+            yield item, work(item), time.perf_counter() - started
+        return
+
+    def timed(item: Job) -> tuple[Result, float]:
+        started = time.perf_counter()
+        return work(item), time.perf_counter() - started
+
+    pending: collections.deque[tuple[Job, Future[tuple[Result, float]]]] = collections.deque()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="score")
+    try:
+        for item in items:
+            pending.append((item, pool.submit(timed, item)))
+            while len(pending) >= 2 * workers:
+                done, future = pending.popleft()
+                yield done, *future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, *future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def score_explanations(
     db: Any,
     model: str,
@@ -273,33 +318,41 @@ def score_explanations(
     errors: list[str] = []
     warnings: list[str] = []
     stored = _NeuronRecords(db, model)
+
+    def prepare(row: dict[str, Any]) -> _ScoringJob:
+        """The records to simulate for one explanation, read here, in the thread that owns the database."""
+        neuron = NeuronId(row["layer"], row["neuron"])
+        record = stored.get(neuron)
+        if isinstance(record, str):
+            return _ScoringJob(row, error=f"no activation records for neuron {neuron}: {record}")
+        for name in (split, "calibration") if calibrate else (split,):
+            # An empty split is a failure (below), not a warning.
+            warning = short_split_warning(record, name) if record.split(name) else None
+            if warning and warning not in warnings:
+                log.warning(warning)
+                warnings.append(warning)
+        records = record.split(split)
+        if not records:
+            return _ScoringJob(row, error=f"neuron {neuron} has no records in the {split} split")
+        return _ScoringJob(row, records, record.split("calibration") if calibrate else None)
+
+    def simulate(job: _ScoringJob) -> SimulationOutcome | None:
+        if job.records is None:
+            return None
+        return simulate_and_score(sim, job.row["explanation"], job.records, job.calibration)
+
     bar = progress_bar(len(todo), f"scoring with {sim.name}", progress is True)
     try:
-        for number, row in enumerate(todo, start=1):
-            neuron = NeuronId(row["layer"], row["neuron"])
-            record = stored.get(neuron)
-            started = time.perf_counter()
-            if isinstance(record, str):
-                outcome = None
-                error = f"no activation records for neuron {neuron}: {record}"
-            else:
-                records = record.split(split)
-                calibration = record.split("calibration") if calibrate else None
-                for name in (split, "calibration") if calibrate else (split,):
-                    # An empty split is a failure (below), not a warning.
-                    warning = short_split_warning(record, name) if record.split(name) else None
-                    if warning and warning not in warnings:
-                        log.warning(warning)
-                        warnings.append(warning)
-                if not records:
-                    outcome, error = None, f"neuron {neuron} has no records in the {split} split"
-                else:
-                    outcome = simulate_and_score(sim, row["explanation"], records, calibration)
-                    error = outcome.result.error
+        # API simulators take several explanations at once (their requests share one bounded pool); results are
+        # stored in order, by this thread alone.
+        jobs = (prepare(row) for row in todo)
+        workers = int(getattr(sim, "parallel_explanations", 1))
+        for number, (job, outcome, seconds) in enumerate(_in_order(jobs, simulate, workers), start=1):
+            error = job.error if outcome is None else outcome.result.error
             status = "ok" if outcome is not None and outcome.result.ok else "failed"
             dbmod.save_score(
                 db,
-                row["id"],
+                job.row["id"],
                 sim.name,
                 sim.method,
                 split,
@@ -308,7 +361,7 @@ def score_explanations(
                 outcome.predictions if outcome else None,
                 status,
                 error,
-                outcome.result.seconds if outcome else time.perf_counter() - started,
+                outcome.result.seconds if outcome else seconds,
                 no_value_count=outcome.result.no_value_count if outcome else None,
             )
             counts[status] += 1

@@ -8,6 +8,9 @@ import dataclasses
 import json
 import math
 import random
+import re
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -448,3 +451,55 @@ def test_neurons_without_the_scorers_excerpts_are_scored_by_simulation_only(db_p
     assert json.loads(captured.out)["no_excerpts"] == ["0:1", "0:2"] and "only simulation" in captured.err
     assert main(["score", "--db", str(db_path), "--model", MODEL]) == 2
     assert "needs --simulator" in capsys.readouterr().err
+
+
+def _answer_with_token_lengths(request: dict) -> str:
+    """A chat simulation answer: every `token<TAB>unknown` line of the target excerpt back with a value."""
+    from core import simulate
+
+    content = request["messages"][-1]["content"]
+    excerpt = content[content.index(simulate.START) :]
+    return re.sub(
+        rf"^(.*)\t{simulate.UNKNOWN}$", lambda m: f"{m.group(1)}\t{len(m.group(1)) % 11}", excerpt, flags=re.M
+    )
+
+
+def test_an_api_simulator_scores_explanations_at_once_within_its_concurrency(db, stored, openai_env) -> None:
+    """With --concurrency C, requests of different explanations overlap (more than one explanation's records are in
+    flight at once) but never more than C; the stored scores are those of one explanation at a time."""
+    from core.llm import ApiOptions
+    from core.simulate import SimulatorOptions
+
+    in_flight, peak, latency, lock = [0], [0], [0.1], threading.Lock()
+
+    def counted(request: dict) -> str:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            time.sleep(latency[0])
+            return _answer_with_token_lengths(request)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    openai_env.chat_handler = counted
+    per_explanation = len(dbmod.get_neuron(db, MODEL, NeuronId(0, 1)).split("valid"))
+    concurrency = 2 * per_explanation  # a peak above one explanation's records comes only from overlapping ones
+    options = SimulatorOptions(api=ApiOptions(concurrency=concurrency))
+    report = pipeline.score_explanations(
+        db, MODEL, "openai:sim", method="chat_parse", simulator_options=options, reference="none"
+    )
+    assert (report.ok, report.failed) == (len(stored) + 1, 0)  # and the reference explanation
+    assert peak[0] == concurrency
+    # The same scores, one request at a time, under another simulator name so that nothing is skipped.
+    peak[0], latency[0] = 0, 0.005
+    one = SimulatorOptions(api=ApiOptions(concurrency=1))
+    pipeline.score_explanations(
+        db, MODEL, "openai:sim-serial", method="chat_parse", simulator_options=one, reference="none"
+    )
+    assert peak[0] == 1
+    for explanation_id in stored.values():
+        parallel = _score_row(db, explanation_id, "openai:sim")["score"]
+        serial = _score_row(db, explanation_id, "openai:sim-serial")["score"]
+        assert parallel == pytest.approx(serial) and parallel is not None

@@ -282,6 +282,14 @@ class _EndpointSimulator(ABC):
         self.top_logprobs = DEFAULT_TOP_LOGPROBS if chosen is None else chosen
         self.on_no_value = self.options.on_no_value
         self.client = openai_client(self.options.api)
+        # One pool of `concurrency` request threads for the simulator's whole life: every request of every
+        # explanation goes through it, so explanations simulated at once (core.pipeline) share the bound.
+        self._requests = ThreadPoolExecutor(self.options.api.concurrency, thread_name_prefix=f"simulate-{self.model}")
+
+    @property
+    def parallel_explanations(self) -> int:
+        """How many explanations callers may simulate at once: requests are bounded by the shared pool anyway."""
+        return self.options.api.concurrency
 
     @property
     def name(self) -> str:
@@ -290,21 +298,22 @@ class _EndpointSimulator(ABC):
     def simulate(self, explanation: str, records: Sequence[ActivationRecord]) -> SimulationResult:
         start = time.perf_counter()
         explanation_text(explanation)
-        workers = max(1, min(self.options.api.concurrency, len(records) or 1))
+        futures = [self._requests.submit(self._one, explanation, record) for record in records]
         try:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(self._one, explanation, record) for record in records]
-                predictions = []
-                missing = 0
-                for i, future in enumerate(futures):
-                    try:
-                        reading = future.result()
-                    except SimulationFailure as exc:
-                        raise SimulationFailure(f"record {i}: {exc}") from None
-                    predictions.append(tuple(reading.predictions))
-                    missing += reading.no_value_count
+            predictions = []
+            missing = 0
+            for i, future in enumerate(futures):
+                try:
+                    reading = future.result()
+                except SimulationFailure as exc:
+                    raise SimulationFailure(f"record {i}: {exc}") from None
+                predictions.append(tuple(reading.predictions))
+                missing += reading.no_value_count
         except SimulationFailure as exc:
             return SimulationResult.failed(self.name, self.method, str(exc), time.perf_counter() - start)
+        finally:
+            for future in futures:  # after a failure (or Ctrl-C), this explanation's queued requests are not sent
+                future.cancel()
         if missing:
             total = sum(len(p) for p in predictions)
             log.warning(
@@ -319,20 +328,26 @@ class _EndpointSimulator(ABC):
             self.name, self.method, tuple(predictions), seconds=time.perf_counter() - start, no_value_count=missing
         )
 
-    def _request(self, endpoint: Callable[..., Any], **params: Any) -> Any:
-        """The first choice of one API call (the SDK's typed object), after retries (see the class docstring)."""
+    def _request(self, endpoint: Callable[..., Any], **params: Any) -> dict[str, Any]:
+        """The first choice of one API call as plain JSON, after the SDK's retries (see the class docstring).
+
+        `endpoint` is a `with_raw_response` method: the answer is read with json.loads, not built into the SDK's
+        typed objects, because an echo answer carries top logprobs for every prompt token (about 700 positions
+        for one excerpt with the bundled few-shot) and building those objects took 27 ms per answer against
+        json.loads's 5.5 ms: the client's CPU, not the server, capped scoring throughput (bench/llm.py).
+        """
         try:
             response = call_api(
                 f"simulator {self.name}",
-                endpoint,
+                _json_of(endpoint),
                 params,
                 self.options.api,
                 ", and that the server supports this method",
             )
         except UnreadableAnswer as exc:
             raise SimulationFailure(f"the server's answer is not valid JSON ({exc})") from None
-        choices = getattr(response, "choices", None)
-        if not choices:
+        choices = response.get("choices") if isinstance(response, dict) else None
+        if not choices or not isinstance(choices[0], dict):
             raise SimulationFailure("the server returned no choices")
         return choices[0]
 
@@ -341,9 +356,14 @@ class _EndpointSimulator(ABC):
         """Predictions for one record: one request, parsed; SimulationFailure when the answer is unusable."""
 
 
-def _plain(value: Any) -> Any:
-    """A typed SDK object as the plain dicts and lists the pure readers above take."""
-    return value.model_dump() if hasattr(value, "model_dump") else value
+def _json_of(raw_endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """`raw_endpoint` (a `client.….with_raw_response.create`) returning the answer's JSON; an answer that is not
+    JSON raises ValueError, which call_api asks again for."""
+
+    def call(**params: Any) -> Any:
+        return raw_endpoint(**params).http_response.json()
+
+    return call
 
 
 @dataclass
@@ -361,7 +381,7 @@ class CompletionsEchoSimulator(_EndpointSimulator):
             return Reading([])
         prompt, _offsets = completion_prompt(explanation, record, self.examples)
         choice = self._request(
-            self.client.completions.create,
+            self.client.completions.with_raw_response.create,
             model=self.model,
             prompt=prompt,
             echo=True,
@@ -370,7 +390,7 @@ class CompletionsEchoSimulator(_EndpointSimulator):
             temperature=0,
         )
         return predictions_from_echo(
-            _plain(choice.logprobs) or {}, len(record.tokens), hidden_count(self.examples), self.on_no_value
+            choice.get("logprobs") or {}, len(record.tokens), hidden_count(self.examples), self.on_no_value
         )
 
 
@@ -387,19 +407,17 @@ class ChatSimulator(_EndpointSimulator):
         with_logprobs = self.method == "chat_logprobs"
         extra: dict[str, Any] = {"logprobs": True, "top_logprobs": self.top_logprobs} if with_logprobs else {}
         choice = self._request(
-            self.client.chat.completions.create,
+            self.client.chat.completions.with_raw_response.create,
             model=self.model,
             messages=chat_messages(explanation, record, self.examples),
             temperature=0,
             max_tokens=16 * len(record.tokens) + 64,
             **extra,
         )
-        answer = getattr(choice.message, "content", None) or ""  # none is read as empty: a failure with its reason
+        answer = (choice.get("message") or {}).get("content") or ""  # none is read as empty: a failure, with why
         if not with_logprobs:
             return Reading([float(line.value) for line in parse_chat_answer(answer, record.tokens)])
-        content = getattr(choice.logprobs, "content", None)
+        content = (choice.get("logprobs") or {}).get("content")
         if not content:
             raise SimulationFailure("the server returned no logprobs; use the chat_parse method with this server")
-        return predictions_from_chat_logprobs(
-            answer, [_plain(item) for item in content], record.tokens, self.on_no_value
-        )
+        return predictions_from_chat_logprobs(answer, content, record.tokens, self.on_no_value)
