@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PORT ?= 8501
 
-.PHONY: install data run test lint format bench clean
+.PHONY: install data run test lint format bench clean mutation
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,10 +43,88 @@ format: install
 	$(BIN)/ruff format .
 
 bench: data
-	$(BIN)/python bench/collect.py
-	$(BIN)/python bench/tokens.py
-	$(BIN)/python bench/simulate.py
-	$(BIN)/python bench/app.py
+	$(BIN)/python -m bench.collect
+	$(BIN)/python -m bench.tokens
+	$(BIN)/python -m bench.simulate
+	$(BIN)/python -m bench.app
+
+# --- Mutation testing (tests/README.md): `make mutation MODULE=<group>`, one group per run; not part of `make test`
+# or CI. mutmut ([tool.mutmut] in pyproject.toml) mutates the group's modules and runs only the group's own test files
+# on each mutant, with one worker, in a fresh mutants/<group>/ (so results never go stale and groups do not mix).
+# MUTANTS='<glob> ...' narrows a run to some mutants, e.g. MUTANTS='core.stats.agreement.*'. Afterwards
+# `cd mutants/<group> && ../../.venv/bin/mutmut show <mutant>` shows one mutant's diff.
+MUTATION_GROUPS := stats power blinding export quality collection prompts scoring migrations
+MUTATE_stats := core/stats/*.py
+TESTS_stats = $(wildcard tests/test_stats.py tests/test_stats_properties.py)
+MUTATE_power := core/power.py
+TESTS_power = $(wildcard tests/test_power.py tests/test_power_properties.py)
+# Blinding, and the parts of core/human_eval.py that draw the items, their left/right layout and their assignment.
+MUTATE_blinding := core/blinding.py core/human_eval.py
+TESTS_blinding = $(wildcard tests/test_blinding.py tests/test_human_eval.py tests/test_blinding_properties.py)
+MUTANTS_blinding := core.blinding.* $(addprefix core.human_eval.x_,$(addsuffix __mutmut_*,_balanced_sides _item \
+	_gold_items plan_items as_seen item_targets _shuffle_key _open_items choose_item first_arm place_left _progress))
+MUTATE_export := core/export.py
+TESTS_export = $(wildcard tests/test_export.py tests/test_export_properties.py)
+MUTATE_quality := core/quality.py core/plan.py
+TESTS_quality = $(wildcard tests/test_quality.py tests/test_plan*.py tests/test_quality_properties.py)
+# Collection's tracking state (core/activations.py's trackers) and the merge of ranks' states (core/distributed.py).
+MUTATE_collection := core/activations.py core/distributed.py
+TESTS_collection = $(wildcard tests/test_activations.py tests/test_distributed.py tests/test_collection_properties.py)
+MUTANTS_collection := core.activations.x_level_* core.activations.xǁ_LayerTrackerǁ* core.activations.x__fold_top__* \
+	core.activations.xǁ_ScoringStateǁ* $(addprefix core.distributed.x_,$(addsuffix __mutmut_*,_mix sample_keys \
+	select_sample local_rows interleave chan_merge _lexicographic select_top merge_top merge_layer _merge_levels)) \
+	core.distributed.xǁKeyedSampleǁ*
+MUTATE_prompts := core/prompts.py
+TESTS_prompts = $(wildcard tests/test_prompts.py tests/test_prompts_properties.py)
+MUTATE_scoring := core/scoring.py core/scorers/*.py
+TESTS_scoring = $(wildcard tests/test_scoring.py tests/test_scorers.py tests/test_scoring_properties.py)
+MUTATE_migrations := core/db/base.py
+TESTS_migrations = $(wildcard tests/test_migrations.py tests/test_migrations_properties.py)
+
+# Runs mutmut with the group's modules and tests set on mutmut's configuration (its keys are in pyproject.toml).
+define MUTATION_RUN
+import os, sys
+from mutmut import configuration
+config = configuration.config()
+config.only_mutate = os.environ["MUTATION_MUTATE"].split()
+config.pytest_add_cli_args_test_selection = os.environ["MUTATION_TESTS"].split()
+from mutmut.__main__ import cli
+cli(sys.argv[1:], prog_name="mutmut")
+endef
+# Per module: killed, survived, timeout, no tests and the kill rate ((killed + timeout) / mutants), then survivors.
+define MUTATION_REPORT
+import fnmatch, json, os, pathlib, collections
+from mutmut.stats import status_by_exit_code
+globs = os.environ["MUTATION_MUTANTS"].split() or ["*"]
+rows, survivors = {}, []
+for meta in sorted(pathlib.Path("mutants/core").rglob("*.py.meta")):
+    module = str(meta.relative_to("mutants"))[: -len(".meta")]
+    for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+        if any(fnmatch.fnmatchcase(key, glob) for glob in globs):
+            status = status_by_exit_code[code]
+            rows.setdefault(module, collections.Counter())[status] += 1
+            if status != "killed" and status != "timeout":
+                survivors.append(f"{status:9} {key}")
+print(f"{'module':32} {'killed':>7} {'survived':>8} {'timeout':>7} {'no tests':>8} {'other':>5} {'total':>5} {'rate':>6}")
+for module, count in rows.items():
+    total, caught = sum(count.values()), count["killed"] + count["timeout"]
+    other = total - caught - count["survived"] - count["no tests"]
+    print(f"{module:32} {count['killed']:7} {count['survived']:8} {count['timeout']:7} {count['no tests']:8} "
+          f"{other:5} {total:5} {caught / total:6.1%}")
+print(*survivors, sep="\n")
+endef
+export MUTATION_RUN MUTATION_REPORT
+
+mutation: install
+	@test -n "$(filter $(MODULE),$(MUTATION_GROUPS))" || \
+		{ echo "usage: make mutation MODULE=<group> [MUTANTS='<glob> ...'], a group of: $(MUTATION_GROUPS)" >&2; exit 2; }
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install --quiet "mutmut==3.8.1"
+	rm -rf mutants/$(MODULE) && mkdir -p mutants/$(MODULE)
+	for path in core tests ui pages app.py .streamlit pyproject.toml; do ln -s ../../$$path mutants/$(MODULE)/$$path; done
+	cd mutants/$(MODULE) && time MUTATION_MUTATE='$(MUTATE_$(MODULE))' MUTATION_TESTS='$(TESTS_$(MODULE))' \
+		../../$(BIN)/python -c "$$MUTATION_RUN" run --max-children 1 $(foreach glob,$(or $(MUTANTS),$(MUTANTS_$(MODULE))),'$(glob)')
+	cd mutants/$(MODULE) && MUTATION_MUTANTS='$(or $(MUTANTS),$(MUTANTS_$(MODULE)))' ../../$(BIN)/python -c "$$MUTATION_REPORT" \
+		| tee report.txt
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache test-artifacts

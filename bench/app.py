@@ -1,8 +1,8 @@
 """Server-side speed of the app on a realistic database: the neuron view, the Rate page and a rating write, each next
 to the bare query it stands on, measured side by side in one run.
 
-    .venv/bin/python bench/app.py                     # 7 layers × 1536 neurons (10,752), N = 30 runs each
-    .venv/bin/python bench/app.py --runs 50 --rebuild
+    .venv/bin/python -m bench.app                     # 7 layers × 1536 neurons (10,752), N = 30 runs each
+    .venv/bin/python -m bench.app --runs 50 --rebuild
 
 The database holds neurons of MiniLM's width (1536 per layer) with 20 top and 20 random records of 64 tokens each,
 excerpts drawn from a shared pool as a real corpus would give them; 300 neurons explained under two formats with
@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 import streamlit as st  # noqa: E402
 import streamlit.logger  # noqa: E402

@@ -1,8 +1,8 @@
 """Collection cost against a bare forward pass of the same model on the same batches, side by side in one run.
 
-    .venv/bin/python bench/collect.py                       # the default MiniLM on CPU, real corpus
-    .venv/bin/python bench/collect.py --config gpt2-xl --device cuda --dtype bf16   # random GPT-2 XL, all 307,200
-    .venv/bin/python bench/collect.py --nproc 2             # torchrun: 2 processes against 1, the real CLI
+    .venv/bin/python -m bench.collect                       # the default MiniLM on CPU, real corpus
+    .venv/bin/python -m bench.collect --config gpt2-xl --device cuda --dtype bf16   # random GPT-2 XL, all 307,200
+    .venv/bin/python -m bench.collect --nproc 2             # torchrun: 2 processes against 1, the real CLI
 
 Tokenisation is done once up front and shared, so both sides time only the model and, for collection, the hooks and
 all tracking (top-k with per-token activations, random sample, moments, quantile sample). Repetitions alternate
@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.activations import CollectOptions, stream_pass
 from core.corpus import batched, load_corpus, special_token_layout, token_excerpts

@@ -1,8 +1,8 @@
 """Throughput of `explain` and `score` against an OpenAI-compatible server with a fixed latency per request, at
 several --concurrency settings: requests overlap, so throughput grows with concurrency until the server saturates.
 
-    .venv/bin/python bench/llm.py                       # 200 ms per request; concurrency 1, 4 and 32
-    .venv/bin/python bench/llm.py --latency-ms 500 --concurrency 1,8,64
+    .venv/bin/python -m bench.llm                       # 200 ms per request; concurrency 1, 4 and 32
+    .venv/bin/python -m bench.llm --latency-ms 500 --concurrency 1,8,64
 
 The server is the tests' fake (tests/fake_openai.py), a real HTTP server speaking the OpenAI protocol, run in a
 process of its own so that it does not share the client's interpreter lock; each request sleeps --latency-ms in its
@@ -20,7 +20,6 @@ import argparse
 import math
 import multiprocessing
 import re
-import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
@@ -28,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import config
 from core import db as dbmod

@@ -2,8 +2,8 @@
 64 tokens, one explanation per neuron, a study over 1,000 neurons and 50,000 ratings; file size, build time and the
 latency of what people do with it.
 
-    .venv/bin/python bench/scale.py                      # as many whole layers as --budget-s allows, up to 48
-    .venv/bin/python bench/scale.py --layers 2 --budget-s 60   # a quick look
+    .venv/bin/python -m bench.scale                      # as many whole layers as --budget-s allows, up to 48
+    .venv/bin/python -m bench.scale --layers 2 --budget-s 60   # a quick look
 
 Everything goes through the project's own writers (db.write_neurons, db.insert_explanations, human_eval.create_study,
 export.import_ratings), so the figures are those of the real code paths. Neuron contents are synthetic: top
@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import config, export, human_eval, raters
 from core import db as dbmod

@@ -1,7 +1,7 @@
 """What scoring one explanation costs, per scorer, next to what explaining the neuron costs (the Summary prompt), and
 how fast the embedding scorer runs on CPU (docs/METHOD.md §10).
 
-    .venv/bin/python bench/score.py [--db FILE] [--model NAME] [--n 20] [--max-tokens 100000]
+    .venv/bin/python -m bench.score [--db FILE] [--model NAME] [--n 20] [--max-tokens 100000]
 
 Neurons come from the database (`make data`); when it holds no layer collected with the scorers' excerpts, one layer
 of the bundled model is collected into a temporary database first (`--max-tokens` of the default corpus). Tokens
@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import config, costs, prompts, tokens
 from core import db as dbmod

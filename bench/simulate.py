@@ -5,9 +5,9 @@
 - one call per token: one forward pass of the prompt up to each slot (how a simulator without the all-at-once
   trick works), timed on `--per-token-excerpts` excerpts and reported per excerpt.
 
-    .venv/bin/python bench/simulate.py                          # small random Llama on CPU
-    .venv/bin/python bench/simulate.py --config llama3-8b       # Llama-3-8B-sized, random weights, bf16 on cuda
-    .venv/bin/python bench/simulate.py --model PATH --device cuda --dtype bf16
+    .venv/bin/python -m bench.simulate                          # small random Llama on CPU
+    .venv/bin/python -m bench.simulate --config llama3-8b       # Llama-3-8B-sized, random weights, bf16 on cuda
+    .venv/bin/python -m bench.simulate --model PATH --device cuda --dtype bf16
 
 One neuron is 10 excerpts × 64 tokens (the valid split, METHOD.md §1); every neuron gets its own explanation, so the
 per-neuron cache is rebuilt each time while the few-shot cache is shared, as in `python -m core score`.
@@ -20,10 +20,7 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

@@ -3,8 +3,8 @@
 - rating level: every rating an independent trial (`core.stats.win_rate`: binomial sign test, Wilson CI),
 - neuron level: one share per neuron (`core.stats.neuron_level`: sign test over neurons, cluster-bootstrap CI).
 
-    .venv/bin/python bench/stats.py                  # 500 studies per setting, about 20 s on 2 CPU cores
-    .venv/bin/python bench/stats.py --studies 2000
+    .venv/bin/python -m bench.stats                  # 500 studies per setting, about 20 s on 2 CPU cores
+    .venv/bin/python -m bench.stats --studies 2000
 
 For each setting it prints the false-positive rate at nominal 5% (how often p < 0.05 although the arms are equal)
 and the CI coverage (how often the 95% CI holds the truth, 1/2). Neuron variation means each neuron has its own
@@ -20,15 +20,11 @@ at a time against core.stats.mm_strengths on all resamples at once (why the boot
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import math
-import random
 
 import choix
 import numpy as np

@@ -1,7 +1,7 @@
 """Tokens per explanation prompt of every format on the same neurons: the fixed part (system message and few-shot
 examples) and the per-neuron part, in two units, next to Lee et al.'s figures (docs/METHOD.md §5).
 
-    .venv/bin/python bench/tokens.py [--db FILE] [--model NAME] [--n 50] [--tokenizer cl100k_base]
+    .venv/bin/python -m bench.tokens [--db FILE] [--model NAME] [--n 50] [--tokenizer cl100k_base]
 
 Neurons come from the database filled by `make data` / `python -m core collect`; each prompt shows the neuron's
 train split (docs/METHOD.md §1) after the few-shot examples. Units:
@@ -16,11 +16,8 @@ import argparse
 import math
 import statistics
 import sys
-from pathlib import Path
 
 import sqlite_utils
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import config, db, prompts, tokens
 from core.errors import NotFoundError, WorkbenchError

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from core import db as dbmod
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
-sys.path.insert(0, str(REPO_ROOT))
-
-from core import db as dbmod  # noqa: E402
 
 
 @pytest.fixture

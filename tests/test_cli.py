@@ -1,4 +1,4 @@
-"""The command line (core/__main__.py) as a user meets it: stored neurons read by `prompt` and `simulate`, the
+"""The command line (core/cli/) as a user meets it: stored neurons read by `prompt` and `simulate`, the
 per-format table at the end of `score`, and exit statuses that tell scripts about failures."""
 
 from __future__ import annotations
@@ -196,18 +196,95 @@ def test_a_missing_database_is_refused_by_reading_commands_and_announced_by_crea
 
 
 def test_each_model_has_its_own_device_flag() -> None:
-    from core.__main__ import _collect_options, _explain_options, _simulator_options, build_parser
-
-    argv = ["run", "--neurons", "0:1", "--explainer", "hf:chat", "--simulator", "hf:sim", "--device", "cuda:0",
+    argv = ["--neurons", "0:1", "--explainer", "hf:chat", "--simulator", "hf:sim", "--device", "cuda:0",
             "--explainer-device", "cpu", "--simulator-device", "cuda:1", "--simulator-dtype", "float16"]  # fmt: skip
-    args = build_parser().parse_args(argv)
-    assert _collect_options(args).device == "cuda:0"  # the subject model, when `run` collects its layers
-    assert _explain_options(args).local.device == "cpu"
-    simulator = _simulator_options(args).local
+    params = _parsed("run", *argv)
+    assert params["collect_options"].device == "cuda:0"  # the subject model, when `run` collects its layers
+    assert params["explain_options"].local.device == "cpu"
+    simulator = params["simulator_options"].local
     assert (simulator.device, simulator.dtype) == ("cuda:1", "float16")
-    puzzles = build_parser().parse_args(["puzzles", "--explainer", "hf:chat", "--explainer-device", "cpu"])
-    assert _explain_options(puzzles).local.device == "cpu"
+    assert _parsed("puzzles", "--explainer", "hf:chat", "--explainer-device", "cpu")[
+        "explain_options"
+    ].local.device == ("cpu")
     # One --device no longer feeds every model: the commands without a subject model do not take it.
     for command in (["simulate", "--explanation", "x", "--records", "r.json"], ["score"]):
-        with pytest.raises(SystemExit):
-            build_parser().parse_args([*command, "--simulator", "hf:sim", "--device", "cpu"])
+        with pytest.raises(SystemExit) as info:
+            main([*command, "--simulator", "hf:sim", "--device", "cpu"])
+        assert info.value.code == 2
+
+
+def _parsed(name: str, *argv: str) -> dict:
+    """The parameters command `name` receives for `argv`, options objects built, without running it."""
+    from core.cli import cli
+
+    command = cli.commands[name]
+    return command.make_context(name, list(argv)).params
+
+
+def test_options_objects_take_their_flags_and_keep_defaults() -> None:
+    from core.activations import CollectOptions
+    from core.explain import ExplainOptions
+    from core.llm import ApiOptions, Sampling
+    from core.prompts import Cutoff, FormatOptions
+    from core.scorers import ScorerOptions
+    from core.simulate import SimulatorOptions
+
+    collect = _parsed("collect", "--max-tokens", "5000", "--top-k", "7", "--device-map", "auto")["collect_options"]
+    assert collect == CollectOptions(max_tokens=5000, top_k=7, device_map="auto")
+    assert _parsed("run", "--neurons", "0:1", "--explainer", "e", "--simulator", "s", "--collect-tokens", "900",
+                   "--max-tokens", "30")["collect_options"] == CollectOptions(max_tokens=900)  # fmt: skip
+    explain = _parsed("explain", "--neurons", "0:1", "--explainer", "hf:x")["explain_options"]
+    assert explain == ExplainOptions()  # the paper's settings unless flags say otherwise
+    argv = ["--neurons", "0:1", "--explainer", "hf:x", "--temperature", "0", "--seed", "3", "--cutoff-mode", "relative",
+            "--merge-spans", "--no-cache", "--concurrency", "2", "--timeout", "9", "--samples", "2"]  # fmt: skip
+    explain = _parsed("explain", *argv)["explain_options"]
+    assert explain.sampling == Sampling(temperature=0, seed=3) and explain.samples == 2 and not explain.use_cache
+    assert explain.cutoff == Cutoff("relative", 0.5) and explain.format_options == FormatOptions(merge_spans=True)
+    assert explain.api == ApiOptions(timeout_s=9, concurrency=2)
+    assert _parsed("puzzles", "--explainer", "none")["explain_options"].cutoff is None  # the puzzles' own cutoff
+    simulate = _parsed("simulate", "--explanation", "x", "--records", "r.json", "--simulator", "hf:s")
+    assert simulate["simulator_options"] == SimulatorOptions()
+    score = _parsed("score", "--scorer", "detection", "--activating", "4", "--activating-quantile", "0.9")
+    assert score["scorer_options"] == ScorerOptions(activating_quantile=0.9, n_activating=4)
+    assert _parsed("prompt", "--format", "summary", "--records", "r.json", "--distinct-lists")["format_options"] == (
+        FormatOptions(distinct_lists=True)
+    )
+
+
+def test_neuron_selection_is_one_of_two_flags(tmp_path: Path, capsys) -> None:
+    from core.records import NeuronId
+
+    assert _parsed("score", "--neurons", "3:17,3:42")["selected_neurons"] == [NeuronId(3, 17), NeuronId(3, 42)]
+    assert _parsed("score")["selected_neurons"] is None
+    path = tmp_path / "neurons.csv"
+    path.write_text("Layer,Neuron\n1,2\n")
+    assert _parsed("score", "--neuron-file", str(path))["selected_neurons"] == [NeuronId(1, 2)]
+    for argv in (["explain", "--explainer", "x"], ["score", "--neurons", "0:1", "--neuron-file", str(path)]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "one of --neurons, --neuron-file is required" in err and "--neuron-file cannot be used with --neurons" in err
+    assert main(["score", "--neurons", "0:x"]) == 2  # a bad neuron is ours to explain, in one line
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_help_is_quick_names_the_program_and_loads_no_model_library() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; from core.cli import main\ntry: main(['--help'])\nexcept SystemExit as e: assert e.code == 0\n"
+    code += "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'a model library was loaded'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: python -m core [OPTIONS] COMMAND" in done.stdout and "import-ratings" in done.stdout
+    venv_script = Path(sys.executable).parent / "neuron-workbench"
+    if venv_script.exists():
+        done = subprocess.run([str(venv_script), "study", "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Usage: neuron-workbench study [OPTIONS] COMMAND" in done.stdout, done.stderr
+
+
+def test_import_openai_takes_several_explanation_files_after_one_flag() -> None:
+    params = _parsed("import-openai", "r.json", "--explanations", "a.jsonl", "b.csv", "--model", "m", "s.json")
+    assert params["explanations"] == ("a.jsonl", "b.csv") and params["sources"] == ("r.json", "s.json")
+    assert _parsed("import-openai", "--explanations")["explanations"] == ()

@@ -14,7 +14,8 @@ import pytest
 
 from core import db as dbmod
 from core import puzzles, similarity
-from core.__main__ import format_puzzle_report, main
+from core.__main__ import main
+from core.cli.output import format_puzzle_report
 from core.errors import InputError
 from core.puzzles import load_puzzles, puzzle_model_name, run_puzzles
 from core.records import ActivationRecord

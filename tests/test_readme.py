@@ -11,6 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import click
 import pytest
 
 from core import db as dbmod
@@ -151,3 +152,76 @@ def test_the_readme_block_is_read_whole() -> None:
     assert not any(command.startswith("#") for command in commands)
     with pytest.raises(StopIteration):
         next(command for command in commands if command.endswith("\\"))
+
+
+def readme_command_lines() -> list[list[str]]:
+    """Every `python -m core …` (or `neuron-workbench …`) command of every ```bash block of the README, as argv after
+    the program: continuation lines joined, comments dropped, a pipe's other side left out."""
+    import shlex
+
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            tokens = list(lexer)
+            for at, token in enumerate(tokens):
+                if token == "neuron-workbench" or (
+                    token.endswith("python") and tokens[at + 1 : at + 3] == ["-m", "core"]
+                ):
+                    start = at + (1 if token == "neuron-workbench" else 3)
+                    end = next((i for i in range(start, len(tokens)) if set(tokens[i]) <= set("();<>|&")), len(tokens))
+                    found.append(tokens[start:end])
+    return found
+
+
+def parse_without_running(argv: list[str]) -> None:
+    """Parse `argv` as the CLI would, down to the command it names, checking command names, flag names, required
+    flags, choices and types (click raises a UsageError), and build the options objects; run nothing."""
+    from core.cli import cli
+
+    command: click.Command = cli
+    ctx: click.Context | None = None
+    name = "python -m core"
+    while isinstance(command, click.Group):
+        at = _first_argument(command, argv)
+        if at is None:
+            break
+        if argv[at] not in command.commands:
+            raise click.UsageError(f"No such command {argv[at]!r}", ctx)
+        ctx = command.make_context(name, argv[: at + 1], parent=ctx)
+        name, command, argv = argv[at], command.commands[argv[at]], argv[at + 1 :]
+    command.make_context(name, argv, parent=ctx)
+
+
+def _first_argument(group: click.Group, argv: list[str]) -> int | None:
+    """Where the subcommand's name is in `argv`: the first word that is neither a flag of the group nor its value."""
+    flags = {flag: param for param in group.params if isinstance(param, click.Option) for flag in param.opts}
+    at = 0
+    while at < len(argv):
+        arg = argv[at]
+        if not arg.startswith("-"):
+            return at
+        param = flags.get(arg.split("=", 1)[0])
+        at += 1 if param is None or param.is_flag or "=" in arg else 2
+    return None
+
+
+def test_every_readme_command_line_parses() -> None:
+    """A renamed or removed flag, or a command the README names that the CLI lacks, fails here without running."""
+    lines = readme_command_lines()
+    assert len(lines) >= 40 and ["study", "show", "S"] in lines and ["explanations", "show", "1"] in lines
+    for argv in lines:
+        argv = ["0:1" if arg == "…" else arg for arg in argv]  # the README's placeholder for a neuron list
+        parse_without_running(argv)
+    for argv, message in (
+        (["score", "--simulators", "hf:x"], "No such option '--simulators'"),
+        (["explain", "--neurons", "0:1"], "Missing option '--explainer'"),
+        (["study", "shows", "S"], "No such command 'shows'"),
+        (["explanations", "--json", "shw", "1"], "No such command 'shw'"),
+        (["score", "--scorer", "nonsense"], "'nonsense' is not one of"),
+    ):
+        with pytest.raises(click.UsageError) as info:
+            parse_without_running(argv)
+        assert message in info.value.format_message(), argv
