@@ -9,6 +9,7 @@ method, split and calibration, and retries failed ones; similarities already com
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -90,6 +91,16 @@ def _failed(result: SimulationResult, reason: str) -> SimulationOutcome:
     return SimulationOutcome(failed, None, None)
 
 
+def _with_tokens_of(result: SimulationResult, other: SimulationResult) -> SimulationResult:
+    """`result` counting the tokens of `other` too (the calibration split's requests); unknown if either is."""
+    known = None not in (result.input_tokens, result.output_tokens, other.input_tokens, other.output_tokens)
+    return dataclasses.replace(
+        result,
+        input_tokens=(result.input_tokens or 0) + (other.input_tokens or 0) if known else None,
+        output_tokens=(result.output_tokens or 0) + (other.output_tokens or 0) if known else None,
+    )
+
+
 def simulate_and_score(
     simulator: Simulator,
     explanation: str,
@@ -117,6 +128,7 @@ def simulate_and_score(
         fitted = check_alignment(simulator.simulate(explanation, calibration_records), calibration_records)
         if not fitted.ok:
             return _failed(result, f"calibration split: {fitted.error}")
+        result = _with_tokens_of(result, fitted)
         calibration = scoring.fit_calibration(calibration_records, fitted.predictions)
         calibrated = scoring.apply_calibration(predictions, *calibration)
         scores = scoring.score_calibrated(records, predictions, calibrated, slope=calibration[0])
@@ -363,6 +375,8 @@ def score_explanations(
                 error,
                 outcome.result.seconds if outcome else seconds,
                 no_value_count=outcome.result.no_value_count if outcome else None,
+                input_tokens=outcome.result.input_tokens if outcome else None,
+                output_tokens=outcome.result.output_tokens if outcome else None,
             )
             counts[status] += 1
             if error and error not in errors:

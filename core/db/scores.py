@@ -51,11 +51,14 @@ def save_score(
     error: str | None = None,
     seconds: float | None = None,
     no_value_count: int | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
 ) -> int:
     """Store (or replace) the score of one explanation under one simulator, method, split and calibration.
 
     `scores` is a core.scoring.Scores (score, rsquared, absdev, per_excerpt, raw_score when calibrated) or None for
     a failed simulation. `no_value_count`: predictions read as 0 because no value was among the top logprobs.
+    `input_tokens`/`output_tokens`: the simulator's requests, as the server counted them (None: not reported).
     """
     if status not in SCORE_STATUSES:
         raise ValueError(f"score status {status!r} is not one of {SCORE_STATUSES}")
@@ -78,16 +81,21 @@ def save_score(
         _finite(getattr(scores, "raw_score", None)),
         no_value_count,
     ]
+    # A development build of schema v3 lacks the token columns (see _require_scorer_columns): tokens go unrecorded.
+    tokens = _scorer_columns(db)
+    if tokens:
+        row += [input_tokens, output_tokens]
     with transaction(db):
         return db.execute(
             "INSERT INTO scores (explanation_id, simulator, method, split, calibrated, score, rsquared, absdev,"
-            " per_excerpt, predictions, status, error, seconds, created_at, raw_score, no_value_count)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " per_excerpt, predictions, status, error, seconds, created_at, raw_score, no_value_count"
+            f"{', input_tokens, output_tokens' if tokens else ''}) VALUES ({', '.join('?' * len(row))})"
             " ON CONFLICT (explanation_id, simulator, method, split, calibrated) DO UPDATE SET"
             " score = excluded.score, rsquared = excluded.rsquared, absdev = excluded.absdev,"
             " per_excerpt = excluded.per_excerpt, predictions = excluded.predictions, status = excluded.status,"
             " error = excluded.error, seconds = excluded.seconds, created_at = excluded.created_at,"
             " raw_score = excluded.raw_score, no_value_count = excluded.no_value_count"
+            f"{', input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens' if tokens else ''}"
             " RETURNING id",
             row,
         ).fetchone()[0]
@@ -223,11 +231,16 @@ def score_rows(
         where.append("s.id IS NOT NULL")
     if hide_blinded:  # for visitors: nothing of a neuron in an open study
         where.append(f"NOT {in_open_study('e')}")
+    scorer_tokens = (
+        "s.input_tokens AS scorer_input_tokens, s.output_tokens AS scorer_output_tokens"
+        if _scorer_columns(db)
+        else "NULL AS scorer_input_tokens, NULL AS scorer_output_tokens"
+    )
     query = (
         "SELECT e.id AS explanation_id, e.model, e.layer || ':' || e.neuron AS neuron, e.layer, e.neuron AS 'index',"
         " e.format, e.explainer, e.source, e.sample, e.params, e.explanation, e.input_tokens, e.output_tokens,"
         " e.tokenizer, s.simulator, s.method, s.split, s.calibrated, s.score, s.rsquared, s.absdev, s.status, s.error,"
-        " s.seconds,"
+        f" s.seconds, {scorer_tokens},"
         f" (SELECT AVG(m.cosine) FROM similarities m WHERE m.explanation_id = e.id{similar}) AS similarity"
         f" FROM explanations e LEFT JOIN scores s ON s.explanation_id = e.id{join}"
         f" WHERE {' AND '.join(where)}"

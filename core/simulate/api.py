@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import InputError
@@ -161,6 +161,7 @@ class Reading:
 
     predictions: list[float]
     no_value_count: int = 0
+    usage: tuple[int, int] | None = None  # (prompt, completion) tokens as the server counted them, if it did
 
 
 def _value_or_zero(ev: float | None, number: int, on_no_value: str) -> float | None:
@@ -302,6 +303,7 @@ class _EndpointSimulator(ABC):
         try:
             predictions = []
             missing = 0
+            usage: list[tuple[int, int] | None] = []
             for i, future in enumerate(futures):
                 try:
                     reading = future.result()
@@ -309,6 +311,8 @@ class _EndpointSimulator(ABC):
                     raise SimulationFailure(f"record {i}: {exc}") from None
                 predictions.append(tuple(reading.predictions))
                 missing += reading.no_value_count
+                if reading.predictions:  # an empty record sends no request
+                    usage.append(reading.usage)
         except SimulationFailure as exc:
             return SimulationResult.failed(self.name, self.method, str(exc), time.perf_counter() - start)
         finally:
@@ -324,12 +328,21 @@ class _EndpointSimulator(ABC):
                 missing,
                 total,
             )
+        counted = [u for u in usage if u is not None]
+        complete = len(counted) == len(usage)  # tokens are reported only when the server counted every request
         return SimulationResult(
-            self.name, self.method, tuple(predictions), seconds=time.perf_counter() - start, no_value_count=missing
+            self.name,
+            self.method,
+            tuple(predictions),
+            seconds=time.perf_counter() - start,
+            no_value_count=missing,
+            input_tokens=sum(u[0] for u in counted) if complete else None,
+            output_tokens=sum(u[1] for u in counted) if complete else None,
         )
 
-    def _request(self, endpoint: Callable[..., Any], **params: Any) -> dict[str, Any]:
-        """The first choice of one API call as plain JSON, after the SDK's retries (see the class docstring).
+    def _request(self, endpoint: Callable[..., Any], **params: Any) -> tuple[dict[str, Any], tuple[int, int] | None]:
+        """The first choice of one API call as plain JSON, and the server's (prompt, completion) token counts if it
+        gave them, after the SDK's retries (see the class docstring).
 
         `endpoint` is a `with_raw_response` method: the answer is read with json.loads, not built into the SDK's
         typed objects, because an echo answer carries top logprobs for every prompt token (about 700 positions
@@ -349,7 +362,11 @@ class _EndpointSimulator(ABC):
         choices = response.get("choices") if isinstance(response, dict) else None
         if not choices or not isinstance(choices[0], dict):
             raise SimulationFailure("the server returned no choices")
-        return choices[0]
+        usage = response.get("usage")
+        counts = None
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            counts = (usage["prompt_tokens"], int(usage.get("completion_tokens") or 0))
+        return choices[0], counts
 
     @abstractmethod
     def _one(self, explanation: str, record: ActivationRecord) -> Reading:
@@ -380,7 +397,7 @@ class CompletionsEchoSimulator(_EndpointSimulator):
         if not record.tokens:
             return Reading([])
         prompt, _offsets = completion_prompt(explanation, record, self.examples)
-        choice = self._request(
+        choice, usage = self._request(
             self.client.completions.with_raw_response.create,
             model=self.model,
             prompt=prompt,
@@ -389,9 +406,10 @@ class CompletionsEchoSimulator(_EndpointSimulator):
             max_tokens=0,
             temperature=0,
         )
-        return predictions_from_echo(
+        reading = predictions_from_echo(
             choice.get("logprobs") or {}, len(record.tokens), hidden_count(self.examples), self.on_no_value
         )
+        return replace(reading, usage=usage)
 
 
 @dataclass
@@ -406,7 +424,7 @@ class ChatSimulator(_EndpointSimulator):
             return Reading([])
         with_logprobs = self.method == "chat_logprobs"
         extra: dict[str, Any] = {"logprobs": True, "top_logprobs": self.top_logprobs} if with_logprobs else {}
-        choice = self._request(
+        choice, usage = self._request(
             self.client.chat.completions.with_raw_response.create,
             model=self.model,
             messages=chat_messages(explanation, record, self.examples),
@@ -416,8 +434,8 @@ class ChatSimulator(_EndpointSimulator):
         )
         answer = (choice.get("message") or {}).get("content") or ""  # none is read as empty: a failure, with why
         if not with_logprobs:
-            return Reading([float(line.value) for line in parse_chat_answer(answer, record.tokens)])
+            return Reading([float(line.value) for line in parse_chat_answer(answer, record.tokens)], usage=usage)
         content = (choice.get("logprobs") or {}).get("content")
         if not content:
             raise SimulationFailure("the server returned no logprobs; use the chat_parse method with this server")
-        return predictions_from_chat_logprobs(answer, content, record.tokens, self.on_no_value)
+        return replace(predictions_from_chat_logprobs(answer, content, record.tokens, self.on_no_value), usage=usage)

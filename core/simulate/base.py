@@ -61,6 +61,9 @@ class SimulationResult:
     error: str | None = None
     seconds: float = 0.0
     no_value_count: int = 0
+    # Tokens of every request, as the server counted them; None when it did not report them (or a local model).
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,8 @@ class SimulationResult:
             "error": self.error,
             "seconds": self.seconds,
             "no_value_count": self.no_value_count,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
             "predictions": None if self.predictions is None else [list(p) for p in self.predictions],
         }
 
