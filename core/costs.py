@@ -131,9 +131,14 @@ class RunEstimate:
     def rows(self) -> list[dict[str, Any]]:
         """A table: one row per part (explaining, scoring), then the total; tokens and dollars per neuron and for
         every neuron of the run."""
-        parts = [("explain", self.explainer, self.explain_input, self.explain_output_max, self.explain_cost)]
+        parts: list[tuple[str, str, int, int, float | None]] = [
+            ("explain", self.explainer, self.explain_input, self.explain_output_max, self.explain_cost)
+        ]
         if self.scoring is not None:
             parts.append(("score", self.scorer_model or "", self.scoring.input, self.scoring.output, self.scoring_cost))
+        total_in = sum(tokens_in for _, _, tokens_in, _, _ in parts)
+        total_out = sum(tokens_out for _, _, _, tokens_out, _ in parts)
+        parts.append(("total", "", total_in, total_out, self.cost_per_neuron))
         rows = [
             {
                 "part": part,
@@ -145,19 +150,6 @@ class RunEstimate:
             }
             for part, model, tokens_in, tokens_out, cost in parts
         ]
-        total_in = sum(row["input_tokens_per_neuron"] for row in rows)
-        total_out = sum(row["output_tokens_per_neuron"] for row in rows)
-        cost = self.cost_per_neuron
-        rows.append(
-            {
-                "part": "total",
-                "model": "",
-                "input_tokens_per_neuron": total_in,
-                "output_tokens_per_neuron": total_out,
-                "usd_per_neuron": cost,
-                "usd_in_all": None if cost is None else cost * self.neurons,
-            }
-        )
         return rows
 
 
@@ -255,3 +247,42 @@ def add_costs(
     table.columns = [f"mean_{column}" for column in columns]
     table.index.name = "format"
     return table
+
+
+def scorer_model(simulator: str) -> str:
+    """The model a stored score's `simulator` names, as the price list knows it: a simulator is its model
+    (`openai:M`); detection, fuzzing and embedding scores store `<scorer>:<model>` (core.scorers.stored_name)."""
+    from core.scorers import SCORERS
+
+    prefix, _, rest = simulator.partition(":")
+    return rest if prefix in SCORERS and prefix != "simulation" else simulator
+
+
+def recorded_cost_table(
+    db: Any,
+    model: str,
+    explanation_ids: Iterable[int],
+    simulator: str,
+    method: str,
+    *,
+    split: str = "valid",
+    calibrated: bool = False,
+    prices: Prices | None = None,
+) -> pd.DataFrame:
+    """add_costs for these explanations and the scores stored under `simulator` · `method` (and split and
+    calibration, for simulation): what explaining and scoring them cost, as recorded, priced by `prices`."""
+    from core import db as dbmod
+
+    wanted = {int(i) for i in explanation_ids}
+    rows = [r for r in dbmod.score_rows(db, model) if r["explanation_id"] in wanted]
+    mine = [
+        r
+        for r in rows
+        if r["simulator"] == simulator
+        and r["method"] == method
+        and r["split"] == split
+        and bool(r["calibrated"]) == calibrated
+    ]
+    explanations = list({r["explanation_id"]: {**r, "id": r["explanation_id"]} for r in rows}.values())
+    scores = {int(r["explanation_id"]): r["score"] for r in mine}
+    return add_costs(explanations, scoring_per_explanation(mine), scores, prices, scorer_model(simulator))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import blinding, explain, export, human_eval, render, score_import, scoring
+from core import blinding, explain, export, human_eval, pricing, render, score_import, scoring
 from core.simulate import IMPORTED_METHOD, method_note
 from ui import charts, elements, nav, queries, signin, studies, tables
 
@@ -29,8 +29,9 @@ def _formats(src: queries.Source) -> None:
         return
     model = st.selectbox("Model", sorted(costs["model"].unique()), key="results_model")
     costs = costs[costs["model"] == model]
-    rows = queries.score_rows(src, model)
+    rows = all_rows = queries.score_rows(src, model)
     sets = tables.explanation_sets(costs)
+    scorer = None
     st.caption(
         render.escape_markdown(
             f"{len(sets)} explanation set(s): one table per explainer and source, never pooled "
@@ -68,6 +69,7 @@ def _formats(src: queries.Source) -> None:
     else:
         st.info("No explanation of this model has been scored yet (score them on the Explain page or the CLI).")
     st.subheader("Token cost")
+    prices = pricing.load_prices()
     st.caption("Input and output tokens per explanation, counted separately (docs/METHOD.md §4).")
     for index, explanation_set in enumerate(sets):
         group = explanation_set.rows(costs)
@@ -75,6 +77,20 @@ def _formats(src: queries.Source) -> None:
         st.dataframe(
             explain.cost_table(group.to_dict("records")), width="stretch", column_config=tables.COST_TABLE_CONFIG
         )
+        if scorer is not None:
+            st.caption(
+                render.escape_markdown(
+                    f"With scoring by {tables.scorer_label(scorer)}: its tokens as recorded (server usage), dollars "
+                    + ("from " + prices.source if prices.source else "once prices.toml lists the models")
+                    + ", and the score per 1k tokens of explaining and scoring."
+                )
+            )
+            st.dataframe(
+                tables.cost_with_scoring(explanation_set.rows(all_rows), scorer, prices),
+                hide_index=True,
+                width="stretch",
+                column_config=tables.SCORING_COST_CONFIG,
+            )
         left, right = st.columns(2)
         for column, kind in ((left, "input"), (right, "output")):
             column.plotly_chart(

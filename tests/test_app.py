@@ -670,7 +670,7 @@ def test_results_per_format_scores_and_costs(app_db) -> None:
     neurons = write_default_data(app_db)
     write_scored_explanations(app_db, neurons[0])
     at = run("results")
-    summary, differences, costs = (frame.value for frame in at.dataframe)
+    summary, differences, costs, with_scoring = (frame.value for frame in at.dataframe)
     assert list(summary["format"]) == ["original", "summary"]  # registry order, as in the charts
     assert set(summary["n"]) == {1}
     assert "mean_similarity" not in summary  # nothing was compared to a reference: no empty columns
@@ -679,7 +679,42 @@ def test_results_per_format_scores_and_costs(app_db) -> None:
     pd.testing.assert_frame_equal(differences, expected)
     assert list(differences["format"]) == ["summary"] and list(differences["n"]) == [1]
     assert set(costs.index) == {"original", "summary"}
+    assert list(with_scoring["format"]) == ["original", "summary"]
     assert len(at.get("plotly_chart")) == 3
+
+
+def test_results_costs_add_the_chosen_scorers_tokens_and_price_them(app_db, tmp_path, monkeypatch) -> None:
+    """Token cost with scoring: the simulator's recorded tokens per explanation, explaining + scoring in dollars from
+    the price list, and the score per 1k tokens."""
+    monkeypatch.setenv(config.ENV_PRICES, str(tmp_path / "prices.toml"))
+    (tmp_path / "prices.toml").write_text(
+        '[models."gpt-4"]\ninput_per_million = 30\noutput_per_million = 60\n'
+        '[models."judge"]\ninput_per_million = 1\noutput_per_million = 2\n'
+    )
+    neurons = write_default_data(app_db)
+    records = neurons[0].split("valid")
+    expected = {}
+    for format_name, tokens_in, scorer_in, factor in (("original", 900, 300, 1.0), ("summary", 400, 200, 0.5)):
+        explanation_id = dbmod.insert_explanation(
+            app_db, model=MODEL, layer=0, neuron=0, format=format_name, explainer="openai:gpt-4",
+            explanation=f"cats ({format_name})", input_tokens=tokens_in, output_tokens=10,
+        )  # fmt: skip
+        predictions = [[max(0.0, a) * factor + (i % 2) for i, a in enumerate(r.activations)] for r in records]
+        scores = scoring.score_records(records, predictions)
+        dbmod.save_score(app_db, explanation_id, "openai:judge", "chat_parse", "valid", False, scores, predictions,
+                         "ok", input_tokens=scorer_in, output_tokens=50)  # fmt: skip
+        total = tokens_in + 10 + scorer_in + 50
+        dollars = (tokens_in * 30 + 10 * 60 + scorer_in * 1 + 50 * 2) / 1e6
+        expected[format_name] = (scorer_in, total, dollars, 1000 * scores.score / total)
+    at = run("results")
+    assert_no_crash(at)
+    table = next(frame.value for frame in at.dataframe if "mean_usd" in frame.value)
+    for row in table.to_dict("records"):
+        scorer_in, total, dollars, per_1k = expected[row["format"]]
+        assert row["mean_scorer_input_tokens"] == scorer_in and row["mean_scorer_output_tokens"] == 50
+        assert row["mean_total_tokens_with_scoring"] == total
+        assert row["mean_usd"] == pytest.approx(dollars)
+        assert row["mean_score_per_1k_tokens"] == pytest.approx(per_1k)
 
 
 def test_results_split_formats_by_explainer_and_source_and_name_the_scorer(app_db) -> None:

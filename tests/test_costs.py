@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -44,6 +45,15 @@ def server(monkeypatch):
         yield fake
 
 
+def answer_every_token(request: dict) -> str:
+    """A chat simulation answer: every `token<TAB>unknown` line of the target excerpt back with a value."""
+    from core import simulate
+
+    content = request["messages"][-1]["content"]
+    excerpt = content[content.index(simulate.START) :]
+    return re.sub(rf"^(.*)\t{simulate.UNKNOWN}$", lambda m: f"{m.group(1)}\t1", excerpt, flags=re.M)
+
+
 def sent_chat_tokens(server) -> int:
     return sum(
         tokens.count_chat_tokens(body["messages"], tokens.CL100K)
@@ -66,8 +76,9 @@ def test_a_classifier_estimate_counts_the_requests_the_scorer_sends(record, serv
 
 def test_a_chat_simulation_estimate_counts_the_requests_the_simulator_sends(record, server) -> None:
     explanation = "water and rivers"
+    server.chat_handler = answer_every_token
     simulator = get_simulator("openai:fake-model", "chat_parse", SimulatorOptions())
-    simulator.simulate(explanation, record.split("valid"))
+    assert simulator.simulate(explanation, record.split("valid")).ok
     estimate = costs.scoring_tokens(record, "simulation", method="chat_parse", explanation=explanation)
     assert estimate.input == sent_chat_tokens(server) > 0
     # Every token of every excerpt comes back with a value: at least as many output tokens as excerpt tokens.

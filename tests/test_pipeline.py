@@ -522,3 +522,31 @@ def test_simulation_scores_record_the_tokens_the_server_counted(db, stored, open
     pipeline.score_explanations(db, MODEL, "openai:quiet", method="chat_parse", reference="none")
     quiet = dbmod.score_rows(db, MODEL, "openai:quiet")
     assert quiet and all(r["scorer_input_tokens"] is None and r["scorer_output_tokens"] is None for r in quiet)
+
+
+def test_the_score_command_prints_what_explaining_and_scoring_cost(
+    db_path: Path, db, stored, openai_env, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`score` ends with the cost per explanation and format: the simulator's recorded tokens added to the
+    explainer's, in dollars from the price list."""
+    from core import config
+
+    monkeypatch.setenv(config.ENV_PRICES, str(tmp_path / "prices.toml"))
+    (tmp_path / "prices.toml").write_text(
+        "[models.writer]\ninput_per_million = 10\noutput_per_million = 20\n"
+        "[models.judge]\ninput_per_million = 1\noutput_per_million = 2\n"
+    )
+    openai_env.chat_handler = _answer_with_token_lengths
+    args = ["score", "--db", str(db_path), "--model", MODEL, "--simulator", "openai:judge", "--method", "chat_parse"]
+    assert main([*args, "--formats", "summary", "--reference", "none"]) == 0
+    out = capsys.readouterr().out
+    assert f"dollars from {tmp_path / 'prices.toml'}" in out
+    rows = [r for r in dbmod.score_rows(db, MODEL, "openai:judge") if r["format"] == "summary"]
+    assert len(rows) == 2 and all(r["scorer_input_tokens"] for r in rows)
+    dollars = [
+        (r["input_tokens"] * 10 + r["output_tokens"] * 20 + r["scorer_input_tokens"] + 2 * r["scorer_output_tokens"])
+        / 1e6
+        for r in rows
+    ]
+    line = [line for line in out.splitlines() if line.startswith("summary")][-1]  # the cost table comes last
+    assert f"${sum(dollars) / 2:.6f}" in line, (line, dollars)

@@ -134,6 +134,13 @@ COST_TABLE_CONFIG = {
         for kind in ("input", "total")
     },
 }
+SCORING_COST_CONFIG = {
+    "mean_scorer_input_tokens": number_column("%.0f", "the scorer's requests per explanation, as recorded"),
+    "mean_scorer_output_tokens": number_column("%.0f", "the scorer's answers per explanation, as recorded"),
+    "mean_total_tokens_with_scoring": number_column("%.0f", "explaining (input + output) plus scoring"),
+    "mean_usd": number_column("$%.5f", "explaining plus scoring, from the price list (prices.toml)"),
+    "mean_score_per_1k_tokens": number_column("%.4f", "the explanation's score ÷ its tokens with scoring × 1000"),
+}
 FORMAT_SUMMARY_CONFIG = {
     "mean_score": number_column("%.3f"),
     "score_ci_lo": number_column("%.3f", "95% bootstrap interval over neurons"),
@@ -326,3 +333,30 @@ def stats_table(record: NeuronRecord) -> pd.DataFrame:
     rows += [(f"q{level:g} of excerpt max", value) for level, value in sorted(record.stats.quantiles.items())]
     rows += [("top excerpts", len(record.top)), ("random excerpts", len(record.random))]
     return pd.DataFrame(rows, columns=["statistic", "value"])
+
+
+def cost_with_scoring(rows: pd.DataFrame, scorer: str, prices: Any) -> pd.DataFrame:
+    """Per format, what explaining and then scoring with `scorer` (a `scorers` entry) cost: core.costs.add_costs over
+    `rows` (score rows of one explanation set, unscored ones included), priced with `prices`."""
+    from core import costs
+
+    simulator, _, method = scorer.partition(" · ")
+    mine = rows[(rows["simulator"] == simulator) & (rows["method"] == method)]
+    scoring = costs.scoring_per_explanation(_records(mine))
+    scores = {
+        int(i): None if pd.isna(s) else float(s) for i, s in zip(mine["explanation_id"], mine["score"], strict=True)
+    }
+    explanations = rows.drop_duplicates("explanation_id").rename(columns={"explanation_id": "id"})
+    kind = scorer_kind(simulator)
+    model = simulator if kind == "simulation" else simulator.partition(":")[2]
+    table = costs.add_costs(_records(explanations), scoring, scores, prices, model)
+    return in_format_order(table.reset_index())
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as dicts with NaN as None, as core's functions take them."""
+    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

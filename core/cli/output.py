@@ -125,3 +125,20 @@ def highlighted(tokens: Sequence[str], values: Sequence[float]) -> str:
         colour = ramp[min(len(ramp) - 1, int(abs(value) / scale * (len(ramp) - 1) + 0.5))]
         parts.append(f"\x1b[48;5;{colour}m\x1b[38;5;16m{escape_token(token)}\x1b[0m")
     return "".join(parts)
+
+
+def format_cost_table(table: Any, source: str | None) -> str:
+    """What explaining and scoring cost per explanation, per format (core.costs.add_costs), with where prices came
+    from; empty when nothing was scored."""
+    if table.empty:
+        return ""
+    where = f"dollars from {source}" if source else "no price list (copy prices.example.toml to prices.toml)"
+    shown = table.reset_index()
+    # Dollars per explanation are small: 3 decimals (format_table's) would show most as 0.000.
+    shown["mean_usd"] = [f"${value:.6f}" if value == value else "-" for value in shown["mean_usd"]]
+    shown["mean_score_per_1k_tokens"] = [
+        f"{value:.5f}" if value == value else "-" for value in shown["mean_score_per_1k_tokens"]
+    ]
+    return "\n".join(
+        ["", f"cost per explanation, explaining and scoring (tokens as recorded; {where}):", format_table(shown)]
+    )

@@ -4,6 +4,7 @@ score), and the offline `demo`."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -29,6 +30,7 @@ from core.cli.options import (
     subject_device_option,
 )
 from core.cli.output import (
+    format_cost_table,
     format_puzzle_report,
     format_run_report,
     format_score_tables,
@@ -178,6 +180,7 @@ def score_command(
             f"{report.similarities} similarities computed"
         )
         print(format_score_tables(tables, embedder))
+        print(_costs(database, model, report.explanation_ids, report.simulator, report.method, split, calibrate))
         for error in report.errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
         for warning in report.warnings:
@@ -231,6 +234,7 @@ def _score_with_scorer(
             f"{report.input_tokens} input and {report.output_tokens} output tokens, {report.seconds:.1f}s"
         )
         print(format_table(pipeline.scorer_summary(report)))
+        print(_costs(database, model, [row["explanation_id"] for row in report.rows], report.simulator, report.method))
         for error in report.errors[:5]:
             print(f"  failed: {error}", file=sys.stderr)
     for warning in report.warnings:
@@ -377,8 +381,9 @@ def run_command(
     from core import db as dbmod
     from core import pipeline
 
+    database = dbmod.connect(db)
     report = pipeline.run_pipeline(
-        dbmod.connect(db),
+        database,
         model,
         selected_neurons,
         split_list(formats),
@@ -400,7 +405,29 @@ def run_command(
         print_json(report)
     else:
         print(format_run_report(report))
+        print(_costs(database, model, report.score.explanation_ids, report.simulator, report.method, split, calibrate))
     return 1 if report.failed else 0
+
+
+def _costs(
+    database: Any,
+    model: str,
+    explanation_ids: Sequence[int],
+    simulator: str,
+    method: str,
+    split: str = "valid",
+    calibrated: bool = False,
+) -> str:
+    """The cost table of a scoring run (core.costs), priced from the price list when there is one."""
+    from core import costs, pricing
+    from core.models import resolve_model_name
+
+    prices = pricing.load_prices()
+    table = costs.recorded_cost_table(
+        database, resolve_model_name(model), explanation_ids, simulator, method, split=split, calibrated=calibrated,
+        prices=prices,
+    )  # fmt: skip
+    return format_cost_table(table, prices.source)
 
 
 def _puzzle_formats_option(f: F) -> F:
