@@ -244,6 +244,12 @@ def test_options_objects_take_their_flags_and_keep_defaults() -> None:
     assert _parsed("puzzles", "--explainer", "none")["explain_options"].cutoff is None  # the puzzles' own cutoff
     simulate = _parsed("simulate", "--explanation", "x", "--records", "r.json", "--simulator", "hf:s")
     assert simulate["simulator_options"] == SimulatorOptions()
+    scoring = _parsed("score", "--simulator", "openai:s", "--simulator-concurrency", "32", "--simulator-timeout", "5")
+    assert scoring["simulator_options"].api == ApiOptions(concurrency=32, timeout_s=5)
+    # In `run`, --concurrency is the explainer's and --simulator-concurrency the simulator's.
+    both = _parsed("run", "--neurons", "0:1", "--explainer", "e", "--simulator", "s", "--concurrency", "8",
+                   "--simulator-concurrency", "16")  # fmt: skip
+    assert (both["explain_options"].api.concurrency, both["simulator_options"].api.concurrency) == (8, 16)
     score = _parsed("score", "--scorer", "detection", "--activating", "4", "--activating-quantile", "0.9")
     assert score["scorer_options"] == ScorerOptions(activating_quantile=0.9, n_activating=4)
     assert _parsed("prompt", "--format", "summary", "--records", "r.json", "--distinct-lists")["format_options"] == (

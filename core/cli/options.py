@@ -197,7 +197,8 @@ def subject_device_option(help: str, feeds: Callable[..., object] | None = None)
 def api_options(
     concurrency: int | None = None, timeout: float | None = None, max_attempts: int | None = None
 ) -> ApiOptions:
-    """The explainer's ApiOptions from --concurrency, --timeout and --max-attempts (None: the defaults)."""
+    """ApiOptions from the explainer's --concurrency, --timeout and --max-attempts, or the simulator's
+    --simulator-concurrency and --simulator-timeout (None: the defaults)."""
     from core.llm import ApiOptions
 
     defaults = ApiOptions()
@@ -383,12 +384,15 @@ def simulator_options(
     no_prefix_cache: bool = False,
     top_logprobs: int | None = None,
     simulation_few_shot: str | None = None,
+    simulator_concurrency: int | None = None,
+    simulator_timeout: float | None = None,
 ) -> SimulatorOptions:
     """The SimulatorOptions of `simulator_flags`: the model named by --simulator reads its own part (local for hf:,
-    the server's defaults and --top-logprobs for openai:)."""
+    --simulator-concurrency, --simulator-timeout and --top-logprobs for openai:)."""
     from core.simulate import SimulatorOptions
 
     return SimulatorOptions(
+        api=api_options(concurrency=simulator_concurrency, timeout=simulator_timeout),
         local=local_model_options(device=simulator_device, dtype=simulator_dtype, batch_size=sim_batch_size),
         few_shot=simulation_few_shot,
         reuse_prefix=not no_prefix_cache,
@@ -436,6 +440,21 @@ def simulator_flags(required: bool = True) -> Callable[[F], F]:
         ),
         option("--no-prefix-cache", is_flag=True, help="local simulator: recompute the shared prefix", **feeds),
         option("--top-logprobs", type=int, default=None, help="API simulators: top logprobs to request", **feeds),
+        option(
+            "--simulator-concurrency",
+            type=int,
+            default=None,
+            help="openai: simulators and detection/fuzzing LLMs: requests in flight, shared by the explanations "
+            "scored at once (default 4)",
+            **feeds,
+        ),
+        option(
+            "--simulator-timeout",
+            type=float,
+            default=None,
+            help="openai: simulators and detection/fuzzing LLMs: seconds per request (default 60)",
+            **feeds,
+        ),
         option(
             "--simulation-few-shot",
             default=None,
