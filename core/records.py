@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +35,30 @@ class NeuronId:
         return {"layer_index": self.layer, "neuron_index": self.index}
 
 
+_NEURON_TOKEN = re.compile(r"[^\s,;]+")
+
+
 def parse_neurons(text: str) -> list[NeuronId]:
-    """Parse a comma-separated list such as `3:17,3:42`."""
-    neurons = [NeuronId.parse(part) for part in text.split(",") if part.strip()]
-    if not neurons:
-        raise InputError("no neurons given: write them as layer:index, comma-separated, e.g. 3:17,3:42")
-    return neurons
+    """Neurons written `layer:index`, separated by commas, semicolons, spaces or new lines, in order and without
+    repeats; `#` starts a comment (`--neurons 3:17,3:42`, the Explain page's list)."""
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    found = [NeuronId.parse(token) for line in lines for token in _NEURON_TOKEN.findall(line)]
+    if not found:
+        raise InputError("no neurons given: write them as layer:index, e.g. 3:17,3:42")
+    return list(dict.fromkeys(found))
+
+
+def neurons_from_file(name: str, data: bytes) -> list[NeuronId]:
+    """Neurons from a file's bytes: a CSV with columns layer,neuron (`--neuron-file`, an upload), or text with
+    layer:index entries as parse_neurons reads them."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{name} is not UTF-8 text; give a CSV with columns layer,neuron") from None
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if "layer" not in first.lower():
+        return parse_neurons(text)
+    return neurons_from_csv(text, name)
 
 
 def neurons_from_csv(text: str, source: str = "neuron file") -> list[NeuronId]:

@@ -24,7 +24,7 @@ def finite_or_none(value: Any) -> float | None:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Plain JSON values for nested dataclasses, mappings, sequences and numpy scalars; NaN and infinities become None."""
+    """Plain JSON values for nested dataclasses, mappings, sequences and numpy scalars; NaN and infinity: None."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         to_json = getattr(value, "to_json", None)
         if callable(to_json):

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import render
 from core.records import NeuronId
-from ui import charts, elements, nav, neuron_input, queries, resources, tables
+from ui import charts, elements, nav, queries, resources, tables
 
 nav.sidebar("Neurons")
 st.title("Neurons")
@@ -109,7 +109,7 @@ def _pick(src: queries.Source, models: list[str]) -> tuple[str, NeuronId] | None
             "Neuron",
             indices,
             key=NEURON,
-            format_func=lambda i: neuron_input.neuron_label(i, scores[i]),
+            format_func=lambda i: elements.neuron_label(i, scores[i]),
         )
         st.caption(f"{len(indices)} neurons listed")
     picked = NeuronId(layer, int(index))

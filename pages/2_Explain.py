@@ -10,10 +10,10 @@ import time
 import streamlit as st
 
 from core import db as dbmod
-from core import explain, jobs, llm, pipeline, prompts, render, simulate
+from core import explain, jobs, llm, pipeline, prompts, records, render, simulate
 from core.records import NeuronId
 from core.scorers import SCORERS
-from ui import elements, nav, neuron_input, prompt_preview, queries, resources, signin, tables
+from ui import elements, nav, prompt_preview, queries, resources, signin, tables
 
 nav.sidebar("Explain")
 st.title("Explain neurons")
@@ -34,11 +34,11 @@ def _neurons(src: queries.Source, model: str) -> list[NeuronId]:
         return [NeuronId(layer, index)]
     if how == LIST:
         text = st.text_area("layer:index, separated by commas or new lines", key="explain_list", height=80)
-        return neuron_input.neurons_from_text(text) if text.strip() else []
+        return records.parse_neurons(text) if text.strip() else []
     upload = st.file_uploader(
         "A CSV with columns layer,neuron, or text with layer:index entries", type=["csv", "txt"], key="explain_file"
     )
-    return neuron_input.neurons_from_upload(upload.name, upload.getvalue()) if upload is not None else []
+    return records.neurons_from_file(upload.name, upload.getvalue()) if upload is not None else []
 
 
 def _settings() -> explain.ExplainOptions:

@@ -13,7 +13,7 @@ from core import db as dbmod
 from core import human_eval, prompts, raters, render, scoring
 from core.errors import InputError
 from core.records import ActivationRecord, NeuronId, NeuronRecord, NeuronStats
-from ui import charts, elements, neuron_input, prompt_preview, queries, studies, tables
+from ui import charts, elements, prompt_preview, queries, studies, tables
 
 MODEL = "toy"
 
@@ -154,25 +154,6 @@ def test_cached_queries_are_keyed_by_their_real_inputs(db) -> None:
 
 
 # --- neuron input ------------------------------------------------------------------------------------------------
-
-
-def test_neurons_from_text_and_upload() -> None:
-    assert neuron_input.neurons_from_text("3:17, 3:42;0:1\n3:17  # again\n\n") == [
-        NeuronId(3, 17), NeuronId(3, 42), NeuronId(0, 1)
-    ]  # fmt: skip
-    with pytest.raises(InputError, match="layer:index"):
-        neuron_input.neurons_from_text("3:17, seventeen")
-    with pytest.raises(InputError, match="no neurons"):
-        neuron_input.neurons_from_text("# nothing")
-    csv_file = b"\xef\xbb\xbfLayer,Neuron\n0,2\n1,0\n0,2\n"
-    assert neuron_input.neurons_from_upload("n.csv", csv_file) == [NeuronId(0, 2), NeuronId(1, 0)]
-    assert neuron_input.neurons_from_upload("n.txt", b"0:2\n1:3\n") == [NeuronId(0, 2), NeuronId(1, 3)]
-    with pytest.raises(InputError, match="line 2"):
-        neuron_input.neurons_from_upload("n.csv", b"layer,neuron\nx,1\n")
-    with pytest.raises(InputError, match="columns layer,neuron"):
-        neuron_input.neurons_from_upload("n.csv", b"layer,index\n0,1\n")
-    with pytest.raises(InputError, match="UTF-8"):
-        neuron_input.neurons_from_upload("n.csv", b"\xff\xfe\x00")
 
 
 # --- tables ------------------------------------------------------------------------------------------------------
@@ -321,8 +302,8 @@ def test_texts() -> None:
     assert studies.progress_text(0, 0) == ("nothing to rate", 1.0)
     assert studies.rate_text(0.625, [0.48, 0.74]) == "62% (48%–74%)"
     assert studies.rate_text(None) == "–" and studies.rate_text(0.5) == "50%"
-    assert neuron_input.neuron_label(7, math.nan) == "7"
-    assert neuron_input.neuron_label(7, 0.456) == "7  (best score 0.46)"
+    assert elements.neuron_label(7, math.nan) == "7"
+    assert elements.neuron_label(7, 0.456) == "7  (best score 0.46)"
     assert render.escape_markdown("bad *x*\n  [y](z) $1") == "bad \\*x\\* \\[y\\]\\(z\\) \\$1"
 
 

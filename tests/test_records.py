@@ -117,3 +117,24 @@ def test_neuron_record_json_round_trip() -> None:
     again = NeuronRecord.from_json(neuron.to_json())
     assert again == neuron and str(again.neuron) == "2:7"
     assert again.stats.quantiles == {0.5: 0.5, 0.99: 2.0}
+
+
+def test_neuron_lists_from_text_and_files() -> None:
+    """One reader for every neuron list: `--neurons`, `--neuron-file` and the Explain page's list and upload."""
+    from core.records import neurons_from_file, parse_neurons
+
+    assert parse_neurons("3:17, 3:42;0:1\n3:17  # again\n\n") == [NeuronId(3, 17), NeuronId(3, 42), NeuronId(0, 1)]
+    assert parse_neurons("3:17,3:42") == [NeuronId(3, 17), NeuronId(3, 42)]
+    with pytest.raises(InputError, match="layer:index"):
+        parse_neurons("3:17, seventeen")
+    with pytest.raises(InputError, match="no neurons"):
+        parse_neurons("# nothing")
+    csv_file = b"\xef\xbb\xbfLayer,Neuron\n0,2\n1,0\n0,2\n"
+    assert neurons_from_file("n.csv", csv_file) == [NeuronId(0, 2), NeuronId(1, 0)]
+    assert neurons_from_file("n.txt", b"0:2\n1:3\n") == [NeuronId(0, 2), NeuronId(1, 3)]
+    with pytest.raises(InputError, match="line 2"):
+        neurons_from_file("n.csv", b"layer,neuron\nx,1\n")
+    with pytest.raises(InputError, match="columns layer,neuron"):
+        neurons_from_file("n.csv", b"layer,index\n0,1\n")
+    with pytest.raises(InputError, match="UTF-8"):
+        neurons_from_file("n.csv", b"\xff\xfe\x00")

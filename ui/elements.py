@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import traceback
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -64,3 +65,10 @@ def download_of(files: Mapping[str, bytes], stem: str, fmt: str) -> tuple[str, b
         mime = {"json": "application/json", "csv": "text/csv"}.get(name.rsplit(".", 1)[-1], "application/octet-stream")
         return name, data, mime
     return f"{stem}_{fmt}.zip", zip_files(files), "application/zip"
+
+
+def neuron_label(index: int, best_score: float | None) -> str:
+    """A neuron in the picker: its index, and its best score when it has one."""
+    if best_score is None or not math.isfinite(best_score):
+        return str(index)
+    return f"{index}  (best score {best_score:.2f})"

@@ -57,14 +57,14 @@ def read_json(path: str, what: str) -> Any:
 
 
 def neurons_from_file(path: str) -> list[NeuronId]:
-    """Neurons from a CSV with columns layer,neuron (or Layer,Neuron)."""
-    from core.records import neurons_from_csv
+    """Neurons from a CSV with columns layer,neuron (or Layer,Neuron), or a text file of layer:index entries."""
+    from core import records
 
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:
         raise InputError(f"cannot read neuron file {path}: {exc}") from None
-    return neurons_from_csv(text, path)
+    return records.neurons_from_file(path, data)
 
 
 # --- the database, the model, JSON output ------------------------------------------------------------------------
