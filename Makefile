@@ -1,6 +1,6 @@
 # One command to run the app, one to run the tests; each sets up what it needs on a fresh machine.
 #   make run    venv + install + collect the default neurons (once) + streamlit run app.py
-#   make test   venv + install + ruff + pytest
+#   make test   venv + install + mypy + ruff + pytest
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -32,6 +32,7 @@ run: data
 	$(BIN)/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: install
+	$(BIN)/mypy
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -63,7 +63,9 @@ from core.records import MAX_TEXT_TOKENS, ActivationRecord, NeuronId, NeuronReco
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int | None], None]
+# (tokens done, tokens in all or None while unknown: a corpus streamed up to its token budget)
+TokenProgress = Callable[[int, int | None], None]
+
 
 RANDOM_STREAM, QUANTILE_STREAM = 0, 1  # the two samples' hash streams: independent draws from one seed
 QUIET_STREAM = 2  # the non-activating candidates' sample (docs/METHOD.md §10)
@@ -215,12 +217,13 @@ class _LayerTracker:
             positions, slots = zip(*sample_slots, strict=True)
             self.sample_max[list(slots)] = excerpt_max[list(positions)]
         if self.level_values is not None:
+            assert self.level_excerpts is not None and self.level_activations is not None
             for level, members in enumerate(level_positions):
                 if members.numel():
                     _fold_top(
                         self.level_values[level],
-                        self.level_excerpts[level],  # type: ignore[index]
-                        self.level_activations[level],  # type: ignore[index]
+                        self.level_excerpts[level],
+                        self.level_activations[level],
                         activations[members],
                         excerpt_max.T[:, members],
                         excerpt_ids[members],
@@ -338,7 +341,7 @@ def collect(
     layers: Sequence[int] | None = None,
     corpus: str | Corpus | None = None,
     options: CollectOptions = CollectOptions(),
-    progress: Progress | None = None,
+    progress: TokenProgress | None = None,
     replace: bool = False,
 ) -> CollectReport:
     """Collect records and stats for every neuron of `layers` (all layers by default) and store them.
@@ -368,7 +371,7 @@ def _collect(
     layers: Sequence[int] | None,
     corpus: str | Corpus | None,
     options: CollectOptions,
-    progress: Progress | None,
+    progress: TokenProgress | None,
     replace: bool,
     group: Group,
     device: str,
@@ -553,7 +556,7 @@ def stream_pass(
     batches: Iterable[list[list[int]]],
     options: CollectOptions,
     spill_dir: Path,
-    progress: Progress | None = None,
+    progress: TokenProgress | None = None,
     world: World = SINGLE,
 ) -> PassResult:
     """The single forward pass over this rank's batches (every batch on one process); rank 0 spills the ids of every
@@ -719,33 +722,34 @@ class _ScoringState:
     def of(
         cls, state: LayerState, median: np.ndarray | None, quiet_members: list[int], nonactivating_k: int
     ) -> _ScoringState:
-        empty = np.zeros((0, 0))
+        empty: np.ndarray = np.zeros((0, 0))
         present = any(t is not None for t in (state.level_values, state.bottom_values, state.quiet_activations))
         level_values = level_excerpts = level_activations = levels = empty
         if state.level_values is not None:
+            # The tracker makes a level's values, excerpts and activations together.
+            assert state.level_excerpts is not None and state.level_activations is not None
             n_levels, n_neurons, k = state.level_values.shape
-            level_values = state.level_values.permute(1, 0, 2).reshape(n_neurons, n_levels * k)
-            level_excerpts = state.level_excerpts.permute(1, 0, 2).reshape(n_neurons, n_levels * k)  # type: ignore[union-attr]
-            level_activations = state.level_activations.permute(1, 0, 2, 3).reshape(  # type: ignore[union-attr]
-                n_neurons, n_levels * k, -1
-            )
+            values = state.level_values.permute(1, 0, 2).reshape(n_neurons, n_levels * k)
             # A value's level: the share of the quantile sample's maxima at or below it (the sample is exact while
             # the corpus has at most --quantile-sample excerpts).
             rows = len(state.sample_max)
             if rows:
                 ordered = state.sample_max.T.contiguous().sort(dim=1).values
-                finite = torch.where(torch.isfinite(level_values), level_values, torch.zeros_like(level_values))
+                finite = torch.where(torch.isfinite(values), values, torch.zeros_like(values))
                 levels = (torch.searchsorted(ordered, finite.contiguous(), right=True).double() / rows).cpu().numpy()
             else:
-                levels = np.full(tuple(level_values.shape), np.nan)
-            level_values = level_values.cpu().numpy()
-            level_excerpts = level_excerpts.cpu().numpy()
-            level_activations = level_activations.cpu().numpy()
+                levels = np.full(tuple(values.shape), np.nan)
+            level_values = values.cpu().numpy()
+            level_excerpts = state.level_excerpts.permute(1, 0, 2).reshape(n_neurons, n_levels * k).cpu().numpy()
+            level_activations = (
+                state.level_activations.permute(1, 0, 2, 3).reshape(n_neurons, n_levels * k, -1).cpu().numpy()
+            )
         bottom_values = bottom_excerpts = bottom_activations = empty
         if state.bottom_values is not None:
+            assert state.bottom_excerpts is not None and state.bottom_activations is not None  # made together
             bottom_values = state.bottom_values.cpu().numpy()
-            bottom_excerpts = state.bottom_excerpts.cpu().numpy()  # type: ignore[union-attr]
-            bottom_activations = state.bottom_activations.cpu().numpy()  # type: ignore[union-attr]
+            bottom_excerpts = state.bottom_excerpts.cpu().numpy()
+            bottom_activations = state.bottom_activations.cpu().numpy()
         quiet_activations = quiet_below = empty
         if state.quiet_activations is not None:
             quiet_activations = state.quiet_activations.permute(2, 0, 1).cpu().numpy()  # [neurons, rows, tokens]

@@ -91,7 +91,7 @@ def _mean_words(texts: Sequence[str]) -> float:
 def text_tells(pair: ArmTexts) -> list[TextTell]:
     """The tells between two arms: a mean length that differs by more than LENGTH_TELL, and words far more common
     in one arm (at most MAX_WORD_TELLS, strongest first)."""
-    tells = []
+    tells: list[TextTell] = []
     n = len(pair.texts_a)
     if n == 0:
         return tells

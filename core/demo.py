@@ -62,9 +62,9 @@ def _occurrences(records: Sequence[ActivationRecord], cutoff: float) -> list[tup
                 found.append((text.lower(), value, number, position))
     if not found:  # nothing above the cutoff: the strongest token of each record
         for number, record in enumerate(records):
-            position = max(range(len(record.activations)), key=record.activations.__getitem__, default=None)
-            if position is not None and record.tokens[position].strip():
-                found.append((record.tokens[position].strip().lower(), record.activations[position], number, position))
+            peak = max(range(len(record.activations)), key=record.activations.__getitem__, default=None)
+            if peak is not None and record.tokens[peak].strip():
+                found.append((record.tokens[peak].strip().lower(), record.activations[peak], number, peak))
     return found
 
 

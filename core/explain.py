@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -38,6 +39,7 @@ from core.llm import (
 )
 from core.prompts import DEFAULT_CUTOFF, Cutoff, FewShotExample
 from core.records import NeuronId, NeuronRecord
+from core.values import Progress
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,6 @@ log = logging.getLogger(__name__)
 # against a 200 ms server (bench/llm.py).
 DEFAULT_BATCH_SIZE = 512
 PROMPT_SPLIT = "train"  # docs/METHOD.md §1: the explanation prompt shows the 5 train records
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ class ExplainJob:
     messages: list[dict[str, str]] | None
     threshold: float | None
     error: str | None = None  # set when the prompt itself could not be built
+
+    def built_messages(self) -> list[dict[str, str]]:
+        """The messages to send: only a job without `error` is sent, and such a job has its prompt built."""
+        if self.messages is None:
+            raise InputError(self.error or f"the {self.format} prompt for neuron {self.neuron} was not built")
+        return self.messages
 
 
 @dataclass(frozen=True)
@@ -261,12 +268,15 @@ def explain_neurons(
         dbmod.insert_explanation(db, **row)
         if row["status"] == "failed" and isinstance(result, Completion):
             # An unusable answer must not be served from the cache again when the job is retried.
-            backend.forget(job.messages, sample_sampling(sampling, job.sample), job.sample)
+            backend.forget(job.built_messages(), sample_sampling(sampling, job.sample), job.sample)
         counts[row["status"]] += 1
         if row["status"] == "failed" and row["error"] not in errors:
             errors.append(row["error"])
         if progress is not None:
             progress(skipped + counts["ok"] + counts["failed"], len(jobs))
+
+    def store_batch_result(batch: Sequence[ExplainJob], index: int, result: Completion | LLMError) -> None:
+        store(batch[index], result)
 
     if progress is not None:
         progress(skipped, len(jobs))
@@ -279,10 +289,10 @@ def explain_neurons(
         for start in range(0, len(sample_jobs), batch_size):
             batch = sample_jobs[start : start + batch_size]
             backend.complete(
-                [job.messages for job in batch],
+                [job.built_messages() for job in batch],
                 sample_sampling(sampling, sample),
                 samples=[sample] * len(batch),
-                on_result=lambda index, result, batch=batch: store(batch[index], result),
+                on_result=functools.partial(store_batch_result, batch),
             )
     return ExplainReport(
         total=len(jobs),
@@ -330,7 +340,9 @@ def _explanation_row(
     if input_tokens is not None and output_tokens is not None:
         row["tokenizer"] = backend.usage_tokenizer(result)
     if input_tokens is None:
-        input_tokens = _count_locally("input", lambda: tokens.count_chat_tokens(job.messages, backend.tokenizer))
+        input_tokens = _count_locally(
+            "input", lambda: tokens.count_chat_tokens(job.built_messages(), backend.tokenizer)
+        )
     if output_tokens is None:
         output_tokens = _count_locally("output", lambda: tokens.count_text_tokens(result.text, backend.tokenizer))
     params.update(cached=result.cached, finish_reason=result.finish_reason, answered_by=result.model)
@@ -374,7 +386,7 @@ def with_cl100k_counts(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         extra = {}
         if isinstance(prompt, list) and prompt and tokens_mod.token_unit(row.get("tokenizer")) != "cl100k":
             extra["input_tokens_cl100k"] = _count_locally(
-                "input", lambda prompt=prompt: tokens_mod.count_chat_tokens(prompt, tokens_mod.CL100K)
+                "input", functools.partial(tokens_mod.count_chat_tokens, prompt, tokens_mod.CL100K)
             )
         counted.append({**row, **extra})
     return counted
@@ -417,8 +429,8 @@ def cost_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     table = table.reindex(order)
     original = table.loc["original"] if "original" in table.index else None
     for kind, column in (("input", f"mean_{basis}"), ("total", "mean_total_tokens")):
-        known = original is not None and column in table
-        table[f"original_over_format_{kind}"] = original[column] / table[column] if known else math.nan
+        ratio = original[column] / table[column] if original is not None and column in table else math.nan
+        table[f"original_over_format_{kind}"] = ratio
     table.index.name = "format"
     shown = [column for column in COST_COLUMNS if column not in INPUT_COLUMNS or column in table.columns]
     return table.reindex(columns=shown)
@@ -502,7 +514,8 @@ def _refuse_number_table(path: Path, cells: list[tuple[str, str, str]]) -> None:
 
 
 def _origin(row: dict[str, Any]) -> str:
-    params = row.get("params") if isinstance(row.get("params"), dict) else {}
+    stored = row.get("params")
+    params = stored if isinstance(stored, dict) else {}
     if row["source"] == "imported":
         return str(params.get("path") or params.get("file") or "an earlier import")
     return f"{row['source']} explanations"

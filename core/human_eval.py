@@ -607,7 +607,7 @@ def assign_studies(db: sqlite_utils.Database, rater: str, studies: Sequence[str]
 
 
 @dataclass(frozen=True)
-class Progress:
+class RaterProgress:
     """A rater's progress in a study: items rated, and items still open to them (the current one included)."""
 
     rated: int
@@ -627,7 +627,7 @@ class RaterItem:
     explanation_1: str
     explanation_2: str
     choices: tuple[str, ...]
-    progress: Progress
+    progress: RaterProgress
     previous_choice: str | None = None
 
 
@@ -709,7 +709,7 @@ def _reserved_since() -> str:
     return (datetime.now(UTC) - timedelta(seconds=RESERVATION_SECONDS)).isoformat(timespec="milliseconds")
 
 
-def _progress(state: dict[str, list[dict]], study: Study) -> Progress:
+def _progress(state: dict[str, list[dict]], study: Study) -> RaterProgress:
     rated = sum(bool(row["rated"]) for row in state["assigned"])
     eligible, gold, _ = _open_items(state, study)
     seen = {row["item_id"] for row in state["assigned"]}
@@ -720,10 +720,10 @@ def _progress(state: dict[str, list[dict]], study: Study) -> Progress:
     regular_total = len(seen) - seen_gold + len(eligible)
     gold_total = math.ceil(study.gold_share * (regular_total - 1)) if eligible else seen_gold
     upcoming_gold = min(len(gold), max(0, gold_total - seen_gold))
-    return Progress(rated=rated, remaining=len(eligible) + upcoming_gold + len(state["assigned"]) - rated)
+    return RaterProgress(rated=rated, remaining=len(eligible) + upcoming_gold + len(state["assigned"]) - rated)
 
 
-def rater_progress(db: sqlite_utils.Database, study: str, rater: str) -> Progress:
+def rater_progress(db: sqlite_utils.Database, study: str, rater: str) -> RaterProgress:
     record, rater_id = get_study(db, study), _rater_row(db, rater)["id"]
     return _progress(dbmod.assignment_state(db, record.id, rater_id, _reserved_since()), record)
 

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import sqlite_utils
+
 from core import db as dbmod
 from core import explain, llm, pipeline
 from core.errors import InputError, WorkbenchError
@@ -141,7 +143,7 @@ class JobRegistry:
             if job.simulator is not None:
                 kind, name = llm.parse_backend_spec(job.explainer)
                 self._update(job_id, phase=SCORING, done=0, total=0)
-                scored = self._score(db, job, [f"{kind}:{name}"], self._progress(job_id, SCORING))
+                scored = self._score(db, job, job.simulator, [f"{kind}:{name}"], self._progress(job_id, SCORING))
                 self._update(job_id, scored=scored)
             self._update(job_id, phase=DONE, finished_at=time.time())
         except Exception as exc:  # recorded in the snapshot for the page to show
@@ -150,14 +152,20 @@ class JobRegistry:
             db.conn.close()
 
     @staticmethod
-    def _score(db, job: ExplainJob, explainers: list[str], progress: Callable[[int, int], None]):
-        """Score the job's explanations with its scorer: simulation through core.pipeline.score_explanations, the
-        others through core.pipeline.score_with_scorer (docs/METHOD.md §10)."""
+    def _score(
+        db: sqlite_utils.Database,
+        job: ExplainJob,
+        simulator: str,
+        explainers: list[str],
+        progress: Callable[[int, int], None],
+    ) -> ScoreReport | ScorerReport:
+        """Score the job's explanations with `simulator` (the job's own) under its scorer: simulation through
+        core.pipeline.score_explanations, the others through core.pipeline.score_with_scorer (docs/METHOD.md §10)."""
         if job.scorer == "simulation":
             return pipeline.score_explanations(
                 db,
                 job.model,
-                job.simulator,
+                simulator,
                 method=job.method,
                 neurons=job.neurons,
                 formats=job.formats,
@@ -169,7 +177,7 @@ class JobRegistry:
 
         scorer = get_scorer(
             job.scorer,
-            job.simulator or None,
+            simulator or None,
             simulator_options=job.simulator_options,
             db=db,
             use_cache=job.options.use_cache,

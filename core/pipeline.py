@@ -25,7 +25,7 @@ from core.errors import InputError, NotFoundError
 from core.explain import ExplainOptions, ExplainReport, explain_neurons
 from core.records import MIN_RANDOM_RECORDS, MIN_TOP_RECORDS, SPLITS, ActivationRecord, NeuronId, NeuronRecord
 from core.simulate import SimulationResult, Simulator, SimulatorOptions, check_alignment, get_simulator
-from core.values import to_jsonable
+from core.values import Progress, to_jsonable
 
 if TYPE_CHECKING:
     from core.activations import CollectOptions  # imported where it runs: collection brings torch
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REFERENCE_KINDS = ("openai", "none")
-Progress = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,8 +125,8 @@ def simulate_and_score(
         if not calibration_records:
             return _failed(result, "calibration was asked for but the neuron has no calibration records")
         fitted = check_alignment(simulator.simulate(explanation, calibration_records), calibration_records)
-        if not fitted.ok:
-            return _failed(result, f"calibration split: {fitted.error}")
+        if not fitted.ok or fitted.predictions is None:  # an aligned ok result always has predictions
+            return _failed(result, f"calibration split: {fitted.error or 'no predictions'}")
         result = _with_tokens_of(result, fitted)
         calibration = scoring.fit_calibration(calibration_records, fitted.predictions)
         calibrated = scoring.apply_calibration(predictions, *calibration)
@@ -720,9 +719,8 @@ def _settings_text(settings: dict[str, Any] | str | None) -> str:
     """Settings as canonical JSON, without the notes a result adds to them (they say what happened, not how)."""
     import json
 
-    if isinstance(settings, str):
-        settings = json.loads(settings)
-    return json.dumps({k: v for k, v in (settings or {}).items() if k != "notes"}, sort_keys=True, ensure_ascii=False)
+    parsed: dict[str, Any] = json.loads(settings) if isinstance(settings, str) else settings or {}
+    return json.dumps({k: v for k, v in parsed.items() if k != "notes"}, sort_keys=True, ensure_ascii=False)
 
 
 def score_with_scorer(
@@ -764,13 +762,13 @@ def score_with_scorer(
     warnings: list[str] = []
     no_excerpts: list[str] = []
     tokens = {"input": 0, "output": 0}
-    stored = _NeuronRecords(db, model)
+    neuron_records = _NeuronRecords(db, model)
     started = time.perf_counter()
     bar = progress_bar(len(todo), f"scoring with {scorer.name} ({scorer.model})", progress is True)
     try:
         for number, row in enumerate(todo, start=1):
             neuron = NeuronId(row["layer"], row["neuron"])
-            record = stored.get(neuron)
+            record = neuron_records.get(neuron)
             bar.update(1)
             if callable(progress):
                 progress(number, len(todo))

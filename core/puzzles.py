@@ -304,9 +304,9 @@ def explain_puzzles(
     stored = {row["job_key"]: row for row in dbmod.explanations_by_job(db, [job[3] for job in jobs])}
     rows = []
     for index, _, sample, key, _, _ in jobs:
-        row = stored.get(key)
-        if row is not None and row["status"] == "ok":
-            rows.append({**row, "puzzle": puzzles[index].name, "truth": puzzles[index].explanation, "sample": sample})
+        found = stored.get(key)
+        if found is not None and found["status"] == "ok":
+            rows.append({**found, "puzzle": puzzles[index].name, "truth": puzzles[index].explanation, "sample": sample})
     return rows
 
 

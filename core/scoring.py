@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from core.errors import InputError
@@ -24,8 +25,11 @@ from core.values import finite_or_none
 # Formulas (docs/METHOD.md §4)
 # ---------------------------------------------------------------------------------------------------------------
 
+# Activations or predictions: a list of floats or a 1-d float array.
+FloatValues = Sequence[float] | npt.NDArray[np.floating]
 
-def _as_pair(y: Sequence[float], y_hat: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+
+def _as_pair(y: FloatValues, y_hat: FloatValues) -> tuple[np.ndarray, np.ndarray]:
     true = np.asarray(y, dtype=float).ravel()
     predicted = np.asarray(y_hat, dtype=float).ravel()
     if true.shape != predicted.shape:
@@ -40,7 +44,7 @@ def _as_pair(y: Sequence[float], y_hat: Sequence[float]) -> tuple[np.ndarray, np
     return true, predicted
 
 
-def correlation(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
+def correlation(y: FloatValues, y_hat: FloatValues) -> float | None:
     """Pearson correlation; None when either side is constant or there are fewer than 2 values."""
     true, predicted = _as_pair(y, y_hat)
     # max == min is an exact constancy test; a computed std can be a tiny non-zero for repeated decimals.
@@ -54,7 +58,7 @@ def correlation(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
     return finite_or_none(min(1.0, max(-1.0, float(centred_true @ centred_predicted) / denominator)))
 
 
-def rsquared(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
+def rsquared(y: FloatValues, y_hat: FloatValues) -> float | None:
     """1 − mean((y−ŷ)²)/mean(y²); None when mean(y²) = 0 or there are no values."""
     true, predicted = _as_pair(y, y_hat)
     scale = float(np.mean(true**2)) if true.size else 0.0
@@ -63,7 +67,7 @@ def rsquared(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
     return finite_or_none(1.0 - float(np.mean((true - predicted) ** 2)) / scale)
 
 
-def absdev(y: Sequence[float], y_hat: Sequence[float]) -> float | None:
+def absdev(y: FloatValues, y_hat: FloatValues) -> float | None:
     """1 − mean|y−ŷ|/mean|y|; None when mean|y| = 0 or there are no values."""
     true, predicted = _as_pair(y, y_hat)
     scale = float(np.mean(np.abs(true))) if true.size else 0.0
@@ -290,7 +294,8 @@ def paired_difference(
     _check_bootstrap(n_resamples, level)
     keys = sorted((k for k in a if k in b), key=_sort_key)
     # A missing or NaN score on either side drops the key: NaN − x is NaN, which _finite_values skips.
-    differences = _finite_values(float(a[k]) - float(b[k]) for k in keys if a[k] is not None and b[k] is not None)
+    pairs = [(a[k], b[k]) for k in keys]
+    differences = _finite_values(float(x) - float(y) for x, y in pairs if x is not None and y is not None)
     n = int(differences.size)
     result: dict[str, Any] = {"n": n, "mean_diff": None, "ci_lo": None, "ci_hi": None, "p_value": None}
     if n == 0:

@@ -24,7 +24,8 @@ from core.errors import InputError, LLMError, ModelError
 class Embedder(Protocol):
     """Turns texts into L2-normalised vectors, one row per text."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -98,7 +99,7 @@ class OpenAIEmbedder:
                 f"to use the {self.name} embedder, or use the local 'minilm' embedder"
             )
         client = openai.OpenAI(base_url=os.environ.get(config.ENV_API_BASE) or None, api_key=api_key)
-        rows = []
+        rows: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
             try:

@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+# A long job's progress callback: (done, total) in explanations or scores (collection counts tokens with a total that
+# may be unknown: core.activations.TokenProgress).
+Progress = Callable[[int, int], None]
+
+
+class JsonFields:
+    """Mixin of result dataclasses: `to_json()` is their fields in order as plain JSON values (nested results by
+    their own `to_json`, tuples as lists, NaN as None)."""
+
+    def to_json(self) -> dict[str, Any]:
+        assert dataclasses.is_dataclass(self), "JsonFields is for dataclasses"
+        return {field.name: to_jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)}
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -241,13 +241,13 @@ def test_next_item_repeats_until_rated_and_never_shows_an_item_twice(db) -> None
     add_raters(db, ["ann"])
     first = human_eval.next_item(db, "S", "ann")
     assert human_eval.next_item(db, "S", "ann").item_id == first.item_id
-    assert first.progress == human_eval.Progress(rated=0, remaining=6)
+    assert first.progress == human_eval.RaterProgress(rated=0, remaining=6)
     seen = []
     while (item := human_eval.next_item(db, "S", "ann")) is not None:
         seen.append(item.item_id)
         human_eval.submit_rating(db, "S", "ann", item.item_id, "left")
     assert len(seen) == len(set(seen)) == 6
-    assert human_eval.rater_progress(db, "S", "ann") == human_eval.Progress(rated=6, remaining=0)
+    assert human_eval.rater_progress(db, "S", "ann") == human_eval.RaterProgress(rated=6, remaining=0)
 
 
 def test_items_fill_evenly_toward_the_wanted_count(db) -> None:

@@ -51,7 +51,8 @@ def load_hf_causal_lm(path_or_id: str, device: str | None = None, dtype: str | N
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
+    # transformers declares .to with functools.wraps, whose stub mypy reads as unbound (self first): a stub issue.
+    model.to(device).eval()  # type: ignore[arg-type]
     return model, tokenizer
 
 

@@ -227,11 +227,12 @@ def balanced_accuracy(labels: Sequence[int], predictions: Sequence[int | None]) 
 def auroc(labels: Sequence[int], values: Sequence[float | None]) -> float | None:
     """The area under the ROC curve of `values` for telling label 1 from label 0 (ties count half): the chance
     that a random positive outranks a random negative. None unless every value is there and both classes are."""
-    if any(v is None or not math.isfinite(v) for v in values):
+    present = [v for v in values if v is not None and math.isfinite(v)]
+    if len(present) != len(values):
         return None
-    positives = [v for label, v in zip(labels, values, strict=True) if label == 1]
-    negatives = [v for label, v in zip(labels, values, strict=True) if label == 0]
+    positives = [v for label, v in zip(labels, present, strict=True) if label == 1]
+    negatives = [v for label, v in zip(labels, present, strict=True) if label == 0]
     if not positives or not negatives:
         return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)  # type: ignore[operator]
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
     return wins / (len(positives) * len(negatives))

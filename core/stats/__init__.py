@@ -98,8 +98,8 @@ from core.stats.proportions import (
     win_rate,
     z_value,
 )
-from core.stats.results import JsonFields
 from core.stats.summary import RATING_UNIT_NOTE, GoldSummary, StudyStatistics, item_aggregates, summary_from_ratings
+from core.values import JsonFields
 
 __all__ = [
     "AUTOMATED_KINDS",

@@ -23,8 +23,7 @@ from statsmodels.stats import inter_rater
 from core.errors import InputError
 from core.stats.neuron_level import BOOTSTRAP_RESAMPLES, multiplicities
 from core.stats.proportions import CONFIDENCE, relative_outcomes
-from core.stats.results import JsonFields
-from core.values import finite_or_none
+from core.values import JsonFields, finite_or_none
 
 # The ordered codes of a rating relative to its pair: B better, neither, A better.
 RELATIVE_CODES = (-1, 0, 1)

@@ -28,8 +28,7 @@ from core.stats.proportions import (
     relative_outcomes,
     z_value,
 )
-from core.stats.results import JsonFields
-from core.values import finite_or_none
+from core.values import JsonFields, finite_or_none
 
 AUTOMATED_KINDS = ("score", "similarity")
 SIDES = ("left", "right")

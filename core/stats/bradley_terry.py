@@ -30,7 +30,7 @@ from core.stats.proportions import (
     percentile_interval,
     z_value,
 )
-from core.stats.results import JsonFields
+from core.values import JsonFields
 
 # Virtual comparisons per pair of arms added to Bradley–Terry when the wins do not connect every arm both ways,
 # where the maximum-likelihood strengths do not exist (an arm that never lost would be infinitely strong). They are

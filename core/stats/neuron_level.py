@@ -23,7 +23,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from core.errors import InputError
 from core.stats.proportions import CONFIDENCE, DECISIVE, arm_ratings, pair_mask
-from core.stats.results import JsonFields
+from core.values import JsonFields
 
 # Columns that together name a neuron, where present; an exported frame has `model` and `neuron` ("layer:index").
 NEURON_COLUMNS = ("model", "layer", "neuron")

@@ -15,8 +15,7 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.proportion import proportion_confint
 
 from core.db import RATING_CHOICES
-from core.stats.results import JsonFields
-from core.values import finite_or_none
+from core.values import JsonFields, finite_or_none
 
 CHOICES = RATING_CHOICES
 DECISIVE = CHOICES[:2]

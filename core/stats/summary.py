@@ -29,8 +29,7 @@ from core.stats.proportions import (
     position_bias,
     win_rate,
 )
-from core.stats.results import JsonFields
-from core.values import to_jsonable
+from core.values import JsonFields, to_jsonable
 
 # Rating-level figures treat every rating as an independent trial; they describe the data but do not test it.
 RATING_UNIT_NOTE = "rating level, descriptive: assumes independent ratings"
