@@ -200,17 +200,17 @@ def scoring_per_explanation(rows: Iterable[Mapping[str, Any]]) -> dict[int, Toke
     return found
 
 
-def add_costs(
+def explanation_costs(
     explanation_rows: Iterable[Mapping[str, Any]],
     scoring: Mapping[int, Tokens],
     scores: Mapping[int, float | None] | None = None,
     prices: Prices | None = None,
     scorer_model: str | None = None,
-) -> pd.DataFrame:
-    """Per format (ok explanations): mean scorer input and output tokens per explanation, mean explain + scoring
-    tokens, dollars per explanation where every model involved has a price, and mean score per 1k tokens (explain +
-    scoring). Explain tokens are the rows' cl100k counts where present (core.explain.with_cl100k_counts), else their
-    own; an explanation without recorded scoring tokens counts only in the explain columns."""
+) -> list[dict[str, Any]]:
+    """Per ok explanation: its format and neuron, the scorer's recorded tokens, explain + scoring tokens, dollars
+    where every model involved has a price, and its score per 1k tokens. Explain tokens are the row's cl100k count
+    where present (core.explain.with_cl100k_counts), else its own; an explanation without recorded scoring tokens
+    has only its own columns."""
     prices = prices or Prices()
     scores = scores or {}
     records = []
@@ -233,6 +233,7 @@ def add_costs(
         records.append(
             {
                 "format": row["format"],
+                "neuron": row.get("neuron"),
                 "scorer_input_tokens": None if scored is None else scored.input,
                 "scorer_output_tokens": None if scored is None else scored.output,
                 "total_tokens_with_scoring": total,
@@ -240,13 +241,48 @@ def add_costs(
                 "score_per_1k_tokens": per_1k,
             }
         )
-    columns = ["scorer_input_tokens", "scorer_output_tokens", "total_tokens_with_scoring", "usd", "score_per_1k_tokens"]
-    frame = pd.DataFrame(records, columns=["format", *columns])
-    frame[columns] = frame[columns].astype(float)
-    table = frame.groupby("format")[columns].mean()
-    table.columns = [f"mean_{column}" for column in columns]
+    return records
+
+
+COST_COLUMNS = [
+    "scorer_input_tokens",
+    "scorer_output_tokens",
+    "total_tokens_with_scoring",
+    "usd",
+    "score_per_1k_tokens",
+]
+
+
+def add_costs(
+    explanation_rows: Iterable[Mapping[str, Any]],
+    scoring: Mapping[int, Tokens],
+    scores: Mapping[int, float | None] | None = None,
+    prices: Prices | None = None,
+    scorer_model: str | None = None,
+) -> pd.DataFrame:
+    """Per format, the means of explanation_costs: scorer input and output tokens per explanation, explain + scoring
+    tokens, dollars, and score per 1k tokens."""
+    records = explanation_costs(explanation_rows, scoring, scores, prices, scorer_model)
+    frame = pd.DataFrame(records, columns=["format", *COST_COLUMNS])
+    frame[COST_COLUMNS] = frame[COST_COLUMNS].astype(float)
+    table = frame.groupby("format")[COST_COLUMNS].mean()
+    table.columns = [f"mean_{column}" for column in COST_COLUMNS]
     table.index.name = "format"
     return table
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """What a scoring run's explanations cost: the per-format table, and in all per neuron when every explanation
+    has a price (None otherwise)."""
+
+    table: pd.DataFrame
+    neurons: int
+    usd_in_all: float | None
+
+    @property
+    def usd_per_neuron(self) -> float | None:
+        return None if self.usd_in_all is None or not self.neurons else self.usd_in_all / self.neurons
 
 
 def scorer_model(simulator: str) -> str:
@@ -268,9 +304,9 @@ def recorded_cost_table(
     split: str = "valid",
     calibrated: bool = False,
     prices: Prices | None = None,
-) -> pd.DataFrame:
-    """add_costs for these explanations and the scores stored under `simulator` · `method` (and split and
-    calibration, for simulation): what explaining and scoring them cost, as recorded, priced by `prices`."""
+) -> CostReport:
+    """What explaining these explanations and scoring them under `simulator` · `method` (and split and calibration,
+    for simulation) cost, as recorded, priced by `prices`: per format, and in all per neuron."""
     from core import db as dbmod
 
     wanted = {int(i) for i in explanation_ids}
@@ -285,4 +321,9 @@ def recorded_cost_table(
     ]
     explanations = list({r["explanation_id"]: {**r, "id": r["explanation_id"]} for r in rows}.values())
     scores = {int(r["explanation_id"]): r["score"] for r in mine}
-    return add_costs(explanations, scoring_per_explanation(mine), scores, prices, scorer_model(simulator))
+    scoring, model_name = scoring_per_explanation(mine), scorer_model(simulator)
+    each = explanation_costs(explanations, scoring, scores, prices, model_name)
+    priced = [record["usd"] for record in each]
+    usd = None if not priced or any(value is None for value in priced) else float(sum(priced))
+    table = add_costs(explanations, scoring, scores, prices, model_name)
+    return CostReport(table, len({record["neuron"] for record in each}), usd)

@@ -550,3 +550,5 @@ def test_the_score_command_prints_what_explaining_and_scoring_cost(
     ]
     line = [line for line in out.splitlines() if line.startswith("summary")][-1]  # the cost table comes last
     assert f"${sum(dollars) / 2:.6f}" in line, (line, dollars)
+    # Two neurons, one summary explanation each: the cost per neuron is their total over 2.
+    assert f"in all ${sum(dollars):.4f} for 2 neuron(s): ${sum(dollars) / 2:.6f} per neuron" in out

@@ -127,9 +127,10 @@ def highlighted(tokens: Sequence[str], values: Sequence[float]) -> str:
     return "".join(parts)
 
 
-def format_cost_table(table: Any, source: str | None) -> str:
-    """What explaining and scoring cost per explanation, per format (core.costs.add_costs), with where prices came
-    from; empty when nothing was scored."""
+def format_cost_table(report: Any, source: str | None) -> str:
+    """What explaining and scoring cost (core.costs.CostReport): per explanation and format, then per neuron in all,
+    with where prices came from; empty when nothing was scored."""
+    table = report.table
     if table.empty:
         return ""
     where = f"dollars from {source}" if source else "no price list (copy prices.example.toml to prices.toml)"
@@ -139,6 +140,9 @@ def format_cost_table(table: Any, source: str | None) -> str:
     shown["mean_score_per_1k_tokens"] = [
         f"{value:.5f}" if value == value else "-" for value in shown["mean_score_per_1k_tokens"]
     ]
-    return "\n".join(
-        ["", f"cost per explanation, explaining and scoring (tokens as recorded; {where}):", format_table(shown)]
-    )
+    lines = ["", f"cost per explanation, explaining and scoring (tokens as recorded; {where}):", format_table(shown)]
+    if report.usd_per_neuron is not None:
+        lines.append(
+            f"in all ${report.usd_in_all:.4f} for {report.neurons} neuron(s): ${report.usd_per_neuron:.6f} per neuron"
+        )
+    return "\n".join(lines)

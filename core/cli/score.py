@@ -423,11 +423,11 @@ def _costs(
     from core.models import resolve_model_name
 
     prices = pricing.load_prices()
-    table = costs.recorded_cost_table(
+    report = costs.recorded_cost_table(
         database, resolve_model_name(model), explanation_ids, simulator, method, split=split, calibrated=calibrated,
         prices=prices,
     )  # fmt: skip
-    return format_cost_table(table, prices.source)
+    return format_cost_table(report, prices.source)
 
 
 def _puzzle_formats_option(f: F) -> F:
