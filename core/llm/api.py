@@ -18,7 +18,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -104,6 +104,17 @@ def _status_detail(exc: Any) -> str:
 
 def _names_max_tokens(exc: Any) -> bool:
     return getattr(exc, "status_code", None) == 400 and re.search(r"\bmax_tokens\b", _status_detail(exc)) is not None
+
+
+def logprob_token_offsets(content: Sequence[Mapping[str, Any]]) -> tuple[list[int], bytes]:
+    """Byte offsets of a chat answer's logprob tokens and the bytes they spell: exact even where the server splits a
+    multi-byte character over tokens (its `bytes`), which the simulators and scorers align answers with."""
+    starts, data = [], b""
+    for item in content:
+        starts.append(len(data))
+        raw = item.get("bytes")
+        data += bytes(raw) if raw is not None else str(item.get("token", "")).encode("utf-8")
+    return starts, data
 
 
 def create(endpoint: Callable[..., Answer], params: dict[str, Any]) -> Answer:

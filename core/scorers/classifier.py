@@ -38,7 +38,7 @@ from core.llm import (
     parse_backend_spec,
     public_url,
 )
-from core.llm.api import base_url
+from core.llm.api import base_url, logprob_token_offsets
 from core.prompts import an_object, escape_brackets, escape_token, read_data_file
 from core.records import NeuronRecord
 from core.scorers.base import (
@@ -251,22 +251,13 @@ def parse_answer(answer: str | None, count: int) -> list[ParsedValue]:
     raise AnswerUnreadable(f"the answer {shown!r} does not hold one 0 or 1 for each of the {count} excerpts")
 
 
-def _token_offsets(content: Sequence[Mapping[str, Any]]) -> tuple[list[int], bytes]:
-    starts, data = [], b""
-    for item in content:
-        starts.append(len(data))
-        raw = item.get("bytes")
-        data += bytes(raw) if raw is not None else str(item.get("token", "")).encode("utf-8")
-    return starts, data
-
-
 def probabilities(answer: str, content: Sequence[Mapping[str, Any]] | None, parsed: Sequence[ParsedValue]) -> list:
     """P(1) at each parsed value from the chat logprobs (`choices[0].logprobs.content`): the probability mass of "1"
     over that of "1" and "0" among the value token's top_logprobs (after any text the token carries before the
     value, e.g. "[" in "[1"). None where the logprobs are missing, do not spell the answer, or hold neither."""
     if not content:
         return [None] * len(parsed)
-    starts, data = _token_offsets(content)
+    starts, data = logprob_token_offsets(content)
     if data.decode("utf-8", errors="replace") != answer:
         return [None] * len(parsed)
     found: list[float | None] = []

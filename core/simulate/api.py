@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import InputError
-from core.llm.api import call_api, openai_client
+from core.llm.api import call_api, logprob_token_offsets, openai_client
 from core.llm.base import UnreadableAnswer
 from core.records import ActivationRecord
 from core.simulate.base import (
@@ -133,16 +133,6 @@ def parse_chat_answer(answer: str, tokens: Sequence[str]) -> list[ParsedLine]:
     return parsed
 
 
-def _logprob_tokens(content: Sequence[Mapping[str, Any]]) -> tuple[list[int], bytes]:
-    """Byte offsets of chat logprob tokens and the bytes they spell (exact even for split multi-byte characters)."""
-    starts, data = [], b""
-    for item in content:
-        starts.append(len(data))
-        raw = item.get("bytes")
-        data += bytes(raw) if raw is not None else str(item.get("token", "")).encode("utf-8")
-    return starts, data
-
-
 def _alternatives(item: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """The top_logprobs of a token as {value string: probability}, after a shared prefix (e.g. a merged tab)."""
     found: dict[str, float] = {}
@@ -190,7 +180,7 @@ def predictions_from_chat_logprobs(
     """
     _check_policy(on_no_value)
     lines = parse_chat_answer(answer, tokens)
-    starts, data = _logprob_tokens(content)
+    starts, data = logprob_token_offsets(content)
     if data.decode("utf-8", errors="replace") != answer:
         raise SimulationFailure("the logprob tokens do not spell the answer text; cannot locate the numbers")
     predictions = []
