@@ -1,7 +1,7 @@
 """What keeps a pairwise study blind: study names that cannot be confused, pairs worth showing, and the text
 tells that would let a rater guess an arm without reading the neuron (docs/METHOD.md, human evaluation).
 
-Pure functions: no database, no Streamlit. core.human_eval applies them when a study is created, and the Results
+Pure functions: no database, no user interface. core.human_eval applies them when a study is created, and the Results
 page shows the same report for a study that exists.
 """
 

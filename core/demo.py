@@ -233,7 +233,7 @@ def run_demo(
     warnings = [*scored.warnings, *(f"text tell: {tell.message}" for tell in created.tells)]
     warnings += [f"{row['neuron']}: {row['error']}" for row in score_rows if row["status"] != "ok"]
     steps = (
-        "make run (or .venv/bin/streamlit run app.py), then open http://localhost:8501",
+        "make run (it serves the app), then open http://localhost:8501",
         f"Rate: sign in as {RATER} with the code {code} and compare the two baselines, blind; while the study is "
         "open, the Neurons page hides its neurons' explanations from everyone but admins",
         f"python -m core study close {STUDY}, then Neurons: pick {model}, layer {layer}, neuron "

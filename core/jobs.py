@@ -1,8 +1,8 @@
 """Explain (and optionally score) jobs that run in a background thread, so that a page can start one, let the
 admin navigate away or refresh, and find it again by its id.
 
-Each job has its own database connection (sqlite connections must not cross threads) and never touches
-Streamlit; the app holds one JobRegistry per server process (core.dashboard.job_registry) and polls snapshots.
+Each job has its own database connection (sqlite connections must not cross threads) and never touches the
+app's widgets; the app holds one JobRegistry per server process (ui.resources.job_registry) and polls snapshots.
 """
 
 from __future__ import annotations
