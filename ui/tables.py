@@ -12,14 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core.records import NeuronRecord
-
-
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
+from core.values import finite_or_none
 
 _INPUT_TOKEN_COLUMNS = ["input_tokens_server", "input_tokens_cl100k", "input_tokens_local", "input_tokens_unknown"]
 EXPLANATION_COLUMNS = [
@@ -58,10 +51,10 @@ def explanation_table(
         column = score_column(score)
         if column not in score_columns:
             score_columns.append(column)
-        by_explanation.setdefault(score["explanation_id"], {})[column] = _number(score.get("score"))
+        by_explanation.setdefault(score["explanation_id"], {})[column] = finite_or_none(score.get("score"))
     cosines: dict[int, list[float]] = {}
     for row in similarities:
-        value = _number(row.get("cosine"))
+        value = finite_or_none(row.get("cosine"))
         if value is not None:
             cosines.setdefault(row["explanation_id"], []).append(value)
     from core.tokens import input_tokens_column
@@ -78,7 +71,7 @@ def explanation_table(
                 **{column: found.get(column) for column in score_columns},
                 "source": row.get("source"),
                 "similarity": sum(cosines[row["id"]]) / len(cosines[row["id"]]) if row["id"] in cosines else None,
-                "reference_score": _number(row.get("reference_score")),
+                "reference_score": finite_or_none(row.get("reference_score")),
                 input_tokens_column(row.get("tokenizer")): row.get("input_tokens"),
                 "output_tokens": row.get("output_tokens"),
             }
@@ -278,7 +271,7 @@ def simulations(scores: Sequence[Mapping[str, Any]]) -> list[Simulation]:
     for row in scores:
         if row.get("status") != "ok" or not row.get("predictions"):
             continue
-        score = _number(row.get("score"))
+        score = finite_or_none(row.get("score"))
         shown = "undefined" if score is None else f"{score:.3f}"
         calibrated = bool(row.get("calibrated"))
         label = (

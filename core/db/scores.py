@@ -9,33 +9,14 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import sqlite_utils
 
 from core.db.base import _chunks, _json, _marks, now, transaction
 from core.db.studies import in_open_study
 from core.records import NeuronId
+from core.values import finite_or_none, to_jsonable
 
 SCORE_STATUSES = ("ok", "failed")
-
-
-def _finite(value: Any) -> float | None:
-    """A float, or None for missing, NaN and infinities (docs/METHOD.md §4: store NaN as missing, never as 0)."""
-    if value is None or isinstance(value, bool):
-        return None
-    number = float(value)
-    return number if np.isfinite(number) else None
-
-
-def _clean_json(value: Any) -> Any:
-    """Nested lists/dicts with NaN and infinities turned into None, so the JSON stays valid."""
-    if isinstance(value, dict):
-        return {k: _clean_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean_json(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return _finite(value)
-    return value
 
 
 def save_score(
@@ -69,16 +50,16 @@ def save_score(
         method,
         split,
         int(bool(calibrated)),
-        _finite(getattr(scores, "score", None)),
-        _finite(getattr(scores, "rsquared", None)),
-        _finite(getattr(scores, "absdev", None)),
-        None if per_excerpt is None else _json(_clean_json([dict(item) for item in per_excerpt])),
-        None if predictions is None else _json(_clean_json([list(p) for p in predictions])),
+        finite_or_none(getattr(scores, "score", None)),
+        finite_or_none(getattr(scores, "rsquared", None)),
+        finite_or_none(getattr(scores, "absdev", None)),
+        None if per_excerpt is None else _json(to_jsonable([dict(item) for item in per_excerpt])),
+        None if predictions is None else _json(to_jsonable([list(p) for p in predictions])),
         status,
         error,
         seconds,
         now(),
-        _finite(getattr(scores, "raw_score", None)),
+        finite_or_none(getattr(scores, "raw_score", None)),
         no_value_count,
     ]
     # A development build of schema v3 lacks the token columns (see _require_scorer_columns): tokens go unrecorded.
@@ -117,7 +98,7 @@ def save_similarity(
             " ON CONFLICT (explanation_id, reference, embedder) DO UPDATE SET"
             " reference_kind = excluded.reference_kind, cosine = excluded.cosine, created_at = excluded.created_at"
             " RETURNING id",
-            [explanation_id, reference_kind, reference, embedder, _finite(cosine), now()],
+            [explanation_id, reference_kind, reference, embedder, finite_or_none(cosine), now()],
         ).fetchone()[0]
 
 
@@ -334,7 +315,7 @@ def save_imported_score(
             " ON CONFLICT (explanation_id, simulator, method, split, calibrated) DO UPDATE SET"
             " score = excluded.score, source = excluded.source, status = 'ok', created_at = excluded.created_at"
             " RETURNING id",
-            [explanation_id, simulator, split, _finite(score), source, now()],
+            [explanation_id, simulator, split, finite_or_none(score), source, now()],
         ).fetchone()[0]
 
 
@@ -381,10 +362,10 @@ def save_scorer_score(
         raise ValueError(f"score status {status!r} is not one of {SCORE_STATUSES}")
     _require_scorer_columns(db)
     row = [
-        explanation_id, simulator, method, split, _finite(score),
-        None if per_excerpt is None else _json(_clean_json([dict(item) for item in per_excerpt])),
-        status, error, seconds, now(), scorer, None if settings is None else _json(_clean_json(settings)),
-        input_tokens, output_tokens, _finite(auc),
+        explanation_id, simulator, method, split, finite_or_none(score),
+        None if per_excerpt is None else _json(to_jsonable([dict(item) for item in per_excerpt])),
+        status, error, seconds, now(), scorer, None if settings is None else _json(to_jsonable(settings)),
+        input_tokens, output_tokens, finite_or_none(auc),
     ]  # fmt: skip
     with transaction(db):
         return db.execute(
