@@ -274,17 +274,20 @@ def test_format_summary_averages_samples_per_neuron_and_keeps_unscored_explanati
             dict(format="highlight", neuron="1:1", score=0.2, input_tokens=100, simulator="hf:sim"),
             dict(format="highlight", neuron="1:1", score=0.4, input_tokens=300, simulator="hf:sim"),
             dict(format="highlight", neuron="1:2", score=0.9, input_tokens=200, simulator="hf:sim"),
-            dict(format="highlight", neuron="1:3", score=None, input_tokens=200, simulator=None),
+            # Unscored (no simulator): its tokens differ from the others' mean, so dropping the row shows.
+            dict(format="highlight", neuron="1:3", score=None, input_tokens=500, simulator=None),
         ]
     )
     row = scoring.format_summary(rows).iloc[0]
     assert row["n"] == 2  # neurons with a score
     assert row["mean_score"] == pytest.approx((0.3 + 0.9) / 2)
-    assert row["mean_input_tokens_unknown"] == pytest.approx(200)
+    # Per neuron first (1:1 → 200, 1:2 → 200, 1:3 → 500), then over neurons: the unscored one counts.
+    assert row["mean_input_tokens_unknown"] == pytest.approx((200 + 200 + 500) / 3)
     # With the tokenizer named, each unit keeps its own mean: the API's count is never averaged with cl100k's.
     counted = rows.assign(tokenizer=["api:m", "api:m", "cl100k_base", "cl100k_base"])
     row = scoring.format_summary(counted).iloc[0]
-    assert row["mean_input_tokens_server"] == pytest.approx(200) and row["mean_input_tokens_cl100k"] == 200
+    assert row["mean_input_tokens_server"] == pytest.approx(200)
+    assert row["mean_input_tokens_cl100k"] == pytest.approx((200 + 500) / 2)
     assert "mean_input_tokens_unknown" not in row
     assert math.isnan(row["mean_similarity"])
 
