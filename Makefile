@@ -54,23 +54,38 @@ bench: data
 # on each mutant, with one worker, in a fresh mutants/<group>/ (so results never go stale and groups do not mix).
 # MUTANTS='<glob> ...' narrows a run to some mutants, e.g. MUTANTS='core.stats.agreement.*'. Afterwards
 # `cd mutants/<group> && ../../.venv/bin/mutmut show <mutant>` shows one mutant's diff.
-MUTATION_GROUPS := stats power blinding export quality collection prompts scoring migrations
-MUTATE_stats := core/stats/*.py
+MUTATION_GROUPS := stats stats-models power blinding assignment export quality collection prompts scoring migrations
+# core/stats in two halves of about 1500 mutants each, so that a run fits in half an hour on two cores.
+MUTATE_stats := core/stats/__init__.py core/stats/proportions.py core/stats/neuron_level.py core/stats/agreement.py
 TESTS_stats = $(wildcard tests/test_stats.py tests/test_stats_properties.py)
+MUTATE_stats-models := core/stats/bradley_terry.py core/stats/automated.py core/stats/summary.py
+TESTS_stats-models = $(TESTS_stats)
 MUTATE_power := core/power.py
 TESTS_power = $(wildcard tests/test_power.py tests/test_power_properties.py)
-# Blinding, and the parts of core/human_eval.py that draw the items, their left/right layout and their assignment.
-MUTATE_blinding := core/blinding.py core/human_eval.py
-TESTS_blinding = $(wildcard tests/test_blinding.py tests/test_human_eval.py tests/test_blinding_properties.py)
-MUTANTS_blinding := core.blinding.* $(addprefix core.human_eval.x_,$(addsuffix __mutmut_*,_balanced_sides _item \
-	_gold_items plan_items as_seen item_targets _shuffle_key _open_items choose_item first_arm place_left _progress))
+# Blinding; and, apart, the parts of core/human_eval.py that draw the items, lay them out and hand them out. The app
+# pages and the many-processes test are left out: they check what pages show and SQLite's locking.
+MUTATE_blinding := core/blinding.py
+TESTS_blinding = $(wildcard tests/test_blinding.py tests/test_blinding_properties.py) \
+	$(addprefix --deselect=tests/test_blinding.py::,test_a_visitor_finds_no_explanation_of_an_open_study_by_link_or_search \
+	test_an_admin_sees_everything_and_a_closed_study_hides_nothing test_the_rate_page_offers_only_the_raters_open_studies)
+MUTATE_assignment := core/human_eval.py
+TESTS_assignment = $(wildcard tests/test_human_eval.py tests/test_human_eval_properties.py) \
+	--deselect=tests/test_human_eval.py::test_ratings_from_many_processes_at_once_are_all_kept
+MUTANTS_assignment := $(addprefix core.human_eval.x_,$(addsuffix __mutmut_*,_balanced_sides _item _gold_items \
+	plan_items as_seen item_targets _shuffle_key _open_items choose_item first_arm place_left _progress))
 MUTATE_export := core/export.py
 TESTS_export = $(wildcard tests/test_export.py tests/test_export_properties.py)
 MUTATE_quality := core/quality.py core/plan.py
 TESTS_quality = $(wildcard tests/test_quality.py tests/test_plan*.py tests/test_quality_properties.py)
 # Collection's tracking state (core/activations.py's trackers) and the merge of ranks' states (core/distributed.py).
+# The tests that start other processes (torchrun, a killed run, a full disk) are left out: they take a minute and a
+# half per mutant, and the merge they check runs in process in test_distributed.py.
 MUTATE_collection := core/activations.py core/distributed.py
-TESTS_collection = $(wildcard tests/test_activations.py tests/test_distributed.py tests/test_collection_properties.py)
+TESTS_collection = $(wildcard tests/test_activations.py tests/test_distributed.py tests/test_collection_properties.py) \
+	$(addprefix --deselect=tests/test_activations.py::,test_killed_process_then_rerun_completes \
+	test_torchrun_two_processes_keep_the_same_scoring_excerpts test_full_disk_fails_cleanly_and_rerun_completes) \
+	$(addprefix --deselect=tests/test_distributed.py::,test_torchrun_two_processes_equal_one_process \
+	test_a_rank_that_dies_fails_the_run_cleanly_and_a_rerun_resumes)
 MUTANTS_collection := core.activations.x_level_* core.activations.xǁ_LayerTrackerǁ* core.activations.x__fold_top__* \
 	core.activations.xǁ_ScoringStateǁ* $(addprefix core.distributed.x_,$(addsuffix __mutmut_*,_mix sample_keys \
 	select_sample local_rows interleave chan_merge _lexicographic select_top merge_top merge_layer _merge_levels)) \
@@ -115,6 +130,9 @@ for module, count in rows.items():
 print(*survivors, sep="\n")
 endef
 export MUTATION_RUN MUTATION_REPORT
+# Each mutant's tests run in a process forked from mutmut's: with torch's or the tokenizers' worker threads started
+# before the fork, a child can wait forever on a lock one of them held (and count as a timeout). One thread each.
+MUTATION_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 
 mutation: install
 	@test -n "$(filter $(MODULE),$(MUTATION_GROUPS))" || \
@@ -122,7 +140,7 @@ mutation: install
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install --quiet "mutmut==3.8.1"
 	rm -rf mutants/$(MODULE) && mkdir -p mutants/$(MODULE)
 	for path in core tests ui pages app.py .streamlit pyproject.toml; do ln -s ../../$$path mutants/$(MODULE)/$$path; done
-	cd mutants/$(MODULE) && time MUTATION_MUTATE='$(MUTATE_$(MODULE))' MUTATION_TESTS='$(TESTS_$(MODULE))' \
+	cd mutants/$(MODULE) && time $(MUTATION_ENV) MUTATION_MUTATE='$(MUTATE_$(MODULE))' MUTATION_TESTS='$(TESTS_$(MODULE))' \
 		../../$(BIN)/python -c "$$MUTATION_RUN" run --max-children 1 $(foreach glob,$(or $(MUTANTS),$(MUTANTS_$(MODULE))),'$(glob)')
 	cd mutants/$(MODULE) && MUTATION_MUTANTS='$(or $(MUTANTS),$(MUTANTS_$(MODULE)))' ../../$(BIN)/python -c "$$MUTATION_REPORT" \
 		| tee report.txt

@@ -185,6 +185,8 @@ def _normal_sample_size(share: float, alpha: float, power: float) -> float:
 def _first_reaching(curve: _PowerCurve, target: float, guess: float) -> int | None:
     """The smallest n with curve(n) ≥ target: stepping near the guess, bisecting when n is large."""
     if guess > _EXACT_SCAN_LIMIT:
+        # Past the limit only whether it is reached matters: a far larger guess would build arrays of that size.
+        guess = min(guess, _MAX_NEURONS)
         low, high = max(1, int(guess / 2)), int(guess) + 1
         while curve(high) < target:
             low, high = high, high * 2
