@@ -17,7 +17,8 @@ import sqlite_utils
 from core import db as dbmod
 from core import export, human_eval, raters
 from core.__main__ import main as cli_main
-from core.errors import InputError
+from core.errors import InputError, WorkbenchError
+from core.plan import StoredPlan, StudyPlan
 from tests.simulated_study import MODEL, add_raters, count_ratings, explain_neurons, prefers, run_raters
 
 A, B = "summary@gpt-4", "original@gpt-4"
@@ -230,8 +231,90 @@ def test_write_export_refuses_a_json_file_for_several_files_and_leaves_no_partia
 
 
 def test_ratings_are_deleted_only_inside_the_purge_transaction(rated) -> None:
-    with pytest.raises(Exception, match="export-then-purge"):
+    with pytest.raises(WorkbenchError, match="export-then-purge"):
         dbmod.delete_study_ratings(rated, human_eval.get_study(rated, "Pilot study").id)
+
+
+# --- the agreement and the plan in an export, on ratings chosen by hand -------------------------------------------
+
+
+def rate(db: sqlite_utils.Database, study: str, rater: str, wants: dict[int, str]) -> None:
+    """Rate every item this rater is offered, choosing by arm: wants[item position] is "A", "B" or a choice such as
+    "tie"; the side follows from the layout this rater was shown."""
+    rater_id = dbmod.get_rater(db, rater)["id"]
+    admin = {row["item_id"]: row for row in human_eval.study_items(db, study)}
+    while (item := human_eval.next_item(db, study, rater)) is not None:
+        seen = human_eval.as_seen(admin[item.item_id], dbmod.shown_layout(db, item.item_id, rater_id)[0])
+        want = wants[admin[item.item_id]["position"]]
+        arm = {"A": A, "B": B}.get(want)
+        choice = want if arm is None else ("left" if seen["left_arm"] == arm else "right")
+        human_eval.submit_rating(db, study, rater, item.item_id, choice)
+
+
+@pytest.fixture
+def four_items(db: sqlite_utils.Database) -> sqlite_utils.Database:
+    """Study "S" of four items rated by ann and bob, by arm: ann A, A, A, tie; bob A, A, B, tie."""
+    neurons = explain_neurons(db, 4)
+    human_eval.create_study(db, "S", f"{A},{B}", neurons, 2, seed=2)
+    add_raters(db, ["ann", "bob"])
+    rate(db, "S", "ann", {0: "A", 1: "A", 2: "A", 3: "tie"})
+    rate(db, "S", "bob", {0: "A", 1: "A", 2: "B", 3: "tie"})
+    return db
+
+
+def test_the_exported_agreement_is_the_value_worked_out_by_hand(four_items) -> None:
+    # Codes (A better +1, neither 0, B better −1): ann 1, 1, 1, 0; bob 1, 1, −1, 0.
+    # Cohen: p_o = 3/4; ann's marginals (−1, 0, 1) = (0, 1/4, 3/4), bob's (1/4, 1/4, 1/2): p_e = 7/16, κ = 5/9.
+    # Fleiss: P_i = 1, 1, 0, 1 → 3/4; p = 1/8, 2/8, 5/8 → P_e = 30/64; κ = (3/4 − 15/32)/(17/32) = 9/17.
+    # Ordinal α: coincidences o(1,1) = 4, o(0,0) = 2, o(1,−1) = o(−1,1) = 1; totals n₋ = 1, n₀ = 2, n₊ = 5, n = 8;
+    # δ²(−1,0) = 1.5², δ²(0,1) = 3.5², δ²(−1,1) = 5²: α = 1 − 7·(2·25)/(2·(2·2.25 + 10·12.25 + 5·25)) = 11/36.
+    files = export.export_study(four_items, "S", "csv")
+    summary = json.loads(files["S_summary.json"])
+    agreement = summary["agreement"]
+    assert (agreement["n_items"], agreement["n_raters"], agreement["fleiss_items"]) == (4, 2, 4)
+    assert agreement["fleiss_raters_per_item"] == 2
+    assert agreement["percent_agreement"] == pytest.approx(0.75, abs=1e-12)
+    assert agreement["cohen_kappa"] == pytest.approx(5 / 9, abs=1e-12)
+    assert agreement["fleiss_kappa"] == pytest.approx(9 / 17, abs=1e-12)
+    assert agreement["krippendorff_alpha"] == pytest.approx(11 / 36, abs=1e-12)
+    assert summary["wins"] == {A: 5, B: 1} and summary["ties"] == 2
+    assert export.reproduce_summary(export.load_export(files)).to_json()["agreement"] == agreement
+
+
+def plan(**settings) -> StudyPlan:
+    return StudyPlan(**{"primary_pair": (B, A), "target_neurons": 3, "ratings_per_item": 2, **settings})
+
+
+def test_the_analysis_follows_the_plan(four_items) -> None:
+    data = export.study_data(four_items, "S")
+    analysis = export.analyse(data.ratings, [A, B], None)
+    assert analysis.interim is None and analysis.plan is None
+    assert analysis.statistics.primary_pair == (A, B)
+    stored = StoredPlan(plan(min_gold_accuracy=0.5), "x", "now")
+    planned = export.analyse(data.ratings, [A, B], stored)
+    assert planned.statistics.primary_pair == (B, A) and planned.statistics.arms == (B, A)
+    assert planned.statistics.gold.min_accuracy == 0.5
+    assert export.analyse(data.ratings, [A, B], stored, 0.9).statistics.gold.min_accuracy == 0.9
+    assert planned.interim == export.Interim(True, 3, 3, "final")  # 3 neurons with decisive ratings: the target
+    short = StoredPlan(plan(target_neurons=4, interim="hide"), "x", "now")
+    hidden = export.analyse(data.ratings, [A, B], short)
+    assert hidden.interim == export.Interim(False, 3, 4, "hide")
+    assert hidden.statistics.primary.p_value is None and hidden.statistics.binomial_p is None
+    banner = export.analyse(data.ratings, [A, B], StoredPlan(plan(target_neurons=4), "x", "now"))
+    assert banner.interim.display == "banner" and banner.statistics.primary.p_value is not None
+    assert [row.rater for row in planned.quality.raters] == ["ann", "bob"]
+    summary = export.summary_of(data, 0.25)
+    assert (
+        summary.options == export.SummaryOptions(None, 0.25) and summary.analysis.statistics.gold.min_accuracy == 0.25
+    )
+    as_json = summary.to_json()
+    assert as_json["study"]["name"] == "S" and as_json["options"] == {"simulator": None, "min_gold_accuracy": 0.25}
+    assert (as_json["plan"], as_json["interim"]) == (None, None)
+    assert export.StudyAnalysis(planned.statistics, stored, planned.quality, planned.interim).to_json()["plan"] == (
+        stored.to_json()
+    )
+    assert as_json["quality"]["median_seconds"] is None
+    assert export.study_summary(four_items, "S") == export.summary_of(data).to_json()
 
 
 # --- hostile text: CSV cells a spreadsheet would run, and values that break naive CSV ------------------------------
