@@ -54,7 +54,7 @@ bench: data
 # on each mutant, with one worker, in a fresh mutants/<group>/ (so results never go stale and groups do not mix).
 # MUTANTS='<glob> ...' narrows a run to some mutants, e.g. MUTANTS='core.stats.agreement.*'. Afterwards
 # `cd mutants/<group> && ../../.venv/bin/mutmut show <mutant>` shows one mutant's diff.
-MUTATION_GROUPS := stats stats-models power blinding assignment export quality collection prompts scoring migrations
+MUTATION_GROUPS := stats stats-models power blinding assignment export export-files import quality collection prompts scoring migrations
 # core/stats in two halves of about 1500 mutants each, so that a run fits in half an hour on two cores.
 MUTATE_stats := core/stats/__init__.py core/stats/proportions.py core/stats/neuron_level.py core/stats/agreement.py
 TESTS_stats = $(wildcard tests/test_stats.py tests/test_stats_properties.py)
@@ -73,8 +73,21 @@ TESTS_assignment = $(wildcard tests/test_human_eval.py tests/test_human_eval_pro
 	--deselect=tests/test_human_eval.py::test_ratings_from_many_processes_at_once_are_all_kept
 MUTANTS_assignment := $(addprefix core.human_eval.x_,$(addsuffix __mutmut_*,_balanced_sides _item _gold_items \
 	plan_items as_seen item_targets _shuffle_key _open_items choose_item first_arm place_left _progress))
+# core/export.py in three runs: a study's data and analysis; its files and their re-import (and the purge); the import
+# of ratings collected elsewhere.
 MUTATE_export := core/export.py
 TESTS_export = $(wildcard tests/test_export.py tests/test_export_properties.py)
+MUTANTS_export := $(foreach fn,x_study_data x__add_automated_scores xǁStudyAnalysisǁto_json xǁStudySummaryǁto_json \
+	x_summary_of x_analyse x_study_summary,core.export.$(fn)__mutmut_*)
+MUTATE_export-files := core/export.py
+TESTS_export-files = $(TESTS_export)
+MUTANTS_export-files := $(foreach fn,x__looks_like_formula x_csv_safe x_csv_raw x__csv_text x_csv_bytes x__read_csv \
+	x_file_stem x__records x__json_bytes x_export_study x_write_export x__read_files x__frame x__restore_types \
+	x_load_export x_reproduce_summary x_purge_study_ratings x__remove,core.export.$(fn)__mutmut_*)
+MUTATE_import := core/export.py
+TESTS_import = $(TESTS_export)
+MUTANTS_import := $(foreach fn,xǁImportReportǁto_json xǁImportReportǁsummary_line xǁImportRatingsErrorǁ__init__ \
+	x__csv_field_limit x_read_rating_rows x__csv_error x_import_ratings x__rater_id x__check_row,core.export.$(fn)__mutmut_*)
 MUTATE_quality := core/quality.py core/plan.py
 TESTS_quality = $(wildcard tests/test_quality.py tests/test_plan*.py tests/test_quality_properties.py)
 # Collection's tracking state (core/activations.py's trackers) and the merge of ranks' states (core/distributed.py).

@@ -42,7 +42,7 @@ OPTIONS = CollectOptions(
     top_k=3,
     random_k=4,
     quantile_sample=10,
-    seed=5,
+    seed=1,  # excerpt 0 falls in the second level's subsample
     quantile_levels=3,
     quantile_k=2,
     nonactivating_k=2,
@@ -51,8 +51,11 @@ OPTIONS = CollectOptions(
 
 
 def activations(excerpts: int = 48, seed: int = 0) -> np.ndarray:
-    """[excerpts, tokens, neurons] of small whole numbers, so that maxima tie often."""
-    return np.random.default_rng(seed).integers(-3, 4, size=(excerpts, OPTIONS.excerpt_len, 5)).astype(np.float32)
+    """[excerpts, tokens, neurons] of small whole numbers, so that maxima tie often; excerpt 0 has neuron 0's
+    highest activation and neuron 1's lowest, so that index 0 is kept where it may be mistaken for "no excerpt"."""
+    acts = np.random.default_rng(seed).integers(-3, 4, size=(excerpts, OPTIONS.excerpt_len, 5)).astype(np.float32)
+    acts[0, 0, 0], acts[0, 0, 1] = 9.0, -9.0
+    return acts
 
 
 def track(acts: np.ndarray, batch_size: int, options: CollectOptions = OPTIONS, first: int = 0):
@@ -134,10 +137,15 @@ def test_a_trackers_state_holds_the_rows_asked_for_in_that_order() -> None:
     ]
     assert state.sample_max.tolist() == [acts[quantile_sample.members[i]].max(axis=0).tolist() for i in (9, 2, 5)]
     assert state.quiet_activations.tolist() == [acts[quiet_sample.members[4]].tolist()]
-    empty = _LayerTracker(5, OPTIONS, torch.device("cpu")).state([], [], [])
+    fresh = _LayerTracker(5, OPTIONS, torch.device("cpu"))
+    # Moments are summed in float64 whatever the activations' type, so that long runs keep their precision.
+    assert fresh.shifted_sum.dtype == fresh.shifted_sum_sq.dtype == torch.float64
+    empty = fresh.state([], [], [])
     assert (empty.count, empty.mean.tolist(), empty.m2.tolist()) == (0, [0.0] * 5, [0.0] * 5)
     assert empty.mean.dtype == torch.float64 and torch.isinf(empty.top_values).all()
+    assert torch.isinf(empty.max).all() and torch.isinf(empty.level_values).all()
     assert (empty.top_excerpts == -1).all() and (empty.bottom_excerpts == -1).all()
+    assert (empty.level_excerpts == -1).all()
 
 
 def test_a_tracker_keeps_only_the_kinds_of_scoring_excerpts_a_run_asks_for() -> None:
@@ -179,6 +187,27 @@ def test_a_fold_breaks_ties_by_the_earlier_excerpt_and_fills_free_slots() -> Non
             assert stored[neuron, slot, 0] == values[neuron, slot]
 
 
+def splitmix64_key(index: int, seed: int, stream: int) -> int:
+    """The key as its docstring defines it, in Python integers: SplitMix64's finaliser of index × the golden gamma
+    plus a salt (the finaliser of seed × 2 + stream), modulo 2⁶⁴, shifted to 63 bits."""
+    mask = 2**64 - 1
+
+    def mix(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    salt = mix((seed * 2 + stream) & mask)
+    return mix((index * 0x9E3779B97F4A7C15 + salt) & mask) >> 1
+
+
+def test_sample_keys_are_splitmix64_of_the_index() -> None:
+    indices = [0, 1, 2, 47, 1000, 2**40 + 3]
+    for seed, stream in ((0, 0), (3, 1), (11, 2), (2**31, 5)):
+        expected = [splitmix64_key(index, seed, stream) for index in indices]
+        assert sample_keys(np.array(indices), seed, stream).tolist() == expected, (seed, stream)
+
+
 def test_sample_keys_are_uniform_63_bit_and_fixed_by_seed_and_stream() -> None:
     keys = sample_keys(np.arange(20_000), seed=3, stream=1)
     assert keys.dtype == np.int64 and keys.min() >= 0
@@ -207,6 +236,10 @@ def test_a_keyed_sample_holds_the_size_smallest_keys_whatever_the_batches() -> N
     taken = sample.offer(10, 20)
     assert sorted(slot for _, slot in taken) == [0, 1]
     assert sorted(10 + position for position, _ in taken) == sorted(sample.members)
+    one = KeyedSample(1, 9, 0)
+    for first in range(0, 60, 4):
+        one.offer(first, 4)
+    assert one.members == [int(np.argmin(keys))]
     bigger = KeyedSample(100, 9, 0)
     assert bigger.offer(0, 30) == [(i, i) for i in range(30)] and bigger.members == list(range(30))
 
@@ -221,6 +254,9 @@ def test_level_rates_fall_geometrically_to_the_rate_whose_top_k_sit_near_the_med
     assert level_rates(CollectOptions(quantile_levels=0)) == [] and level_rates(CollectOptions(quantile_k=0)) == []
     short = CollectOptions(max_tokens=4, excerpt_len=4, quantile_levels=2, quantile_k=1)  # one excerpt at most
     assert level_rates(short) == pytest.approx([0.5, 0.5])
+    # Whole excerpts only: 50 tokens of 4 make 12 excerpts, so the last rate is 2·1/12.
+    uneven = CollectOptions(max_tokens=50, excerpt_len=4, quantile_levels=2, quantile_k=1)
+    assert level_rates(uneven) == pytest.approx([0.5, 1 / 6])
 
 
 def test_level_members_are_the_excerpts_whose_level_key_is_below_the_rate_and_any_split_agrees() -> None:
@@ -363,7 +399,7 @@ def test_scoring_records_by_hand() -> None:
         quiet = [e for e in quiet_sample.members if values[e] < median[neuron]][: OPTIONS.nonactivating_k]
         assert [r.tokens[0] for r in records.non_activating] == [f"e{e}" for e in quiet]
         expected_excerpts |= kept | set(bottom) | set(quiet)
-    assert scoring.excerpts() >= expected_excerpts
+    assert 0 in expected_excerpts and scoring.excerpts() >= expected_excerpts
     assert scoring.excerpts() <= set(range(len(acts)))
     # Without a quantile sample the levels are unknown; without a median no candidate counts as quiet.
     blind = _ScoringState.of(tracker.state([], [], range(6)), None, list(quiet_sample.members), 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import random
@@ -15,7 +16,7 @@ import pytest
 import sqlite_utils
 
 from core import db as dbmod
-from core import export, human_eval, raters
+from core import export, human_eval, quality, raters
 from core.__main__ import main as cli_main
 from core.errors import InputError, WorkbenchError
 from core.plan import StoredPlan, StudyPlan
@@ -248,7 +249,7 @@ def rate(db: sqlite_utils.Database, study: str, rater: str, wants: dict[int, str
         want = wants[admin[item.item_id]["position"]]
         arm = {"A": A, "B": B}.get(want)
         choice = want if arm is None else ("left" if seen["left_arm"] == arm else "right")
-        human_eval.submit_rating(db, study, rater, item.item_id, choice)
+        human_eval.submit_rating(db, study, rater, item.item_id, choice, seconds=1.0 + admin[item.item_id]["position"])
 
 
 @pytest.fixture
@@ -302,7 +303,15 @@ def test_the_analysis_follows_the_plan(four_items) -> None:
     assert hidden.statistics.primary.p_value is None and hidden.statistics.binomial_p is None
     banner = export.analyse(data.ratings, [A, B], StoredPlan(plan(target_neurons=4), "x", "now"))
     assert banner.interim.display == "banner" and banner.statistics.primary.p_value is not None
-    assert [row.rater for row in planned.quality.raters] == ["ann", "bob"]
+    assert [row.rater for row in planned.quality.raters] == ["ann", "bob"] and planned.plan == stored
+    # Decisive ratings of the pair (B, A): B won 1 of 6, none with a confidence; seconds 1-4 from each rater.
+    assert planned.quality.by_confidence == (quality.ConfidenceWinRate("none", 6, 1, 1 / 6),)
+    assert planned.quality.median_seconds == 2.5
+    capped = export.analyse(data.ratings, [A, B], StoredPlan(plan(rater_cap=3), "x", "now"))
+    assert (capped.quality.exclusions.n_over_cap, capped.statistics.n_ratings) == (2, 6)
+    assert [row.n_over_cap for row in capped.quality.raters] == [1, 1]
+    analysis_json = capped.to_json()
+    assert analysis_json["quality"]["exclusions"]["n_over_cap"] == 2 and analysis_json["interim"]["reached"]
     summary = export.summary_of(data, 0.25)
     assert (
         summary.options == export.SummaryOptions(None, 0.25) and summary.analysis.statistics.gold.min_accuracy == 0.25
@@ -313,8 +322,19 @@ def test_the_analysis_follows_the_plan(four_items) -> None:
     assert export.StudyAnalysis(planned.statistics, stored, planned.quality, planned.interim).to_json()["plan"] == (
         stored.to_json()
     )
-    assert as_json["quality"]["median_seconds"] is None
+    assert as_json["quality"]["median_seconds"] == 2.5
     assert export.study_summary(four_items, "S") == export.summary_of(data).to_json()
+    assert export.study_summary(four_items, "S", "hf:none", 0.5)["options"] == {
+        "simulator": "hf:none",
+        "min_gold_accuracy": 0.5,
+    }
+    # A study's stored plan comes with its data, and its summary follows it.
+    planned_study = plan(ratings_per_item=1)
+    human_eval.create_study(four_items, "P", f"{A},{B}", "0:0,0:1", 1, seed=1, plan=planned_study)
+    with_plan = export.study_data(four_items, "P")
+    assert with_plan.plan.plan == planned_study
+    assert export.summary_of(with_plan).analysis.statistics.arms == (B, A)
+    assert export.summary_of(dataclasses.replace(data, plan=stored)).analysis.plan == stored
 
 
 # --- hostile text: CSV cells a spreadsheet would run, and values that break naive CSV ------------------------------
@@ -376,6 +396,7 @@ def test_csv_safe_neutralises_formulas_and_csv_raw_undoes_exactly_that() -> None
         "=1+1": "'=1+1", "+1": "'+1", "-x": "'-x", "@SUM(A1)": "'@SUM(A1)", "\tx": "'\tx", "\rx": "'\rx",
         "-0.5": "-0.5", "-3": "-3", "-1e5": "-1e5", "-inf": "'-inf", "-\u0661": "'-\u0661", "plain": "plain",
         "": "", "'=x": "''=x", "''+x": "'''+x", "'plain": "'plain", "'": "'", "'-0.5": "'-0.5", " =x": " =x",
+        "X=1": "X=1",
     }  # fmt: skip
     for value, cell in cases.items():
         assert export.csv_safe(value) == cell, value

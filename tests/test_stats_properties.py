@@ -22,7 +22,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from core import stats
 from core.errors import InputError
-from tests.test_stats import SIM, A, B, C, frame, rating, scored, small_study
+from tests.test_stats import SIM, A, B, C, chance_ratings, frame, rating, scored, small_study
 
 # --- proportions ---------------------------------------------------------------------------------------------------
 
@@ -134,6 +134,19 @@ def test_cohen_kappa_refuses_unpaired_labels_and_is_zero_for_one_disagreement() 
         stats.cohen_kappa(["a"], ["a", "b"])
     # One unit, two different labels: p_o = 0, and each rater used one label, so p_e = 1·0 + 0·1 = 0: κ = 0.
     assert stats.cohen_kappa(["a"], ["b"]) == 0.0
+
+
+def test_labels_of_mixed_types_are_compared_not_ordered() -> None:
+    # Labels are only told apart, never ranked (nominal): a missing label (None) or a number among text is a label.
+    assert stats.cohen_kappa(["a", None, 1, "a"], ["a", None, 1, 1]) == pytest.approx(
+        stats.cohen_kappa(["a", "n", "1", "a"], ["a", "n", "1", "1"])
+    )
+    assert stats.fleiss_kappa([["a", 1], [1, 1], ["a", "a"]]) == pytest.approx(
+        stats.fleiss_kappa([["a", "1"], ["1", "1"], ["a", "a"]])
+    )
+    mixed = pd.DataFrame({"unit": [1, 1, 2, 2, 3, 3], "rater": ["r", "s"] * 3, "label": ["a", 1, 1, 1, "a", "a"]})
+    as_text = mixed.assign(label=mixed["label"].astype(str))
+    assert stats.krippendorff_alpha(mixed) == pytest.approx(stats.krippendorff_alpha(as_text))
 
 
 def test_fleiss_kappa_of_units_with_two_labels_each_by_hand() -> None:
@@ -304,8 +317,9 @@ def test_agreement_cis_are_percentiles_of_the_measures_on_resampled_items() -> N
 
 
 def test_agreement_is_seeded_with_the_seed_its_method_names() -> None:
-    ratings = frame(ORDERED_CASE)
-    assert stats.agreement(ratings, ORDERED_ARMS) == stats.agreement(ratings, ORDERED_ARMS, seed=0)
+    ratings = chance_ratings([A, B, C], 60, 3, seed=3)
+    assert stats.agreement(ratings, [A, B, C]) == stats.agreement(ratings, [A, B, C], seed=0)
+    assert stats.agreement(ratings, [A, B, C]) != stats.agreement(ratings, [A, B, C], seed=1)
     method = stats.agreement_method()
     assert "(2000 resamples, seed 0)" in method
     for words in ("Each rating coded relative to its item's pair", "A better / neither (tie or both bad) / B better",
