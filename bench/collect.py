@@ -8,10 +8,13 @@ Tokenisation is done once up front and shared, so both sides time only the model
 all tracking (top-k with per-token activations, random sample, moments, quantile sample). Repetitions alternate
 bare/collect to spread machine noise evenly; the medians and their ratio are printed.
 
-With --nproc N, the real command `torchrun --nproc-per-node K -m core collect --json` runs for K = 1 and K = N in
-turn (fresh database each time) and the speed-up of N processes over 1 is printed, for the pass alone (tokens/s from
-the report, the slowest rank's pass) and end to end (wall clock, model loading and database writes included).
-One process uses every core (torch's threads); torchrun gives each of N > 1 processes one thread.
+With --nproc N, the real command `torchrun --nproc-per-node K -m core collect --json` runs in three arms, in turn
+and each into a fresh database: 1 process on one thread, N processes on one thread each (a rank per core, as a rank
+per GPU), and 1 process on every core (torch's own threads). Printed: the scaling of N ranks over 1 with the same
+resources per rank (what torchrun buys on N GPUs), and N ranks against one process that already uses every core
+(what it buys on one CPU machine: nothing much, since torch's threads already share the work). Each for the pass
+alone (tokens/s from the report, the slowest rank's pass) and end to end (wall clock, model loading and database
+writes included).
 """
 
 from __future__ import annotations
@@ -129,13 +132,14 @@ def main() -> None:
         print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
-def torchrun_collect(nproc: int, args: argparse.Namespace, folder: Path, run: int) -> tuple[float, dict]:
-    """One real `torchrun … -m core collect --json` into a fresh database: (wall seconds, its report)."""
+def torchrun_collect(nproc: int, threads: int, args: argparse.Namespace, folder: Path, run: int) -> tuple[float, dict]:
+    """One real `torchrun … -m core collect --json` into a fresh database, each process on `threads` threads:
+    (wall seconds, its report)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               "-m", "core", "collect", "--db", str(folder / f"{nproc}-{run}.db"), "--model", args.model,
+               "-m", "core", "collect", "--db", str(folder / f"{nproc}-{threads}-{run}.db"), "--model", args.model,
                "--corpus", "default", "--max-tokens", str(args.tokens), "--batch-size", str(args.batch_size),
                "--device", args.device, "--json"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     seconds = time.perf_counter() - started
@@ -145,36 +149,39 @@ def torchrun_collect(nproc: int, args: argparse.Namespace, folder: Path, run: in
 
 
 def compare_processes(args: argparse.Namespace) -> None:
-    counts = (1, args.nproc)
-    walls: dict[int, list[float]] = {n: [] for n in counts}
-    passes: dict[int, list[float]] = {n: [] for n in counts}
-    reports: dict[int, dict] = {}
-    print(f"model {args.model}, {args.tokens:,} tokens, batch {args.batch_size}, {os.cpu_count()} cores, {args.device}")
+    cores = os.cpu_count() or 1
+    arms = {"1 rank, 1 thread": (1, 1), f"{args.nproc} ranks, 1 thread each": (args.nproc, 1),
+            f"1 rank, {cores} threads": (1, cores)}  # fmt: skip
+    walls: dict[str, list[float]] = {arm: [] for arm in arms}
+    passes: dict[str, list[float]] = {arm: [] for arm in arms}
+    reports: dict[str, dict] = {}
+    print(f"model {args.model}, {args.tokens:,} tokens, batch {args.batch_size}, {cores} cores, {args.device}")
     with tempfile.TemporaryDirectory() as folder:
         for run in range(args.repeats):
-            for nproc in counts:  # alternate, to spread machine noise over both
-                wall, report = torchrun_collect(nproc, args, Path(folder), run)
-                walls[nproc].append(wall)
-                passes[nproc].append(report["tokens_per_second"])
-                reports[nproc] = report
-    for nproc in counts:
-        report = reports[nproc]
+            for arm, (nproc, threads) in arms.items():  # in turn, to spread machine noise over every arm
+                wall, report = torchrun_collect(nproc, threads, args, Path(folder), run)
+                walls[arm].append(wall)
+                passes[arm].append(report["tokens_per_second"])
+                reports[arm] = report
+    for arm, report in reports.items():
         per_rank = ", ".join(f"{t:,.0f}" for t in report["tokens_per_second_per_rank"])
         peaks = ", ".join(f"{b / 2**20:,.0f}" for b in report["peak_memory_bytes_per_rank"])
         print(
-            f"{nproc} process(es): pass median {statistics.median(passes[nproc]):>8,.0f} tokens/s"
-            f" (per rank {per_rank}), wall median {statistics.median(walls[nproc]):6.1f}s,"
-            f" merge {report['merge_seconds']:.2f}s, tokens per rank {report['tokens_per_rank']}, peak MiB {peaks}"
+            f"{arm:>24}: pass median {statistics.median(passes[arm]):>8,.0f} tokens/s (per rank {per_rank}),"
+            f" wall median {statistics.median(walls[arm]):6.1f}s, merge {report['merge_seconds']:.2f}s,"
+            f" tokens per rank {report['tokens_per_rank']}, peak MiB {peaks}"
         )
-    many, one = args.nproc, 1
-    pass_ratios = [round(m / o, 2) for m, o in zip(passes[many], passes[one], strict=True)]
-    wall_ratios = [round(o / m, 2) for m, o in zip(walls[many], walls[one], strict=True)]
-    pass_speedup = statistics.median(passes[many]) / statistics.median(passes[one])
-    wall_speedup = statistics.median(walls[one]) / statistics.median(walls[many])
-    print(
-        f"speed-up of {many} processes over 1: pass {pass_speedup:.2f}× (each run: {pass_ratios}),"
-        f" end to end {wall_speedup:.2f}× (each run: {wall_ratios})"
-    )
+    one, many, every_core = arms
+    for label, baseline in ((f"scaling of {args.nproc} ranks over 1, a core each", one),
+                            (f"{args.nproc} ranks against 1 process on every core", every_core)):  # fmt: skip
+        pass_ratios = [round(m / b, 2) for m, b in zip(passes[many], passes[baseline], strict=True)]
+        wall_ratios = [round(b / m, 2) for m, b in zip(walls[many], walls[baseline], strict=True)]
+        pass_speedup = statistics.median(passes[many]) / statistics.median(passes[baseline])
+        wall_speedup = statistics.median(walls[baseline]) / statistics.median(walls[many])
+        print(
+            f"{label}: pass {pass_speedup:.2f}× (each run: {pass_ratios}),"
+            f" end to end {wall_speedup:.2f}× (each run: {wall_ratios})"
+        )
 
 
 if __name__ == "__main__":
