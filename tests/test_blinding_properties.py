@@ -81,6 +81,23 @@ def test_at_most_five_word_tells_strongest_first_then_by_word() -> None:
     assert [message.split("'")[1] for message in word_tells(strong, weak)] == ["strong", "weak"]
 
 
+def test_word_tells_of_equal_strength_are_ordered_by_word_whichever_arm_holds_them() -> None:
+    # "alpha" only in the first arm, "zeta" only in the second, 5 uses each: equally strong, so alphabetical.
+    texts_a = ["alpha"] * 5 + [str(i) for i in range(5)]
+    texts_b = ["zeta"] * 5 + [str(i) for i in range(5)]
+    assert [message.split("'")[1] for message in word_tells(texts_a, texts_b)] == ["alpha", "zeta"]
+    assert [message.split("'")[1] for message in word_tells(texts_b, texts_a)] == ["alpha", "zeta"]
+
+
+def test_a_length_tell_between_arms_of_less_than_one_word_on_average() -> None:
+    # 10 of 20 explanations are one word against 13 of 20: 0.50 vs 0.65 words, 30% longer, above LENGTH_TELL (20%).
+    shorter = ["word"] * 10 + [""] * 10
+    longer = ["word"] * 13 + [""] * 7
+    (tell,) = blinding.text_tells(pair(shorter, longer))
+    assert tell.kind == "length"
+    assert tell.message.startswith("summary explanations are 30% longer than original ones (0.7 vs 0.5 words")
+
+
 def test_a_length_tell_names_the_longer_arm_with_both_means() -> None:
     tells = blinding.text_tells(pair(["a b c"] * 4, ["a b c a b c"] * 4))
     assert [tell.kind for tell in tells] == ["length"]

@@ -10,9 +10,11 @@ import itertools
 import random
 from collections import Counter
 
+import pytest
 from scipy import stats as scipy_stats
 
 from core import human_eval
+from core.errors import InputError
 from core.plan import StudyPlan
 from core.records import NeuronId
 
@@ -135,6 +137,9 @@ def test_plan_items_balance_each_pairs_sides_and_skip_what_cannot_be_compared() 
     items, skipped = human_eval.plan_items("m", explanations, same, seed=4)
     assert skipped == [f"0:{i}: summary and summary@gpt-4 select the same explanation" for i in range(5)]
     assert len(items) == 10
+    # An arm that matches nothing stops the plan, naming the model and what there is.
+    with pytest.raises(InputError, match=r"^arm highlight@gpt-9 matches no explanation of my-model for these neurons"):
+        human_eval.plan_items("my-model", explanations, human_eval.parse_arms("summary,highlight@gpt-9"), seed=4)
 
 
 # --- who gets what -------------------------------------------------------------------------------------------------
@@ -250,6 +255,9 @@ def test_arm_a_is_the_truth_or_the_arm_the_study_lists_first() -> None:
     assert human_eval.first_arm(record, "other", C) == C  # an arm the study does not list comes last
     assert human_eval.first_arm(record, "decoy:summary", "truth:summary") == "truth:summary"
     assert human_eval.first_arm(record, "truth:original", "decoy:original") == "truth:original"
+    # The truth is arm A on either side, even against an arm the study lists.
+    assert human_eval.first_arm(record, "truth:summary", B) == "truth:summary"
+    assert human_eval.first_arm(record, B, "truth:summary") == "truth:summary"
 
 
 def layout(left: str, right: str, rater: list[tuple[str, str, str]] = (), item: list[str] = ()) -> dict:

@@ -121,6 +121,12 @@ def test_flags_come_by_rater_name_and_judge_each_raters_answers_in_rating_order(
     assert [(row.rater, row.paused) for row in flags] == [("ann", False), ("cyd", True)]
     in_order = ratings.sort_values("rating_id").drop(columns="rating_id")
     assert [row.paused for row in quality.rater_flags(in_order, plan(qualification_items=2))] == [False, True]
+    # At a threshold of 1/2 only the order decides: the first gold answer by rating id is wrong, the first listed is
+    # right (two answers are too few for the continuing check).
+    first_wrong = frame([{"rater": "cyd", **gold(True)}, {"rater": "cyd", **gold(False)}]).assign(rating_id=[9, 1])
+    lenient = plan(qualification_items=1, min_gold_accuracy=0.5)
+    assert [row.paused for row in quality.rater_flags(first_wrong, lenient)] == [True]
+    assert [row.paused for row in quality.rater_flags(first_wrong.assign(rating_id=[1, 9]), lenient)] == [False]
     # The cap keeps each rater's first ratings by rating id, not by their place in the frame.
     capped = frame([{"rater": "ann", "choice": "left"}] * 3).assign(rating_id=[30, 10, 20])
     kept, exclusions = quality.apply_plan(capped, plan(rater_cap=2))
