@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import random
-import time
 
 import choix
 import krippendorff
@@ -825,9 +824,7 @@ def test_neuron_level_is_calibrated_when_neurons_differ_and_no_arm_is_better(rat
 def test_mixed_effects_recovers_a_known_preference_and_position_effect() -> None:
     # Every neuron at p = 0.7, the left side favoured by 1 on the log-odds scale (2 between left and right).
     ratings = simulate_study(neurons=50, ratings_per_neuron=4, preference=0.7, position_bias=1.0, seed=5)
-    started = time.perf_counter()
     result = stats.mixed_effects(ratings, *SIMULATED_ARMS)
-    assert time.perf_counter() - started < 3  # about 0.2 s alone; generous for a shared machine
     assert result.converged and result.note is None
     assert (result.n_ratings, result.n_neurons, result.n_raters) == (200, 50, 8)
     assert result.win_probability_ci[0] < 0.7 < result.win_probability_ci[1]
@@ -848,6 +845,25 @@ def test_mixed_effects_says_why_it_did_not_fit() -> None:
     one_rater = stats.mixed_effects(frame([neuron_rating(n, "r0", n % 3 > 0, n % 2 == 0) for n in range(30)]), A, B)
     assert one_rater.rater_sd is None and "one rater" in one_rater.note
     assert one_rater.win_probability is not None
+
+
+def test_mixed_effects_gives_no_estimate_where_swapping_the_arms_contradicts_it() -> None:
+    # Two neurons always for A and two always for B, 100 ratings each: variational Bayes reported A winning with
+    # probability 0.9997 (CI 0.996 to 1), and B winning with 0.91 when the arms were swapped. No estimate, and why.
+    rows = [
+        neuron_rating(neuron, f"r{i % 3}", neuron < 2, a_left=i % 2 == 0) for neuron in range(4) for i in range(100)
+    ]
+    separated = stats.mixed_effects(frame(rows), A, B)
+    assert (separated.win_probability, separated.win_probability_ci, separated.neuron_sd) == (None, None, None)
+    assert "the variational fit is unstable on these data (A over B gives 1.000" in separated.note
+    assert "should add up to 1" in separated.note
+    # Where the fit is sound, the two directions mirror each other.
+    ratings = simulate_study(neurons=30, ratings_per_neuron=4, preference=0.7, seed=8)
+    forward, backward = (
+        stats.mixed_effects(ratings, *SIMULATED_ARMS),
+        stats.mixed_effects(ratings, *SIMULATED_ARMS[::-1]),
+    )
+    assert forward.note is None and forward.win_probability == pytest.approx(1 - backward.win_probability, abs=0.02)
 
 
 def test_withholding_the_tests_hides_every_p_value_and_ci_of_the_tests_and_nothing_else() -> None:

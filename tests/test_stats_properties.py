@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+import warnings
 
 import choix
 import krippendorff
@@ -124,6 +126,20 @@ def test_a_rater_exactly_at_the_gold_threshold_is_kept() -> None:
     assert set(kept["rater"]) == {"ann"}
     assert stats.exclude_low_gold_raters(rows, 0.51)[1] == ["ann", "bob"]
     assert stats.exclude_low_gold_raters(rows, None) == (rows, [])
+
+
+def test_only_bounds_below_1e_12_are_rounding_noise() -> None:
+    # A bound of exactly ±1e-12 is kept; anything smaller in magnitude is taken for noise and becomes 0.
+    for bound in (1e-12, -1e-12, 2e-12):
+        assert stats.percentile_interval(np.full((20, 1), bound)).tolist() == [[bound, bound]]
+    for noise in (9.9e-13, -5.55e-17):
+        assert stats.percentile_interval(np.full((20, 1), noise)).tolist() == [[0.0, 0.0]]
+
+
+def test_relative_outcomes_of_no_ratings_keep_their_types() -> None:
+    coded = stats.relative_outcomes(small_study().iloc[0:0], [A, B])
+    assert len(coded) == 0
+    assert (coded["a_left"].dtype.kind, coded["code"].dtype.kind) == ("b", "i")
 
 
 # --- agreement -----------------------------------------------------------------------------------------------------
@@ -321,11 +337,63 @@ def test_agreement_is_seeded_with_the_seed_its_method_names() -> None:
     assert stats.agreement(ratings, [A, B, C]) == stats.agreement(ratings, [A, B, C], seed=0)
     assert stats.agreement(ratings, [A, B, C]) != stats.agreement(ratings, [A, B, C], seed=1)
     method = stats.agreement_method()
+    assert method.startswith("Each rating coded relative to its item's pair: ")
     assert "(2000 resamples, seed 0)" in method
-    for words in ("Each rating coded relative to its item's pair", "A better / neither (tie or both bad) / B better",
+    for words in ("A better / neither (tie or both bad) / B better, A being the pair's first arm in the study's arm",
                   "Krippendorff's α ordinal", "Fleiss' κ on those with the most common number of raters",
                   "Cohen's κ only when exactly two raters"):  # fmt: skip
         assert words in method, words
+
+
+def test_alpha_of_a_grid_of_resampled_coincidences_is_each_one_alone() -> None:
+    # The coincidences may carry any number of leading axes (…, C·C); each cell is its own α.
+    rng = np.random.default_rng(17)
+    counts = np.array([np.bincount(rng.integers(0, 3, size=int(rng.integers(1, 5))), minlength=3) for _ in range(9)])
+    weights = rng.integers(0, 3, size=(2, 3, 9)).astype(float)  # 2 × 3 resamples, not square, so axes can't mix
+    weights[0, 0] = 1.0  # one cell is the data as they are: its α is the package's
+    grid = weights @ stats.unit_coincidences(counts)
+    assert grid.shape == (2, 3, 9)
+    for level in ("nominal", "ordinal"):
+        alphas = stats.alpha_from_coincidences(grid, level)
+        alone = [[stats.alpha_from_coincidences(grid[i, j], level) for j in range(3)] for i in range(2)]
+        assert alphas.shape == (2, 3), level
+        np.testing.assert_allclose(alphas, alone, rtol=1e-12, err_msg=level)
+        reliability = np.full((4, 9), np.nan)
+        for unit, unit_counts in enumerate(counts):
+            labels = np.repeat(np.arange(3), unit_counts)
+            reliability[: len(labels), unit] = labels
+        expected = krippendorff.alpha(reliability_data=reliability, level_of_measurement=level)
+        assert alphas[0, 0] == pytest.approx(expected, abs=1e-12), level
+
+
+def test_batched_fleiss_kappa_depends_on_the_weights_ratios_and_is_nan_for_one_category_despite_rounding() -> None:
+    counts = np.array([[2, 1, 0], [0, 3, 0], [1, 1, 1], [3, 0, 0]])
+    # Weights 1, 2, 0, 3 are those rows repeated: statsmodels on the repeated table.
+    expected = inter_rater.fleiss_kappa(np.repeat(counts, [1, 2, 0, 3], axis=0))
+    weights = np.array([[1.0, 2.0, 0.0, 3.0], [0.1, 0.2, 0.0, 0.3], [10.0, 20.0, 0.0, 30.0]])
+    assert stats.fleiss_from_counts(counts, weights) == pytest.approx([expected] * 3, abs=1e-12)
+    # Every label in one category: chance agreement is total, so κ is undefined, even where rounding of fractional
+    # weights leaves chance at 1 − 2.2e-16 or 1 + 4.4e-16 rather than exactly 1.
+    same = np.array([[3, 0, 0]] * 3)
+    weights = np.array([[0.358, 0.572, 0.322], [0.017, 0.813, 0.913], [1.0, 2.0, 3.0]])
+    assert np.isnan(stats.fleiss_from_counts(same, weights)).all()
+
+
+def test_undefined_agreement_is_nan_or_none_without_runtime_warnings() -> None:
+    # Measures left undefined (one category, nothing weighted) say so by nan, not by numpy or statsmodels warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert math.isnan(stats.cohen_kappa(["a", "a"], ["a", "a"]))
+        assert math.isnan(stats.cohen_kappa([], []))
+        same = np.array([[2, 0, 0], [3, 0, 0]])
+        assert np.isnan(stats.fleiss_from_counts(same, np.ones((2, 2)))).all()
+        assert np.isnan(stats.fleiss_from_counts(np.array([[2, 0], [1, 1]]), np.zeros((1, 2)))).all()
+        for level in ("nominal", "ordinal"):
+            assert np.isnan(stats.alpha_from_coincidences(stats.unit_coincidences(same).sum(axis=0), level))
+            assert np.isnan(stats.alpha_from_coincidences(np.zeros((4, 9)), level)).all()
+        rows = [rating(item, rater, "left") for item in range(3) for rater in ("ann", "bob")]
+        unanimous = stats.agreement(frame(rows), resamples=50)
+        assert (unanimous.cohen_kappa, unanimous.fleiss_kappa, unanimous.krippendorff_alpha) == (None, None, None)
 
 
 # --- the neuron as the unit ------------------------------------------------------------------------------------
@@ -440,6 +508,20 @@ def test_the_mixed_model_says_when_a_was_always_on_one_side_and_there_was_one_ra
     assert result.win_probability is not None
 
 
+def test_the_mixed_model_fits_through_numerical_warnings_and_refuses_a_one_sided_answer() -> None:
+    # Two neurons that each always pick the same arm, 200 ratings each: the VB objective overflows in np.exp (a
+    # RuntimeWarning inside statsmodels), and the fit still comes back. One neuron for each arm: the answer is 1/2,
+    # yet VB says A wins with 0.95 one way round and B with 1.00 the other, so there is no estimate, and the note
+    # says why.
+    rows = [neuron_rating(n, f"r{i % 3}", n == 0, a_left=i % 2 == 0) for n in range(2) for i in range(200)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.mixed_effects(frame(rows), A, B)
+    assert (result.n_ratings, result.n_neurons, result.n_raters, result.converged) == (400, 2, 3, False)
+    assert (result.win_probability, result.position_log_odds, result.neuron_sd) == (None, None, None)
+    assert result.note.startswith("the variational fit is unstable on these data (A over B gives 0.951, B over A")
+
+
 def test_the_mixed_model_is_statsmodels_vb_fit_of_the_documented_model() -> None:
     rng = np.random.default_rng(12)
     rows = []
@@ -471,6 +553,42 @@ def test_the_mixed_model_is_statsmodels_vb_fit_of_the_documented_model() -> None
     assert result.position_log_odds == pytest.approx(mean[1], abs=1e-6)
     assert result.position_log_odds_ci == pytest.approx((mean[1] - z * sd[1], mean[1] + z * sd[1]), abs=1e-6)
     assert (result.neuron_sd, result.rater_sd) == pytest.approx(tuple(np.exp(fit.vcp_mean)), abs=1e-6)
+
+
+def test_the_neuron_level_analyses_say_which_column_they_need_and_which_they_were_given() -> None:
+    ratings = frame([rating(1, "ann", "left")]).drop(columns=["neuron"])
+    message = (
+        "the neuron-level analysis needs a `neuron` column in the ratings (as in a study export); these ratings "
+        "have only: item_id, rater, choice, left_arm, right_arm, winner_arm, is_gold, gold_choice"
+    )
+    for analysis in (stats.neuron_shares, stats.neuron_level, stats.mixed_effects):
+        with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+            analysis(ratings, A, B)
+
+
+def test_neuron_shares_count_wins_as_integers_and_keep_neurons_with_a_missing_key_part() -> None:
+    # Neuron 1's model is unknown (an empty cell in an imported file): it is still a neuron of its own.
+    rows = [neuron_rating(0, "r0", True), neuron_rating(0, "r1", False), neuron_rating(0, "r2", True)]
+    rows += [{**neuron_rating(1, rater, False), "model": None} for rater in ("r0", "r1")]
+    shares = stats.neuron_shares(frame(rows), A, B)
+    assert list(shares["neuron"]) == ["0:0", "0:1"]
+    assert (list(shares["wins_a"]), list(shares["wins_b"]), list(shares["decisive"])) == ([2, 0], [1, 2], [3, 2])
+    assert all(shares[column].dtype.kind == "i" for column in ("wins_a", "wins_b", "decisive"))
+    primary = stats.neuron_level(frame(rows), A, B, resamples=50)
+    assert (primary.n_units, primary.n_decisive_ratings, primary.estimate) == (2, 5, pytest.approx(1 / 3))
+
+
+def test_the_neuron_level_method_and_notes_read_as_written() -> None:
+    primary = stats.neuron_level(frame([neuron_rating(n, "r0", n == 0) for n in range(2)]), A, B, resamples=50)
+    assert primary.method == (
+        "Exact two-sided sign test over neurons that lean one way (binomial, p = 1/2); 95% percentile bootstrap CI "
+        "of the mean per-neuron share, resampling neurons (50 resamples, seed 0)."
+    )
+    balanced = stats.neuron_level(frame([neuron_rating(n, f"r{i}", i == 0) for n in range(2) for i in range(2)]), A, B)
+    assert balanced.note == "no neuron leans either way (every share is exactly 1/2): the sign test has nothing to test"
+    one_way = stats.mixed_effects(frame([neuron_rating(n % 3, f"r{n % 2}", True, n % 2 == 0) for n in range(12)]), A, B)
+    assert one_way.note == "every decisive rating went the same way: the log-odds are unbounded"
+    assert one_way.win_probability is None and one_way.n_ratings == 12
 
 
 # --- Bradley–Terry -------------------------------------------------------------------------------------------------
