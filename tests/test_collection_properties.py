@@ -1,7 +1,8 @@
 """Properties of collection's tracking state and of the merge of several processes' states, checked against brute
 force on random activations without a model, as mutation testing (`make mutation MODULE=collection`,
 tests/README.md) asked for: every tracked quantity of every neuron whatever the batches, the samples' keys and
-levels, the scorers' excerpts as records, and merges of shards that hold ties, nothing, or fewer than k."""
+levels, the scorers' excerpts as records, merges of shards that hold ties, nothing, or fewer than k, and where the
+state lives, checked on torch's "meta" device (tensors with a shape and a device but no data), which needs no GPU."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from core.activations import (
+    LEVEL_STREAM,
     QUANTILE_STREAM,
     QUIET_OVERSAMPLE,
     QUIET_STREAM,
@@ -26,6 +28,7 @@ from core.activations import (
 )
 from core.distributed import (
     KeyedSample,
+    LayerState,
     chan_merge,
     interleave,
     local_rows,
@@ -35,6 +38,7 @@ from core.distributed import (
     select_sample,
     select_top,
 )
+from core.records import ScoringRecords
 
 OPTIONS = CollectOptions(
     max_tokens=48 * 4,
@@ -65,13 +69,16 @@ def track(acts: np.ndarray, batch_size: int, options: CollectOptions = OPTIONS, 
     samples = [
         KeyedSample(options.random_k, options.seed, RANDOM_STREAM),
         KeyedSample(options.quantile_sample, options.seed, QUANTILE_STREAM),
-        KeyedSample(options.nonactivating_k * QUIET_OVERSAMPLE, options.seed, QUIET_STREAM),
+        # None, as in a pass, for a run that keeps no non-activating excerpts
+        KeyedSample(options.nonactivating_k * QUIET_OVERSAMPLE, options.seed, QUIET_STREAM)
+        if options.nonactivating_k
+        else None,
     ]
     rates = level_rates(options)
     for start in range(0, len(acts), batch_size):
         batch = torch.tensor(acts[start : start + batch_size])
         ids = torch.arange(first + start, first + start + len(batch))
-        slots = [sample.offer(first + start, len(batch)) for sample in samples]
+        slots = [sample.offer(first + start, len(batch)) if sample is not None else [] for sample in samples]
         levels = [
             torch.tensor(m, dtype=torch.long) for m in level_members(first + start, len(batch), options.seed, rates)
         ]
@@ -187,18 +194,21 @@ def test_a_fold_breaks_ties_by_the_earlier_excerpt_and_fills_free_slots() -> Non
             assert stored[neuron, slot, 0] == values[neuron, slot]
 
 
+MASK64, GAMMA = 2**64 - 1, 0x9E3779B97F4A7C15
+
+
+def splitmix64_mix(z: int) -> int:
+    """SplitMix64's finaliser in Python integers, modulo 2⁶⁴."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
 def splitmix64_key(index: int, seed: int, stream: int) -> int:
     """The key as its docstring defines it, in Python integers: SplitMix64's finaliser of index × the golden gamma
     plus a salt (the finaliser of seed × 2 + stream), modulo 2⁶⁴, shifted to 63 bits."""
-    mask = 2**64 - 1
-
-    def mix(z: int) -> int:
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        return z ^ (z >> 31)
-
-    salt = mix((seed * 2 + stream) & mask)
-    return mix((index * 0x9E3779B97F4A7C15 + salt) & mask) >> 1
+    salt = splitmix64_mix((seed * 2 + stream) & MASK64)
+    return splitmix64_mix((index * GAMMA + salt) & MASK64) >> 1
 
 
 def test_sample_keys_are_splitmix64_of_the_index() -> None:
@@ -317,18 +327,19 @@ def test_select_top_and_merge_top_order_by_value_then_excerpt() -> None:
     assert top_acts[0, :, 0].tolist() == [2.0, 5.0, 9.0]
 
 
-def shard_states(acts: np.ndarray, cuts: list[int]):
+def shard_states(acts: np.ndarray, cuts: list[int], options: CollectOptions = OPTIONS):
     """Each shard's tracker over its excerpts, then the merge of their states the way rank 0 merges them."""
-    shards = [track(acts[a:b], 3, first=a) for a, b in itertools.pairwise(cuts)]
+    shards = [track(acts[a:b], 3, options, first=a) for a, b in itertools.pairwise(cuts)]
+    sizes = (options.random_k, options.quantile_sample, options.nonactivating_k * QUIET_OVERSAMPLE)
     selections = [
         select_sample([s[i].keys for _, s in shards], [s[i].members for _, s in shards], s_size)
-        for i, s_size in enumerate((OPTIONS.random_k, OPTIONS.quantile_sample, 6))
+        for i, s_size in enumerate(sizes)
     ]
     states = [
         tracker.state(*(local_rows(selection, rank) for selection in selections))
         for rank, (tracker, _) in enumerate(shards)
     ]
-    return merge_layer(states, selections[0], selections[1], OPTIONS.top_k, selections[2])
+    return merge_layer(states, selections[0], selections[1], options.top_k, selections[2])
 
 
 def test_shards_merged_equal_one_tracker_over_everything() -> None:
@@ -417,3 +428,233 @@ def test_scoring_records_by_hand() -> None:
     )
     nothing = _ScoringState.of(_LayerTracker(3, bare, torch.device("cpu")).state([], [], []), None, [], 0)
     assert not nothing.present and nothing.records(0, strings) is None and nothing.excerpts() == set()
+
+
+# --- placement: every tensor on the device asked for --------------------------------------------------------------
+
+META = torch.device("meta")  # tensors with a shape and a device but no data: placement checked without a GPU
+
+
+def tensors(holder: object) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in vars(holder).items() if isinstance(value, torch.Tensor)}
+
+
+def test_a_tracker_and_its_state_live_on_the_device_asked_for() -> None:
+    """Each layer's state on the device where the layer runs (under --device-map, several)."""
+    tracker = _LayerTracker(5, OPTIONS, META)
+    held = tensors(tracker)
+    # Every kind of state (the run keeps every kind of scorers' excerpt), every one on that device.
+    assert set(held) == {
+        "top_values",
+        "top_excerpts",
+        "top_activations",
+        "random_activations",
+        "sample_max",
+        "shifted_sum",
+        "shifted_sum_sq",
+        "max",
+        "level_values",
+        "level_excerpts",
+        "level_activations",
+        "bottom_values",
+        "bottom_excerpts",
+        "bottom_activations",
+        "quiet_activations",
+    }
+    assert tracker.device == META and all(tensor.device == META for tensor in held.values())
+    assert {held[name].dtype for name in ("top_excerpts", "level_excerpts", "bottom_excerpts")} == {torch.int64}
+    state = tracker.state([1, 0], [2], [5, 3, 4])
+    assert all(tensor.device == META for tensor in tensors(state).values())
+    assert state.quiet_activations is not None
+    shapes = [tuple(t.shape) for t in (state.random_activations, state.sample_max, state.quiet_activations)]
+    assert shapes == [(2, 4, 5), (1, 5), (3, 4, 5)]
+
+
+def test_a_merge_puts_every_part_on_the_first_parts_device() -> None:
+    """Rank 0's device holds the merge; a part from elsewhere is moved there (here from the CPU to "meta", a move
+    that cannot go the other way, so that a part left behind fails)."""
+    bare = CollectOptions(
+        max_tokens=64,
+        excerpt_len=4,
+        top_k=2,
+        random_k=2,
+        quantile_sample=3,
+        quantile_levels=0,
+        nonactivating_k=0,
+        bottom_k=0,
+    )
+    acts = activations(6)
+    on_cpu = track(acts, 3, bare)[0].state([0, 1], [0], [])
+    on_meta = _LayerTracker(5, bare, META).state([], [], [])
+    # Both parts' top lists whole (top_k = their widths together), which meta tensors can order.
+    merged = merge_layer([on_meta, on_cpu], [(1, 0), (1, 1)], [(1, 0)], 4)
+    assert merged.count == acts.shape[0] * acts.shape[1]
+    assert all(tensor.device == META for tensor in tensors(merged).values())
+    shapes = [tuple(t.shape) for t in (merged.top_values, merged.random_activations, merged.sample_max)]
+    assert shapes == [(5, 4), (2, 4, 5), (1, 5)]
+
+
+def test_an_empty_selection_interleaves_to_no_rows_of_the_rows_shape() -> None:
+    assert tuple(interleave([], [torch.zeros((0, 4, 3)), torch.zeros((0, 4, 3))]).shape) == (0, 4, 3)
+
+
+def test_merges_refuse_parts_that_do_not_line_up() -> None:
+    """A shard's keys without its excerpts, or counts without means, are an error rather than a shorter merge."""
+    with pytest.raises(ValueError):
+        select_sample([[1, 2], [3]], [[10, 20]], 3)
+    with pytest.raises(ValueError):
+        select_sample([[1, 2], [3]], [[10, 20], []], 3)
+    with pytest.raises(ValueError):
+        chan_merge([1, 1], [torch.zeros(2)], [torch.zeros(2), torch.zeros(2)])
+
+
+# --- numerics, boundaries and ties ---------------------------------------------------------------------------------
+
+
+def test_moments_stay_exact_for_neurons_far_from_zero_and_from_each_other() -> None:
+    """Offsets of ±10⁴ around spreads of a few units: squared without each neuron's own shift, float32 would round
+    the variance away."""
+    acts = activations() + np.array([3e4, -3e4, 1e4, -2e4, 5e3], dtype=np.float32)
+    tracker, _ = track(acts, 8)
+    state = tracker.state([], [], [])
+    flat = acts.reshape(-1, acts.shape[2]).astype(np.float64)
+    np.testing.assert_allclose(state.mean.numpy(), flat.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(state.m2.numpy(), ((flat - flat.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-5)
+
+
+def test_an_excerpt_whose_level_key_equals_the_threshold_is_left_out() -> None:
+    """Members are the excerpts whose key is strictly below rate × 2⁶³: with a rate whose threshold is exactly an
+    excerpt's key, that excerpt is out, and with the next rate up it is in."""
+    seed, count = 5, 20_000
+    keys = sample_keys(np.arange(count), seed, LEVEL_STREAM).tolist()
+    # A key that a float holds exactly, so that rate × 2⁶³ gives it back.
+    index = next(i for i, key in enumerate(keys) if int(float(key)) == key and key < 0.99 * 2**63)
+    key = keys[index]
+    rate = key / 2**63
+    assert int(np.int64(rate * 2**63)) == key
+    assert level_members(0, count, seed, [rate]) == [[i for i, other in enumerate(keys) if other < key]]
+    assert level_members(index, 1, seed, [rate]) == [[]]
+    assert level_members(index, 1, seed, [float(np.nextafter(rate, 1.0))]) == [[0]]
+
+
+def splitmix64_unmix(z: int) -> int:
+    """The inverse of SplitMix64's finaliser (`splitmix64_mix`): each xor-shift and odd multiplier undone."""
+
+    def unshift(value: int, shift: int) -> int:
+        result = value
+        for _ in range(64 // shift + 1):
+            result = value ^ (result >> shift)
+        return result
+
+    z = (unshift(z, 31) * pow(0x94D049BB133111EB, -1, 2**64)) & MASK64
+    z = (unshift(z, 27) * pow(0xBF58476D1CE4E5B9, -1, 2**64)) & MASK64
+    return unshift(z, 30)
+
+
+def key_twin(index: int, seed: int, stream: int) -> int:
+    """The other excerpt index with `index`'s key: the 64-bit output that differs only in the bit the shift to 63
+    bits drops has one preimage, the finaliser and index × gamma + salt being bijections modulo 2⁶⁴."""
+    salt = splitmix64_mix((seed * 2 + stream) & MASK64)
+    output = splitmix64_mix((index * GAMMA + salt) & MASK64)
+    return ((splitmix64_unmix(output ^ 1) - salt) * pow(GAMMA, -1, 2**64)) & MASK64
+
+
+def test_a_keyed_sample_breaks_ties_in_keys_by_the_earlier_excerpt_whatever_the_order() -> None:
+    """Keys can tie (63 of 64 bits); the sample is then the `size` smallest (key, excerpt), as `select_sample`
+    merges them, whatever order the excerpts come in."""
+    seed, stream, index = 9, 0, 21  # excerpt 21's key sits near the middle, and its twin fits in an int64
+    twin = key_twin(index, seed, stream)
+    key = splitmix64_key(index, seed, stream)
+    assert index < twin < 2**62 and sample_keys(np.array([index, twin]), seed, stream).tolist() == [key, key]
+    others = sample_keys(np.arange(100), seed, stream).tolist()
+    below, above = next(i for i in range(100) if others[i] < key), next(i for i in range(100) if others[i] > key)
+    offered = [index, twin, below, above]
+    key_of = {excerpt: splitmix64_key(excerpt, seed, stream) for excerpt in offered}
+    for size in (1, 2, 3):
+        expected = sorted(sorted(offered, key=lambda excerpt: (key_of[excerpt], excerpt))[:size])
+        for order in itertools.permutations(offered):
+            sample = KeyedSample(size, seed, stream)
+            for excerpt in order:
+                sample.offer(excerpt, 1)
+            assert sorted(sample.members) == expected, (size, order)
+            assert sample.keys == [key_of[member] for member in sample.members]
+
+
+def hand_state(**scoring: torch.Tensor) -> LayerState:
+    """A one-neuron state, excerpts one token long, holding only the scorers' excerpts given."""
+    return LayerState(
+        count=0,
+        mean=torch.zeros(1, dtype=torch.float64),
+        m2=torch.zeros(1, dtype=torch.float64),
+        max=torch.zeros(1),
+        top_values=torch.zeros((1, 0)),
+        top_excerpts=torch.zeros((1, 0), dtype=torch.long),
+        top_activations=torch.zeros((1, 0, 1)),
+        random_activations=torch.zeros((0, 1, 1)),
+        sample_max=torch.zeros((0, 1)),
+        **scoring,
+    )
+
+
+def test_scoring_records_need_only_the_excerpts_the_state_names_and_skip_values_that_are_not_numbers() -> None:
+    """Each kind on its own: excerpt 0 is an excerpt like any other, a slot whose value is not a number (a model
+    that overflowed) makes no record, and `excerpts()` names every excerpt the records are made of."""
+    nan, inf = float("nan"), float("inf")
+    level_kind = hand_state(
+        level_values=torch.tensor([[[nan, 4.0, -inf]]]),
+        level_excerpts=torch.tensor([[[2, 0, -1]]]),
+        level_activations=torch.tensor([[[[nan], [4.0], [0.0]]]]),
+    )
+    bottom_kind = hand_state(
+        bottom_values=torch.tensor([[nan, 1.0, -inf]]),
+        bottom_excerpts=torch.tensor([[3, 0, -1]]),
+        bottom_activations=torch.tensor([[[nan], [-1.0], [0.0]]]),
+    )
+    for state in (level_kind, bottom_kind):
+        scoring = _ScoringState.of(state, None, [], 0)
+        assert 0 in scoring.excerpts() and -1 not in scoring.excerpts()
+        strings: dict[int, tuple[str, ...]] = {excerpt: (f"e{excerpt}",) for excerpt in scoring.excerpts()}
+        records = scoring.records(0, strings)
+        assert records is not None
+        assert [(r.tokens, r.activations) for r in records.quantile + records.bottom] == [
+            (("e0",), (4.0,) if state is level_kind else (-1.0,))
+        ]
+    # Without a median no candidate is below it: a mask of booleans, all False.
+    quiet = _ScoringState.of(hand_state(quiet_activations=torch.zeros((3, 1, 1))), None, [7, 8, 9], 2)
+    assert quiet.quiet_below.dtype == np.bool_ and quiet.quiet_below.shape == (1, 3) and not quiet.quiet_below.any()
+    assert quiet.excerpts() == set() and quiet.records(0, {}) == ScoringRecords()
+
+
+def test_tied_scoring_records_come_in_one_order_by_level_then_excerpt() -> None:
+    """Quantile records tied in value come by the first level holding them, then by excerpt; bottom records, most
+    negative first, by excerpt: the order of the merged lists. Each neuron's 18 level slots, sorted within a level
+    but not across levels, with many ties, are more than a sort that is not stable keeps in order by luck."""
+    many = CollectOptions(
+        max_tokens=120 * 2,
+        excerpt_len=2,
+        top_k=2,
+        random_k=1,
+        quantile_sample=10,
+        seed=1,
+        quantile_levels=3,
+        quantile_k=6,
+        nonactivating_k=1,
+        bottom_k=5,
+    )
+    acts = np.random.default_rng(4).integers(-9, 10, size=(120, 2, 3)).astype(np.float32)
+    scoring = _ScoringState.of(shard_states(acts, [0, 50, 120], many), None, [], 0)
+    strings: dict[int, tuple[str, ...]] = {excerpt: (f"e{excerpt}", "x") for excerpt in range(len(acts))}
+    excerpt_max, excerpt_min = acts.max(axis=1), acts.min(axis=1)
+    levels = level_members(0, len(acts), many.seed, level_rates(many))
+    for neuron in range(acts.shape[2]):
+        records = scoring.records(neuron, strings)
+        assert records is not None
+        values = excerpt_max[:, neuron]
+        first_level: dict[int, int] = {}
+        for level, members in enumerate(levels):
+            for excerpt in best(values, members, many.quantile_k):
+                first_level.setdefault(excerpt, level)
+        expected = sorted(first_level, key=lambda e: (-values[e], first_level[e], e))
+        assert [r.tokens[0] for r in records.quantile] == [f"e{e}" for e in expected], neuron
+        bottom = best(-excerpt_min[:, neuron], range(len(acts)), many.bottom_k)
+        assert [r.tokens[0] for r in records.bottom] == [f"e{e}" for e in bottom], neuron
