@@ -6,6 +6,7 @@ export reports and the plan's part in the analysis are in tests/test_export.py.)
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -105,6 +106,22 @@ def test_an_export_never_replaces_a_file_unless_allowed_and_names_its_files_safe
     assert not list(tmp_path.glob("**/.*.partial"))
 
 
+def test_a_zip_export_is_compressed_and_a_write_that_fails_says_why(tmp_path) -> None:
+    files = {"a_summary.json": b"{}", "a_ratings.csv": b"item_id,choice\r\n" + b"1,left\r\n" * 500}
+    (archive,) = export.write_export(files, tmp_path / "out.zip")
+    with zipfile.ZipFile(archive) as opened:
+        assert {info.filename: info.compress_type for info in opened.infolist()} == dict.fromkeys(
+            files, zipfile.ZIP_DEFLATED
+        )
+        assert archive.stat().st_size < len(files["a_ratings.csv"]) / 4
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(export.InputError) as refused:
+        export.write_export(files, blocker / "out")
+    assert str(refused.value) == f"cannot write the export to {blocker / 'out'}: Not a directory"
+    assert blocker.read_text() == "" and not list(tmp_path.glob("**/.*.partial"))
+
+
 def test_text_that_reads_as_missing_stays_text_through_csv_and_json_keeps_unicode() -> None:
     frame = export.pd.DataFrame({"comment": ["NA", "null", "None", "n/a", "nan", "", None], "n": [1, 2, 3, 4, 5, 6, 7]})
     back = export._read_csv(export.csv_bytes(frame))
@@ -129,6 +146,10 @@ def test_a_damaged_or_partial_export_is_refused_by_what_it_lacks(tmp_path) -> No
     loaded = export.load_export({"S.json": json.dumps(bundle).encode()})
     assert list(loaded.ratings.columns) == [*export.RATING_COLUMNS, "score:x:left"]
     assert loaded.ratings["is_gold"].tolist() == [0] and loaded.summary == {"arms": [A, B]}
+    # is_gold comes back as whole numbers, whatever the file held (JSON true/false, as other tools write it).
+    flagged = {**bundle, "ratings": [rating | {"is_gold": True}, rating | {"is_gold": False}]}
+    loaded = export.load_export({"S.json": json.dumps(flagged).encode()})
+    assert loaded.ratings["is_gold"].dtype == np.int64 and loaded.ratings["is_gold"].tolist() == [1, 0]
 
 
 def test_an_export_with_a_plan_and_options_reproduces_them(db) -> None:
@@ -209,6 +230,20 @@ def test_an_import_accepts_numbers_as_spreadsheets_write_them(db, items, tmp_pat
         report.summary_line("S")
         == "study 'S': 2 rows read, 2 written (0 replacing a different rating), 0 unchanged, 0 rejected"
     )
+
+
+def test_an_import_keeps_the_layout_each_row_names_on_either_side(db, items, tmp_path) -> None:
+    path = tmp_path / "ratings.csv"
+    study_id = human_eval.get_study(db, "S").id
+    for arm in (A, B):
+        path.write_text(f"item_id,rater,choice,shown_left\n{items['a']},ann,left,{arm}\n")
+        export.import_ratings(db, "S", path)
+        (stored,) = dbmod.study_ratings(db, study_id)
+        assert (stored["shown_left"], stored["left_arm"], stored["winner_arm"]) == (arm, arm, arm)
+    path.write_text("item_id,rater,choice\n ,ann,left\n")
+    with pytest.raises(export.ImportRatingsError) as refused:
+        export.import_ratings(db, "S", path)
+    assert refused.value.errors == ((2, "item_id is empty"),)
 
 
 def test_an_import_reads_rows_after_blank_lines_and_short_rows_and_names_new_raters(db, items, tmp_path) -> None:
