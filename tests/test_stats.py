@@ -856,7 +856,13 @@ def test_mixed_effects_gives_no_estimate_where_swapping_the_arms_contradicts_it(
     separated = stats.mixed_effects(frame(rows), A, B)
     assert (separated.win_probability, separated.win_probability_ci, separated.neuron_sd) == (None, None, None)
     assert "the variational fit is unstable on these data (A over B gives 1.000" in separated.note
-    assert "should add up to 1" in separated.note
+    assert separated.note.endswith("should add up to 1), as when each neuron's ratings all go one way: no estimate")
+    # The notes gathered before the check come first.
+    one_sided = [neuron_rating(neuron, "r0", neuron < 2) for neuron in range(4) for _ in range(100)]
+    assert stats.mixed_effects(frame(one_sided), A, B).note.startswith(
+        "arm A was always on the same side: no position effect; one rater: no rater random effect; the variational "
+        "fit is unstable on these data (A over B gives "
+    )
     # Where the fit is sound, the two directions mirror each other.
     ratings = simulate_study(neurons=30, ratings_per_neuron=4, preference=0.7, seed=8)
     forward, backward = (
