@@ -57,7 +57,7 @@ bench: data
 MUTATION_GROUPS := stats stats-models power blinding assignment export export-files import quality collection prompts scoring migrations
 # core/stats in two halves of about 1500 mutants each, so that a run fits in half an hour on two cores.
 MUTATE_stats := core/stats/__init__.py core/stats/proportions.py core/stats/neuron_level.py core/stats/agreement.py
-TESTS_stats = $(wildcard tests/test_stats.py tests/test_stats_properties.py)
+TESTS_stats = $(wildcard tests/test_stats.py tests/test_stats_properties.py tests/test_stats_models_properties.py)
 MUTATE_stats-models := core/stats/bradley_terry.py core/stats/automated.py core/stats/summary.py
 TESTS_stats-models = $(TESTS_stats)
 MUTATE_power := core/power.py

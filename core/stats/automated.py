@@ -80,7 +80,9 @@ def human_vs_automated(ratings: pd.DataFrame) -> HigherScoreChosen | None:
     if not {"left_score", "right_score"} <= set(ratings.columns):
         return None
     rated = arm_ratings(ratings)
-    left, right = pd.to_numeric(rated["left_score"]), pd.to_numeric(rated["right_score"])
+    # An export read back from CSV keeps a column as text when a cell is not a number: such a cell is a missing score.
+    left = pd.to_numeric(rated["left_score"], errors="coerce")
+    right = pd.to_numeric(rated["right_score"], errors="coerce")
     scored = rated["choice"].isin(DECISIVE) & left.notna() & right.notna()
     if not scored.any():
         return None
@@ -218,8 +220,10 @@ def _separated(x: np.ndarray, y: np.ndarray) -> bool:
 
 def score_logistic(coded: pd.DataFrame, difference: pd.Series) -> ScoreLogistic:
     """Logistic regression of A winning on the score difference (see ScoreLogistic)."""
-    usable = coded["choice"].isin(DECISIVE).to_numpy() & difference.notna().to_numpy()
-    x = difference.to_numpy(dtype=float)[usable]
+    # An infinite difference (from a score no scorer gives, read from a file) is no evidence: it counts as missing.
+    differences = difference.to_numpy(dtype=float)
+    usable = coded["choice"].isin(DECISIVE).to_numpy() & np.isfinite(differences)
+    x = differences[usable]
     y = (coded["code"].to_numpy()[usable] == 1).astype(float)
     clusters = pd.factorize(cluster_keys(coded[usable]), sort=True)[0] if usable.any() else np.zeros(0, int)
     n_neurons = len(np.unique(clusters))
@@ -276,11 +280,14 @@ def arm_mean_scores(ratings: pd.DataFrame, kind: str, name: str) -> dict[str, fl
     parts = []
     for side in SIDES:
         id_column = f"{side}_explanation_id"
-        # The same explanation may be shown on either side; float ids, so that 3 and 3.0 are one explanation.
+        # The same explanation may be shown on either side; float ids, so that 3 and 3.0 are one explanation. Without
+        # an id, each item's side is an explanation of its own.
+        own = rated["item_id"].astype(str) + f":{side}"
         if id_column in rated:
-            key = pd.to_numeric(rated[id_column], errors="coerce").astype(float).astype(str)
+            ids = pd.to_numeric(rated[id_column], errors="coerce").astype(float)
+            key = ids.astype(str).where(ids.notna(), own)
         else:
-            key = rated["item_id"].astype(str) + f":{side}"
+            key = own
         values = pd.to_numeric(rated[automated_column(kind, name, side)], errors="coerce")
         parts.append(pd.DataFrame({"arm": rated[f"{side}_arm"], "key": key, "value": values}))
     values = pd.concat(parts).dropna(subset=["value"]).drop_duplicates(subset=["arm", "key"])
