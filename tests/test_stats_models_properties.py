@@ -3,9 +3,8 @@ tests/README.md) showed untested after tests/test_stats_properties.py: Bradleyâ€
 likelihood equations where choix converges slowly, batches of any shape, a bootstrap prior share over every chunk
 of resamples and no dependence on the order of the rows; the logistic regression's separation at both boundaries,
 its non-convergence and its silence on stdout; infinite differences, scores read back as text and explanations
-without ids; and the full text of every
-warning, note and method. Values are worked out by hand or by a reference written here (scipy's root finder,
-statsmodels, a reachability search)."""
+without ids; and the full text of every warning, note and method. Values are worked out by hand or by a reference
+written here (scipy's root finder, statsmodels, a reachability search)."""
 
 from __future__ import annotations
 
