@@ -54,7 +54,8 @@ bench: data
 # on each mutant, with one worker, in a fresh mutants/<group>/ (so results never go stale and groups do not mix).
 # MUTANTS='<glob> ...' narrows a run to some mutants, e.g. MUTANTS='core.stats.agreement.*'. Afterwards
 # `cd mutants/<group> && ../../.venv/bin/mutmut show <mutant>` shows one mutant's diff.
-MUTATION_GROUPS := stats stats-models power blinding assignment export export-files import quality collection prompts scoring migrations
+MUTATION_GROUPS := stats stats-models power blinding assignment export export-files import quality collection prompts scoring \
+	classifier migrations
 # core/stats in two halves of about 1500 mutants each, so that a run fits in half an hour on two cores.
 MUTATE_stats := core/stats/__init__.py core/stats/proportions.py core/stats/neuron_level.py core/stats/agreement.py
 TESTS_stats = $(wildcard tests/test_stats.py tests/test_stats_properties.py tests/test_stats_models_properties.py)
@@ -107,6 +108,12 @@ MUTATE_prompts := core/prompts.py
 TESTS_prompts = $(wildcard tests/test_prompts.py tests/test_prompts_properties.py)
 MUTATE_scoring := core/scoring.py core/scorers/*.py
 TESTS_scoring = $(wildcard tests/test_scoring.py tests/test_scorers.py tests/test_scoring_properties.py)
+# The detection and fuzzing scorers (reading answers, probabilities, prompts, the score), apart from the scoring run:
+# without the embedding tests, which load MiniLM (20 s a mutant) and do not reach this module.
+MUTATE_classifier := core/scorers/classifier.py
+TESTS_classifier = $(wildcard tests/test_scorers.py tests/test_classifier_properties.py tests/test_classifier_llm_properties.py) \
+	$(addprefix --deselect=tests/test_scorers.py::,\
+	test_embedding_scorer_scores_and_skips_layers_without_excerpts test_embedding_prefers_a_neurons_own_token)
 MUTATE_migrations := core/db/base.py
 TESTS_migrations = $(wildcard tests/test_migrations.py tests/test_migrations_properties.py)
 

@@ -221,9 +221,10 @@ def test_an_infinite_score_difference_counts_as_missing() -> None:
 
 def test_the_human_choice_against_the_scores_reads_text_that_is_not_a_number_as_missing() -> None:
     rows = [rating(i, "ann", choice, left_score=left, right_score=right) for i, (choice, left, right) in
-            enumerate([("left", 0.9, 0.1), ("right", 0.2, 0.8), ("left", 0.3, 0.7), ("left", "n/a", 0.5)])]  # fmt: skip
+            enumerate([("left", 0.9, 0.1), ("right", 0.2, 0.8), ("left", 0.3, 0.7), ("left", "n/a", 0.5),
+                       ("right", 0.5, "n/a")])]  # fmt: skip
     as_text = frame(rows).astype({"left_score": str, "right_score": str})
-    numbers = frame(rows).replace({"left_score": {"n/a": math.nan}})
+    numbers = frame(rows).replace({"left_score": {"n/a": math.nan}, "right_score": {"n/a": math.nan}})
     result = stats.human_vs_automated(as_text)
     assert result == stats.human_vs_automated(numbers)
     assert (result.successes, result.n, result.n_score_ties) == (2, 3, 0)
