@@ -120,6 +120,7 @@ def truthful(scorer, records: list[NeuronRecord]):
         "Sure! Here is my answer: [0, 1] was a draft; final: [1, 0, 1]",
         "Excerpt 1: 1\nExcerpt 2: no\nExcerpt 3: yes",
         "1) 1\n2) 0\n3) 1",
+        "Excerpt 0: 1\nExcerpt 1: 0\nExcerpt 2: 1",  # numbered from 0
         "1 0 1",
         "101",
     ],
@@ -134,6 +135,18 @@ def test_answers_in_many_shapes_are_read(answer: str) -> None:
 def test_answers_that_do_not_hold_one_value_per_excerpt_are_refused(answer) -> None:
     with pytest.raises(AnswerUnreadable):
         parse_answer(answer, 3)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["Excerpt 1: 1\nExcerpt 2: 0\nExcerpt 3: 1", "1: 1, 2: 0, 3: 0", "[Excerpt 1: 1, Excerpt 2: 0, Excerpt 3: 1]",
+     "Excerpt 1: yes\nExcerpt 2: no\nExcerpt 4: no"],
+)  # fmt: skip
+def test_numbered_answers_a_line_short_are_refused_not_shifted(answer: str) -> None:
+    # The excerpt number "1" once passed for a value: three answers and the label made four, each answer read as
+    # the excerpt before its own.
+    with pytest.raises(AnswerUnreadable, match="does not hold one 0 or 1 for each of the 4 excerpts"):
+        parse_answer(answer, 4)
 
 
 def test_probabilities_come_from_the_top_logprobs_of_each_value() -> None:

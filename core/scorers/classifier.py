@@ -216,39 +216,53 @@ _NUMBERED = re.compile(r"(?:excerpt\s*)?(\d+)\s*[:.)=-]\s*" + _VALUE, re.IGNOREC
 _COMPACT = re.compile(r"(?<!\d)([01]+)(?!\d)")
 
 
-def _values_in(text: str, offset: int) -> list[ParsedValue]:
-    return [
+def _values_in(text: str, offset: int, labels: frozenset[int] = frozenset()) -> list[ParsedValue]:
+    """The values in `text` (which starts at `offset` of the answer), but not those at `labels`: offsets of excerpt
+    numbers, so that the "1" of "Excerpt 1: 0" is never read as an answer."""
+    found = (
         ParsedValue(VALUE_WORDS[m.group(1).lower()], offset + m.start(1))
         for m in re.finditer(_VALUE, text, re.IGNORECASE)
-    ]
+    )
+    return [value for value in found if value.start not in labels]
 
 
 def parse_answer(answer: str | None, count: int) -> list[ParsedValue]:
     """One value per excerpt from a reply, in excerpt order, with its offset. Read, in this order: the last
     bracketed list with exactly `count` values (`[1, 0, 1]`, `["1","0","1"]`, yes/no and true/false too); numbered
-    lines (`Excerpt 2: 1`, `2) no`) covering 1..count; exactly `count` bare values; one run of `count` digits
-    (`101`). AnswerUnreadable otherwise."""
+    lines (`Excerpt 2: 1`, `2) no`) covering 1..count, or 0..count − 1; exactly `count` bare values, where no line
+    is numbered; one run of `count` digits (`101`). AnswerUnreadable otherwise."""
     if not isinstance(answer, str) or not answer.strip():
         raise AnswerUnreadable("the answer is empty")
+    numbered_matches = list(_NUMBERED.finditer(answer))
+    labels = frozenset(match.start(1) for match in numbered_matches)
     for match in reversed(list(_LIST.finditer(answer))):
-        found = _values_in(match.group(1), match.start(1))
+        found = _values_in(match.group(1), match.start(1), labels)
         if len(found) == count:
             return found
     numbered: dict[int, ParsedValue] = {}
-    for match in _NUMBERED.finditer(answer):
+    for match in numbered_matches:
         number = int(match.group(1))
-        if 1 <= number <= count and number not in numbered:
+        if 0 <= number <= count and number not in numbered:
             numbered[number] = ParsedValue(VALUE_WORDS[match.group(2).lower()], match.start(2))
-    if len(numbered) == count:
-        return [numbered[number] for number in range(1, count + 1)]
+    for first in (1, 0):  # numbered from 1, else from 0
+        if all(number in numbered for number in range(first, first + count)):
+            return [numbered[number] for number in range(first, first + count)]
+    if numbered_matches:
+        # Numbered lines that do not cover the excerpts: a line short must not shift every later answer onto the
+        # excerpt before it, as reading the values bare would (the "1" of "Excerpt 1: 0" passes for a value).
+        raise AnswerUnreadable(_unreadable(answer, count))
     bare = _values_in(answer, 0)
     if len(bare) == count:
         return bare
     runs = [m for m in _COMPACT.finditer(answer) if len(m.group(1)) == count]
     if len(runs) == 1:
         return [ParsedValue(int(ch), runs[0].start(1) + i) for i, ch in enumerate(runs[0].group(1))]
+    raise AnswerUnreadable(_unreadable(answer, count))
+
+
+def _unreadable(answer: str, count: int) -> str:
     shown = answer.strip().replace("\n", " ")[:80]
-    raise AnswerUnreadable(f"the answer {shown!r} does not hold one 0 or 1 for each of the {count} excerpts")
+    return f"the answer {shown!r} does not hold one 0 or 1 for each of the {count} excerpts"
 
 
 def probabilities(answer: str, content: Sequence[Mapping[str, Any]] | None, parsed: Sequence[ParsedValue]) -> list:
