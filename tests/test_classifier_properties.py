@@ -240,7 +240,7 @@ def test_a_failed_call_leaves_only_its_excerpts_out():
     assert result.auc is None
     assert result.notes == (
         "call 0: timed out",
-        "logprobs were missing for some excerpts: no AUC",
+        "no AUC: it needs an answer for every excerpt",
         "3 of 10 excerpts had no readable answer and are left out",
     )
     assert (result.input_tokens, result.output_tokens) == (20 + 30 + 40, 2 + 3 + 4)
@@ -270,7 +270,6 @@ def test_nothing_readable_fails_with_every_note_as_the_error():
         "call 1: the answer 'unsure' does not hold one 0 or 1 for each of the 3 excerpts",
         "call 2: the answer 'maybe' does not hold one 0 or 1 for each of the 3 excerpts",
         "call 3: the answer 'unsure' does not hold one 0 or 1 for each of the 1 excerpts",
-        "the server returned no logprobs: no AUC",
         "10 of 10 excerpts had no readable answer and are left out",
     )
     assert result.error == "; ".join(result.notes)
@@ -288,15 +287,24 @@ def test_logprob_notes():
     partial = StandInLLM(lambda n, names: replace(answer(n, names), logprobs=None) if n == 2 else answer(n, names))
     result = detection(partial).score("names", neuron(4, 6))
     assert result.auc is None and result.ok
-    assert result.notes == ("logprobs were missing for some excerpts: no AUC",)
+    assert result.notes == ("logprobs were missing for some answers: no AUC",)
     # None at all, every call answered: the server sent none.
     result = detection(StandInLLM(answering(with_chance=False))).score("names", neuron(4, 6))
     assert result.auc is None and result.notes == ("the server returned no logprobs: no AUC",)
-    # None at all, but a call failed: only the failure is noted.
+    # None at all, and a call failed: both are said.
     bare = answering(with_chance=False)
     failing = StandInLLM(lambda n, names: LLMError("refused") if n == 3 else bare(n, names))
     result = detection(failing).score("names", neuron(4, 6))
-    assert result.notes == ("call 3: refused", "1 of 10 excerpts had no readable answer and are left out")
+    assert result.notes == (
+        "call 3: refused",
+        "the server returned no logprobs: no AUC",
+        "1 of 10 excerpts had no readable answer and are left out",
+    )
+    # Logprobs sent, but not for the tokens of the values read: they do not spell the answers.
+    unrelated = [{"token": "ok", "logprob": 0.0, "top_logprobs": []}]
+    misspelt = StandInLLM(lambda n, names: replace(bare(n, names), logprobs=unrelated))
+    result = detection(misspelt).score("names", neuron(4, 6))
+    assert result.auc is None and result.notes == ("the logprobs did not spell the answers: no AUC",)
 
 
 @pytest.mark.parametrize(
