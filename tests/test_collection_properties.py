@@ -6,6 +6,7 @@ state lives, checked on torch's "meta" device (tensors with a shape and a device
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -155,17 +156,21 @@ def test_a_trackers_state_holds_the_rows_asked_for_in_that_order() -> None:
     assert (empty.level_excerpts == -1).all()
 
 
+# A run that keeps no scorers' excerpts: top excerpts, a random sample and the quantile sample only.
+BARE = CollectOptions(
+    max_tokens=64,
+    excerpt_len=4,
+    top_k=2,
+    random_k=1,
+    quantile_sample=3,
+    quantile_levels=0,
+    nonactivating_k=0,
+    bottom_k=0,
+)
+
+
 def test_a_tracker_keeps_only_the_kinds_of_scoring_excerpts_a_run_asks_for() -> None:
-    bare = CollectOptions(
-        max_tokens=64,
-        excerpt_len=4,
-        top_k=2,
-        random_k=1,
-        quantile_sample=3,
-        quantile_levels=0,
-        nonactivating_k=0,
-        bottom_k=0,
-    )
+    bare = BARE
     tracker = _LayerTracker(3, bare, torch.device("cpu"))
     assert (tracker.level_values, tracker.bottom_values, tracker.quiet_activations) == (None, None, None)
     state = tracker.state([], [], [])
@@ -342,6 +347,25 @@ def shard_states(acts: np.ndarray, cuts: list[int], options: CollectOptions = OP
     return merge_layer(states, selections[0], selections[1], options.top_k, selections[2])
 
 
+# What a layer's state keeps as tensors, besides its moments (kept as shifted sums by a tracker, as mean and M2 by
+# a state).
+KEPT_TENSORS = (
+    "max",
+    "top_values",
+    "top_excerpts",
+    "top_activations",
+    "random_activations",
+    "sample_max",
+    "level_values",
+    "level_excerpts",
+    "level_activations",
+    "bottom_values",
+    "bottom_excerpts",
+    "bottom_activations",
+    "quiet_activations",
+)
+
+
 def test_shards_merged_equal_one_tracker_over_everything() -> None:
     acts = activations(40, seed=3)
     whole = shard_states(acts, [0, 40])
@@ -350,21 +374,7 @@ def test_shards_merged_equal_one_tracker_over_everything() -> None:
         assert merged.count == whole.count
         torch.testing.assert_close(merged.mean, whole.mean, rtol=0, atol=1e-6)
         torch.testing.assert_close(merged.m2, whole.m2, rtol=1e-6, atol=1e-6)
-        for name in (
-            "max",
-            "top_values",
-            "top_excerpts",
-            "top_activations",
-            "random_activations",
-            "sample_max",
-            "level_values",
-            "level_excerpts",
-            "level_activations",
-            "bottom_values",
-            "bottom_excerpts",
-            "bottom_activations",
-            "quiet_activations",
-        ):
+        for name in KEPT_TENSORS:
             assert torch.equal(getattr(merged, name), getattr(whole, name)), (cuts, name)
     # Merged top lists are sorted best first, ties to the earlier excerpt.
     values, excerpts = whole.top_values, whole.top_excerpts
@@ -416,16 +426,7 @@ def test_scoring_records_by_hand() -> None:
     blind = _ScoringState.of(tracker.state([], [], range(6)), None, list(quiet_sample.members), 2)
     assert all(np.isnan(level) for level in blind.records(0, strings).levels)
     assert blind.records(0, strings).non_activating == ()
-    bare = CollectOptions(
-        max_tokens=64,
-        excerpt_len=4,
-        top_k=2,
-        random_k=1,
-        quantile_sample=3,
-        quantile_levels=0,
-        nonactivating_k=0,
-        bottom_k=0,
-    )
+    bare = BARE
     nothing = _ScoringState.of(_LayerTracker(3, bare, torch.device("cpu")).state([], [], []), None, [], 0)
     assert not nothing.present and nothing.records(0, strings) is None and nothing.excerpts() == set()
 
@@ -444,23 +445,7 @@ def test_a_tracker_and_its_state_live_on_the_device_asked_for() -> None:
     tracker = _LayerTracker(5, OPTIONS, META)
     held = tensors(tracker)
     # Every kind of state (the run keeps every kind of scorers' excerpt), every one on that device.
-    assert set(held) == {
-        "top_values",
-        "top_excerpts",
-        "top_activations",
-        "random_activations",
-        "sample_max",
-        "shifted_sum",
-        "shifted_sum_sq",
-        "max",
-        "level_values",
-        "level_excerpts",
-        "level_activations",
-        "bottom_values",
-        "bottom_excerpts",
-        "bottom_activations",
-        "quiet_activations",
-    }
+    assert set(held) == {*KEPT_TENSORS, "shifted_sum", "shifted_sum_sq"}
     assert tracker.device == META and all(tensor.device == META for tensor in held.values())
     assert {held[name].dtype for name in ("top_excerpts", "level_excerpts", "bottom_excerpts")} == {torch.int64}
     state = tracker.state([1, 0], [2], [5, 3, 4])
@@ -473,16 +458,7 @@ def test_a_tracker_and_its_state_live_on_the_device_asked_for() -> None:
 def test_a_merge_puts_every_part_on_the_first_parts_device() -> None:
     """Rank 0's device holds the merge; a part from elsewhere is moved there (here from the CPU to "meta", a move
     that cannot go the other way, so that a part left behind fails)."""
-    bare = CollectOptions(
-        max_tokens=64,
-        excerpt_len=4,
-        top_k=2,
-        random_k=2,
-        quantile_sample=3,
-        quantile_levels=0,
-        nonactivating_k=0,
-        bottom_k=0,
-    )
+    bare = dataclasses.replace(BARE, random_k=2)
     acts = activations(6)
     on_cpu = track(acts, 3, bare)[0].state([0, 1], [0], [])
     on_meta = _LayerTracker(5, bare, META).state([], [], [])

@@ -667,8 +667,9 @@ def test_item_aggregates_count_choices_per_item() -> None:
     assert aggregated.set_index("item_id").loc[7, "n_ratings"] == 0
 
 
-def test_summary_has_the_documented_keys_and_pairs_for_three_arms() -> None:
-    rows = frame(
+def three_arm_ratings() -> pd.DataFrame:
+    """One rating of each pair of arms A, B and C, and a second of A against B."""
+    return frame(
         [
             rating(1, "ann", "left", left=A, right=C),
             rating(2, "ann", "right", left=B, right=C),
@@ -676,6 +677,10 @@ def test_summary_has_the_documented_keys_and_pairs_for_three_arms() -> None:
             rating(4, "ann", "left"),
         ]
     )
+
+
+def test_summary_has_the_documented_keys_and_pairs_for_three_arms() -> None:
+    rows = three_arm_ratings()
     summary = stats.summary_from_ratings(rows, [A, B, C])
     as_json = summary.to_json()
     required = {"arms", "n_ratings", "wins", "ties", "both_bad", "win_rate", "wilson_ci", "binomial_p"}

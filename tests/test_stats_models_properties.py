@@ -18,7 +18,7 @@ from statsmodels.discrete.discrete_model import Logit
 
 from core import stats
 from core.stats.bradley_terry import bradley_terry_method
-from tests.test_stats import SIM, A, B, C, frame, rating, unanimous_three_arm_study
+from tests.test_stats import SIM, A, B, C, frame, rating, three_arm_ratings, unanimous_three_arm_study
 
 # --- Bradley–Terry: the fit --------------------------------------------------------------------------------------
 
@@ -280,14 +280,7 @@ def test_scores_read_back_as_text_are_numbers_and_what_is_not_a_number_is_missin
 
 
 def test_a_study_of_three_arms_says_its_p_values_are_holm_adjusted() -> None:
-    rows = frame(
-        [
-            rating(1, "ann", "left", left=A, right=C),
-            rating(2, "ann", "right", left=B, right=C),
-            rating(3, "ann", "left", left=B, right=A),
-            rating(4, "ann", "left"),
-        ]
-    )
+    rows = three_arm_ratings()
     as_json = stats.summary_from_ratings(rows, [A, B, C]).to_json()
     assert len(as_json["neuron_pairs"]) == 3
     assert as_json["multiple_pairs"] == "p_value_holm: Holm-adjusted over the study's pairs"
