@@ -525,18 +525,19 @@ class ClassifierScorer:
         )  # fmt: skip
         score = balanced_accuracy(labels, predictions)
         area = auroc(labels, chances)
-        if area is None:
-            # Why there is no AUC: answers without logprobs (some, or all of them, sent or not), or excerpts without
-            # an answer (said in the note on unread excerpts below).
-            if any(chances[i] is None for i, value in enumerate(predictions) if value is not None):
-                if any(p is not None for p in chances):
-                    notes.append("logprobs were missing for some answers: no AUC")
-                elif any(isinstance(r, Reply) and r.logprobs for r in replies):
-                    notes.append("the logprobs did not spell the answers: no AUC")
-                else:
-                    notes.append("the server returned no logprobs: no AUC")
-            elif any(p is not None for p in chances):
-                notes.append("no AUC: it needs an answer for every excerpt")
+        # Why there is no AUC: answers without a probability (some, or all of them with logprobs sent or not), or
+        # every answer with one but some excerpts without an answer.
+        answers_without = any(chances[i] is None for i, value in enumerate(predictions) if value is not None)
+        some_chances = any(p is not None for p in chances)
+        if area is None and answers_without:
+            if some_chances:
+                notes.append("logprobs were missing for some answers: no AUC")
+            elif any(isinstance(r, Reply) and r.logprobs for r in replies):
+                notes.append("the logprobs did not spell the answers: no AUC")
+            else:
+                notes.append("the server returned no logprobs: no AUC")
+        elif area is None and some_chances:
+            notes.append("no AUC: it needs an answer for every excerpt")
         unread = sum(p is None for p in predictions)
         if unread:
             notes.append(f"{unread} of {len(excerpts)} excerpts had no readable answer and are left out")

@@ -265,10 +265,10 @@ def mixed_effects(ratings: pd.DataFrame, arm_a: str, arm_b: str, *, seed: int = 
     blocks = [np.eye(count)[codes] for _, codes, count in groups]
     ident = np.concatenate([np.full(count, i) for i, (_, _, count) in enumerate(groups)])
 
-    def fit_of(outcome: np.ndarray, position: list[np.ndarray]) -> Any:
+    def fit_of(outcome: np.ndarray, columns: list[np.ndarray]) -> Any:
         model = BinomialBayesMixedGLM(
             outcome,
-            np.column_stack(position),
+            np.column_stack(columns),
             np.hstack(blocks),
             ident,
             fep_names=fixed_names,
